@@ -1,0 +1,49 @@
+# fusion-model: `make demo` and `make test` work on a fresh machine; both set up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.9
+# Folder holding the local CPU torch wheel (torch==2.13.0+cpu); override where it lives
+# elsewhere, or set UV_EXTRA_INDEX_URL to a PyTorch CPU wheel index.
+TORCH_FIND_LINKS ?= /opt/wheels
+FIND_LINKS := $(if $(wildcard $(TORCH_FIND_LINKS)),--find-links $(TORCH_FIND_LINKS),)
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo
+DEMO_PRODUCTS ?= 2000
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test bench lint lock clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv and install the pinned lock file (no-op when up to date)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(VENV)/bin/uv || $(PY) -m pip install --quiet uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip sync --python $(PY) $(FIND_LINKS) --compile-bytecode requirements.lock
+	$(VENV)/bin/uv pip install --python $(PY) --no-deps --compile-bytecode -e .
+	@touch $(STAMP)
+
+lock: ## re-resolve requirements.lock from pyproject.toml
+	@test -x $(VENV)/bin/uv || $(MAKE) setup
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+		$(FIND_LINKS) -o requirements.lock
+
+demo: setup ## build the demo catalog and show its summary
+	$(VENV)/bin/fusion-model catalog synthetic --products $(DEMO_PRODUCTS) --out $(DEMO_DIR)/catalog
+
+test: setup ## run the default test suite (unit + integration on local backends)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup ## run slow tests and benchmarks
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+lint: setup ## ruff
+	$(VENV)/bin/ruff check fusion_model tests
+
+clean: ## remove the venv and generated demo data
+	rm -rf $(VENV) $(DEMO_DIR)

@@ -1,0 +1,131 @@
+"""``fusion-model`` command line: one sub-command per platform step."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from fusion_model.errors import FusionModelError
+
+log = logging.getLogger("fusion_model.cli")
+
+
+def _cmd_synthetic(args: argparse.Namespace) -> int:
+    from fusion_model.data.catalog import load_catalog
+    from fusion_model.data.synthetic import generate_synthetic_catalog
+
+    root = generate_synthetic_catalog(args.out, n_products=args.products,
+                                      n_queries=args.queries, seed=args.seed, fmt=args.format)
+    _print_summary(load_catalog(root), fingerprint=True)
+    return 0
+
+
+def _cmd_myntra(args: argparse.Namespace) -> int:
+    from fusion_model.data.catalog import load_catalog
+    from fusion_model.data.myntra import import_myntra
+
+    root = import_myntra(args.source, args.out, sparse_titles=args.sparse_titles,
+                         n_queries=args.queries, seed=args.seed, copy_images=args.copy_images)
+    _print_summary(load_catalog(root), fingerprint=True)
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from fusion_model.data.catalog import load_catalog
+
+    catalog = load_catalog(args.catalog)
+    if args.json:
+        summary = catalog.summary()
+        summary["fingerprint"] = catalog.fingerprint
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(catalog, fingerprint=True)
+    return 0
+
+
+def _cmd_copy(args: argparse.Namespace) -> int:
+    from fusion_model.storage import copy_tree
+
+    count = copy_tree(args.src, args.dst)
+    print(f"copied {count} files from {args.src} to {args.dst}")
+    return 0
+
+
+def _print_summary(catalog, fingerprint: bool) -> None:
+    summary = catalog.summary()
+    lines = [
+        f"catalog      {summary['uri']}",
+        f"products     {summary['products']:,} ({summary['products_with_image']:,} with a photo)",
+        f"attributes   {', '.join(summary['attribute_columns']) or '-'}",
+        "queries      " + ", ".join(f"{k} {v:,}" for k, v in summary["queries"].items()),
+        "judgments    " + ", ".join(f"grade {k}: {v:,}" for k, v in summary["judgments"].items()
+                                    if k > 0),
+        f"relevant/q   {summary['relevant_per_query_median']:g} (median)",
+    ]
+    if fingerprint:
+        lines.append(f"fingerprint  {catalog.fingerprint}")
+    examples = catalog.products.head(3)
+    lines.append("examples")
+    lines += [f"  {r.product_id}: {r.title!r}" for r in examples.itertuples()]
+    lines += [f"  query {r.query_id} ({r.split}): {r.text!r}"
+              for r in catalog.queries.head(3).itertuples()]
+    print("\n".join(lines))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fusion-model", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    steps = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+
+    catalog = steps.add_parser("catalog", help="build, import, inspect and copy catalogs")
+    actions = catalog.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    synthetic = actions.add_parser("synthetic", help="generate a synthetic catalog with photos")
+    synthetic.add_argument("--products", type=int, default=2000, help="number of products")
+    synthetic.add_argument("--queries", type=int, default=None,
+                           help="number of queries (default: products / 5, at least 30)")
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument("--format", choices=("parquet", "csv", "jsonl"), default="parquet")
+    synthetic.add_argument("--out", required=True, help="output directory or s3:// prefix")
+    synthetic.set_defaults(func=_cmd_synthetic)
+
+    myntra = actions.add_parser("myntra", help="import the Myntra fashion sample")
+    myntra.add_argument("--source", required=True, help="folder with styles.csv and images/")
+    myntra.add_argument("--out", required=True, help="output directory or s3:// prefix")
+    myntra.add_argument("--sparse-titles", type=float, default=0.0, metavar="FRACTION",
+                        help="strip colour and pattern words from this fraction of titles")
+    myntra.add_argument("--queries", type=int, default=2000, help="number of queries")
+    myntra.add_argument("--seed", type=int, default=0)
+    myntra.add_argument("--copy-images", action="store_true",
+                        help="copy photos into the catalog (default: reference them in place)")
+    myntra.set_defaults(func=_cmd_myntra)
+
+    show = actions.add_parser("show", help="load a catalog, check it, print its summary")
+    show.add_argument("catalog", help="catalog directory or s3:// prefix")
+    show.add_argument("--json", action="store_true", help="print the summary as JSON")
+    show.set_defaults(func=_cmd_show)
+
+    copy = actions.add_parser("copy", help="copy a catalog between local disk and S3")
+    copy.add_argument("src")
+    copy.add_argument("dst")
+    copy.set_defaults(func=_cmd_copy)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (FusionModelError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Catalog format, loaders, generators and importers."""

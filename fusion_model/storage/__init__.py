@@ -1,0 +1,32 @@
+"""One small interface over local paths and ``s3://bucket/key`` URIs.
+
+S3 access goes through boto3 with its usual configuration: credentials and region from
+the AWS environment variables or config files, and the endpoint from
+``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (MinIO, moto server, Ceph, ...).
+"""
+
+from fusion_model.storage.core import (
+    Storage,
+    content_tags,
+    copy_tree,
+    exists,
+    is_s3,
+    join,
+    list_files,
+    read_bytes,
+    storage_for,
+    write_bytes,
+)
+
+__all__ = [
+    "Storage",
+    "content_tags",
+    "copy_tree",
+    "exists",
+    "is_s3",
+    "join",
+    "list_files",
+    "read_bytes",
+    "storage_for",
+    "write_bytes",
+]

@@ -1,0 +1,233 @@
+"""Local and S3 storage behind one interface; dispatch on the URI scheme."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import posixpath
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol
+
+from tqdm.auto import tqdm
+
+from fusion_model.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+S3_SCHEME = "s3://"
+
+
+class Storage(Protocol):
+    """What the platform needs from a file system."""
+
+    def read_bytes(self, uri: str) -> bytes: ...
+
+    def write_bytes(self, uri: str, data: bytes) -> None: ...
+
+    def exists(self, uri: str) -> bool: ...
+
+    def list_files(self, prefix: str) -> list[str]: ...
+
+    def content_tags(self, uris: list[str]) -> dict[str, str]: ...
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith(S3_SCHEME)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts onto a local directory or an S3 prefix."""
+    base = str(base)
+    if is_s3(base):
+        return S3_SCHEME + posixpath.join(base[len(S3_SCHEME):], *parts)
+    return str(Path(base, *parts))
+
+
+def md5_hex(data: bytes) -> str:
+    """The content tag of a local file: equal to the S3 ETag of a single-part upload."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+class LocalStorage:
+    """Plain files on the local disk."""
+
+    def read_bytes(self, uri: str) -> bytes:
+        try:
+            return Path(uri).read_bytes()
+        except FileNotFoundError as exc:
+            raise StorageError(f"{uri}: file does not exist") from exc
+        except OSError as exc:
+            raise StorageError(f"{uri}: cannot read file ({exc.strerror})") from exc
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        path = Path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+
+    def exists(self, uri: str) -> bool:
+        return Path(uri).is_file()
+
+    def list_files(self, prefix: str) -> list[str]:
+        root = Path(prefix)
+        if not root.exists():
+            return []
+        return sorted(str(p) for p in root.rglob("*") if p.is_file())
+
+    def content_tags(self, uris: list[str]) -> dict[str, str]:
+        return dict(zip(uris, _parallel_map(lambda u: md5_hex(self.read_bytes(u)), uris)))
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    rest = uri[len(S3_SCHEME):]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise StorageError(f"{uri}: not a valid S3 URI (expected s3://bucket/key)")
+    return bucket, key
+
+
+@functools.cache
+def _s3_client(endpoint: str | None):
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=32)
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+
+
+def s3_client():
+    """A boto3 S3 client for the endpoint currently configured in the environment."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return _s3_client(endpoint)
+
+
+class S3Storage:
+    """Objects in an S3-compatible store."""
+
+    def read_bytes(self, uri: str) -> bytes:
+        bucket, key = split_s3(uri)
+        try:
+            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception as exc:
+            raise StorageError(f"{uri}: cannot read object ({_s3_reason(exc)})") from exc
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        bucket, key = split_s3(uri)
+        try:
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        except Exception as exc:
+            raise StorageError(f"{uri}: cannot write object ({_s3_reason(exc)})") from exc
+
+    def exists(self, uri: str) -> bool:
+        bucket, key = split_s3(uri)
+        try:
+            s3_client().head_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            if _s3_reason(exc) in {"404", "NoSuchKey", "Not Found"}:
+                return False
+            raise StorageError(f"{uri}: cannot check object ({_s3_reason(exc)})") from exc
+        return True
+
+    def list_files(self, prefix: str) -> list[str]:
+        return sorted(self._list_with_etags(prefix))
+
+    def content_tags(self, uris: list[str]) -> dict[str, str]:
+        """ETags, fetched by listing the common prefix instead of one request per object."""
+        tags: dict[str, str] = {}
+        by_bucket: dict[str, list[str]] = {}
+        for uri in uris:
+            by_bucket.setdefault(split_s3(uri)[0], []).append(uri)
+        for bucket, bucket_uris in by_bucket.items():
+            keys = [split_s3(u)[1] for u in bucket_uris]
+            listed = self._list_with_etags(f"{S3_SCHEME}{bucket}/{os.path.commonprefix(keys)}")
+            missing = [u for u in bucket_uris if u not in listed]
+            if missing:
+                raise StorageError(f"{missing[0]}: object does not exist ({len(missing)} missing)")
+            tags.update({u: listed[u] for u in bucket_uris})
+        return tags
+
+    def _list_with_etags(self, prefix: str) -> dict[str, str]:
+        bucket, key_prefix = split_s3(prefix)
+        paginator = s3_client().get_paginator("list_objects_v2")
+        found: dict[str, str] = {}
+        try:
+            for page in paginator.paginate(Bucket=bucket, Prefix=key_prefix):
+                for obj in page.get("Contents", []):
+                    found[f"{S3_SCHEME}{bucket}/{obj['Key']}"] = obj["ETag"].strip('"')
+        except Exception as exc:
+            raise StorageError(f"{prefix}: cannot list objects ({_s3_reason(exc)})") from exc
+        return found
+
+
+def _s3_reason(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", exc))
+    return str(exc)
+
+
+_LOCAL = LocalStorage()
+_S3 = S3Storage()
+
+
+def storage_for(uri: str) -> Storage:
+    return _S3 if is_s3(uri) else _LOCAL
+
+
+def read_bytes(uri: str) -> bytes:
+    return storage_for(uri).read_bytes(uri)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    storage_for(uri).write_bytes(uri, data)
+
+
+def exists(uri: str) -> bool:
+    return storage_for(uri).exists(uri)
+
+
+def list_files(prefix: str) -> list[str]:
+    return storage_for(prefix).list_files(prefix)
+
+
+def content_tags(uris: Iterable[str]) -> dict[str, str]:
+    """A content tag per URI (MD5 of local bytes, ETag on S3); raises if one is missing."""
+    uris = list(uris)
+    local = [u for u in uris if not is_s3(u)]
+    remote = [u for u in uris if is_s3(u)]
+    tags = _LOCAL.content_tags(local) if local else {}
+    if remote:
+        tags.update(_S3.content_tags(remote))
+    return tags
+
+
+def copy_tree(src: str, dst: str, *, progress: bool = True) -> int:
+    """Copy every file under ``src`` to ``dst`` (local <-> S3 in any direction)."""
+    files = list_files(src)
+    if not files:
+        raise StorageError(f"{src}: nothing to copy (no files found)")
+    src_root = src.rstrip("/")
+
+    def copy_one(uri: str) -> None:
+        relative = uri[len(src_root):].lstrip("/").replace(os.sep, "/")
+        write_bytes(join(dst, relative), read_bytes(uri))
+
+    for _ in tqdm(_parallel_map_iter(copy_one, files), total=len(files), disable=not progress,
+                  desc=f"copy -> {dst}", unit="file"):
+        pass
+    return len(files)
+
+
+def _parallel_map_iter(fn, items: list, workers: int = 16):
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(fn, items)
+
+
+def _parallel_map(fn, items: list, workers: int = 16) -> list:
+    return list(_parallel_map_iter(fn, items, workers))

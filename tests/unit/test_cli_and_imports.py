@@ -1,0 +1,35 @@
+"""The CLI's catalog commands, and import-time hygiene of the package."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from fusion_model.cli import main
+
+
+def test_synthetic_then_show(tmp_path, capsys):
+    out = tmp_path / "cat"
+    assert main(["catalog", "synthetic", "--products", "50", "--seed", "1", "--out",
+                 str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "products     50" in printed and "fingerprint" in printed
+    assert main(["catalog", "show", str(out)]) == 0
+    assert printed.splitlines()[-7:] == capsys.readouterr().out.splitlines()[-7:]
+
+
+def test_bad_catalog_exits_2_with_the_reason(tmp_path, capsys):
+    (tmp_path / "products.csv").write_text("product_id,title\na,x\na,y\n")
+    assert main(["catalog", "show", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "products.csv, rows 1, 2: product_id must be unique" in err
+
+
+def test_import_is_light_and_side_effect_free(tmp_path):
+    code = ("import sys, fusion_model, fusion_model.cli, fusion_model.data.catalog;"
+            "heavy = [m for m in ('airflow', 'torch', 'mlflow', 'pymilvus', 'great_expectations')"
+            " if m in sys.modules]; print(heavy)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.strip() == "[]"
+    assert list(tmp_path.iterdir()) == []
