@@ -1,0 +1,241 @@
+"""One frozen, validated config object per run: YAML + dotted ``key=value`` overrides.
+
+``load_config("default", ["train.stage1.epochs=3", "model.fusion=concat"])`` reads the
+packaged ``configs/default.yaml`` (or a YAML file path), applies the overrides, checks
+every key and value, and returns a ``RunConfig``. Unknown keys, wrong types and bad
+combinations fail here, before any work, with a message that says what to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fusion_model.errors import FusionModelError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+FUSION_KINDS = ("text_only", "image_only", "concat", "weighted_sum", "late_fusion", "fusion")
+PRECISIONS = ("fp32", "bf16")
+
+
+class ConfigError(FusionModelError):
+    """A config file or override is invalid."""
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    model: str = "minilm"            # "minilm" (packaged all-MiniLM-L6-v2), a path or hub name
+    max_length: int = 48             # product text tokens
+    query_max_length: int = 16       # query tokens
+    trainable_layers: int = 2        # top transformer layers fine-tuned; lower ones cached
+
+
+@dataclass(frozen=True)
+class ImageEncoderConfig:
+    model: str = "efficientnet-lite0"  # packaged EfficientNet-Lite0, or a transformers path
+    image_size: int = 224
+    trainable_blocks: int = 1          # top blocks fine-tuned in stage 2; lower ones cached
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    fusion: str = "fusion"           # one of FUSION_KINDS
+    embed_dim: int = 256
+    share_text_encoder: bool = True  # query and product towers share the text encoder
+    fusion_heads: int = 4
+    dropout: float = 0.1
+    modality_dropout: float = 0.15   # chance to hide one modality of a product in training
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 1e-3                 # heads, projections, fusion
+    encoder_lr: float = 2e-5         # fine-tuned encoder layers
+    positives_per_query: int = 8     # positive products sampled per train query per epoch
+    hard_negatives: int = 0          # mined hard negatives per query (0 = in-batch only)
+    patience: int = 2                # epochs without val improvement before stopping
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    stage1: StageConfig = field(default_factory=StageConfig)
+    stage2: StageConfig = field(default_factory=StageConfig)
+    seed: int = 0
+    min_positive_grade: int = 3      # judged grade that counts as a training positive
+    precision: str = "bf16"          # autocast dtype for frozen-encoder passes on CPU
+    threads: int = 0                 # torch threads (0 = torch's default)
+    cache_dir: str = "~/.cache/fusion-model"
+    domain_finetune: bool = True     # False = freeze the text encoder (zero-shot text)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    ks: tuple[int, ...] = (1, 5, 10, 50, 100)
+    min_relevant_grade: int = 3      # grade that counts as relevant for recall and MRR
+    primary_metric: str = "ndcg@10"  # used for early stopping and model selection
+    bootstrap_samples: int = 1000
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "default"
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def hash(self) -> str:
+        """Short stable hash of the resolved config (lineage tag)."""
+        payload = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(payload).hexdigest()[:16]
+
+    def replace(self, *overrides: str) -> RunConfig:
+        return from_dict(apply_overrides(self.to_dict(), overrides))
+
+
+def load_config(name_or_path: str = "default", overrides: list[str] | tuple = ()) -> RunConfig:
+    """Packaged config by name (``default``, ``fast``, ``tiny``) or a YAML file path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        available = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+        raise ConfigError(f"config {name_or_path!r} not found; packaged configs: {available}, "
+                          "or pass a path to a YAML file")
+    raw = yaml.safe_load(path.read_text()) or {}
+    base = raw.pop("base", None)
+    data = load_config(base).to_dict() if base else {}
+    data = _deep_merge(data, raw)
+    data["name"] = raw.get("name", path.stem)
+    return from_dict(apply_overrides(data, overrides))
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def apply_overrides(data: dict, overrides) -> dict:
+    """Apply ``a.b.c=value`` strings; values are parsed as YAML scalars/lists."""
+    data = json.loads(json.dumps(data))
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {override!r} must look like section.key=value")
+        node = data
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {override!r}: {part!r} is not a section")
+        node[leaf] = yaml.safe_load(value)
+    return data
+
+
+def from_dict(data: dict) -> RunConfig:
+    config = _build(RunConfig, data, "")
+    validate(config)
+    return config
+
+
+def _build(cls, data: Any, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]}; valid keys in "
+                          f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(names))}")
+    values = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(value, hint, f"{prefix}{name}")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint, key: str):
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(v, typing.get_args(hint)[0], key) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{key}: union types are not supported in configs")
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if hint is float and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if hint is str and not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return float(value) if hint is float else value
+
+
+def validate(config: RunConfig) -> None:
+    """Value ranges and combinations; each message says what to change."""
+    checks = [
+        (config.model.fusion in FUSION_KINDS,
+         f"model.fusion={config.model.fusion!r}: choose one of {', '.join(FUSION_KINDS)}"),
+        (config.model.embed_dim % config.model.fusion_heads == 0,
+         f"model.embed_dim={config.model.embed_dim} must be divisible by "
+         f"model.fusion_heads={config.model.fusion_heads}"),
+        (0 <= config.model.modality_dropout < 0.5,
+         "model.modality_dropout must be in [0, 0.5)"),
+        (0 <= config.model.dropout < 1, "model.dropout must be in [0, 1)"),
+        (config.train.precision in PRECISIONS,
+         f"train.precision={config.train.precision!r}: choose one of {', '.join(PRECISIONS)}"),
+        (1 <= config.train.min_positive_grade <= 3, "train.min_positive_grade must be 1..3"),
+        (1 <= config.eval.min_relevant_grade <= 3, "eval.min_relevant_grade must be 1..3"),
+        (all(k > 0 for k in config.eval.ks), "eval.ks must be positive integers"),
+        (config.text.trainable_layers >= 0 and config.image.trainable_blocks >= 0,
+         "text.trainable_layers and image.trainable_blocks must be >= 0"),
+        (_metric_known(config.eval.primary_metric, config.eval.ks),
+         f"eval.primary_metric={config.eval.primary_metric!r}: use mrr or recall@K, "
+         f"recall_capped@K, ndcg@K with K in eval.ks={list(config.eval.ks)}"),
+    ]
+    for stage_name in ("stage1", "stage2"):
+        stage: StageConfig = getattr(config.train, stage_name)
+        checks += [
+            (stage.epochs >= 0, f"train.{stage_name}.epochs must be >= 0"),
+            (stage.batch_size >= 2, f"train.{stage_name}.batch_size must be >= 2 "
+                                    "(in-batch negatives need company)"),
+            (stage.lr > 0 and stage.encoder_lr >= 0, f"train.{stage_name} learning rates "
+                                                     "must be positive"),
+            (stage.positives_per_query >= 1, f"train.{stage_name}.positives_per_query >= 1"),
+            (stage.hard_negatives >= 0, f"train.{stage_name}.hard_negatives must be >= 0"),
+        ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def _metric_known(metric: str, ks: tuple[int, ...]) -> bool:
+    if metric == "mrr":
+        return True
+    name, _, k = metric.partition("@")
+    return name in {"recall", "recall_capped", "ndcg"} and k.isdigit() and int(k) in ks

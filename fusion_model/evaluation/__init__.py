@@ -1,0 +1,1 @@
+"""Offline evaluation: pure metrics, exact-search evaluator, paired bootstrap."""

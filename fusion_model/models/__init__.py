@@ -1,0 +1,1 @@
+"""Encoders, towers, the modality fusion network and its baselines."""

