@@ -129,8 +129,7 @@ def save_tiny_bert(path: str | Path, vocab: list[str] | None = None) -> str:
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    words = vocab or ("red blue green black white striped checked dotted shirt dress boots "
-                      "cap for men women cotton leather denim the a and").split()
+    words = vocab or ["red", "blue", "green", "black", "white", "striped", "checked", "dotted", "shirt", "dress", "boots", "cap", "for", "men", "women", "cotton", "leather", "denim", "the", "a", "and"]
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
     (path / "vocab.txt").write_text("\n".join(tokens) + "\n")
     BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
