@@ -123,13 +123,17 @@ class TextEncoder(nn.Module):
         return digest.hexdigest()[:20]
 
 
+TINY_VOCAB = ("red blue green black white striped checked dotted shirt dress boots cap for men "
+              "women cotton leather denim the a and").split()
+
+
 def save_tiny_bert(path: str | Path, vocab: list[str] | None = None) -> str:
     """A tiny random-init BERT + tokenizer on disk, for tests and quick experiments."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    words = vocab or ["red", "blue", "green", "black", "white", "striped", "checked", "dotted", "shirt", "dress", "boots", "cap", "for", "men", "women", "cotton", "leather", "denim", "the", "a", "and"]
+    words = vocab or TINY_VOCAB
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
     (path / "vocab.txt").write_text("\n".join(tokens) + "\n")
     BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
