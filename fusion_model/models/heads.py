@@ -1,0 +1,203 @@
+"""Product heads (the modality fusion network and its baselines) and query heads.
+
+Every product head maps encoder outputs to one L2-normalised vector per product:
+
+    text_tokens  (B, Lt, Dt)  final text token states     text_mask     (B, Lt) bool
+    image_tokens (B, Li, Di)  image region tokens         image_present (B,)    bool
+    -> (B, out_dim)
+
+so they are trained and evaluated identically. ``late_fusion`` scores at the score level;
+its vector is [a * text, (1 - a) * image] against a query vector [q_text, q_image],
+so one inner product = a * s_text + (1 - a) * s_image and one ANN search still serves it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from fusion_model.models.text import mean_pool
+
+
+def l2(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x.float(), dim=-1)
+
+
+def image_pool(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, Li, D) -> (B, D) mean over regions."""
+    return tokens.mean(dim=1)
+
+
+class ProductHead(nn.Module):
+    """Base: text/image projections shared by every kind (stage 1 trains ``text_proj``)."""
+
+    uses_image = True
+
+    def __init__(self, text_dim: int, image_dim: int, embed_dim: int):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.out_dim = embed_dim
+        self.text_proj = nn.Linear(text_dim, embed_dim)
+        self.image_proj = nn.Linear(image_dim, embed_dim) if self.uses_image else None
+
+    def text_vector(self, text_tokens: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        return self.text_proj(mean_pool(text_tokens, text_mask))
+
+    def image_vector(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        return self.image_proj(image_pool(image_tokens))
+
+
+class TextOnlyHead(ProductHead):
+    uses_image = False
+
+    def forward(self, text_tokens, text_mask, image_tokens=None, image_present=None):
+        return l2(self.text_vector(text_tokens, text_mask))
+
+
+class ImageOnlyHead(ProductHead):
+    def forward(self, text_tokens, text_mask, image_tokens, image_present):
+        return l2(self.image_vector(image_tokens) * image_present.unsqueeze(-1))
+
+
+class ConcatHead(ProductHead):
+    """Naive fusion: MLP over [text; image] pooled features."""
+
+    def __init__(self, text_dim: int, image_dim: int, embed_dim: int, dropout: float = 0.1):
+        super().__init__(text_dim, image_dim, embed_dim)
+        self.mlp = nn.Sequential(nn.Linear(2 * embed_dim, 2 * embed_dim), nn.GELU(),
+                                 nn.Dropout(dropout), nn.Linear(2 * embed_dim, embed_dim))
+
+    def forward(self, text_tokens, text_mask, image_tokens, image_present):
+        text = self.text_vector(text_tokens, text_mask)
+        image = self.image_vector(image_tokens) * image_present.unsqueeze(-1)
+        return l2(self.mlp(torch.cat([text, image], dim=-1)))
+
+
+class WeightedSumHead(ProductHead):
+    """a * text + (1 - a) * image with one learned a; a missing photo leaves text alone."""
+
+    def __init__(self, text_dim: int, image_dim: int, embed_dim: int):
+        super().__init__(text_dim, image_dim, embed_dim)
+        self.mix = nn.Parameter(torch.zeros(()))
+
+    def forward(self, text_tokens, text_mask, image_tokens, image_present):
+        a = torch.sigmoid(self.mix)
+        text = l2(self.text_vector(text_tokens, text_mask))
+        image = l2(self.image_vector(image_tokens))
+        present = image_present.unsqueeze(-1).float()
+        return l2(text * (a * present + (1 - present)) + (1 - a) * image * present)
+
+
+class LateFusionHead(ProductHead):
+    """Score-level fusion: separate text and image scores mixed by a learned weight."""
+
+    def __init__(self, text_dim: int, image_dim: int, embed_dim: int):
+        super().__init__(text_dim, image_dim, embed_dim)
+        self.out_dim = 2 * embed_dim
+        self.mix = nn.Parameter(torch.zeros(()))
+
+    def forward(self, text_tokens, text_mask, image_tokens, image_present):
+        a = torch.sigmoid(self.mix)
+        present = image_present.unsqueeze(-1).float()
+        text = l2(self.text_vector(text_tokens, text_mask))
+        image = l2(self.image_vector(image_tokens))
+        text_weight = a * present + (1 - present)
+        return torch.cat([text * text_weight, image * (1 - a) * present], dim=-1)
+
+
+class CrossModalBlock(nn.Module):
+    """Pre-norm cross-attention + FFN producing an *update* to the query stream."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.norm_q, self.norm_kv, self.norm_ffn = (nn.LayerNorm(dim) for _ in range(3))
+        self.attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(2 * dim, dim))
+
+    def forward(self, query: torch.Tensor, context: torch.Tensor,
+                context_pad: torch.Tensor | None = None) -> torch.Tensor:
+        """query (B, Lq, d), context (B, Lc, d), context_pad (B, Lc) True = ignore."""
+        kv = self.norm_kv(context)
+        attended, _ = self.attention(self.norm_q(query), kv, kv, key_padding_mask=context_pad,
+                                     need_weights=False)
+        return attended + self.ffn(self.norm_ffn(query + attended))
+
+
+class FusionHead(ProductHead):
+    """The modality fusion network.
+
+    1. Project text tokens and image regions into the shared d-dim space.
+    2. Bidirectional cross-attention: text tokens attend to image regions and regions to
+       text tokens; each stream receives an *update* that is switched off when the other
+       modality is missing (residual path: no photo -> exactly the text-only embedding).
+    3. A learned per-product gate over (text, image) from [t, i, t*i, |t-i|] decides how
+       much each modality contributes; a missing modality gets weight 0.
+    4. A complementary term from both pooled streams adds cross-modal information that
+       neither modality carries alone (zero-initialised, so training starts at the gate).
+    """
+
+    def __init__(self, text_dim: int, image_dim: int, embed_dim: int, heads: int = 4,
+                 dropout: float = 0.1):
+        super().__init__(text_dim, image_dim, embed_dim)
+        d = embed_dim
+        self.text_from_image = CrossModalBlock(d, heads, dropout)
+        self.image_from_text = CrossModalBlock(d, heads, dropout)
+        self.gate = nn.Sequential(nn.Linear(4 * d, d), nn.GELU(), nn.Linear(d, 2))
+        self.complement = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, d))
+        nn.init.zeros_(self.complement[-1].weight)
+        nn.init.zeros_(self.complement[-1].bias)
+        nn.init.zeros_(self.gate[-1].weight)
+        with torch.no_grad():
+            self.gate[-1].bias.copy_(torch.tensor([1.0, 0.0]))  # start text-leaning
+
+    def forward(self, text_tokens, text_mask, image_tokens, image_present):
+        text = self.text_proj(text_tokens)                         # (B, Lt, d)
+        image = self.image_proj(image_tokens)                      # (B, Li, d)
+        has_text = text_mask.any(dim=1)                            # (B,)
+        safe_pad = ~text_mask.clone()
+        safe_pad[:, 0] = False                                     # never mask every key
+        present = image_present.float().view(-1, 1, 1)
+        texty = has_text.float().view(-1, 1, 1)
+        text = text + present * self.text_from_image(text, image)
+        image = image + texty * self.image_from_text(image, text, safe_pad)
+        t = mean_pool(text, text_mask)                             # (B, d)
+        i = image_pool(image)                                      # (B, d)
+        logits = self.gate(torch.cat([t, i, t * i, (t - i).abs()], dim=-1)).float()
+        logits = logits.masked_fill(torch.stack([~has_text & image_present,
+                                                 ~image_present], dim=-1), float("-inf"))
+        weights = torch.softmax(logits, dim=-1)                    # (B, 2)
+        both = (has_text & image_present).float().unsqueeze(-1)
+        fused = weights[:, :1] * t + weights[:, 1:] * i
+        fused = fused + both * self.complement(torch.cat([t, i], dim=-1))
+        return l2(fused)
+
+
+class QueryHead(nn.Module):
+    """Pooled query text -> query vector (two halves for late fusion)."""
+
+    def __init__(self, text_dim: int, embed_dim: int, late_fusion: bool = False):
+        super().__init__()
+        self.proj = nn.Linear(text_dim, embed_dim)
+        self.image_proj = nn.Linear(text_dim, embed_dim) if late_fusion else None
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        text = l2(self.proj(pooled))
+        if self.image_proj is None:
+            return text
+        return torch.cat([text, l2(self.image_proj(pooled))], dim=-1)
+
+
+HEADS = {"text_only": TextOnlyHead, "image_only": ImageOnlyHead, "concat": ConcatHead,
+         "weighted_sum": WeightedSumHead, "late_fusion": LateFusionHead, "fusion": FusionHead}
+
+
+def build_product_head(kind: str, text_dim: int, image_dim: int, embed_dim: int,
+                       heads: int = 4, dropout: float = 0.1) -> ProductHead:
+    cls = HEADS[kind]
+    if cls is FusionHead:
+        return FusionHead(text_dim, image_dim, embed_dim, heads, dropout)
+    if cls is ConcatHead:
+        return ConcatHead(text_dim, image_dim, embed_dim, dropout)
+    return cls(text_dim, image_dim, embed_dim)

@@ -1,0 +1,124 @@
+"""Fusion network and baselines behind one interface; InfoNCE against a naive oracle."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from fusion_model.losses import InfoNCELoss
+from fusion_model.models.heads import HEADS, QueryHead, build_product_head
+
+B, LT, LI, DT, DI, D = 5, 7, 4, 12, 20, 16
+
+
+def inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randn(B, LT, DT, generator=g)
+    mask = torch.ones(B, LT, dtype=torch.bool)
+    mask[1, 3:] = False
+    mask[3, :] = False                       # product 3 has empty text
+    image = torch.randn(B, LI, DI, generator=g)
+    present = torch.tensor([True, True, False, True, True])  # product 2 has no photo
+    return text, mask, image, present
+
+
+@pytest.mark.parametrize("kind", sorted(HEADS))
+def test_every_head_gives_unit_vectors_with_gradients(kind):
+    torch.manual_seed(0)
+    head = build_product_head(kind, DT, DI, D, heads=4)
+    out = head(*inputs())
+    assert out.shape == (B, head.out_dim) and torch.isfinite(out).all()
+    norms = out.norm(dim=-1)
+    if kind == "late_fusion":
+        assert head.out_dim == 2 * D
+    elif kind == "image_only":
+        assert torch.allclose(norms[[0, 1, 3, 4]], torch.ones(4), atol=1e-5)
+        assert norms[2] == 0  # no photo, nothing to embed
+    else:
+        assert torch.allclose(norms[[0, 1, 2, 4]], torch.ones(4), atol=1e-5)
+    out.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+
+
+def test_fusion_without_photo_equals_the_text_only_embedding():
+    torch.manual_seed(0)
+    fusion = build_product_head("fusion", DT, DI, D).eval()
+    text_only = build_product_head("text_only", DT, DI, D).eval()
+    text_only.text_proj.load_state_dict(fusion.text_proj.state_dict())
+    # make the gate and complement non-trivial, as after training
+    for p in [*fusion.gate.parameters(), *fusion.complement.parameters()]:
+        torch.nn.init.normal_(p)
+    text, mask, image, present = inputs()
+    fused = fusion(text, mask, image, present)
+    expected = text_only(text, mask)
+    assert torch.allclose(fused[2], expected[2], atol=1e-5)       # no photo -> text path
+    assert not torch.allclose(fused[0], expected[0], atol=1e-3)   # photo -> fused
+
+
+def test_fusion_uses_the_image_and_ignores_padding():
+    torch.manual_seed(0)
+    fusion = build_product_head("fusion", DT, DI, D).eval()
+    for p in fusion.gate.parameters():
+        torch.nn.init.normal_(p)
+    text, mask, image, present = inputs()
+    base = fusion(text, mask, image, present)
+    changed_image = image.clone()
+    changed_image[0] += 1.0
+    assert not torch.allclose(fusion(text, mask, changed_image, present)[0], base[0])
+    changed_pad = text.clone()
+    changed_pad[1, 5] += 100.0               # a padded token of product 1
+    assert torch.allclose(fusion(changed_pad, mask, image, present)[1], base[1], atol=1e-5)
+
+
+def test_late_fusion_score_is_a_weighted_sum_of_modal_scores():
+    torch.manual_seed(0)
+    head = build_product_head("late_fusion", DT, DI, D)
+    query_head = QueryHead(DT, D, late_fusion=True)
+    text, mask, image, present = inputs()
+    q = query_head(torch.randn(B, DT))
+    p = head(text, mask, image, present)
+    a = torch.sigmoid(head.mix)
+    t = F.normalize(head.text_vector(text, mask), dim=-1)
+    i = F.normalize(head.image_vector(image), dim=-1)
+    expected = a * (q[:, :D] * t).sum(-1) + (1 - a) * (q[:, D:] * i).sum(-1)
+    got = (q * p).sum(-1)
+    assert torch.allclose(got[[0, 1, 3, 4]], expected[[0, 1, 3, 4]], atol=1e-5)
+    assert torch.allclose(got[2], (q[2, :D] * t[2]).sum(), atol=1e-5)  # no photo: text only
+
+
+def naive_infonce(q, p, scale, known):
+    b = q.shape[0]
+    total = 0.0
+    for i in range(b):
+        logits = [scale * float(q[i] @ p[j]) for j in range(p.shape[0])
+                  if j == i or not known[i, j]]
+        pos = scale * float(q[i] @ p[i])
+        total += -pos + math.log(sum(math.exp(x) for x in logits))
+    forward = total / b
+    total = 0.0
+    for j in range(b):
+        logits = [scale * float(q[i] @ p[j]) for i in range(b) if i == j or not known[i, j]]
+        total += -scale * float(q[j] @ p[j]) + math.log(sum(math.exp(x) for x in logits))
+    return (forward + total / b) / 2
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_infonce_matches_naive_loop(seed):
+    g = torch.Generator().manual_seed(seed)
+    q = F.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    p = F.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    known = torch.rand(4, 6, generator=g) < 0.3
+    loss_fn = InfoNCELoss(temperature=0.1)
+    assert float(loss_fn(q, p, known).detach()) == pytest.approx(naive_infonce(q, p, 10.0, known),
+                                                        rel=1e-5)
+    assert loss_fn.temperature == pytest.approx(0.1)
+
+
+def test_temperature_is_learned():
+    loss_fn = InfoNCELoss(temperature=0.5)
+    q = F.normalize(torch.eye(4), dim=-1)
+    loss_fn(q, q).backward()
+    assert loss_fn.log_scale.grad is not None and loss_fn.log_scale.grad < 0
