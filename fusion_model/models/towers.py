@@ -1,0 +1,123 @@
+"""The two-tower model: query tower (text) and product tower (text + image + fusion)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from fusion_model.config import RunConfig, from_dict
+from fusion_model.losses import InfoNCELoss
+from fusion_model.models.heads import QueryHead, build_product_head, l2
+from fusion_model.models.image import build_image_encoder
+from fusion_model.models.text import TextEncoder, mean_pool
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE, CONFIG_FILE, MANIFEST_FILE = "model.pt", "config.yaml", "manifest.json"
+
+
+class TwoTower(nn.Module):
+    """Encoders, heads and the contrastive loss of one run config."""
+
+    def __init__(self, config: RunConfig):
+        super().__init__()
+        self.config = config
+        kind = config.model.fusion
+        self.text = TextEncoder(config.text.model, config.text.max_length,
+                                config.text.trainable_layers if config.train.domain_finetune
+                                else 0)
+        self.query_text = self.text if config.model.share_text_encoder else copy.deepcopy(
+            self.text)
+        self.product_head = build_product_head(kind, self.text.dim, 1, config.model.embed_dim,
+                                               config.model.fusion_heads, config.model.dropout)
+        self.image = None
+        if self.product_head.uses_image:
+            self.image = build_image_encoder(config.image.model, config.image.trainable_blocks,
+                                             config.image.image_size)
+            self.product_head = build_product_head(kind, self.text.dim, self.image.dim,
+                                                   config.model.embed_dim,
+                                                   config.model.fusion_heads,
+                                                   config.model.dropout)
+        self.query_head = QueryHead(self.text.dim, config.model.embed_dim,
+                                    late_fusion=kind == "late_fusion")
+        self.loss = InfoNCELoss()
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.product_head.out_dim
+
+    # feature-level paths (training and cached evaluation) -------------------------------
+    def queries_from_hidden(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Cached bottom states (B, T, D) -> query vectors (B, E)."""
+        return self.query_head(mean_pool(self.query_text.top(hidden, mask), mask))
+
+    def product_text_vectors(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Stage 1 product vector from final text tokens: text projection only."""
+        return l2(self.product_head.text_vector(tokens, mask))
+
+    def products_from_features(self, text_tokens: torch.Tensor, text_mask: torch.Tensor,
+                               image_features: torch.Tensor | None,
+                               image_present: torch.Tensor) -> torch.Tensor:
+        """Final text tokens + cached image features -> product vectors (B, E)."""
+        image_tokens = None
+        if self.image is not None:
+            image_tokens = self.image.top(image_features)
+        return self.product_head(text_tokens, text_mask, image_tokens, image_present)
+
+    # raw-input paths (serving and indexing) ----------------------------------------------
+    @torch.no_grad()
+    def embed_queries(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        self.eval()
+        out = []
+        for start in range(0, len(texts), batch_size):
+            with _autocast(self.config.train.precision):
+                hidden, mask = self.query_text.bottom(texts[start:start + batch_size],
+                                                      self.config.text.query_max_length)
+                out.append(self.queries_from_hidden(hidden, mask).float())
+        return torch.cat(out) if out else torch.empty(0, self.embedding_dim)
+
+    @torch.no_grad()
+    def embed_products(self, texts: list[str], images: list[np.ndarray | None]) -> torch.Tensor:
+        """texts and decoded RGB arrays (None = no photo) -> product vectors (B, E)."""
+        self.eval()
+        with _autocast(self.config.train.precision):
+            hidden, mask = self.text.bottom(texts)
+            tokens = self.text.top(hidden, mask)
+            present = torch.tensor([img is not None for img in images], dtype=torch.bool)
+            features = None
+            if self.image is not None:
+                size = self.image.image_size
+                filled = [img if img is not None else np.zeros((size, size, 3), np.uint8)
+                          for img in images]
+                features = self.image.bottom(self.image.preprocess(filled))
+            return self.products_from_features(tokens, mask, features, present).float()
+
+    # persistence --------------------------------------------------------------------------
+    def save(self, directory: str | Path, manifest: dict | None = None) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict(), directory / MODEL_FILE)
+        (directory / CONFIG_FILE).write_text(yaml.safe_dump(self.config.to_dict(),
+                                                            sort_keys=False))
+        (directory / MANIFEST_FILE).write_text(json.dumps(manifest or {}, indent=2))
+        return directory
+
+
+def load_model(directory: str | Path) -> TwoTower:
+    """A model saved by ``TwoTower.save``: its config plus weights."""
+    directory = Path(directory)
+    config = from_dict(yaml.safe_load((directory / CONFIG_FILE).read_text()))
+    model = TwoTower(config)
+    model.load_state_dict(torch.load(directory / MODEL_FILE, weights_only=True))
+    return model.eval()
+
+
+def _autocast(precision: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")

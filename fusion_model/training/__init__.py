@@ -1,0 +1,1 @@
+"""Two-stage training: feature caching, data sampling, the explicit training loop."""

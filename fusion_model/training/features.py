@@ -1,0 +1,157 @@
+"""Frozen-encoder features, cached on disk by content hash and encoder fingerprint.
+
+The frozen lower layers of both encoders never change during training, so their outputs
+are computed once per (item content, encoder fingerprint) and stored under
+``<cache_dir>/<namespace>/<fingerprint>/``. A second run over the same catalog reads them
+back instead of re-encoding; a changed image or title is a new key and only it is encoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fusion_model import storage
+from fusion_model.models.image import decode_image
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, torch.Tensor]
+
+
+class FeatureCache:
+    """Shards of tensors keyed by item key, under one directory per encoder fingerprint."""
+
+    def __init__(self, root: str | Path, namespace: str, fingerprint: str):
+        self.dir = Path(root).expanduser() / namespace / fingerprint
+        self.stats = {"hits": 0, "computed": 0}
+
+    def _index(self) -> dict[str, tuple[str, int]]:
+        index: dict[str, tuple[str, int]] = {}
+        for meta in sorted(self.dir.glob("shard-*.json")):
+            keys = json.loads(meta.read_text())
+            index.update({k: (meta.with_suffix(".pt").name, i) for i, k in enumerate(keys)})
+        return index
+
+    def get(self, keys: list[str], compute: Callable[[list[int]], Batch], batch_size: int,
+            desc: str, progress: bool = True) -> Batch:
+        """Features for every key, computing (in batches) and storing only missing ones."""
+        index = self._index()
+        missing = [i for i, k in enumerate(keys) if k not in index]
+        unique_missing = list({keys[i]: i for i in missing}.values())
+        self.stats = {"hits": len(keys) - len(missing), "computed": len(unique_missing)}
+        if unique_missing:
+            self._compute_and_store(keys, unique_missing, compute, batch_size, desc, progress)
+            index = self._index()
+        return self._gather(keys, index)
+
+    def _compute_and_store(self, keys, todo, compute, batch_size, desc, progress) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        shard_size = max(batch_size, 2048)
+        bar = tqdm(total=len(todo), desc=desc, unit="item", disable=not progress)
+        for start in range(0, len(todo), shard_size):
+            chunk = todo[start:start + shard_size]
+            parts = []
+            for b in range(0, len(chunk), batch_size):
+                parts.append(compute(chunk[b:b + batch_size]))
+                bar.update(len(chunk[b:b + batch_size]))
+            shard = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+            name = f"shard-{uuid.uuid4().hex[:12]}"
+            torch.save(shard, self.dir / f"{name}.pt")
+            # the key list is written last: a shard without it is ignored (crash-safe)
+            (self.dir / f"{name}.json").write_text(json.dumps([keys[i] for i in chunk]))
+        bar.close()
+
+    def _gather(self, keys: list[str], index: dict[str, tuple[str, int]]) -> Batch:
+        by_shard: dict[str, list[tuple[int, int]]] = {}
+        for position, key in enumerate(keys):
+            shard, row = index[key]
+            by_shard.setdefault(shard, []).append((position, row))
+        out: Batch = {}
+        for shard, pairs in by_shard.items():
+            data = torch.load(self.dir / shard)
+            positions = torch.tensor([p for p, _ in pairs])
+            rows = torch.tensor([r for _, r in pairs])
+            for name, tensor in data.items():
+                if name not in out:
+                    out[name] = torch.empty((len(keys), *tensor.shape[1:]), dtype=tensor.dtype)
+                out[name][positions] = tensor[rows]
+        return out
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+
+
+def load_images(uris: list[str | None], size: int, workers: int = 8) -> list[np.ndarray | None]:
+    """Decode images in parallel threads; ``None`` for products without a photo."""
+
+    def load(uri: str | None) -> np.ndarray | None:
+        return None if uri is None else decode_image(storage.read_bytes(uri), size)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(load, uris))
+
+
+def autocast(precision: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def text_bottom_features(encoder, texts: list[str], max_length: int, cache_root: str,
+                         precision: str, batch_size: int = 128, desc: str = "text features",
+                         progress: bool = True) -> Batch:
+    """{"hidden": (N, max_length, D) bf16, "mask": (N, max_length) bool} via the cache."""
+    cache = FeatureCache(cache_root, "text", f"{encoder.fingerprint()}-{max_length}")
+
+    def compute(indices: list[int]) -> Batch:
+        with autocast(precision):
+            hidden, mask = encoder.bottom([texts[i] for i in indices], max_length)
+        pad = max_length - hidden.shape[1]
+        hidden = torch.nn.functional.pad(hidden.float(), (0, 0, 0, pad)).to(torch.bfloat16)
+        return {"hidden": hidden, "mask": torch.nn.functional.pad(mask, (0, pad))}
+
+    features = cache.get([text_key(t) for t in texts], compute, batch_size, desc, progress)
+    log.info("%s: %d cached, %d computed", desc, cache.stats["hits"], cache.stats["computed"])
+    return features
+
+
+def image_bottom_features(encoder, uris: list[str | None], cache_root: str, precision: str,
+                          batch_size: int = 16, progress: bool = True) -> Batch:
+    """{"features": (N, ...) bf16, "present": (N,) bool}; products without photo get zeros."""
+    with_photo = [i for i, u in enumerate(uris) if u is not None]
+    tags = storage.content_tags([uris[i] for i in with_photo])
+    keys = [tags[uris[i]] for i in with_photo]
+    cache = FeatureCache(cache_root, "image", encoder.fingerprint())
+
+    def compute(indices: list[int]) -> Batch:
+        arrays = load_images([uris[with_photo[i]] for i in indices], encoder.image_size)
+        with autocast(precision):
+            features = encoder.bottom(encoder.preprocess(arrays))
+        return {"features": features.to(torch.bfloat16).contiguous()}
+
+    cached = cache.get(keys, compute, batch_size, "image features", progress)["features"] \
+        if with_photo else None
+    log.info("image features: %d cached, %d computed", cache.stats["hits"],
+             cache.stats["computed"])
+    shape = cached.shape[1:] if cached is not None else _empty_shape(encoder)
+    features = torch.zeros((len(uris), *shape), dtype=torch.bfloat16)
+    present = torch.zeros(len(uris), dtype=torch.bool)
+    if with_photo:
+        features[with_photo] = cached
+        present[with_photo] = True
+    return {"features": features, "present": present}
+
+
+def _empty_shape(encoder) -> tuple[int, ...]:
+    probe = np.zeros((encoder.image_size, encoder.image_size, 3), dtype=np.uint8)
+    with torch.no_grad():
+        return tuple(encoder.bottom(encoder.preprocess([probe])).shape[1:])
