@@ -1,0 +1,85 @@
+"""Retrieval evaluation of embeddings by exact search over the whole catalog."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fusion_model.evaluation.bootstrap import bootstrap_mean
+from fusion_model.evaluation.metrics import mean_metrics, per_query_table
+from fusion_model.evaluation.search import exact_top_k
+
+VISUAL_ATTRIBUTES = ("colour", "pattern")
+TEXT_ONLY_ATTRIBUTES = ("brand", "material")
+
+
+@dataclass
+class EvaluationResult:
+    metrics: dict[str, float]
+    per_query: dict[str, dict[str, float]]
+    segments: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def values(self, metric: str, query_ids: Sequence[str]) -> np.ndarray:
+        return np.array([self.per_query[q][metric] for q in query_ids])
+
+    def ci95(self, metric: str, samples: int = 1000) -> dict[str, float]:
+        return bootstrap_mean(self.values(metric, sorted(self.per_query)), samples).as_dict()
+
+
+def rank(query_vectors: torch.Tensor, product_vectors: torch.Tensor, query_ids: Sequence[str],
+         product_ids: Sequence[str], k: int) -> dict[str, list[str]]:
+    """Top-k product ids per query by inner product."""
+    _, index = exact_top_k(query_vectors, product_vectors, k)
+    return {qid: [product_ids[j] for j in row] for qid, row in zip(query_ids, index.tolist())}
+
+
+def evaluate_vectors(query_vectors: torch.Tensor, product_vectors: torch.Tensor,
+                     query_ids: Sequence[str], product_ids: Sequence[str],
+                     qrels: Mapping[str, Mapping[str, int]], ks: Sequence[int],
+                     min_grade: int, segments: Mapping[str, set[str]] | None = None
+                     ) -> EvaluationResult:
+    """Metrics for every judged query (queries without judgments are skipped)."""
+    rankings = rank(query_vectors, product_vectors, query_ids, product_ids, max(ks))
+    judged = {q: qrels[q] for q in query_ids if q in qrels}
+    table = per_query_table(rankings, judged, ks, min_grade)
+    result = EvaluationResult(mean_metrics(table), table)
+    for name, members in (segments or {}).items():
+        rows = {q: table[q] for q in members if q in table}
+        if rows:
+            result.segments[name] = {**mean_metrics(rows), "queries": float(len(rows))}
+    return result
+
+
+def query_segments(queries, products, judgments) -> dict[str, set[str]]:
+    """Named query subsets, from the queries' ``attributes`` JSON column when present.
+
+    visual_query:          names a colour or pattern
+    text_only_attribute:   names an attribute only text carries (brand, material)
+    title_lacks_attribute: most exact matches' titles do not state the queried colour
+    """
+    if "attributes" not in queries.columns:
+        return {}
+    titles = dict(zip(products["product_id"], products["title"].str.lower()))
+    exact: dict[str, list[str]] = {}
+    for qid, pid in judgments.loc[judgments["grade"] == 3, ["query_id", "product_id"]
+                                  ].itertuples(index=False):
+        exact.setdefault(qid, []).append(pid)
+    segments: dict[str, set[str]] = {"visual_query": set(), "text_only_attribute": set(),
+                                     "title_lacks_attribute": set()}
+    for qid, raw in zip(queries["query_id"], queries["attributes"]):
+        attributes = json.loads(raw) if isinstance(raw, str) else {}
+        if any(a in attributes for a in VISUAL_ATTRIBUTES):
+            segments["visual_query"].add(qid)
+        if any(a in attributes for a in TEXT_ONLY_ATTRIBUTES):
+            segments["text_only_attribute"].add(qid)
+        colour = str(attributes.get("colour", "")).lower()
+        matches = exact.get(qid, [])
+        if colour and matches:
+            lacking = sum(colour not in titles[p] for p in matches) / len(matches)
+            if lacking >= 0.5:
+                segments["title_lacks_attribute"].add(qid)
+    return segments

@@ -1,0 +1,328 @@
+"""The explicit two-stage recipe.
+
+Stage 1 aligns queries with product text: InfoNCE over in-batch (and optionally mined
+hard) negatives, fine-tuning the top text layers (domain adaptation) and both projections.
+Stage 2 starts from stage 1, freezes the text encoder, and aligns queries with product
+photos while training the fusion head (or a baseline) and the top image blocks. Frozen
+encoder bottoms come from the on-disk feature cache. Each epoch is validated on the val
+split (early stopping on the primary metric, best epoch kept) and checkpointed; a rerun
+with the same config and catalog resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fusion_model.config import RunConfig, StageConfig
+from fusion_model.data.catalog import Catalog
+from fusion_model.evaluation.evaluator import EvaluationResult, evaluate_vectors, query_segments
+from fusion_model.models.text import mean_pool
+from fusion_model.models.towers import TwoTower
+from fusion_model.training.data import (
+    RetrievalData,
+    build_data,
+    epoch_pairs,
+    known_positive_mask,
+)
+from fusion_model.training.features import (
+    autocast,
+    image_bottom_features,
+    text_bottom_features,
+)
+
+log = logging.getLogger(__name__)
+EMBED_BATCH = 256
+
+
+@dataclass
+class TrainResult:
+    model_dir: str
+    test: EvaluationResult
+    val: EvaluationResult
+    history: list[dict] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+class Trainer:
+    """Runs both stages for one config on one catalog, in ``work_dir``."""
+
+    def __init__(self, catalog: Catalog, config: RunConfig, work_dir: str | Path,
+                 progress: bool = True):
+        self.catalog, self.config, self.progress = catalog, config, progress
+        self.work_dir = Path(work_dir)
+        self.run_key = f"{config.hash}-{catalog.fingerprint[:16]}"
+        self.cache_root = str(Path(config.train.cache_dir).expanduser())
+        self.history: list[dict] = []
+        self.seconds: dict[str, float] = {}
+
+    # orchestration ------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        if self.config.train.threads:
+            torch.set_num_threads(self.config.train.threads)
+        seed_everything(self.config.train.seed)
+        started = time.perf_counter()
+        self.data = build_data(self.catalog, self.config.train.min_positive_grade)
+        self.model = TwoTower(self.config)
+        self.positive_sets = [set(p.tolist()) for p in self.data.splits["train"].positives]
+        self._prepare_text_features()
+        self._stage1()
+        if self.model.image is not None:
+            self._stage2()
+        self.seconds["total"] = time.perf_counter() - started
+        val = self.evaluate_split("val")
+        test = self.evaluate_split("test")
+        model_dir = self.model.save(self.work_dir / "model", {
+            "catalog_fingerprint": self.catalog.fingerprint, "config_hash": self.config.hash,
+            "test_metrics": test.metrics, "val_metrics": val.metrics,
+            "seconds": self.seconds})
+        log.info("trained %s: test %s=%.4f", self.config.model.fusion,
+                 self.config.eval.primary_metric, test.metrics[self.config.eval.primary_metric])
+        return TrainResult(str(model_dir), test, val, self.history, self.seconds)
+
+    def _prepare_text_features(self) -> None:
+        started = time.perf_counter()
+        cfg = self.config
+        self.product_text = text_bottom_features(
+            self.model.text, self.data.product_texts, cfg.text.max_length, self.cache_root,
+            cfg.train.precision, desc="product text features", progress=self.progress)
+        all_queries = [t for s in self.data.splits.values() for t in s.texts]
+        features = text_bottom_features(
+            self.model.query_text, all_queries, cfg.text.query_max_length, self.cache_root,
+            cfg.train.precision, desc="query text features", progress=self.progress)
+        self.query_text: dict[str, dict[str, torch.Tensor]] = {}
+        start = 0
+        for split, queries in self.data.splits.items():
+            stop = start + len(queries.texts)
+            self.query_text[split] = {k: v[start:stop] for k, v in features.items()}
+            start = stop
+        self.seconds["text_features"] = time.perf_counter() - started
+
+    # stage 1 ------------------------------------------------------------------------------
+    def _stage1(self) -> None:
+        model, stage = self.model, self.config.train.stage1
+        if not self.config.train.domain_finetune:
+            self._freeze_text_tokens()
+        encoder_params = [p for p in model.text.parameters() if p.requires_grad]
+        head_params = [*model.query_head.proj.parameters(),
+                       *model.product_head.text_proj.parameters(), model.loss.log_scale]
+        queries = self.query_text["train"]
+
+        def batch_loss(q_idx: np.ndarray, p_idx: np.ndarray) -> torch.Tensor:
+            q = model.queries_from_hidden(queries["hidden"][q_idx].float(),
+                                          queries["mask"][q_idx])
+            p = model.product_text_vectors(*self._product_tokens(p_idx))
+            mask = torch.from_numpy(known_positive_mask(q_idx, p_idx, self.positive_sets))
+            return model.loss(q, p, mask)
+
+        self._run_stage("stage1", stage, encoder_params, head_params, batch_loss)
+
+    def _freeze_text_tokens(self) -> None:
+        """No domain fine-tuning: run the (frozen) text top once and keep its output."""
+        tokens = self._map_batches(len(self.data.product_ids), lambda idx: self.model.text.top(
+            self.product_text["hidden"][idx].float(), self.product_text["mask"][idx]))
+        self.product_text = {"hidden": tokens.to(torch.bfloat16),
+                             "mask": self.product_text["mask"], "final": torch.tensor(True)}
+
+    def _product_tokens(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, mask = self.product_text["hidden"][idx].float(), self.product_text["mask"][idx]
+        if "final" in self.product_text:
+            return hidden, mask
+        return self.model.text.top(hidden, mask), mask
+
+    # stage 2 ------------------------------------------------------------------------------
+    def _stage2(self) -> None:
+        model, stage, cfg = self.model, self.config.train.stage2, self.config
+        started = time.perf_counter()
+        images = image_bottom_features(model.image, self.data.image_uris, self.cache_root,
+                                       cfg.train.precision, progress=self.progress)
+        self.seconds["image_features"] = time.perf_counter() - started
+        self.image_features, self.image_present = images["features"], images["present"]
+        with torch.no_grad():
+            if "final" not in self.product_text:
+                self._freeze_text_tokens()
+            self.query_pooled = {split: self._pool_queries(split) for split in self.query_text}
+        for param in model.text.parameters():
+            param.requires_grad_(False)
+        encoder_params = [p for p in model.image.parameters() if p.requires_grad]
+        head_params = [*model.product_head.parameters(), *model.query_head.parameters(),
+                       model.loss.log_scale]
+        dropout = cfg.model.modality_dropout if cfg.model.fusion not in (
+            "text_only", "image_only") else 0.0
+
+        def batch_loss(q_idx: np.ndarray, p_idx: np.ndarray) -> torch.Tensor:
+            q = model.query_head(self.query_pooled["train"][q_idx])
+            tokens, mask = self._product_tokens(p_idx)
+            present = self.image_present[p_idx].clone()
+            if dropout:
+                drop = torch.rand(len(p_idx))
+                hide_image = (drop < dropout) & present
+                hide_text = (drop > 1 - dropout) & present
+                present &= ~hide_image
+                mask = mask & ~hide_text.unsqueeze(1)
+            features = self.image_features[p_idx].float().contiguous(
+                memory_format=torch.channels_last)
+            p = model.products_from_features(tokens, mask, features, present)
+            known = torch.from_numpy(known_positive_mask(q_idx, p_idx, self.positive_sets))
+            return model.loss(q, p, known)
+
+        self._run_stage("stage2", stage, encoder_params, head_params, batch_loss)
+
+    def _pool_queries(self, split: str) -> torch.Tensor:
+        feats = self.query_text[split]
+        tokens = self.model.query_text.top(feats["hidden"].float(), feats["mask"])
+        return mean_pool(tokens, feats["mask"]).float()
+
+    # the shared epoch loop ----------------------------------------------------------------
+    def _run_stage(self, name: str, stage: StageConfig, encoder_params: list, head_params: list,
+                   batch_loss: Callable[[np.ndarray, np.ndarray], torch.Tensor]) -> None:
+        if stage.epochs == 0:
+            log.info("%s: 0 epochs, skipped", name)
+            return
+        started = time.perf_counter()
+        groups = [{"params": head_params, "lr": stage.lr}]
+        if encoder_params and stage.encoder_lr > 0:
+            groups.append({"params": encoder_params, "lr": stage.encoder_lr})
+        optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
+        checkpoint = self.work_dir / "checkpoints" / f"{name}.pt"
+        state = self._resume(checkpoint, optimizer)
+        if state.get("done"):
+            log.info("%s: already complete in %s", name, checkpoint)
+            return
+        primary = self.config.eval.primary_metric
+        for epoch in range(state["epoch"], stage.epochs):
+            rng = np.random.default_rng([self.config.train.seed, int(name[-1]), epoch])
+            torch.manual_seed(self.config.train.seed * 1000 + epoch)
+            batches = epoch_pairs(self.data.splits["train"].positives, stage.positives_per_query,
+                                  stage.batch_size, rng)
+            loss = self._train_epoch(name, epoch, stage.epochs, batches, optimizer, batch_loss)
+            val = self.evaluate_split("val")
+            score = val.metrics[primary]
+            record = {"stage": name, "epoch": epoch + 1, "loss": loss, f"val_{primary}": score,
+                      **{f"val_{k}": v for k, v in val.metrics.items()
+                         if k.startswith(("recall@", "ndcg@", "mrr"))},
+                      "temperature": self.model.loss.temperature}
+            self.history.append(record)
+            log.info("%s epoch %d/%d: loss %.4f, val %s %.4f", name, epoch + 1, stage.epochs,
+                     loss, primary, score)
+            if score > state["best_score"]:
+                state.update(best_score=score, best_state=_clone_state(self.model),
+                             bad_epochs=0)
+            else:
+                state["bad_epochs"] += 1
+            state["epoch"] = epoch + 1
+            stop = state["bad_epochs"] >= stage.patience
+            self._save_checkpoint(checkpoint, optimizer, state, done=False)
+            if stop:
+                log.info("%s: early stop after epoch %d (no val gain for %d epochs)", name,
+                         epoch + 1, stage.patience)
+                break
+        if state["best_state"] is not None:
+            self.model.load_state_dict(state["best_state"])
+        self._save_checkpoint(checkpoint, optimizer, state, done=True)
+        self.seconds[name] = time.perf_counter() - started
+
+    def _train_epoch(self, name, epoch, epochs, batches, optimizer, batch_loss) -> float:
+        self.model.train()
+        losses = []
+        bar = tqdm(batches, desc=f"{name} epoch {epoch + 1}/{epochs}", unit="batch",
+                   disable=not self.progress)
+        for q_idx, p_idx in bar:
+            with autocast(self.config.train.precision):
+                loss = batch_loss(q_idx, p_idx)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        self.model.eval()
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def _resume(self, checkpoint: Path, optimizer) -> dict:
+        fresh = {"epoch": 0, "best_score": float("-inf"), "best_state": None, "bad_epochs": 0}
+        if not checkpoint.is_file():
+            return fresh
+        saved = torch.load(checkpoint, weights_only=False)
+        if saved.get("run_key") != self.run_key:
+            log.warning("%s belongs to another config or catalog; starting afresh", checkpoint)
+            return fresh
+        self.model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        self.history = saved.get("history", [])
+        log.info("resuming %s after epoch %d", checkpoint.stem, saved["state"]["epoch"])
+        return {**saved["state"], "done": saved.get("done", False)}
+
+    def _save_checkpoint(self, checkpoint: Path, optimizer, state: dict, done: bool) -> None:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        tmp = checkpoint.with_suffix(".tmp")
+        torch.save({"run_key": self.run_key, "model": self.model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "state": state, "done": done,
+                    "history": self.history}, tmp)
+        tmp.replace(checkpoint)
+
+    # evaluation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def product_vectors(self) -> torch.Tensor:
+        """Every product's current embedding, from cached features."""
+        model = self.model.eval()
+        if model.image is None or not hasattr(self, "image_features"):
+            return self._map_batches(len(self.data.product_ids),
+                                     lambda idx: model.product_text_vectors(
+                                         *self._product_tokens(idx)))
+        return self._map_batches(len(self.data.product_ids), lambda idx: (
+            model.products_from_features(*self._product_tokens(idx),
+                                         self.image_features[idx].float().contiguous(
+                                             memory_format=torch.channels_last),
+                                         self.image_present[idx])))
+
+    @torch.no_grad()
+    def query_vectors(self, split: str) -> torch.Tensor:
+        if hasattr(self, "query_pooled"):
+            return self.model.query_head(self.query_pooled[split])
+        feats = self.query_text[split]
+        return self._map_batches(len(feats["mask"]), lambda idx: self.model.queries_from_hidden(
+            feats["hidden"][idx].float(), feats["mask"][idx]))
+
+    def _map_batches(self, n: int, fn) -> torch.Tensor:
+        outs = []
+        with torch.no_grad(), autocast(self.config.train.precision):
+            for start in range(0, n, EMBED_BATCH):
+                outs.append(fn(torch.arange(start, min(n, start + EMBED_BATCH))).float())
+        return torch.cat(outs)
+
+    def evaluate_split(self, split: str) -> EvaluationResult:
+        queries = self.data.splits[split]
+        cfg = self.config.eval
+        segments = query_segments(self.catalog.queries, self.catalog.products,
+                                  self.catalog.judgments) if split == "test" else None
+        return evaluate_vectors(self.query_vectors(split), self.product_vectors(), queries.ids,
+                                self.data.product_ids, queries.qrels, cfg.ks,
+                                cfg.min_relevant_grade, segments)
+
+
+def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def train(catalog: Catalog, config: RunConfig, work_dir: str | Path,
+          progress: bool = True) -> TrainResult:
+    """Train both stages and save the model to ``work_dir/model``."""
+    return Trainer(catalog, config, work_dir, progress).run()
+
+
+__all__ = ["RetrievalData", "TrainResult", "Trainer", "train"]
