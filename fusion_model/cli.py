@@ -54,6 +54,63 @@ def _cmd_copy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from fusion_model.config import load_config
+    from fusion_model.data.catalog import load_catalog
+    from fusion_model.training.trainer import train
+
+    config = load_config(args.config, args.overrides)
+    result = train(load_catalog(args.catalog), config, args.out)
+    _print_metrics(f"{config.model.fusion} (test)", result.test)
+    print(f"model saved to {result.model_dir}")
+    if args.output:
+        _write_json(args.output, {"model_dir": result.model_dir, "test": result.test.metrics,
+                                  "val": result.val.metrics, "segments": result.test.segments,
+                                  "history": result.history, "seconds": result.seconds})
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from fusion_model.data.catalog import load_catalog
+    from fusion_model.inference import evaluate_model
+    from fusion_model.models.towers import load_model
+
+    result = evaluate_model(load_model(args.model), load_catalog(args.catalog), args.split,
+                            cache_dir=args.cache_dir)
+    _print_metrics(f"{args.model} ({args.split})", result)
+    if args.output:
+        _write_json(args.output, {"metrics": result.metrics, "segments": result.segments})
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from fusion_model.data.catalog import load_catalog
+    from fusion_model.inference import embed_catalog, write_vectors
+    from fusion_model.models.towers import load_model
+
+    catalog = load_catalog(args.catalog)
+    vectors = embed_catalog(load_model(args.model), catalog, cache_dir=args.cache_dir)
+    write_vectors(args.out, catalog.products["product_id"].tolist(), vectors)
+    print(f"wrote {len(vectors):,} vectors of dimension {vectors.shape[1]} to {args.out}")
+    return 0
+
+
+def _print_metrics(title: str, result) -> None:
+    shown = ("recall@10", "recall@100", "ndcg@10", "mrr")
+    print(title)
+    print("  " + "  ".join(f"{m}={result.metrics[m]:.4f}" for m in shown))
+    for name, segment in result.segments.items():
+        print(f"  segment {name} ({int(segment['queries'])} queries): "
+              + "  ".join(f"{m}={segment[m]:.4f}" for m in shown))
+
+
+def _write_json(path: str, payload: dict) -> None:
+    from pathlib import Path
+
+    Path(path).write_text(json.dumps(payload, indent=2, default=float))
+    print(f"wrote {path}")
+
+
 def _print_summary(catalog, fingerprint: bool) -> None:
     summary = catalog.summary()
     lines = [
@@ -112,6 +169,31 @@ def build_parser() -> argparse.ArgumentParser:
     copy.add_argument("src")
     copy.add_argument("dst")
     copy.set_defaults(func=_cmd_copy)
+
+    train = steps.add_parser("train", help="two-stage training on a catalog")
+    train.add_argument("--catalog", required=True, help="catalog directory or s3:// prefix")
+    train.add_argument("--config", default="default",
+                       help="packaged config name (default, fast) or a YAML path")
+    train.add_argument("--out", default="runs/latest", help="work dir: checkpoints + model")
+    train.add_argument("--output", help="write metrics and history to this JSON file")
+    train.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="config overrides, e.g. model.fusion=concat train.stage1.epochs=1")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = steps.add_parser("evaluate", help="evaluate a saved model on a catalog split")
+    evaluate.add_argument("--model", required=True, help="model directory (from train)")
+    evaluate.add_argument("--catalog", required=True)
+    evaluate.add_argument("--split", choices=("train", "val", "test"), default="test")
+    evaluate.add_argument("--cache-dir", help="reuse/extend the frozen-feature cache here")
+    evaluate.add_argument("--output", help="write metrics to this JSON file")
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+    embed = steps.add_parser("embed", help="embed every product of a catalog")
+    embed.add_argument("--model", required=True)
+    embed.add_argument("--catalog", required=True)
+    embed.add_argument("--out", required=True, help="parquet file: product_id, vector")
+    embed.add_argument("--cache-dir", help="reuse/extend the frozen-feature cache here")
+    embed.set_defaults(func=_cmd_embed)
     return parser
 
 

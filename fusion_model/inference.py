@@ -1,0 +1,93 @@
+"""Batch embedding of a whole catalog and evaluation of a saved model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from fusion_model.data.catalog import Catalog
+from fusion_model.evaluation.evaluator import EvaluationResult, evaluate_vectors, query_segments
+from fusion_model.models.towers import TwoTower
+from fusion_model.training.data import build_data, product_text
+from fusion_model.training.features import (
+    autocast,
+    image_bottom_features,
+    load_images,
+    text_bottom_features,
+)
+
+log = logging.getLogger(__name__)
+
+
+def embed_catalog(model: TwoTower, catalog: Catalog, cache_dir: str | None = None,
+                  batch_size: int = 256, progress: bool = True) -> torch.Tensor:
+    """(N, E) product vectors in catalog order.
+
+    With ``cache_dir`` the frozen encoder bottoms come from (and go to) the feature cache;
+    without it every product is encoded from its files in batches.
+    """
+    model.eval()
+    texts = [product_text(t, d) for t, d in zip(catalog.products["title"],
+                                                catalog.products["description"])]
+    uris = catalog.products["image_uri"].tolist()
+    if cache_dir is None:
+        return _embed_uncached(model, texts, uris, batch_size, progress)
+    precision = model.config.train.precision
+    text = text_bottom_features(model.text, texts, model.config.text.max_length, cache_dir,
+                                precision, progress=progress)
+    images = None
+    if model.image is not None:
+        images = image_bottom_features(model.image, uris, cache_dir, precision,
+                                       progress=progress)
+    out = []
+    with torch.no_grad(), autocast(precision):
+        for start in range(0, len(texts), batch_size):
+            idx = slice(start, start + batch_size)
+            hidden, mask = text["hidden"][idx].float(), text["mask"][idx]
+            tokens = model.text.top(hidden, mask)
+            if images is None:
+                out.append(model.products_from_features(tokens, mask, None, torch.zeros(
+                    tokens.shape[0], dtype=torch.bool)).float())
+                continue
+            features = images["features"][idx].float().contiguous(
+                memory_format=torch.channels_last)
+            out.append(model.products_from_features(tokens, mask, features,
+                                                    images["present"][idx]).float())
+    return torch.cat(out)
+
+
+def _embed_uncached(model: TwoTower, texts: list[str], uris: list[str | None],
+                    batch_size: int, progress: bool) -> torch.Tensor:
+    size = model.image.image_size if model.image is not None else 0
+    out = []
+    for start in tqdm(range(0, len(texts), batch_size), desc="embed products", unit="batch",
+                      disable=not progress):
+        batch_uris = uris[start:start + batch_size]
+        images = load_images(batch_uris, size) if size else [None] * len(batch_uris)
+        out.append(model.embed_products(texts[start:start + batch_size], images))
+    return torch.cat(out)
+
+
+def evaluate_model(model: TwoTower, catalog: Catalog, split: str = "test",
+                   cache_dir: str | None = None, progress: bool = True) -> EvaluationResult:
+    """Metrics of a saved model on one split, by exact search over the whole catalog."""
+    data = build_data(catalog, model.config.train.min_positive_grade)
+    queries = data.splits[split]
+    product_vectors = embed_catalog(model, catalog, cache_dir, progress=progress)
+    query_vectors = model.embed_queries(queries.texts)
+    segments = query_segments(catalog.queries, catalog.products, catalog.judgments)
+    cfg = model.config.eval
+    return evaluate_vectors(query_vectors, product_vectors, queries.ids, data.product_ids,
+                            queries.qrels, cfg.ks, cfg.min_relevant_grade, segments)
+
+
+def write_vectors(path: str | Path, product_ids: list[str], vectors: torch.Tensor) -> None:
+    """product_id + vector (list<float32>) as parquet."""
+    frame = pd.DataFrame({"product_id": product_ids,
+                          "vector": list(vectors.numpy().astype(np.float32))})
+    frame.to_parquet(path, index=False)
