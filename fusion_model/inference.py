@@ -16,6 +16,7 @@ from fusion_model.models.towers import TwoTower
 from fusion_model.training.data import build_data, product_text
 from fusion_model.training.features import (
     autocast,
+    image_batch,
     image_bottom_features,
     load_images,
     text_bottom_features,
@@ -54,8 +55,7 @@ def embed_catalog(model: TwoTower, catalog: Catalog, cache_dir: str | None = Non
                 out.append(model.products_from_features(tokens, mask, None, torch.zeros(
                     tokens.shape[0], dtype=torch.bool)).float())
                 continue
-            features = images["features"][idx].float().contiguous(
-                memory_format=torch.channels_last)
+            features = image_batch(images["features"], idx)
             out.append(model.products_from_features(tokens, mask, features,
                                                     images["present"][idx]).float())
     return torch.cat(out)

@@ -182,8 +182,12 @@ class QueryHead(nn.Module):
         self.proj = nn.Linear(text_dim, embed_dim)
         self.image_proj = nn.Linear(text_dim, embed_dim) if late_fusion else None
 
+    def text_half(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The query's text-space vector (stage 1 aligns it with product text)."""
+        return l2(self.proj(pooled))
+
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        text = l2(self.proj(pooled))
+        text = self.text_half(pooled)
         if self.image_proj is None:
             return text
         return torch.cat([text, l2(self.image_proj(pooled))], dim=-1)

@@ -169,7 +169,7 @@ def save_tiny_vit(path: str | Path, image_size: int = 32) -> str:
     config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                        intermediate_size=64, image_size=image_size, patch_size=8)
     torch.manual_seed(0)
-    ViTModel(config, add_pooling_layer=False).save_pretrained(path)
+    ViTModel(config).save_pretrained(path)
     (path / "preprocessor_config.json").write_text(json.dumps(
         {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "size": image_size}))
     return str(path)

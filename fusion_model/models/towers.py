@@ -54,9 +54,12 @@ class TwoTower(nn.Module):
         return self.product_head.out_dim
 
     # feature-level paths (training and cached evaluation) -------------------------------
-    def queries_from_hidden(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Cached bottom states (B, T, D) -> query vectors (B, E)."""
-        return self.query_head(mean_pool(self.query_text.top(hidden, mask), mask))
+    def queries_from_hidden(self, hidden: torch.Tensor, mask: torch.Tensor,
+                            text_half: bool = False) -> torch.Tensor:
+        """Cached bottom states (B, T, D) -> query vectors (B, E); ``text_half`` gives the
+        text-space part only (what stage 1 trains against product text)."""
+        pooled = mean_pool(self.query_text.top(hidden, mask), mask)
+        return self.query_head.text_half(pooled) if text_half else self.query_head(pooled)
 
     def product_text_vectors(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Stage 1 product vector from final text tokens: text projection only."""

@@ -155,3 +155,11 @@ def _empty_shape(encoder) -> tuple[int, ...]:
     probe = np.zeros((encoder.image_size, encoder.image_size, 3), dtype=np.uint8)
     with torch.no_grad():
         return tuple(encoder.bottom(encoder.preprocess([probe])).shape[1:])
+
+
+def image_batch(features: torch.Tensor, index) -> torch.Tensor:
+    """Cached image features for ``index`` as float; CNN maps in channels_last layout."""
+    batch = features[index].float()
+    if batch.dim() == 4:
+        return batch.contiguous(memory_format=torch.channels_last)
+    return batch

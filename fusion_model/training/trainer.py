@@ -35,6 +35,7 @@ from fusion_model.training.data import (
 )
 from fusion_model.training.features import (
     autocast,
+    image_batch,
     image_bottom_features,
     text_bottom_features,
 )
@@ -125,7 +126,7 @@ class Trainer:
 
         def batch_loss(q_idx: np.ndarray, p_idx: np.ndarray) -> torch.Tensor:
             q = model.queries_from_hidden(queries["hidden"][q_idx].float(),
-                                          queries["mask"][q_idx])
+                                          queries["mask"][q_idx], text_half=True)
             p = model.product_text_vectors(*self._product_tokens(p_idx))
             mask = torch.from_numpy(known_positive_mask(q_idx, p_idx, self.positive_sets))
             return model.loss(q, p, mask)
@@ -175,8 +176,7 @@ class Trainer:
                 hide_text = (drop > 1 - dropout) & present
                 present &= ~hide_image
                 mask = mask & ~hide_text.unsqueeze(1)
-            features = self.image_features[p_idx].float().contiguous(
-                memory_format=torch.channels_last)
+            features = image_batch(self.image_features, p_idx)
             p = model.products_from_features(tokens, mask, features, present)
             known = torch.from_numpy(known_positive_mask(q_idx, p_idx, self.positive_sets))
             return model.loss(q, p, known)
@@ -286,8 +286,7 @@ class Trainer:
                                          *self._product_tokens(idx)))
         return self._map_batches(len(self.data.product_ids), lambda idx: (
             model.products_from_features(*self._product_tokens(idx),
-                                         self.image_features[idx].float().contiguous(
-                                             memory_format=torch.channels_last),
+                                         image_batch(self.image_features, idx),
                                          self.image_present[idx])))
 
     @torch.no_grad()
@@ -296,7 +295,7 @@ class Trainer:
             return self.model.query_head(self.query_pooled[split])
         feats = self.query_text[split]
         return self._map_batches(len(feats["mask"]), lambda idx: self.model.queries_from_hidden(
-            feats["hidden"][idx].float(), feats["mask"][idx]))
+            feats["hidden"][idx].float(), feats["mask"][idx], text_half=True))
 
     def _map_batches(self, n: int, fn) -> torch.Tensor:
         outs = []

@@ -1,0 +1,54 @@
+"""Config loading, overrides and validation messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from fusion_model.config import ConfigError, load_config
+
+
+def test_default_and_fast_configs_load():
+    default = load_config("default")
+    fast = load_config("fast")
+    assert default.name == "default" and fast.name == "fast"
+    assert fast.train.stage1.epochs == 2 and fast.model.fusion == "fusion"
+    assert default.hash != fast.hash
+
+
+def test_dotted_overrides_are_typed():
+    config = load_config("default", ["model.fusion=concat", "train.stage1.epochs=5",
+                                     "train.stage2.lr=0.01", "eval.ks=[1, 10]",
+                                     "eval.primary_metric=recall@10"])
+    assert config.model.fusion == "concat" and config.train.stage1.epochs == 5
+    assert config.train.stage2.lr == 0.01 and config.eval.ks == (1, 10)
+    assert config.replace("model.embed_dim=128").model.embed_dim == 128
+
+
+def test_yaml_file_with_base(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: fast\nmodel:\n  embed_dim: 64\n  fusion_heads: 2\n")
+    config = load_config(str(path))
+    assert config.name == "mine" and config.model.embed_dim == 64
+    assert config.train.stage1.epochs == 2
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.fuson=concat", "unknown config key model.fuson; valid keys in model:"),
+    ("model.fusion=transformer", "choose one of text_only, image_only"),
+    ("train.stage1.epochs=two", "train.stage1.epochs must be an integer"),
+    ("train.stage1.batch_size=1", "in-batch negatives need company"),
+    ("model.embed_dim=250", "must be divisible by model.fusion_heads=4"),
+    ("eval.primary_metric=recall@7", "K in eval.ks"),
+    ("train.precision=fp16", "choose one of fp32, bf16"),
+    ("share_text_encoder=true", "unknown config key share_text_encoder"),
+    ("model.share_text_encoder=1", "must be true or false"),
+    ("nonsense", "must look like section.key=value"),
+])
+def test_bad_values_fail_with_what_to_change(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_config("default", [override])
+
+
+def test_unknown_config_name_lists_packaged_ones():
+    with pytest.raises(ConfigError, match="packaged configs: default, fast"):
+        load_config("turbo")

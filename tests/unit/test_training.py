@@ -1,0 +1,110 @@
+"""Two-stage training on tiny random-init encoders: learning, caching, resume, round trip."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from fusion_model.config import load_config
+from fusion_model.data.catalog import load_catalog
+from fusion_model.inference import evaluate_model
+from fusion_model.models.heads import HEADS
+from fusion_model.models.towers import load_model
+from fusion_model.training.trainer import Trainer, train
+from tests.conftest import tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def catalog(synthetic_catalog):
+    return load_catalog(str(synthetic_catalog))
+
+
+def test_two_stages_learn_and_the_saved_model_reproduces_the_metrics(catalog, tiny_models,
+                                                                     tmp_path):
+    config = load_config("default", tiny_overrides(tiny_models, tmp_path / "cache",
+                                                   "train.stage1.epochs=3"))
+    result = train(catalog, config, tmp_path / "run", progress=False)
+    stage1 = [h["loss"] for h in result.history if h["stage"] == "stage1"]
+    stage2 = [h["loss"] for h in result.history if h["stage"] == "stage2"]
+    assert len(stage1) == 3 and len(stage2) == 2  # learning itself: tests/integration
+    assert all(loss > 0 for loss in stage1 + stage2)
+    assert set(result.seconds) >= {"stage1", "stage2", "text_features", "image_features"}
+    assert 0 < result.test.metrics["ndcg@10"] <= 1
+    assert {"visual_query", "text_only_attribute"} <= set(result.test.segments)
+    reloaded = load_model(result.model_dir)
+    again = evaluate_model(reloaded, catalog, "test", progress=False)
+    for metric in ("recall@10", "ndcg@10", "mrr"):
+        assert again.metrics[metric] == pytest.approx(result.test.metrics[metric], abs=0.02)
+
+
+@pytest.mark.parametrize("kind", sorted(HEADS))
+def test_every_fusion_kind_trains_through_both_stages(catalog, tiny_models, tmp_path, kind):
+    config = load_config("default", tiny_overrides(
+        tiny_models, tmp_path / "cache", f"model.fusion={kind}", "train.stage1.epochs=1",
+        "train.stage2.epochs=1"))
+    result = train(catalog, config, tmp_path / kind, progress=False)
+    stages = {h["stage"] for h in result.history}
+    assert stages == ({"stage1"} if kind == "text_only" else {"stage1", "stage2"})
+    assert torch.isfinite(torch.tensor(list(result.test.metrics.values()))).all()
+
+
+def test_second_run_reuses_cached_frozen_features(catalog, tiny_models, tmp_path, caplog):
+    overrides = tiny_overrides(tiny_models, tmp_path / "cache", "train.stage1.epochs=1",
+                               "train.stage2.epochs=1")
+    train(catalog, load_config("default", overrides), tmp_path / "a", progress=False)
+    files = sorted(p.name for p in (tmp_path / "cache").rglob("*"))
+    with caplog.at_level(logging.INFO, logger="fusion_model.training.features"):
+        train(catalog, load_config("default", overrides + ["model.fusion=concat"]),
+              tmp_path / "b", progress=False)
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("*")) == files
+    assert "image features: 295 cached, 0 computed" in caplog.text
+    assert "product text features: 300 cached, 0 computed" in caplog.text
+
+
+def test_crash_mid_stage2_resumes_to_the_same_model(catalog, tiny_models, tmp_path,
+                                                    monkeypatch):
+    config = load_config("default", tiny_overrides(tiny_models, tmp_path / "cache"))
+    reference = train(catalog, config, tmp_path / "clean", progress=False)
+
+    original = Trainer._train_epoch
+
+    def crash_in_stage2_epoch2(self, name, epoch, *args):
+        if name == "stage2" and epoch == 1:
+            raise RuntimeError("simulated crash")
+        return original(self, name, epoch, *args)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_stage2_epoch2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(catalog, config, tmp_path / "crashy", progress=False)
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    resumed = train(catalog, config, tmp_path / "crashy", progress=False)
+    assert [(h["stage"], h["epoch"]) for h in resumed.history] == [
+        ("stage1", 1), ("stage1", 2), ("stage2", 1), ("stage2", 2)]
+    assert resumed.test.metrics == pytest.approx(reference.test.metrics, abs=1e-6)
+
+
+def test_training_is_deterministic(catalog, tiny_models, tmp_path):
+    overrides = tiny_overrides(tiny_models, tmp_path / "cache", "train.stage1.epochs=1",
+                               "train.stage2.epochs=1")
+    runs = [train(catalog, load_config("default", overrides), tmp_path / name, progress=False)
+            for name in ("a", "b")]
+    assert runs[0].test.metrics == runs[1].test.metrics
+
+
+def test_frozen_text_encoder_without_domain_finetuning(catalog, tiny_models, tmp_path):
+    config = load_config("default", tiny_overrides(
+        tiny_models, tmp_path / "cache", "train.domain_finetune=false", "model.fusion=text_only",
+        "train.stage1.epochs=1"))
+    trainer = Trainer(catalog, config, tmp_path / "run", progress=False)
+    before = {k: v.clone() for k, v in trainer_model_text_state(trainer).items()}
+    trainer.run()
+    after = trainer.model.text.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def trainer_model_text_state(trainer: Trainer) -> dict[str, torch.Tensor]:
+    from fusion_model.models.towers import TwoTower
+
+    return TwoTower(trainer.config).text.state_dict()
