@@ -95,6 +95,16 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from fusion_model.benchmark import run_benchmark
+
+    models = tuple(args.models.split(",")) if args.models else None
+    kwargs = {"models": models} if models else {}
+    run_benchmark(args.catalog, args.output, config_name=args.config,
+                  overrides=tuple(args.overrides), work_dir=args.work_dir, **kwargs)
+    return 0
+
+
 def _print_metrics(title: str, result) -> None:
     shown = ("recall@10", "recall@100", "ndcg@10", "mrr")
     print(title)
@@ -194,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", required=True, help="parquet file: product_id, vector")
     embed.add_argument("--cache-dir", help="reuse/extend the frozen-feature cache here")
     embed.set_defaults(func=_cmd_embed)
+
+    bench = steps.add_parser("benchmark", help="train and compare every model on a catalog")
+    bench.add_argument("--catalog", required=True)
+    bench.add_argument("--output", default="results.json", help="results JSON file")
+    bench.add_argument("--models", help="comma-separated subset (default: the core ladder)")
+    bench.add_argument("--config", default="default")
+    bench.add_argument("--work-dir", default="runs/benchmark")
+    bench.add_argument("overrides", nargs="*", metavar="key=value")
+    bench.set_defaults(func=_cmd_benchmark)
     return parser
 
 

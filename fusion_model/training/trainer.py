@@ -42,6 +42,8 @@ from fusion_model.training.features import (
 
 log = logging.getLogger(__name__)
 EMBED_BATCH = 256
+STAGE1_PARAMETERS = ("text.", "query_text.", "query_head.proj.", "product_head.text_proj.",
+                     "loss.")
 
 
 @dataclass
@@ -64,10 +66,11 @@ class Trainer:
     """Runs both stages for one config on one catalog, in ``work_dir``."""
 
     def __init__(self, catalog: Catalog, config: RunConfig, work_dir: str | Path,
-                 progress: bool = True):
+                 progress: bool = True, stage1_from: str | Path | None = None):
         self.catalog, self.config, self.progress = catalog, config, progress
         self.work_dir = Path(work_dir)
-        self.run_key = f"{config.hash}-{catalog.fingerprint[:16]}"
+        self.stage1_from = Path(stage1_from) if stage1_from else None
+        self.run_key = f"{config.hash}-{catalog.fingerprint[:16]}-{self.stage1_from}"
         self.cache_root = str(Path(config.train.cache_dir).expanduser())
         self.history: list[dict] = []
         self.seconds: dict[str, float] = {}
@@ -81,8 +84,11 @@ class Trainer:
         self.data = build_data(self.catalog, self.config.train.min_positive_grade)
         self.model = TwoTower(self.config)
         self.positive_sets = [set(p.tolist()) for p in self.data.splits["train"].positives]
+        if self.stage1_from:
+            self._load_stage1(self.stage1_from)
         self._prepare_text_features()
-        self._stage1()
+        if not self.stage1_from:
+            self._stage1()
         if self.model.image is not None:
             self._stage2()
         self.seconds["total"] = time.perf_counter() - started
@@ -95,6 +101,15 @@ class Trainer:
         log.info("trained %s: test %s=%.4f", self.config.model.fusion,
                  self.config.eval.primary_metric, test.metrics[self.config.eval.primary_metric])
         return TrainResult(str(model_dir), test, val, self.history, self.seconds)
+
+    def _load_stage1(self, model_dir: Path) -> None:
+        """Start from another run's stage 1: its text encoder, text projections, temperature."""
+        saved = torch.load(model_dir / "model.pt", weights_only=True)
+        own = self.model.state_dict()
+        keep = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape
+                and k.startswith(STAGE1_PARAMETERS)}
+        self.model.load_state_dict(keep, strict=False)
+        log.info("stage 1 taken from %s (%d tensors); skipping stage 1", model_dir, len(keep))
 
     def _prepare_text_features(self) -> None:
         started = time.perf_counter()
@@ -318,10 +333,10 @@ def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def train(catalog: Catalog, config: RunConfig, work_dir: str | Path,
-          progress: bool = True) -> TrainResult:
-    """Train both stages and save the model to ``work_dir/model``."""
-    return Trainer(catalog, config, work_dir, progress).run()
+def train(catalog: Catalog, config: RunConfig, work_dir: str | Path, progress: bool = True,
+          stage1_from: str | Path | None = None) -> TrainResult:
+    """Train both stages (or stage 2 only, from ``stage1_from``); save to ``work_dir/model``."""
+    return Trainer(catalog, config, work_dir, progress, stage1_from).run()
 
 
 __all__ = ["RetrievalData", "TrainResult", "Trainer", "train"]

@@ -1,0 +1,34 @@
+"""The ablation benchmark's JSON contract, on tiny encoders."""
+
+from __future__ import annotations
+
+import json
+
+from fusion_model.benchmark import run_benchmark
+from tests.conftest import tiny_overrides
+
+
+def test_benchmark_writes_the_documented_json(synthetic_catalog, tiny_models, tmp_path, capsys):
+    output = tmp_path / "results.json"
+    models = ("zero_shot_text", "text_only", "concat", "fusion", "fusion_no_ft")
+    run_benchmark(str(synthetic_catalog), str(output), models=models,
+                  overrides=tuple(tiny_overrides(tiny_models, tmp_path / "cache",
+                                                 "train.stage1.epochs=1",
+                                                 "train.stage2.epochs=1")),
+                  work_dir=str(tmp_path / "work"), progress=False)
+    report = json.loads(output.read_text())
+    assert report["catalog"]["products"] == 300 and len(report["catalog"]["fingerprint"]) == 64
+    assert list(report["models"]) == list(models)
+    for name, entry in report["models"].items():
+        for metric in ("recall@10", "recall@100", "ndcg@10", "mrr"):
+            ci = entry["ci95"][metric]
+            assert 0 <= ci["low"] <= entry[metric] <= ci["high"] <= 1
+            if name != "text_only":
+                assert "mean" in entry["vs_text_only"][metric]
+        assert entry["train_seconds"] >= 0
+    assert report["models"]["fusion"]["train_seconds"] > 0
+    table = capsys.readouterr().out
+    assert "zero_shot_text" in table and "paired bootstrap" in table
+    # stage 1 is shared: fusion started from the text_only run instead of training its own
+    assert not (tmp_path / "work" / "fusion" / "checkpoints" / "stage1.pt").exists()
+    assert (tmp_path / "work" / "text_only" / "checkpoints" / "stage1.pt").exists()
