@@ -33,14 +33,23 @@ lock: ## re-resolve requirements.lock from pyproject.toml
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
 		$(FIND_LINKS) -o requirements.lock
 
-demo: setup ## build the demo catalog and show its summary
+demo: setup ## build the demo catalog, train the fusion model on it, print test metrics
 	$(VENV)/bin/fusion-model catalog synthetic --products $(DEMO_PRODUCTS) --out $(DEMO_DIR)/catalog
+	$(VENV)/bin/fusion-model train --catalog $(DEMO_DIR)/catalog --config fast \
+		--out $(DEMO_DIR)/run --output $(DEMO_DIR)/run/metrics.json train.cache_dir=$(DEMO_DIR)/cache
+	@echo "model: $(DEMO_DIR)/run/model  metrics: $(DEMO_DIR)/run/metrics.json"
 
 test: setup ## run the default test suite (unit + integration on local backends)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: setup ## run slow tests and benchmarks
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+BENCH_DIR ?= runs/bench
+bench: setup ## throughput benchmark + ablation table on a synthetic catalog (see benchmarks/RESULTS.md)
+	$(VENV)/bin/fusion-model catalog synthetic --products 3000 --out $(BENCH_DIR)/synthetic
+	$(PY) benchmarks/throughput.py --catalog $(BENCH_DIR)/synthetic
+	$(VENV)/bin/fusion-model benchmark --catalog $(BENCH_DIR)/synthetic \
+		--output $(BENCH_DIR)/synthetic.json --work-dir $(BENCH_DIR)/work \
+		--models zero_shot_text,text_only,image_only,concat,weighted_sum,late_fusion,fusion,concat_no_ft,fusion_no_ft \
+		train.cache_dir=$(BENCH_DIR)/cache
 
 lint: setup ## ruff
 	$(VENV)/bin/ruff check fusion_model tests

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -63,14 +64,24 @@ def embed_catalog(model: TwoTower, catalog: Catalog, cache_dir: str | None = Non
 
 def _embed_uncached(model: TwoTower, texts: list[str], uris: list[str | None],
                     batch_size: int, progress: bool) -> torch.Tensor:
+    """Batched embedding from files; the next batch's photos decode while this one runs."""
     size = model.image.image_size if model.image is not None else 0
-    out = []
-    for start in tqdm(range(0, len(texts), batch_size), desc="embed products", unit="batch",
-                      disable=not progress):
+    starts = list(range(0, len(texts), batch_size))
+
+    def decode(start: int) -> list:
         batch_uris = uris[start:start + batch_size]
-        images = load_images(batch_uris, size) if size else [None] * len(batch_uris)
-        out.append(model.embed_products(texts[start:start + batch_size], images))
-    return torch.cat(out)
+        return load_images(batch_uris, size) if size else [None] * len(batch_uris)
+
+    out = []
+    with ThreadPoolExecutor(max_workers=1) as prefetch:
+        pending = prefetch.submit(decode, starts[0]) if starts else None
+        for i, start in enumerate(tqdm(starts, desc="embed products", unit="batch",
+                                       disable=not progress)):
+            images = pending.result()
+            if i + 1 < len(starts):
+                pending = prefetch.submit(decode, starts[i + 1])
+            out.append(model.embed_products(texts[start:start + batch_size], images))
+    return torch.cat(out) if out else torch.empty(0, model.embedding_dim)
 
 
 def evaluate_model(model: TwoTower, catalog: Catalog, split: str = "test",

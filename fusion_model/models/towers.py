@@ -21,6 +21,7 @@ from fusion_model.models.text import TextEncoder, mean_pool
 log = logging.getLogger(__name__)
 
 MODEL_FILE, CONFIG_FILE, MANIFEST_FILE = "model.pt", "config.yaml", "manifest.json"
+IMAGE_CHUNK = 16
 
 
 class TwoTower(nn.Module):
@@ -87,8 +88,13 @@ class TwoTower(nn.Module):
         return torch.cat(out) if out else torch.empty(0, self.embedding_dim)
 
     @torch.no_grad()
-    def embed_products(self, texts: list[str], images: list[np.ndarray | None]) -> torch.Tensor:
-        """texts and decoded RGB arrays (None = no photo) -> product vectors (B, E)."""
+    def embed_products(self, texts: list[str], images: list[np.ndarray | None],
+                       image_chunk: int = IMAGE_CHUNK) -> torch.Tensor:
+        """texts and decoded RGB arrays (None = no photo) -> product vectors (B, E).
+
+        The CNN runs in chunks of ``image_chunk`` (channels_last + bf16 autocast were
+        fastest at 16 on 2 CPU cores; see benchmarks/RESULTS.md).
+        """
         self.eval()
         with _autocast(self.config.train.precision):
             hidden, mask = self.text.bottom(texts)
@@ -99,7 +105,9 @@ class TwoTower(nn.Module):
                 size = self.image.image_size
                 filled = [img if img is not None else np.zeros((size, size, 3), np.uint8)
                           for img in images]
-                features = self.image.bottom(self.image.preprocess(filled))
+                features = torch.cat([
+                    self.image.bottom(self.image.preprocess(filled[i:i + image_chunk]))
+                    for i in range(0, len(filled), image_chunk)])
             return self.products_from_features(tokens, mask, features, present).float()
 
     # persistence --------------------------------------------------------------------------
