@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -61,6 +62,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     result = train(load_catalog(args.catalog), config, args.out)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 reports
     _print_metrics(f"{config.model.fusion} (test)", result.test)
     print(f"model saved to {result.model_dir}")
     if args.output:

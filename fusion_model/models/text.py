@@ -127,7 +127,8 @@ TINY_VOCAB = ("red blue green black white striped checked dotted shirt dress boo
               "women cotton leather denim the a and").split()
 
 
-def save_tiny_bert(path: str | Path, vocab: list[str] | None = None) -> str:
+def save_tiny_bert(path: str | Path, vocab: list[str] | None = None,
+                   dropout: float = 0.1) -> str:
     """A tiny random-init BERT + tokenizer on disk, for tests and quick experiments."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
@@ -138,7 +139,8 @@ def save_tiny_bert(path: str | Path, vocab: list[str] | None = None) -> str:
     (path / "vocab.txt").write_text("\n".join(tokens) + "\n")
     BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
     config = BertConfig(vocab_size=len(tokens), hidden_size=32, num_hidden_layers=3,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     torch.manual_seed(0)
     BertModel(config).save_pretrained(path)
     return str(path)

@@ -33,6 +33,14 @@ from fusion_model.training.data import (
     epoch_pairs,
     known_positive_mask,
 )
+from fusion_model.training.distributed import (
+    average_gradients,
+    barrier,
+    gather_rows,
+    init_from_environment,
+    rank_zero_first,
+    shard_bounds,
+)
 from fusion_model.training.features import (
     autocast,
     image_batch,
@@ -42,6 +50,8 @@ from fusion_model.training.features import (
 
 log = logging.getLogger(__name__)
 EMBED_BATCH = 256
+BatchVectors = Callable[[np.ndarray, np.ndarray, torch.Tensor],
+                        tuple[torch.Tensor, torch.Tensor]]
 STAGE1_PARAMETERS = ("text.", "query_text.", "query_head.proj.", "product_head.text_proj.",
                      "loss.")
 
@@ -74,6 +84,7 @@ class Trainer:
         self.cache_root = str(Path(config.train.cache_dir).expanduser())
         self.history: list[dict] = []
         self.seconds: dict[str, float] = {}
+        self.rank, self.world = init_from_environment()
 
     # orchestration ------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -86,7 +97,8 @@ class Trainer:
         self.positive_sets = [set(p.tolist()) for p in self.data.splits["train"].positives]
         if self.stage1_from:
             self._load_stage1(self.stage1_from)
-        self._prepare_text_features()
+        with rank_zero_first(self.rank, self.world):  # rank 0 fills the feature cache
+            self._prepare_text_features()
         if not self.stage1_from:
             self._stage1()
         if self.model.image is not None:
@@ -94,10 +106,13 @@ class Trainer:
         self.seconds["total"] = time.perf_counter() - started
         val = self.evaluate_split("val")
         test = self.evaluate_split("test")
-        model_dir = self.model.save(self.work_dir / "model", {
-            "catalog_fingerprint": self.catalog.fingerprint, "config_hash": self.config.hash,
-            "test_metrics": test.metrics, "val_metrics": val.metrics,
-            "seconds": self.seconds})
+        model_dir = self.work_dir / "model"
+        if self.rank == 0:
+            self.model.save(model_dir, {
+                "catalog_fingerprint": self.catalog.fingerprint,
+                "config_hash": self.config.hash, "test_metrics": test.metrics,
+                "val_metrics": val.metrics, "seconds": self.seconds, "processes": self.world})
+        barrier(self.world)
         log.info("trained %s: test %s=%.4f", self.config.model.fusion,
                  self.config.eval.primary_metric, test.metrics[self.config.eval.primary_metric])
         return TrainResult(str(model_dir), test, val, self.history, self.seconds)
@@ -139,14 +154,12 @@ class Trainer:
                        *model.product_head.text_proj.parameters(), model.loss.log_scale]
         queries = self.query_text["train"]
 
-        def batch_loss(q_idx: np.ndarray, p_idx: np.ndarray) -> torch.Tensor:
+        def batch_vectors(q_idx: np.ndarray, p_idx: np.ndarray, noise: torch.Tensor):
             q = model.queries_from_hidden(queries["hidden"][q_idx].float(),
                                           queries["mask"][q_idx], text_half=True)
-            p = model.product_text_vectors(*self._product_tokens(p_idx))
-            mask = torch.from_numpy(known_positive_mask(q_idx, p_idx, self.positive_sets))
-            return model.loss(q, p, mask)
+            return q, model.product_text_vectors(*self._product_tokens(p_idx))
 
-        self._run_stage("stage1", stage, encoder_params, head_params, batch_loss)
+        self._run_stage("stage1", stage, encoder_params, head_params, batch_vectors)
 
     def _freeze_text_tokens(self) -> None:
         """No domain fine-tuning: run the (frozen) text top once and keep its output."""
@@ -165,8 +178,9 @@ class Trainer:
     def _stage2(self) -> None:
         model, stage, cfg = self.model, self.config.train.stage2, self.config
         started = time.perf_counter()
-        images = image_bottom_features(model.image, self.data.image_uris, self.cache_root,
-                                       cfg.train.precision, progress=self.progress)
+        with rank_zero_first(self.rank, self.world):
+            images = image_bottom_features(model.image, self.data.image_uris, self.cache_root,
+                                           cfg.train.precision, progress=self.progress)
         self.seconds["image_features"] = time.perf_counter() - started
         self.image_features, self.image_present = images["features"], images["present"]
         with torch.no_grad():
@@ -181,22 +195,19 @@ class Trainer:
         dropout = cfg.model.modality_dropout if cfg.model.fusion not in (
             "text_only", "image_only") else 0.0
 
-        def batch_loss(q_idx: np.ndarray, p_idx: np.ndarray) -> torch.Tensor:
+        def batch_vectors(q_idx: np.ndarray, p_idx: np.ndarray, noise: torch.Tensor):
             q = model.query_head(self.query_pooled["train"][q_idx])
             tokens, mask = self._product_tokens(p_idx)
             present = self.image_present[p_idx].clone()
-            if dropout:
-                drop = torch.rand(len(p_idx))
-                hide_image = (drop < dropout) & present
-                hide_text = (drop > 1 - dropout) & present
+            if dropout:  # hide one modality of some products (noise: uniform per product)
+                hide_image = (noise < dropout) & present
+                hide_text = (noise > 1 - dropout) & present
                 present &= ~hide_image
                 mask = mask & ~hide_text.unsqueeze(1)
             features = image_batch(self.image_features, p_idx)
-            p = model.products_from_features(tokens, mask, features, present)
-            known = torch.from_numpy(known_positive_mask(q_idx, p_idx, self.positive_sets))
-            return model.loss(q, p, known)
+            return q, model.products_from_features(tokens, mask, features, present)
 
-        self._run_stage("stage2", stage, encoder_params, head_params, batch_loss)
+        self._run_stage("stage2", stage, encoder_params, head_params, batch_vectors)
 
     def _pool_queries(self, split: str) -> torch.Tensor:
         feats = self.query_text[split]
@@ -205,7 +216,7 @@ class Trainer:
 
     # the shared epoch loop ----------------------------------------------------------------
     def _run_stage(self, name: str, stage: StageConfig, encoder_params: list, head_params: list,
-                   batch_loss: Callable[[np.ndarray, np.ndarray], torch.Tensor]) -> None:
+                   batch_vectors: BatchVectors) -> None:
         if stage.epochs == 0:
             log.info("%s: 0 epochs, skipped", name)
             return
@@ -225,7 +236,8 @@ class Trainer:
             torch.manual_seed(self.config.train.seed * 1000 + epoch)
             batches = epoch_pairs(self.data.splits["train"].positives, stage.positives_per_query,
                                   stage.batch_size, rng)
-            loss = self._train_epoch(name, epoch, stage.epochs, batches, optimizer, batch_loss)
+            loss = self._train_epoch(name, epoch, stage.epochs, batches, optimizer,
+                                     batch_vectors, [*head_params, *encoder_params])
             val = self.evaluate_split("val")
             score = val.metrics[primary]
             record = {"stage": name, "epoch": epoch + 1, "loss": loss, f"val_{primary}": score,
@@ -252,16 +264,25 @@ class Trainer:
         self._save_checkpoint(checkpoint, optimizer, state, done=True)
         self.seconds[name] = time.perf_counter() - started
 
-    def _train_epoch(self, name, epoch, epochs, batches, optimizer, batch_loss) -> float:
+    def _train_epoch(self, name, epoch, epochs, batches, optimizer,
+                     batch_vectors: BatchVectors, parameters: list) -> float:
+        """One pass over ``batches``; under torchrun each process embeds its slice."""
         self.model.train()
         losses = []
         bar = tqdm(batches, desc=f"{name} epoch {epoch + 1}/{epochs}", unit="batch",
-                   disable=not self.progress)
+                   disable=not self.progress or self.rank != 0)
         for q_idx, p_idx in bar:
+            noise = torch.rand(len(p_idx))   # drawn for the whole batch on every rank
+            lo, hi = shard_bounds(len(p_idx), self.rank, self.world)
             with autocast(self.config.train.precision):
-                loss = batch_loss(q_idx, p_idx)
+                q, p = batch_vectors(q_idx[lo:hi], p_idx[lo:hi], noise[lo:hi])
+                q = gather_rows(q.float(), len(p_idx), self.world)
+                p = gather_rows(p.float(), len(p_idx), self.world)
+                known = torch.from_numpy(known_positive_mask(q_idx, p_idx, self.positive_sets))
+                loss = self.model.loss(q, p, known)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(parameters, self.world)
             optimizer.step()
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
@@ -283,6 +304,8 @@ class Trainer:
         return {**saved["state"], "done": saved.get("done", False)}
 
     def _save_checkpoint(self, checkpoint: Path, optimizer, state: dict, done: bool) -> None:
+        if self.rank != 0:
+            return
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         tmp = checkpoint.with_suffix(".tmp")
         torch.save({"run_key": self.run_key, "model": self.model.state_dict(),
