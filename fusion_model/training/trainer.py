@@ -104,8 +104,9 @@ class Trainer:
         if self.model.image is not None:
             self._stage2()
         self.seconds["total"] = time.perf_counter() - started
-        val = self.evaluate_split("val")
-        test = self.evaluate_split("test")
+        products = self.product_vectors()
+        val = self.evaluate_split("val", products)
+        test = self.evaluate_split("test", products)
         model_dir = self.work_dir / "model"
         if self.rank == 0:
             self.model.save(model_dir, {
@@ -342,12 +343,15 @@ class Trainer:
                 outs.append(fn(torch.arange(start, min(n, start + EMBED_BATCH))).float())
         return torch.cat(outs)
 
-    def evaluate_split(self, split: str) -> EvaluationResult:
+    def evaluate_split(self, split: str,
+                       products: torch.Tensor | None = None) -> EvaluationResult:
+        """Exact-search metrics of the current model on one split."""
         queries = self.data.splits[split]
         cfg = self.config.eval
         segments = query_segments(self.catalog.queries, self.catalog.products,
                                   self.catalog.judgments) if split == "test" else None
-        return evaluate_vectors(self.query_vectors(split), self.product_vectors(), queries.ids,
+        products = self.product_vectors() if products is None else products
+        return evaluate_vectors(self.query_vectors(split), products, queries.ids,
                                 self.data.product_ids, queries.qrels, cfg.ks,
                                 cfg.min_relevant_grade, segments)
 
