@@ -108,6 +108,27 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from fusion_model.validation import ValidationSettings, validate_catalog
+    from fusion_model.validation.suites import Limits
+
+    settings = ValidationSettings(limits=replace(
+        Limits(), max_missing_image_share=args.max_missing_image_share))
+    report = validate_catalog(args.catalog, args.report_dir, profile_uri=args.profile,
+                              settings=settings, raise_on_failure=False)
+    counts = f"{len(report.checks)} checks, {len(report.failures)} failed, {report.seconds:.1f}s"
+    if report.success:
+        print(f"PASSED {report.catalog} ({counts})")
+    else:
+        print(f"FAILED {report.catalog} ({counts})\n{report.describe(limit=50)}")
+    print(f"report: {report.summary_uri}\ndata docs: {report.data_docs_uri}")
+    if report.profile_saved:
+        print(f"saved as the last good profile: {args.profile}")
+    return 0 if report.success else 1
+
+
 def _print_metrics(title: str, result) -> None:
     shown = ("recall@10", "recall@100", "ndcg@10", "mrr")
     print(title)
@@ -207,6 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", required=True, help="parquet file: product_id, vector")
     embed.add_argument("--cache-dir", help="reuse/extend the frozen-feature cache here")
     embed.set_defaults(func=_cmd_embed)
+
+    validate = steps.add_parser("validate", help="data-quality checks of a catalog snapshot")
+    validate.add_argument("--catalog", required=True)
+    validate.add_argument("--report-dir", default="runs/validation",
+                          help="where validation.json and the Data Docs HTML go")
+    validate.add_argument("--profile", help="last-good profile file (local or s3://): "
+                          "drift is checked against it and it is updated when all checks pass")
+    validate.add_argument("--max-missing-image-share", type=float, default=0.1,
+                          help="largest share of products without a usable photo")
+    validate.set_defaults(func=_cmd_validate)
 
     bench = steps.add_parser("benchmark", help="train and compare every model on a catalog")
     bench.add_argument("--catalog", required=True)
