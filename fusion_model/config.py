@@ -87,6 +87,20 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class IndexConfig:
+    uri: str = "runs/milvus.db"         # Milvus Lite file, or http://host:19530 for a server
+    token: str = ""
+    collection_prefix: str = "products"
+    alias: str = "products_serving"     # what search and the gate read through
+    index_type: str = "HNSW"            # FLAT, IVF_FLAT, IVF_SQ8, HNSW, HNSW_SQ
+    metric: str = "IP"
+    attribute_fields: tuple[str, ...] = ("category", "colour", "gender")
+    batch_size: int = 512
+    keep_collections: int = 3           # newest collections kept for rollback
+    verify_samples: int = 50            # products that must retrieve themselves at rank 1
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "default"
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -94,6 +108,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -212,6 +227,12 @@ def validate(config: RunConfig) -> None:
         (1 <= config.train.min_positive_grade <= 3, "train.min_positive_grade must be 1..3"),
         (1 <= config.eval.min_relevant_grade <= 3, "eval.min_relevant_grade must be 1..3"),
         (all(k > 0 for k in config.eval.ks), "eval.ks must be positive integers"),
+        (config.index.index_type.upper() in ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ"),
+         f"index.index_type={config.index.index_type!r}: Milvus Lite 3.2 builds FLAT, "
+         "IVF_FLAT, IVF_SQ8, HNSW, HNSW_SQ (others silently fall back)"),
+        (config.index.metric in ("IP", "COSINE", "L2"),
+         f"index.metric={config.index.metric!r}: choose IP, COSINE or L2"),
+        (config.index.keep_collections >= 1, "index.keep_collections must be >= 1"),
         (config.text.trainable_layers >= 0 and config.image.trainable_blocks >= 0,
          "text.trainable_layers and image.trainable_blocks must be >= 0"),
         (_metric_known(config.eval.primary_metric, config.eval.ks),

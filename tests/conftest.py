@@ -95,3 +95,30 @@ def tiny_overrides(tiny_models: dict[str, str], cache_dir, *extra: str) -> list[
             "train.stage1.lr=0.01", "train.stage2.lr=0.01",
             "train.stage1.encoder_lr=0.001", "train.stage1.positives_per_query=4",
             "train.stage2.positives_per_query=4", *extra]
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """``milvus-lite server`` on 127.0.0.1 (a network URI, as a Milvus server would be)."""
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    data = tmp_path_factory.mktemp("milvus-server")
+    binary = Path(sys.executable).with_name("milvus-lite")
+    process = subprocess.Popen([str(binary), "server", "--data-dir", str(data), "--host",
+                                "127.0.0.1", "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail("milvus-lite server did not start within 60 s")
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=30)

@@ -1,0 +1,1 @@
+"""Milvus: versioned product collections, verification, alias swap, search, refresh."""

@@ -1,0 +1,208 @@
+"""Milvus collections for product vectors (Milvus Lite file, milvus-lite server or cluster).
+
+One collection per (model version, catalog fingerprint). Vectors are written into a NEW
+collection, verified, and only then pointed at by the serving alias; old collections are
+kept for rollback and never dropped while an alias points at them. Clients are opened
+and closed per call (``open_client``): Milvus Lite locks its data file, so a task must
+release it when done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from fusion_model.errors import FusionModelError
+
+log = logging.getLogger(__name__)
+
+# Milvus Lite 3.2 builds these; others silently fall back to FLAT, so they are rejected.
+SUPPORTED_INDEXES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ")
+DEFAULT_INDEX_PARAMS = {"HNSW": {"M": 16, "efConstruction": 200}, "HNSW_SQ": {
+    "M": 16, "efConstruction": 200, "sq_type": "SQ8"}, "IVF_FLAT": {"nlist": 128},
+    "IVF_SQ8": {"nlist": 128}, "FLAT": {}}
+DEFAULT_SEARCH_PARAMS = {"HNSW": {"ef": 128}, "HNSW_SQ": {"ef": 128}, "IVF_FLAT": {"nprobe": 16},
+                         "IVF_SQ8": {"nprobe": 16}, "FLAT": {}}
+MAX_VARCHAR = 512
+QUERY_PAGE = 16384
+
+
+class MilvusIndexError(FusionModelError):
+    """A Milvus operation was refused or is unsafe."""
+
+
+@contextlib.contextmanager
+def open_client(uri: str, token: str = "") -> Iterator:
+    """A MilvusClient for a Lite file path, ``http://host:port`` or a cluster URI; closed
+    on exit so Milvus Lite's file lock is released."""
+    from pymilvus import MilvusClient
+
+    if not uri.startswith(("http://", "https://", "tcp://", "unix:")):
+        Path(uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        uri = str(Path(uri).expanduser())
+    client = MilvusClient(uri=uri, token=token)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def collection_name(prefix: str, model_version: str | int, catalog_fingerprint: str) -> str:
+    """``products_m3_1a2b3c4d5e6f``: letters, digits and underscores, as Milvus requires."""
+    name = f"{prefix}_m{model_version}_{catalog_fingerprint[:12]}"
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def content_hash(*parts: object) -> str:
+    """Stable hash of a product's indexed content (text, photo tag, attributes)."""
+    return hashlib.sha1("\x1f".join(map(str, parts)).encode(), usedforsecurity=False
+                        ).hexdigest()
+
+
+def create_collection(client, name: str, dim: int, attribute_fields: list[str],
+                      index_type: str = "HNSW", metric: str = "IP",
+                      index_params: dict | None = None) -> None:
+    """Create ``name`` (if absent) with product_id, vector, content_hash and attributes."""
+    from pymilvus import DataType
+
+    index_type = index_type.upper()
+    if index_type not in SUPPORTED_INDEXES:
+        raise MilvusIndexError(f"index type {index_type!r} is not built by Milvus Lite 3.2 "
+                               f"(it would silently fall back); use one of "
+                               f"{', '.join(SUPPORTED_INDEXES)}")
+    if client.has_collection(name):
+        return
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("product_id", DataType.VARCHAR, is_primary=True, max_length=MAX_VARCHAR)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+    schema.add_field("content_hash", DataType.VARCHAR, max_length=64)
+    for field in attribute_fields:
+        schema.add_field(field, DataType.VARCHAR, max_length=MAX_VARCHAR)
+    params = client.prepare_index_params()
+    params.add_index(field_name="vector", index_type=index_type, metric_type=metric,
+                     params=index_params if index_params is not None
+                     else DEFAULT_INDEX_PARAMS[index_type])
+    client.create_collection(name, schema=schema, index_params=params)
+    log.info("created collection %s (dim %d, %s/%s, attributes %s)", name, dim, index_type,
+             metric, attribute_fields)
+
+
+def existing_hashes(client, name: str) -> dict[str, str]:
+    """product_id -> content_hash of every row in the collection."""
+    found: dict[str, str] = {}
+    iterator = client.query_iterator(name, batch_size=QUERY_PAGE, filter="",
+                                     output_fields=["product_id", "content_hash"])
+    try:
+        while batch := iterator.next():
+            found.update({row["product_id"]: row["content_hash"] for row in batch})
+    finally:
+        iterator.close()
+    return found
+
+
+def upsert_rows(client, name: str, ids: list[str], vectors: np.ndarray, hashes: list[str],
+                attributes: dict[str, list[str]]) -> None:
+    rows = [{"product_id": pid, "vector": vectors[i].astype(np.float32).tolist(),
+             "content_hash": hashes[i],
+             **{field: _text(values[i]) for field, values in attributes.items()}}
+            for i, pid in enumerate(ids)]
+    client.upsert(name, rows)
+
+
+def _text(value) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return str(value)[:MAX_VARCHAR]
+
+
+def delete_ids(client, name: str, ids: list[str]) -> None:
+    if ids:
+        client.delete(name, ids=ids)
+
+
+def count(client, name: str) -> int:
+    client.flush(name)
+    return int(client.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"])
+
+
+def search(client, name: str, vectors: np.ndarray, k: int, filter_expr: str = "",
+           output_fields: list[str] | None = None, search_params: dict | None = None,
+           batch_size: int = 256) -> list[list[dict]]:
+    """Top-k hits per query vector: [{"product_id", "score", **fields}], best first."""
+    params = search_params if search_params is not None else _search_params(client, name)
+    results: list[list[dict]] = []
+    for start in range(0, len(vectors), batch_size):
+        batch = [v.astype(np.float32).tolist() for v in vectors[start:start + batch_size]]
+        hits = client.search(name, data=batch, limit=k, filter=filter_expr,
+                             output_fields=output_fields or [],
+                             search_params={"params": params})
+        results += [[{"product_id": h["product_id"] if "product_id" in h else h["id"],
+                      "score": float(h["distance"]), **h.get("entity", {})} for h in row]
+                    for row in hits]
+    return results
+
+
+def _search_params(client, name: str) -> dict:
+    target = resolve_alias(client, name)
+    index = client.describe_index(target, "vector")
+    return dict(DEFAULT_SEARCH_PARAMS.get(index.get("index_type", "FLAT"), {}))
+
+
+def resolve_alias(client, name: str) -> str:
+    """The collection an alias points at (``name`` itself if it is a collection)."""
+    try:
+        return client.describe_alias(name)["collection_name"]
+    except Exception:  # noqa: BLE001 - pymilvus raises a generic error for "not an alias"
+        return name
+
+
+def aliases_of(client, name: str) -> list[str]:
+    return list(client.list_aliases(name).get("aliases", []))
+
+
+def point_alias(client, alias: str, name: str) -> str | None:
+    """Point ``alias`` at ``name``; return the collection it pointed at before."""
+    previous = resolve_alias(client, alias)
+    if previous == alias:
+        client.create_alias(name, alias)
+        previous = None
+    else:
+        client.alter_alias(name, alias)
+    log.info("alias %s -> %s (was %s)", alias, name, previous)
+    return previous
+
+
+def drop_collection(client, name: str) -> None:
+    """Drop a collection unless an alias points at it (Milvus Lite would allow it)."""
+    aliases = aliases_of(client, name)
+    if aliases:
+        raise MilvusIndexError(f"refusing to drop {name}: alias(es) {', '.join(aliases)} "
+                               "point at it; point them elsewhere first")
+    client.drop_collection(name)
+    log.info("dropped collection %s", name)
+
+
+def prune(client, prefix: str, keep: int) -> list[str]:
+    """Drop the oldest ``prefix`` collections beyond the newest ``keep``, never an aliased one.
+
+    Age is the model version in the name (``<prefix>_m<version>_...``).
+    """
+    ours = [n for n in client.list_collections() if n.startswith(f"{prefix}_m")]
+    ours.sort(key=_version_of, reverse=True)
+    dropped = []
+    for name in ours[keep:]:
+        if not aliases_of(client, name):
+            drop_collection(client, name)
+            dropped.append(name)
+    return dropped
+
+
+def _version_of(name: str) -> tuple[int, str]:
+    match = re.search(r"_m(\d+)_", name)
+    return (int(match.group(1)) if match else -1, name)

@@ -1,0 +1,141 @@
+"""Milvus life cycle on real Milvus Lite: build, verify, resume, alias, prune, refresh."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fusion_model.config import IndexConfig, load_config
+from fusion_model.data.catalog import load_catalog
+from fusion_model.index import milvus
+from fusion_model.index.build import build_collection, refresh_serving
+from fusion_model.models.towers import TwoTower
+from tests.conftest import tiny_overrides
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def model(tiny_models, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("index-cache")
+    torch_seeded = load_config("default", tiny_overrides(tiny_models, cache))
+    import torch
+
+    torch.manual_seed(0)
+    return TwoTower(torch_seeded).eval()
+
+
+@pytest.fixture(scope="module")
+def catalog(synthetic_catalog):
+    return load_catalog(str(synthetic_catalog))
+
+
+def index_config(tmp_path, **changes) -> IndexConfig:
+    return dataclasses.replace(IndexConfig(uri=str(tmp_path / "milvus.db"), batch_size=50),
+                               **changes)
+
+
+def test_build_verify_and_search_with_a_filter(model, catalog, tmp_path):
+    config = index_config(tmp_path)
+    result = build_collection(model, catalog, config, "products_m1_abc", progress=False)
+    assert result.verified and result.count == result.written == 300
+    with milvus.open_client(config.uri) as client:
+        index = client.describe_index("products_m1_abc", "vector")
+        assert index["index_type"] == "HNSW" and index["metric_type"] == "IP"
+        vectors = model.embed_queries(["red striped shirt"]).numpy()
+        hits = milvus.search(client, "products_m1_abc", vectors, k=10,
+                             filter_expr='category == "shirt"', output_fields=["category"])
+        assert len(hits[0]) == 10 and {h["category"] for h in hits[0]} == {"shirt"}
+
+
+def test_unsupported_index_types_are_rejected(model, catalog, tmp_path):
+    with pytest.raises(milvus.MilvusIndexError, match="DISKANN.*silently fall back"):
+        build_collection(model, catalog, index_config(tmp_path, index_type="DISKANN"), "x_m1_a")
+    with pytest.raises(Exception, match="index.index_type='SCANN'"):
+        load_config("default", ["index.index_type=SCANN"])
+
+
+def test_crash_mid_indexing_resumes_without_duplicates(model, catalog, tmp_path, monkeypatch):
+    config = index_config(tmp_path)
+    original, calls = milvus.upsert_rows, {"n": 0}
+
+    def crash_after_two_batches(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise RuntimeError("simulated crash")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(milvus, "upsert_rows", crash_after_two_batches)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        build_collection(model, catalog, config, "products_m2_abc", progress=False)
+    monkeypatch.setattr(milvus, "upsert_rows", original)
+    result = build_collection(model, catalog, config, "products_m2_abc", progress=False)
+    assert result.skipped == 100 and result.written == 200 and result.count == 300
+    with milvus.open_client(config.uri) as client:
+        ids = list(milvus.existing_hashes(client, "products_m2_abc"))
+    assert len(ids) == len(set(ids)) == 300
+
+
+def test_alias_swap_guarded_drop_and_prune(model, catalog, tmp_path):
+    config = index_config(tmp_path)
+    small = dataclasses.replace(catalog, products=catalog.products.head(40))
+    for version in (1, 2, 3, 4):
+        build_collection(model, small, config, f"products_m{version}_abc", progress=False)
+    with milvus.open_client(config.uri) as client:
+        assert milvus.point_alias(client, "products_serving", "products_m1_abc") is None
+        assert milvus.point_alias(client, "products_serving", "products_m2_abc") == \
+            "products_m1_abc"
+        assert milvus.resolve_alias(client, "products_serving") == "products_m2_abc"
+        with pytest.raises(milvus.MilvusIndexError, match="refusing to drop products_m2_abc"):
+            milvus.drop_collection(client, "products_m2_abc")
+        dropped = milvus.prune(client, "products", keep=1)
+        assert dropped == ["products_m3_abc", "products_m1_abc"]
+        assert sorted(client.list_collections()) == ["products_m2_abc", "products_m4_abc"]
+
+
+def test_incremental_refresh_touches_only_changed_products(model, catalog, tmp_path):
+    config = index_config(tmp_path)
+    build_collection(model, catalog, config, "products_m5_abc", progress=False)
+    with milvus.open_client(config.uri) as client:
+        milvus.point_alias(client, config.alias, "products_m5_abc")
+    products = catalog.products.copy()
+    products.loc[3, "title"] = "Brand New Title Shirt"
+    removed = products.loc[7, "product_id"]
+    products = products.drop(index=7)
+    added = products.iloc[[0]].assign(product_id="NEW1")
+    snapshot = dataclasses.replace(catalog, products=pd.concat([products, added],
+                                                               ignore_index=True))
+    result = refresh_serving(model, snapshot, config, progress=False)
+    assert (result.written, result.deleted, result.count) == (2, 1, 300)
+    with milvus.open_client(config.uri) as client:
+        hashes = milvus.existing_hashes(client, config.alias)
+    assert removed not in hashes and "NEW1" in hashes
+
+
+def search_in_other_process(uri: str, queue) -> None:
+    with milvus.open_client(uri) as client:
+        found = 0
+        for _ in range(20):
+            if client.has_collection("shared_m1_abc") and milvus.count(client, "shared_m1_abc"):
+                hits = milvus.search(client, "shared_m1_abc",
+                                     np.ones((1, 16), dtype=np.float32), k=5)
+                found = max(found, len(hits[0]))
+            import time
+
+            time.sleep(0.5)
+    queue.put(found)
+
+
+def test_two_processes_share_a_milvus_lite_server(model, catalog, milvus_server, tmp_path):
+    config = IndexConfig(uri=milvus_server, batch_size=25)
+    queue = multiprocessing.get_context("spawn").Queue()
+    reader = multiprocessing.get_context("spawn").Process(
+        target=search_in_other_process, args=(milvus_server, queue))
+    reader.start()
+    result = build_collection(model, catalog, config, "shared_m1_abc", progress=False)
+    reader.join(timeout=120)
+    assert result.count == 300 and queue.get(timeout=5) == 5
