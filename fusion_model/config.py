@@ -101,6 +101,29 @@ class IndexConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    primary_metric: str = "recall@10"
+    min_improvement: float = 0.0        # absolute gain of the primary metric required
+    guarded_segments: tuple[str, ...] = ("visual_query", "text_only_attribute")
+    segment_tolerance: float = 0.02     # largest allowed drop of a guarded segment
+    bootstrap_samples: int = 1000
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    tracking_uri: str = ""              # "" = $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db
+    artifact_location: str = ""         # "" = MLflow's default for the tracking store
+    experiment: str = "fusion-model"
+    model_name: str = "fusion_products"
+
+    def resolved_tracking_uri(self) -> str:
+        import os
+
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
+            "sqlite:///runs/mlflow.db"
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "default"
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -109,6 +132,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -233,6 +258,10 @@ def validate(config: RunConfig) -> None:
         (config.index.metric in ("IP", "COSINE", "L2"),
          f"index.metric={config.index.metric!r}: choose IP, COSINE or L2"),
         (config.index.keep_collections >= 1, "index.keep_collections must be >= 1"),
+        (_metric_known(config.gate.primary_metric, config.eval.ks),
+         f"gate.primary_metric={config.gate.primary_metric!r}: use mrr or recall@K, "
+         f"recall_capped@K, ndcg@K with K in eval.ks={list(config.eval.ks)}"),
+        (config.gate.segment_tolerance >= 0, "gate.segment_tolerance must be >= 0"),
         (config.text.trainable_layers >= 0 and config.image.trainable_blocks >= 0,
          "text.trainable_layers and image.trainable_blocks must be >= 0"),
         (_metric_known(config.eval.primary_metric, config.eval.ks),

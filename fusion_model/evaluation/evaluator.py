@@ -29,6 +29,13 @@ class EvaluationResult:
     def ci95(self, metric: str, samples: int = 1000) -> dict[str, float]:
         return bootstrap_mean(self.values(metric, sorted(self.per_query)), samples).as_dict()
 
+    def as_dict(self) -> dict:
+        return {"metrics": self.metrics, "per_query": self.per_query, "segments": self.segments}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EvaluationResult:
+        return cls(data["metrics"], data["per_query"], data.get("segments", {}))
+
 
 def rank(query_vectors: torch.Tensor, product_vectors: torch.Tensor, query_ids: Sequence[str],
          product_ids: Sequence[str], k: int) -> dict[str, list[str]]:
@@ -44,7 +51,15 @@ def evaluate_vectors(query_vectors: torch.Tensor, product_vectors: torch.Tensor,
                      ) -> EvaluationResult:
     """Metrics for every judged query (queries without judgments are skipped)."""
     rankings = rank(query_vectors, product_vectors, query_ids, product_ids, max(ks))
-    judged = {q: qrels[q] for q in query_ids if q in qrels}
+    return evaluate_rankings(rankings, qrels, ks, min_grade, segments)
+
+
+def evaluate_rankings(rankings: Mapping[str, Sequence[str]],
+                      qrels: Mapping[str, Mapping[str, int]], ks: Sequence[int],
+                      min_grade: int, segments: Mapping[str, set[str]] | None = None
+                      ) -> EvaluationResult:
+    """Metrics of given rankings (exact search or an ANN index) for every judged query."""
+    judged = {q: qrels[q] for q in rankings if q in qrels}
     table = per_query_table(rankings, judged, ks, min_grade)
     result = EvaluationResult(mean_metrics(table), table)
     for name, members in (segments or {}).items():

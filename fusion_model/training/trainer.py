@@ -11,6 +11,7 @@ with the same config and catalog resumes from the last checkpoint.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -50,6 +51,7 @@ from fusion_model.training.features import (
 
 log = logging.getLogger(__name__)
 EMBED_BATCH = 256
+RESULT_FILE = "result.json"
 BatchVectors = Callable[[np.ndarray, np.ndarray, torch.Tensor],
                         tuple[torch.Tensor, torch.Tensor]]
 STAGE1_PARAMETERS = ("text.", "query_text.", "query_head.proj.", "product_head.text_proj.",
@@ -63,6 +65,17 @@ class TrainResult:
     val: EvaluationResult
     history: list[dict] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({
+            "model_dir": self.model_dir, "test": self.test.as_dict(), "val": self.val.as_dict(),
+            "history": self.history, "seconds": self.seconds}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainResult:
+        data = json.loads(Path(path).read_text())
+        return cls(data["model_dir"], EvaluationResult.from_dict(data["test"]),
+                   EvaluationResult.from_dict(data["val"]), data["history"], data["seconds"])
 
 
 def seed_everything(seed: int) -> None:
@@ -113,10 +126,13 @@ class Trainer:
                 "catalog_fingerprint": self.catalog.fingerprint,
                 "config_hash": self.config.hash, "test_metrics": test.metrics,
                 "val_metrics": val.metrics, "seconds": self.seconds, "processes": self.world})
+        result = TrainResult(str(model_dir), test, val, self.history, self.seconds)
+        if self.rank == 0:
+            result.save(self.work_dir / RESULT_FILE)
         barrier(self.world)
         log.info("trained %s: test %s=%.4f", self.config.model.fusion,
                  self.config.eval.primary_metric, test.metrics[self.config.eval.primary_metric])
-        return TrainResult(str(model_dir), test, val, self.history, self.seconds)
+        return result
 
     def _load_stage1(self, model_dir: Path) -> None:
         """Start from another run's stage 1: its text encoder, text projections, temperature."""

@@ -1,0 +1,1 @@
+"""MLflow: training runs, pyfunc encoders, registry aliases, lineage and promotion audit."""

@@ -1,0 +1,144 @@
+"""Registry operations: candidate versions, aliases, lineage tags, promotion audit, rollback.
+
+Each candidate is two registered models kept in lock step: ``<name>`` (product encoder,
+what the index is built with) and ``<name>_query`` (query encoder). Aliases
+``challenger`` and ``champion`` (not the deprecated stages) move on both together.
+Every gate decision is written as tags on the version and as one run of the
+``<name>-promotion-audit`` experiment, so "which version was champion on date X and
+why" has an answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+log = logging.getLogger(__name__)
+
+CHALLENGER, CHAMPION = "challenger", "champion"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    version: str
+    query_version: str
+
+
+def _client():
+    import mlflow
+
+    return mlflow.MlflowClient()
+
+
+def query_model_name(name: str) -> str:
+    return f"{name}_query"
+
+
+def register_candidate(name: str, encoder_uris: dict[str, str], lineage: dict[str, str]
+                       ) -> Candidate:
+    """Register both encoders, tag lineage, and point ``challenger`` at them."""
+    import mlflow
+
+    product = mlflow.register_model(encoder_uris["product_encoder"], name)
+    query = mlflow.register_model(encoder_uris["query_encoder"], query_model_name(name))
+    candidate = Candidate(name, str(product.version), str(query.version))
+    tag_version(candidate, {**lineage, "query_model_version": candidate.query_version,
+                            "product_model_version": candidate.version})
+    set_alias(candidate, CHALLENGER)
+    log.info("registered %s version %s as challenger", name, candidate.version)
+    return candidate
+
+
+def tag_version(candidate: Candidate, tags: dict[str, object]) -> None:
+    client = _client()
+    for key, value in tags.items():
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        client.set_model_version_tag(candidate.name, candidate.version, key, text)
+        client.set_model_version_tag(query_model_name(candidate.name),
+                                     candidate.query_version, key, text)
+
+
+def set_alias(candidate: Candidate, alias: str) -> None:
+    client = _client()
+    client.set_registered_model_alias(candidate.name, alias, candidate.version)
+    client.set_registered_model_alias(query_model_name(candidate.name), alias,
+                                      candidate.query_version)
+
+
+def get_alias(name: str, alias: str) -> Candidate | None:
+    """The version behind ``alias``, or None when the model or alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    return Candidate(name, str(version.version), version.tags.get("query_model_version",
+                                                                  str(version.version)))
+
+
+def version_tags(candidate: Candidate) -> dict[str, str]:
+    return dict(_client().get_model_version(candidate.name, candidate.version).tags)
+
+
+def record_decision(candidate: Candidate, decision: dict, experiment: str) -> str:
+    """Tag the version with the decision and log it as an audit run; returns the run id."""
+    import mlflow
+
+    from fusion_model.registry.tracking import experiment_id, log_metrics
+
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    entry = {**decision, "model": candidate.name, "version": candidate.version, "time": stamp}
+    tag_version(candidate, {"gate.decision": decision["decision"],
+                            "gate.reasons": "; ".join(decision.get("reasons", [])),
+                            "gate.time": stamp, "gate.metrics": decision.get("metrics", {})})
+    with mlflow.start_run(experiment_id=experiment_id(experiment),
+                          run_name=f"v{candidate.version}-{decision['decision']}") as run:
+        mlflow.set_tags({"model": candidate.name, "version": candidate.version,
+                         "decision": decision["decision"], "time": stamp,
+                         "collection": decision.get("collection", "")})
+        log_metrics({k: v for k, v in decision.get("metrics", {}).items()
+                     if isinstance(v, int | float)})
+        mlflow.log_dict(entry, "decision.json")
+    return run.info.run_id
+
+
+def promotion_history(name: str, experiment: str) -> list[dict]:
+    """Every recorded decision for ``name``, oldest first."""
+    import mlflow
+
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = _client().search_runs([found.experiment_id], filter_string=f"tags.model = '{name}'",
+                                 order_by=["attributes.start_time ASC"], max_results=10000)
+    history = []
+    for run in runs:
+        path = _client().download_artifacts(run.info.run_id, "decision.json")
+        with open(path) as handle:
+            history.append(json.load(handle))
+    return history
+
+
+def champion_on(name: str, experiment: str, when: str) -> dict | None:
+    """The decision that made the champion in force at ISO time ``when`` (or None)."""
+    current = None
+    for entry in promotion_history(name, experiment):
+        if entry["time"] <= when and entry["decision"] in ("promote", "rollback"):
+            current = entry
+    return current
+
+
+def wait_for_ready(name: str, version: str, timeout: float = 60.0) -> None:
+    """Model versions are created asynchronously on some backends; wait until READY."""
+    client = _client()
+    deadline = time.time() + timeout
+    while client.get_model_version(name, version).status != "READY":
+        if time.time() > deadline:
+            raise TimeoutError(f"model {name} version {version} not READY after {timeout}s")
+        time.sleep(0.5)

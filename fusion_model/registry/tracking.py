@@ -1,0 +1,157 @@
+"""MLflow tracking of a training run: params, per-epoch metrics, plots, tables, encoders."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import tempfile
+from pathlib import Path
+
+from fusion_model.config import RunConfig
+from fusion_model.data.catalog import Catalog
+from fusion_model.training.trainer import TrainResult
+
+log = logging.getLogger(__name__)
+
+
+def configure(tracking_uri: str | None) -> None:
+    """Point MLflow at ``tracking_uri`` (sqlite:///..., http://..., a directory)."""
+    import mlflow
+
+    if tracking_uri:
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True,
+                                                                       exist_ok=True)
+        mlflow.set_tracking_uri(tracking_uri)
+
+
+def experiment_id(name: str, artifact_location: str | None = None) -> str:
+    import mlflow
+
+    existing = mlflow.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    return mlflow.create_experiment(name, artifact_location=artifact_location)
+
+
+def metric_key(name: str) -> str:
+    """MLflow metric names allow no '@': recall@10 -> recall_at_10."""
+    return name.replace("@", "_at_")
+
+
+def log_metrics(values: dict[str, float], step: int | None = None) -> None:
+    import mlflow
+
+    mlflow.log_metrics({metric_key(k): float(v) for k, v in values.items()}, step=step)
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+    return out
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def log_training_run(result: TrainResult, config: RunConfig, catalog: Catalog,
+                     experiment: str, validation_report: str | None = None,
+                     artifact_location: str | None = None) -> tuple[str, dict[str, str]]:
+    """One MLflow run with everything a reviewer needs; returns (run_id, encoder URIs)."""
+    import mlflow
+    import yaml
+
+    from fusion_model.registry.pyfunc import log_encoders
+
+    with mlflow.start_run(experiment_id=experiment_id(experiment, artifact_location),
+                          run_name=f"{config.name}-{config.model.fusion}") as run:
+        mlflow.log_params(flatten(config.to_dict()))
+        mlflow.set_tags({"catalog_uri": catalog.uri, "catalog_fingerprint": catalog.fingerprint,
+                         "config_hash": config.hash, "git_commit": git_commit(),
+                         "fusion": config.model.fusion})
+        for record in result.history:
+            step = record["epoch"]
+            log_metrics({f"{record['stage']}/{k}": v for k, v in record.items()
+                         if k not in ("stage", "epoch")}, step=step)
+        log_metrics({f"test/{k}": v for k, v in result.test.metrics.items()})
+        log_metrics({f"val/{k}": v for k, v in result.val.metrics.items()})
+        for segment, values in result.test.segments.items():
+            log_metrics({f"test_segment/{segment}/{k}": v for k, v in values.items()
+                         if "@" in k or k == "mrr"})
+        log_metrics({f"seconds/{k}": v for k, v in result.seconds.items()})
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            (folder / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
+            (folder / "history.json").write_text(json.dumps(result.history, indent=2))
+            write_segment_table(result, folder)
+            write_curves(result.history, folder, config.eval.ks)
+            mlflow.log_artifacts(str(folder), artifact_path="review")
+        if validation_report:
+            report = Path(validation_report)
+            mlflow.log_artifacts(str(report.parent if report.is_file() else report),
+                                 artifact_path="validation")
+        uris = log_encoders(result.model_dir, _embedding_dim(result.model_dir))
+    log.info("logged run %s with encoders %s", run.info.run_id, uris)
+    return run.info.run_id, uris
+
+
+def _embedding_dim(model_dir: str) -> int:
+    import yaml
+
+    config = yaml.safe_load((Path(model_dir) / "config.yaml").read_text())
+    dim = config["model"]["embed_dim"]
+    return 2 * dim if config["model"]["fusion"] == "late_fusion" else dim
+
+
+def write_segment_table(result: TrainResult, folder: Path) -> None:
+    import pandas as pd
+
+    rows = [{"segment": "all", **result.test.metrics}]
+    rows += [{"segment": name, **values} for name, values in result.test.segments.items()]
+    table = pd.DataFrame(rows)
+    keep = ["segment", "queries", "recall@10", "recall@100", "ndcg@10", "mrr"]
+    table = table[[c for c in keep if c in table.columns]]
+    table.to_csv(folder / "segments.csv", index=False)
+    (folder / "segments.html").write_text(table.to_html(index=False, float_format="%.4f"))
+
+
+def write_curves(history: list[dict], folder: Path, ks: tuple[int, ...]) -> None:
+    """loss_curve.png and recall_curve.png (val Recall@K per epoch, both stages in a row)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    steps = list(range(1, len(history) + 1))
+    labels = [f"{h['stage'][-1]}.{h['epoch']}" for h in history]
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot(steps, [h["loss"] for h in history], marker="o")
+    axis.set(xlabel="stage.epoch", ylabel="train loss (InfoNCE)", title="Training loss")
+    axis.set_xticks(steps, labels)
+    figure.tight_layout()
+    figure.savefig(folder / "loss_curve.png", dpi=100)
+    plt.close(figure)
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    for k in ks:
+        values = [h.get(f"val_recall@{k}") for h in history]
+        if all(v is not None for v in values):
+            axis.plot(steps, values, marker="o", label=f"Recall@{k}")
+    axis.set(xlabel="stage.epoch", ylabel="validation", title="Validation Recall@K")
+    axis.set_xticks(steps, labels)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(folder / "recall_curve.png", dpi=100)
+    plt.close(figure)
