@@ -129,6 +129,61 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.success else 1
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from fusion_model.pipelines import steps
+
+    hits = steps.search(args.query, k=args.k, filter_expr=args.filter or "",
+                        config_name=args.config, overrides=args.overrides)
+    for rank, hit in enumerate(hits, start=1):
+        extras = "  ".join(f"{k}={v}" for k, v in hit.items() if k not in ("product_id",
+                                                                             "score"))
+        print(f"{rank:>3}. {hit['product_id']:<16} {hit['score']:.4f}  {extras}")
+    return 0
+
+
+def _cmd_lifecycle(args: argparse.Namespace) -> int:
+    """validate -> train -> register -> index -> gate -> promote/reject, without Airflow."""
+    from pathlib import Path
+
+    from fusion_model.pipelines import steps
+
+    work = Path(args.work_dir)
+    overrides = args.overrides
+    report = steps.validate(args.catalog, str(work / "validation"), args.profile)
+    steps.train(args.catalog, str(work / "train"), args.config, overrides)
+    registered = steps.register(str(work / "train"), args.catalog, args.config, overrides,
+                                validation_report=report["report"])
+    steps.index(registered["version"], args.catalog, args.config, overrides)
+    decision = steps.gate(registered["version"], args.catalog, args.config, overrides,
+                          force_promote=args.force_promote)
+    outcome = steps.promote_or_reject(registered["version"], decision, args.config, overrides)
+    print(f"version {registered['version']}: {decision['decision'].upper()} "
+          f"vs {decision['baseline']}")
+    for reason in decision["reasons"]:
+        print(f"  - {reason}")
+    if outcome["promoted"]:
+        print(f"serving alias -> {outcome['collection']}")
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from fusion_model.pipelines import steps
+
+    result = steps.rollback(args.version, args.config, args.overrides, args.reason)
+    print(f"champion -> version {result['version']}; serving alias -> {result['collection']} "
+          f"(was {result['previous_collection']})")
+    return 0
+
+
+def _cmd_refresh(args: argparse.Namespace) -> int:
+    from fusion_model.pipelines import steps
+
+    result = steps.refresh(args.catalog, args.config, args.overrides)
+    print(f"{result['collection']}: {result['written']} embedded, {result['deleted']} "
+          f"deleted, {result['unchanged']} unchanged, {result['count']} products")
+    return 0
+
+
 def _print_metrics(title: str, result) -> None:
     shown = ("recall@10", "recall@100", "ndcg@10", "mrr")
     print(title)
@@ -239,6 +294,38 @@ def build_parser() -> argparse.ArgumentParser:
                           help="largest share of products without a usable photo")
     validate.set_defaults(func=_cmd_validate)
 
+    search = steps.add_parser("search", help="search the serving index with the champion")
+    search.add_argument("query")
+    search.add_argument("-k", type=int, default=10)
+    search.add_argument("--filter", help='Milvus filter, e.g. \'gender == "Women"\'')
+    search.add_argument("--config", default="default")
+    search.add_argument("overrides", nargs="*", metavar="key=value")
+    search.set_defaults(func=_cmd_search)
+
+    lifecycle = steps.add_parser("lifecycle", help="validate, train, register, index, gate "
+                                 "and promote in one go (what the training DAG runs)")
+    lifecycle.add_argument("--catalog", required=True)
+    lifecycle.add_argument("--config", default="default")
+    lifecycle.add_argument("--work-dir", default="runs/lifecycle")
+    lifecycle.add_argument("--profile", help="last-good profile for drift checks")
+    lifecycle.add_argument("--force-promote", action="store_true")
+    lifecycle.add_argument("overrides", nargs="*", metavar="key=value")
+    lifecycle.set_defaults(func=_cmd_lifecycle)
+
+    rollback = steps.add_parser("rollback", help="make an earlier version champion again")
+    rollback.add_argument("version")
+    rollback.add_argument("--reason", default="manual rollback")
+    rollback.add_argument("--config", default="default")
+    rollback.add_argument("overrides", nargs="*", metavar="key=value")
+    rollback.set_defaults(func=_cmd_rollback)
+
+    refresh = steps.add_parser("refresh", help="incrementally re-embed a new catalog snapshot "
+                               "into the serving collection with the champion")
+    refresh.add_argument("--catalog", required=True)
+    refresh.add_argument("--config", default="default")
+    refresh.add_argument("overrides", nargs="*", metavar="key=value")
+    refresh.set_defaults(func=_cmd_refresh)
+
     bench = steps.add_parser("benchmark", help="train and compare every model on a catalog")
     bench.add_argument("--catalog", required=True)
     bench.add_argument("--output", default="results.json", help="results JSON file")
@@ -251,7 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides may follow options: `search "q" -k 5 index.uri=...`
+        if not hasattr(args, "overrides") or not all("=" in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     func: Callable[[argparse.Namespace], int] = args.func
