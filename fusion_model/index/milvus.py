@@ -155,11 +155,10 @@ def _search_params(client, name: str) -> dict:
 
 
 def resolve_alias(client, name: str) -> str:
-    """The collection an alias points at (``name`` itself if it is a collection)."""
-    try:
-        return client.describe_alias(name)["collection_name"]
-    except Exception:  # noqa: BLE001 - pymilvus raises a generic error for "not an alias"
+    """The collection an alias points at (``name`` itself if it is not an alias)."""
+    if name not in client.list_aliases().get("aliases", []):
         return name
+    return client.describe_alias(name)["collection_name"]
 
 
 def aliases_of(client, name: str) -> list[str]:

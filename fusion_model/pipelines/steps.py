@@ -35,6 +35,38 @@ def validate(catalog_uri: str, report_dir: str, profile_uri: str | None = None) 
             "data_docs": report.data_docs_uri, "checks": len(report.checks)}
 
 
+def validate_report(catalog_uri: str, report_dir: str, profile_uri: str | None = None) -> dict:
+    """Like ``validate`` but never raises: returns the outcome and the report paths."""
+    from fusion_model.validation import validate_catalog
+
+    report = validate_catalog(catalog_uri, report_dir, profile_uri=profile_uri,
+                              raise_on_failure=False)
+    return {"success": report.success, "report": report.summary_uri,
+            "data_docs": report.data_docs_uri, "checks": len(report.checks),
+            "failures": [f"{f['suite']}: {f['expectation']}" for f in report.failures]}
+
+
+def publish_report(report: dict, catalog_uri: str, config_name: str = "default",
+                   overrides: list[str] | tuple = ()) -> dict:
+    """Log a validation report to MLflow (experiment ``<experiment>-data-quality``)."""
+    import mlflow
+
+    from fusion_model.registry.tracking import experiment_id
+
+    config = _config(config_name, overrides)
+    _mlflow(config)
+    experiment = experiment_id(f"{config.registry.experiment}-data-quality",
+                               config.registry.artifact_location or None)
+    with mlflow.start_run(experiment_id=experiment) as run:
+        mlflow.set_tags({"catalog_uri": catalog_uri, "success": str(report["success"])})
+        mlflow.log_metrics({"checks": report["checks"], "failures": len(report["failures"])})
+        mlflow.log_artifacts(str(Path(report["report"]).parent), artifact_path="report")
+    if not report["success"]:
+        raise RuntimeError(f"{catalog_uri} failed {len(report['failures'])} check(s): "
+                           + "; ".join(report["failures"][:10]))
+    return {"run_id": run.info.run_id, "success": True}
+
+
 def train(catalog_uri: str, work_dir: str, config_name: str = "default",
           overrides: list[str] | tuple = ()) -> dict:
     from fusion_model.data.catalog import load_catalog
@@ -79,27 +111,120 @@ def load_registered_model(name: str, version: str):
     return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().model
 
 
-def index(version: str, catalog_uri: str, config_name: str = "default",
-          overrides: list[str] | tuple = ()) -> dict:
-    """Embed the catalog with the registered version into its own NEW collection, verify."""
+def train_stage1(catalog_uri: str, work_dir: str, config_name: str = "default",
+                 overrides: list[str] | tuple = ()) -> dict:
+    """Stage 1 alone: align queries with product text (domain fine-tuning)."""
+    result = train(catalog_uri, str(Path(work_dir) / "stage1"), config_name,
+                   [*overrides, "model.fusion=text_only"])
+    return {"stage1_dir": result["work_dir"], "model_dir": result["model_dir"],
+            "test": result["test"]}
+
+
+def train_stage2(catalog_uri: str, work_dir: str, stage1_model_dir: str,
+                 config_name: str = "default", overrides: list[str] | tuple = ()) -> dict:
+    """Stage 2 from a stage-1 model: query <-> image alignment and the fusion network.
+    The saved result's history holds both stages."""
     from fusion_model.data.catalog import load_catalog
-    from fusion_model.index.build import build_collection
-    from fusion_model.index.milvus import collection_name
-    from fusion_model.registry.registry import Candidate, tag_version, version_tags
+    from fusion_model.training.trainer import RESULT_FILE, TrainResult
+    from fusion_model.training.trainer import train as run_training
+
+    config = _config(config_name, overrides)
+    catalog = load_catalog(catalog_uri)
+    out = Path(work_dir) / "stage2"
+    result = run_training(catalog, config, out, stage1_from=stage1_model_dir)
+    stage1 = TrainResult.load(Path(stage1_model_dir).parent / RESULT_FILE)
+    if not any(h["stage"] == "stage1" for h in result.history):
+        result.history = stage1.history + result.history
+        result.seconds = {**{f"stage1_run.{k}": v for k, v in stage1.seconds.items()},
+                          **result.seconds}
+        result.save(out / RESULT_FILE)
+    return {"work_dir": str(out), "model_dir": result.model_dir,
+            "result": str(out / RESULT_FILE), "test": result.test.metrics,
+            "catalog_fingerprint": catalog.fingerprint, "config_hash": config.hash}
+
+
+def evaluate(work_dir: str) -> dict:
+    """The trained model's offline metrics (exact search), overall and per segment."""
+    from fusion_model.training.trainer import RESULT_FILE, TrainResult
+
+    result = TrainResult.load(Path(work_dir) / RESULT_FILE)
+    return {"test": result.test.metrics, "segments": result.test.segments,
+            "val": result.val.metrics}
+
+
+def plan_index(version: str, catalog_uri: str, shards: int = 1, config_name: str = "default",
+               overrides: list[str] | tuple = ()) -> list[dict]:
+    """Create the version's NEW collection and describe one indexing job per shard."""
+    from fusion_model.data.catalog import load_catalog
+    from fusion_model.index import milvus
+    from fusion_model.index.build import attribute_fields
 
     config = _config(config_name, overrides)
     _mlflow(config)
     catalog = load_catalog(catalog_uri)
-    name = collection_name(config.index.collection_prefix, version, catalog.fingerprint)
+    name = milvus.collection_name(config.index.collection_prefix, version,
+                                  catalog.fingerprint)
+    dim = load_registered_model(config.registry.model_name, version).embedding_dim
+    with milvus.open_client(config.index.uri, config.index.token) as client:
+        milvus.create_collection(client, name, dim, attribute_fields(catalog, config.index),
+                                 config.index.index_type, config.index.metric)
+    return [{"version": version, "catalog_uri": catalog_uri, "collection": name,
+             "shard": shard, "shards": shards} for shard in range(shards)]
+
+
+def index_shard(version: str, catalog_uri: str, collection: str, shard: int, shards: int,
+                config_name: str = "default", overrides: list[str] | tuple = ()) -> dict:
+    """Embed and upsert the products of one shard (stable hash of product_id)."""
+    import dataclasses
+    import zlib
+
+    from fusion_model.data.catalog import load_catalog
+    from fusion_model.index import milvus
+    from fusion_model.index.build import write_catalog
+
+    config = _config(config_name, overrides)
+    _mlflow(config)
+    catalog = load_catalog(catalog_uri)
+    mine = catalog.products["product_id"].map(
+        lambda pid: zlib.crc32(pid.encode()) % shards == shard)
+    subset = dataclasses.replace(catalog, products=catalog.products[mine.to_numpy()])
     model = load_registered_model(config.registry.model_name, version)
     cache = str(Path(config.train.cache_dir).expanduser())
-    result = build_collection(model, catalog, config.index, name, cache_dir=cache)
-    candidate = Candidate(config.registry.model_name, version,
-                          version_tags(Candidate(config.registry.model_name, version, version))
-                          .get("query_model_version", version))
-    tag_version(candidate, {"milvus_collection": name, "milvus_uri": config.index.uri})
-    return {"collection": name, "count": result.count, "written": result.written,
-            "verified": result.verified}
+    with milvus.open_client(config.index.uri, config.index.token) as client:
+        result = write_catalog(model, subset, client, collection, config.index, cache)
+    return {"shard": shard, "written": result.written, "skipped": result.skipped}
+
+
+def verify_index(version: str, catalog_uri: str, collection: str,
+                 config_name: str = "default", overrides: list[str] | tuple = ()) -> dict:
+    """Count and self-retrieval checks; only then is the collection tagged on the version."""
+    from fusion_model.data.catalog import load_catalog
+    from fusion_model.index import milvus
+    from fusion_model.index.build import verify
+    from fusion_model.registry.registry import Candidate, tag_version, version_tags
+
+    config = _config(config_name, overrides)
+    _mlflow(config)
+    ids = load_catalog(catalog_uri).products["product_id"].tolist()
+    with milvus.open_client(config.index.uri, config.index.token) as client:
+        verify(client, collection, ids, config.index.verify_samples)
+    name = config.registry.model_name
+    query_version = version_tags(Candidate(name, version, version)).get(
+        "query_model_version", version)
+    tag_version(Candidate(name, version, query_version),
+                {"milvus_collection": collection, "milvus_uri": config.index.uri})
+    return {"collection": collection, "count": len(ids), "verified": True}
+
+
+def index(version: str, catalog_uri: str, config_name: str = "default",
+          overrides: list[str] | tuple = ()) -> dict:
+    """plan_index + every shard + verify_index, in one process."""
+    jobs = plan_index(version, catalog_uri, 1, config_name, overrides)
+    written = sum(index_shard(**job, config_name=config_name, overrides=overrides)["written"]
+                  for job in jobs)
+    verified = verify_index(version, catalog_uri, jobs[0]["collection"], config_name,
+                            overrides)
+    return {**verified, "written": written}
 
 
 def _test_queries(catalog_uri: str, config: RunConfig):

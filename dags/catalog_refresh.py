@@ -1,0 +1,53 @@
+"""
+### Catalog refresh
+
+Daily: validate the new catalog snapshot, then incrementally re-embed new and changed
+products (content hash) into the serving collection with the current champion and delete
+removed ones. Updates the `catalog` asset, which triggers `multimodal_retrieval_training`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, task
+from fusion_platform import CATALOG_ASSET, failure_callback, platform_overrides, work_dir
+
+
+@dag(
+    dag_id="catalog_refresh",
+    schedule="@daily",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["fusion-model", "index"],
+    doc_md=__doc__,
+    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(minutes=1),
+                  "on_failure_callback": failure_callback},
+    params={"catalog_uri": Param("demo/catalog", type="string", minLength=1,
+                                 description="The new snapshot: directory or s3:// prefix"),
+            "config_name": Param("default", type="string", enum=["default", "fast"],
+                                 description="Config (index and registry settings)")},
+)
+def catalog_refresh():
+    @task(doc_md="Validate the snapshot; a failure stops the refresh (index untouched).")
+    def validate(params=None, run_id=None) -> dict:
+        from fusion_model.pipelines import steps
+
+        return steps.validate(params["catalog_uri"],
+                              str(work_dir() / "refresh" / run_id / "validation"),
+                              str(work_dir() / "profiles" / "catalog.json"))
+
+    @task(outlets=[CATALOG_ASSET],
+          doc_md="Embed only new/changed products with the champion; delete removed ones.")
+    def refresh(report: dict, params=None) -> dict:
+        from fusion_model.pipelines import steps
+
+        return steps.refresh(params["catalog_uri"], params["config_name"],
+                             platform_overrides())
+
+    refresh(validate())
+
+
+catalog_refresh()

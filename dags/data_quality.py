@@ -1,0 +1,51 @@
+"""
+### Data quality
+
+On demand: validate a catalog snapshot (Great Expectations suites, image integrity, drift)
+and publish the report (JSON + Data Docs) to MLflow under the `data-quality` experiment.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, task
+from fusion_platform import failure_callback, platform_overrides, work_dir
+
+
+@dag(
+    dag_id="data_quality",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    tags=["fusion-model", "data-quality"],
+    doc_md=__doc__,
+    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(minutes=1),
+                  "on_failure_callback": failure_callback},
+    params={"catalog_uri": Param("demo/catalog", type="string", minLength=1,
+                                 description="Catalog directory or s3:// prefix"),
+            "update_profile": Param(False, type="boolean",
+                                    description="Store as the last good profile if it passes")},
+)
+def data_quality():
+    @task(doc_md="Run every check; never raises, so the report is always published.")
+    def validate(params=None, run_id=None) -> dict:
+        from fusion_model.pipelines import steps
+
+        profile = str(work_dir() / "profiles" / "catalog.json") \
+            if params["update_profile"] else None
+        return steps.validate_report(params["catalog_uri"],
+                                     str(work_dir() / "quality" / run_id), profile)
+
+    @task(doc_md="Log the report and Data Docs to MLflow; fail the run if checks failed.")
+    def publish(report: dict, params=None) -> dict:
+        from fusion_model.pipelines import steps
+
+        return steps.publish_report(report, params["catalog_uri"], "default",
+                                    platform_overrides())
+
+    publish(validate())
+
+
+data_quality()

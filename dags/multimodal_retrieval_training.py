@@ -1,0 +1,158 @@
+"""
+### Multimodal retrieval training
+
+Validate the catalog, run both training stages, evaluate, register the candidate as
+`challenger` in MLflow, re-embed the catalog into a **new** Milvus collection (mapped over
+shards), gate challenger vs champion through their real collections, then promote (alias
+swap + `champion`) or reject (nothing changes).
+
+Runs weekly (Monday 03:00 UTC) **and** whenever the `catalog` asset is updated (the
+`catalog_refresh` DAG updates it). All logic lives in `fusion_model.pipelines.steps`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from fusion_platform import CATALOG_ASSET, failure_callback, platform_overrides, work_dir
+
+
+def _overrides(params: dict) -> list[str]:
+    """Deployment overrides plus what the trigger form asked for."""
+    segments = ",".join(params["guarded_segments"])
+    return [*platform_overrides(),
+            f"train.stage1.epochs={params['epochs_stage1']}",
+            f"train.stage2.epochs={params['epochs_stage2']}",
+            f"gate.primary_metric={params['primary_metric']}",
+            f"gate.min_improvement={params['min_improvement']}",
+            f"gate.guarded_segments=[{segments}]", *params["extra_overrides"]]
+
+
+@dag(
+    dag_id="multimodal_retrieval_training",
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("0 3 * * 1", timezone="UTC"), assets=CATALOG_ASSET),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["fusion-model", "training"],
+    doc_md=__doc__,
+    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(minutes=1),
+                  "on_failure_callback": failure_callback},
+    params={
+        "catalog_uri": Param("demo/catalog", type="string", minLength=1,
+                             description="Catalog directory or s3://bucket/prefix"),
+        "config_name": Param("default", type="string", enum=["default", "fast"],
+                             description="Packaged training config"),
+        "epochs_stage1": Param(3, type="integer", minimum=0, maximum=50,
+                               description="Stage 1 epochs (query <-> product text)"),
+        "epochs_stage2": Param(4, type="integer", minimum=0, maximum=50,
+                               description="Stage 2 epochs (query <-> image + fusion)"),
+        "primary_metric": Param("recall@10", type="string",
+                                enum=["recall@10", "recall@100", "ndcg@10", "mrr"],
+                                description="Metric the gate decides on"),
+        "min_improvement": Param(0.0, type="number", minimum=0,
+                                 description="Required absolute gain over the champion"),
+        "guarded_segments": Param(["visual_query", "text_only_attribute"], type="array",
+                                  description="Segments that must not regress"),
+        "force_promote": Param(False, type="boolean",
+                               description="Promote even if the gate says no (audited)"),
+        "shards": Param(2, type="integer", minimum=1, maximum=64,
+                        description="Re-embedding shards (one mapped task each)"),
+        "extra_overrides": Param([], type="array",
+                                 description="More config overrides, key=value"),
+    },
+)
+def multimodal_retrieval_training():
+    @task(doc_md="Great Expectations suites, image integrity and drift; fails the run "
+                 "(nothing downstream) on bad data.")
+    def validate(params=None, run_id=None) -> dict:
+        from fusion_model.pipelines import steps
+
+        root = work_dir() / "runs" / run_id
+        return steps.validate(params["catalog_uri"], str(root / "validation"),
+                              str(work_dir() / "profiles" / "catalog.json"))
+
+    @task(doc_md="Stage 1: align queries with product text, fine-tuning the text encoder.")
+    def train_stage1(report: dict, params=None, run_id=None) -> dict:
+        from fusion_model.pipelines import steps
+
+        return steps.train_stage1(params["catalog_uri"], str(work_dir() / "runs" / run_id),
+                                  params["config_name"], _overrides(params))
+
+    @task(doc_md="Stage 2: align queries with product photos and train the fusion network.")
+    def train_stage2(stage1: dict, params=None, run_id=None) -> dict:
+        from fusion_model.pipelines import steps
+
+        return steps.train_stage2(params["catalog_uri"], str(work_dir() / "runs" / run_id),
+                                  stage1["model_dir"], params["config_name"],
+                                  _overrides(params))
+
+    @task(doc_md="Offline metrics by exact search (overall and per segment).")
+    def evaluate(trained: dict) -> dict:
+        from fusion_model.pipelines import steps
+
+        return steps.evaluate(trained["work_dir"])
+
+    @task(doc_md="Log the run to MLflow and register the candidate as `challenger`.")
+    def register(trained: dict, metrics: dict, report: dict, params=None) -> dict:
+        from fusion_model.pipelines import steps
+
+        return steps.register(trained["work_dir"], params["catalog_uri"],
+                              params["config_name"], _overrides(params),
+                              validation_report=report["report"])
+
+    @task(doc_md="Create the candidate's new collection; one job per shard.")
+    def plan_index(registered: dict, params=None) -> list[dict]:
+        from fusion_model.pipelines import steps
+
+        return steps.plan_index(registered["version"], params["catalog_uri"],
+                                params["shards"], params["config_name"], _overrides(params))
+
+    @task(doc_md="Embed and upsert one shard of the catalog (resumable).",
+          max_active_tis_per_dag=4)
+    def index_shard(job: dict, params=None) -> dict:
+        from fusion_model.pipelines import steps
+
+        return steps.index_shard(**job, config_name=params["config_name"],
+                                 overrides=_overrides(params))
+
+    @task(doc_md="Count and self-retrieval checks before anything may point at it.")
+    def verify_index(jobs: list[dict], shards: list[dict], params=None) -> dict:
+        from fusion_model.pipelines import steps
+
+        job = jobs[0]
+        return steps.verify_index(job["version"], job["catalog_uri"], job["collection"],
+                                  params["config_name"], _overrides(params))
+
+    @task(doc_md="Challenger vs champion through their collections (ANN) with a paired "
+                 "bootstrap and guarded segments.")
+    def gate(registered: dict, verified: dict, params=None) -> dict:
+        from fusion_model.pipelines import steps
+
+        return steps.gate(registered["version"], params["catalog_uri"],
+                          params["config_name"], _overrides(params),
+                          force_promote=params["force_promote"])
+
+    @task(doc_md="Promote (alias swap + `champion`) or reject (nothing changes); audited.")
+    def promote_or_reject(registered: dict, decision: dict, params=None) -> dict:
+        from fusion_model.pipelines import steps
+
+        return steps.promote_or_reject(registered["version"], decision,
+                                       params["config_name"], _overrides(params))
+
+    report = validate()
+    stage1 = train_stage1(report)
+    trained = train_stage2(stage1)
+    metrics = evaluate(trained)
+    registered = register(trained, metrics, report)
+    jobs = plan_index(registered)
+    shards = index_shard.expand(job=jobs)
+    verified = verify_index(jobs, shards)
+    decision = gate(registered, verified)
+    promote_or_reject(registered, decision)
+
+
+multimodal_retrieval_training()

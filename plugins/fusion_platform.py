@@ -1,0 +1,102 @@
+"""Airflow-only glue: connections and variables -> fusion_model config overrides.
+
+No ML logic here. Everything is optional: without connections the platform runs on its
+embedded defaults under ``$AIRFLOW_HOME/fusion`` (Milvus Lite file, MLflow on SQLite,
+local files).
+
+- connection ``fusion_milvus``   (http): host/port -> index.uri, password -> index.token
+- connection ``fusion_mlflow``   (http): host/port/schema -> registry.tracking_uri
+- connection ``fusion_s3``       (aws):  login/password -> AWS keys, extra
+                                          ``endpoint_url`` -> S3-compatible endpoint
+- variable   ``fusion_artifact_location``: MLflow artifact root (e.g. s3://bucket/mlflow)
+- variable   ``fusion_work_dir``:          where runs, caches and reports go
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _catalog_asset():
+    from airflow.sdk import Asset
+
+    return Asset(name="catalog", uri="fusion://catalog/current")
+
+
+CATALOG_ASSET = _catalog_asset()
+
+
+def _connection(conn_id: str):
+    from airflow.sdk import BaseHook
+
+    try:
+        return BaseHook.get_connection(conn_id)
+    except Exception:  # noqa: BLE001 - an undefined connection means "use the default"
+        return None
+
+
+def _variable(key: str, default: str | None = None) -> str | None:
+    from airflow.sdk import Variable
+
+    try:
+        return Variable.get(key)
+    except Exception:  # noqa: BLE001 - undefined variable -> default
+        return default
+
+
+def work_dir() -> Path:
+    home = os.environ.get("AIRFLOW_HOME", str(Path.home() / "airflow"))
+    return Path(_variable("fusion_work_dir") or Path(home) / "fusion")
+
+
+def platform_overrides() -> list[str]:
+    """Config overrides for the deployment this task runs in (call inside a task)."""
+    base = work_dir()
+    overrides = [f"train.cache_dir={base / 'cache'}", f"index.uri={base / 'milvus.db'}",
+                 f"registry.tracking_uri=sqlite:///{base / 'mlflow.db'}",
+                 f"registry.artifact_location={base / 'mlartifacts'}"]
+    milvus = _connection("fusion_milvus")
+    if milvus is not None and milvus.host:
+        overrides.append(f"index.uri=http://{milvus.host}:{milvus.port or 19530}")
+        if milvus.password:
+            overrides.append(f"index.token={milvus.password}")
+    mlflow = _connection("fusion_mlflow")
+    if mlflow is not None and mlflow.host:
+        scheme = mlflow.schema or "http"
+        overrides.append(f"registry.tracking_uri={scheme}://{mlflow.host}:{mlflow.port or 5000}")
+    artifacts = _variable("fusion_artifact_location")
+    if artifacts:
+        overrides.append(f"registry.artifact_location={artifacts}")
+    configure_s3()
+    return overrides
+
+
+def configure_s3() -> None:
+    """Export the ``fusion_s3`` connection as the standard AWS environment for boto3."""
+    s3 = _connection("fusion_s3")
+    if s3 is None:
+        return
+    if s3.login:
+        os.environ["AWS_ACCESS_KEY_ID"] = s3.login
+        os.environ["AWS_SECRET_ACCESS_KEY"] = s3.password or ""
+    endpoint = (s3.extra_dejson or {}).get("endpoint_url")
+    if endpoint:
+        os.environ["AWS_ENDPOINT_URL_S3"] = endpoint
+        os.environ["MLFLOW_S3_ENDPOINT_URL"] = endpoint
+    region = (s3.extra_dejson or {}).get("region_name")
+    if region:
+        os.environ["AWS_DEFAULT_REGION"] = region
+
+
+def failure_callback(context) -> None:
+    """One clear line per failed task: which task, which run, what went wrong."""
+    ti = context.get("task_instance")
+    error = context.get("exception")
+    log.error("fusion-model task failed: dag=%s task=%s run=%s try=%s error=%s: %s",
+              getattr(ti, "dag_id", "?"), getattr(ti, "task_id", "?"),
+              context.get("run_id"), getattr(ti, "try_number", "?"),
+              type(error).__name__ if error else "unknown", error)

@@ -1,0 +1,84 @@
+"""DagBag integrity: imports, parse time, defaults, docs, schedules and task graphs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.dags.conftest import REPO
+
+DAG_FILES = sorted((REPO / "dags").glob("*.py"))
+EXPECTED = {
+    "multimodal_retrieval_training": {
+        "validate": ["train_stage1", "register"], "train_stage1": ["train_stage2"],
+        "train_stage2": ["evaluate", "register"], "evaluate": ["register"],
+        "register": ["plan_index", "gate", "promote_or_reject"],
+        "plan_index": ["index_shard", "verify_index"], "index_shard": ["verify_index"],
+        "verify_index": ["gate"], "gate": ["promote_or_reject"], "promote_or_reject": []},
+    "catalog_refresh": {"validate": ["refresh"], "refresh": []},
+    "data_quality": {"validate": ["publish"], "publish": []},
+}
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dag_ids) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_each_file_parses_in_under_two_seconds(airflow_home, path: Path):
+    from airflow.dag_processing.dagbag import DagBag
+
+    started = time.perf_counter()
+    bag = DagBag(dag_folder=str(path))
+    assert time.perf_counter() - started < 2.0
+    assert not bag.import_errors and len(bag.dags) == 1
+
+
+def test_dag_files_import_no_heavy_modules_at_top_level():
+    for path in DAG_FILES:
+        head = path.read_text().split("@dag(")[0]
+        for heavy in ("torch", "mlflow", "pymilvus", "great_expectations", "fusion_model"):
+            assert f"import {heavy}" not in head and f"from {heavy}" not in head, path
+
+
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED))
+def test_owners_retries_tags_docs_and_callbacks(dagbag, dag_id):
+    dag = dagbag.dags[dag_id]
+    assert "fusion-model" in dag.tags and dag.doc_md and not dag.catchup
+    for task in dag.tasks:
+        assert task.owner == "ml-platform" and task.retries >= 1
+        assert task.doc_md, f"{dag_id}.{task.task_id} has no doc_md"
+        assert task.on_failure_callback
+
+
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED))
+def test_task_graph(dagbag, dag_id):
+    dag = dagbag.dags[dag_id]
+    graph = {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks}
+    assert graph == {k: sorted(v) for k, v in EXPECTED[dag_id].items()}
+
+
+def test_schedules(dagbag):
+    training = dagbag.dags["multimodal_retrieval_training"]
+    assert "0 3 * * 1" in repr(training.timetable)
+    assert "fusion://catalog/current" in repr(training.timetable)
+    assert "0 0 * * *" in repr(dagbag.dags["catalog_refresh"].timetable)
+    assert type(dagbag.dags["data_quality"].timetable).__name__ == "NullTimetable"
+
+
+def test_trigger_form_params_are_described_and_validated(dagbag):
+    params = dagbag.dags["multimodal_retrieval_training"].params
+    for name in ("catalog_uri", "config_name", "epochs_stage1", "epochs_stage2",
+                 "primary_metric", "min_improvement", "guarded_segments", "force_promote",
+                 "shards"):
+        assert params.get_param(name).description, name
+    assert params["force_promote"] is False
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        params.get_param("epochs_stage1").resolve(-1)
+    with pytest.raises(ParamValidationError):
+        params.get_param("primary_metric").resolve("accuracy")
