@@ -52,7 +52,7 @@ bench: setup ## throughput benchmark + ablation table on a synthetic catalog (se
 		train.cache_dir=$(BENCH_DIR)/cache
 
 lint: setup ## ruff
-	$(VENV)/bin/ruff check fusion_model tests benchmarks
+	$(VENV)/bin/ruff check fusion_model tests benchmarks dags plugins
 
 clean: ## remove the venv and generated demo data
 	rm -rf $(VENV) $(DEMO_DIR)
