@@ -1,0 +1,97 @@
+"""End to end with dag.test(): SQLite Airflow, real Milvus Lite, real MLflow (SQLite) and
+the catalog on a local S3 server. A good run promotes; a worse run is rejected and changes
+nothing; a corrupted catalog stops at validation and changes nothing."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+
+from fusion_model import storage
+from fusion_model.data.synthetic import generate_synthetic_catalog
+from fusion_model.index import milvus
+
+pytestmark = pytest.mark.integration
+
+COMMON = {"config_name": "fast", "primary_metric": "ndcg@10", "shards": 2,
+          "extra_overrides": ["train.stage1.positives_per_query=4",
+                              "train.stage2.positives_per_query=4"]}
+
+
+@pytest.fixture(scope="module")
+def s3_catalog(airflow_home, s3_server, tmp_path_factory):
+    import boto3
+
+    os.environ.update({"AWS_ENDPOINT_URL_S3": s3_server, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="shop")
+    local = tmp_path_factory.mktemp("dag-catalog") / "catalog"
+    generate_synthetic_catalog(str(local), n_products=400, n_queries=500, seed=9,
+                               progress=False)
+    storage.copy_tree(str(local), "s3://shop/catalog", progress=False)
+    corrupted = "s3://shop/corrupted"
+    storage.copy_tree(str(local), corrupted, progress=False)
+    products = pd.read_parquet(local / "products.parquet")
+    products.loc[1, "product_id"] = products.loc[0, "product_id"]
+    storage.write_bytes(f"{corrupted}/products.parquet", products.to_parquet(index=False))
+    storage.write_bytes(f"{corrupted}/{products.loc[5, 'image']}", b"")
+    return {"good": "s3://shop/catalog", "corrupted": corrupted}
+
+
+def run_training(dagbag, **conf):
+    dag = dagbag.dags["multimodal_retrieval_training"]
+    run = dag.test(run_conf={**COMMON, **conf})
+    return run, {ti.task_id: ti.state for ti in run.get_task_instances()}
+
+
+def platform_state(airflow_home) -> dict:
+    import mlflow
+
+    from fusion_model.registry import registry
+
+    mlflow.set_tracking_uri(f"sqlite:///{airflow_home / 'fusion' / 'mlflow.db'}")
+    champion = registry.get_alias("fusion_products", "champion")
+    with milvus.open_client(str(airflow_home / "fusion" / "milvus.db")) as client:
+        alias = milvus.resolve_alias(client, "products_serving")
+        count = milvus.count(client, alias) if alias != "products_serving" else 0
+    versions = mlflow.MlflowClient().search_model_versions("name='fusion_products'")
+    return {"champion": champion and champion.version, "alias": alias, "count": count,
+            "versions": len(versions)}
+
+
+@pytest.fixture(scope="module")
+def first_run(dagbag, s3_catalog, airflow_home):
+    run, states = run_training(dagbag, catalog_uri=s3_catalog["good"], epochs_stage1=3,
+                               epochs_stage2=3)
+    return run, states
+
+
+def test_good_run_trains_registers_indexes_and_promotes(first_run, airflow_home):
+    run, states = first_run
+    assert run.state == "success", states
+    state = platform_state(airflow_home)
+    assert state["champion"] == "1" and state["alias"].startswith("products_m1_")
+    assert state["count"] == 400
+
+
+def test_worse_model_is_rejected_and_nothing_changes(first_run, dagbag, s3_catalog,
+                                                     airflow_home):
+    before = platform_state(airflow_home)
+    run, states = run_training(dagbag, catalog_uri=s3_catalog["good"], epochs_stage1=0,
+                               epochs_stage2=0)
+    assert run.state == "success", states
+    after = platform_state(airflow_home)
+    assert (after["champion"], after["alias"]) == (before["champion"], before["alias"])
+    assert after["versions"] == before["versions"] + 1  # registered as challenger only
+
+
+def test_corrupted_catalog_stops_at_validation(first_run, dagbag, s3_catalog, airflow_home):
+    before = platform_state(airflow_home)
+    run, states = run_training(dagbag, catalog_uri=s3_catalog["corrupted"])
+    assert run.state == "failed"
+    assert states["validate"] == "failed"
+    assert all(states[t] == "upstream_failed" for t in ("train_stage1", "register", "gate",
+                                                         "promote_or_reject"))
+    assert platform_state(airflow_home) == before
