@@ -33,11 +33,8 @@ lock: ## re-resolve requirements.lock from pyproject.toml
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
 		$(FIND_LINKS) -o requirements.lock
 
-demo: setup ## build the demo catalog, train the fusion model on it, print test metrics
-	$(VENV)/bin/fusion-model catalog synthetic --products $(DEMO_PRODUCTS) --out $(DEMO_DIR)/catalog
-	$(VENV)/bin/fusion-model train --catalog $(DEMO_DIR)/catalog --config fast \
-		--out $(DEMO_DIR)/run --output $(DEMO_DIR)/run/metrics.json train.cache_dir=$(DEMO_DIR)/cache
-	@echo "model: $(DEMO_DIR)/run/model  metrics: $(DEMO_DIR)/run/metrics.json"
+demo: setup ## the whole platform end to end on embedded defaults (catalog, DAG, gate, ablation, search)
+	DEMO_DIR=$(DEMO_DIR) DEMO_PRODUCTS=$(DEMO_PRODUCTS) bash scripts/demo.sh
 
 test: setup ## run the default test suite (unit + integration on local backends)
 	$(PY) -m pytest $(PYTEST_ARGS)

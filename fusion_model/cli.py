@@ -184,6 +184,32 @@ def _cmd_refresh(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    """Champion, challenger, serving alias and the last gate decisions."""
+    from fusion_model.config import load_config
+    from fusion_model.index import milvus
+    from fusion_model.registry import registry
+    from fusion_model.registry.tracking import configure
+
+    config = load_config(args.config, args.overrides)
+    configure(config.registry.resolved_tracking_uri())
+    name = config.registry.model_name
+    for alias in (registry.CHAMPION, registry.CHALLENGER):
+        found = registry.get_alias(name, alias)
+        print(f"{alias:<11} {name} v{found.version}" if found else f"{alias:<11} -")
+    with milvus.open_client(config.index.uri, config.index.token) as client:
+        target = milvus.resolve_alias(client, config.index.alias)
+        served = target if target != config.index.alias else "- (no collection yet)"
+    print(f"serving     {config.index.alias} -> {served}")
+    history = registry.promotion_history(name, f"{config.registry.experiment}-promotion-audit")
+    for entry in history[-args.last:]:
+        print(f"{entry['time']}  v{entry['version']}  {entry['decision'].upper()}"
+              f"{' (forced)' if entry.get('forced') else ''}")
+        for reason in entry.get("reasons", []):
+            print(f"    - {reason}")
+    return 0
+
+
 def _print_metrics(title: str, result) -> None:
     shown = ("recall@10", "recall@100", "ndcg@10", "mrr")
     print(title)
@@ -325,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     refresh.add_argument("--config", default="default")
     refresh.add_argument("overrides", nargs="*", metavar="key=value")
     refresh.set_defaults(func=_cmd_refresh)
+
+    status = steps.add_parser("status", help="champion, challenger, serving alias, decisions")
+    status.add_argument("--last", type=int, default=5, help="how many decisions to show")
+    status.add_argument("--config", default="default")
+    status.add_argument("overrides", nargs="*", metavar="key=value")
+    status.set_defaults(func=_cmd_status)
 
     bench = steps.add_parser("benchmark", help="train and compare every model on a catalog")
     bench.add_argument("--catalog", required=True)
