@@ -8,11 +8,9 @@ removed ones. Updates the `catalog` asset, which triggers `multimodal_retrieval_
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pendulum
 from airflow.sdk import Param, dag, task
-from fusion_platform import CATALOG_ASSET, failure_callback, platform_overrides, work_dir
+from fusion_platform import CATALOG_ASSET, default_args, platform_overrides, work_dir
 
 
 @dag(
@@ -23,8 +21,7 @@ from fusion_platform import CATALOG_ASSET, failure_callback, platform_overrides,
     max_active_runs=1,
     tags=["fusion-model", "index"],
     doc_md=__doc__,
-    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(minutes=1),
-                  "on_failure_callback": failure_callback},
+    default_args=default_args(retries=2),
     params={"catalog_uri": Param("demo/catalog", type="string", minLength=1,
                                  description="The new snapshot: directory or s3:// prefix"),
             "config_name": Param("default", type="string", enum=["default", "fast"],

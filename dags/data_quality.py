@@ -7,11 +7,9 @@ and publish the report (JSON + Data Docs) to MLflow under the `data-quality` exp
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pendulum
 from airflow.sdk import Param, dag, task
-from fusion_platform import failure_callback, platform_overrides, work_dir
+from fusion_platform import default_args, platform_overrides, work_dir
 
 
 @dag(
@@ -21,8 +19,7 @@ from fusion_platform import failure_callback, platform_overrides, work_dir
     catchup=False,
     tags=["fusion-model", "data-quality"],
     doc_md=__doc__,
-    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(minutes=1),
-                  "on_failure_callback": failure_callback},
+    default_args=default_args(retries=1),
     params={"catalog_uri": Param("demo/catalog", type="string", minLength=1,
                                  description="Catalog directory or s3:// prefix"),
             "update_profile": Param(False, type="boolean",

@@ -12,11 +12,9 @@ Runs weekly (Monday 03:00 UTC) **and** whenever the `catalog` asset is updated (
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
-from fusion_platform import CATALOG_ASSET, failure_callback, platform_overrides, work_dir
+from fusion_platform import CATALOG_ASSET, default_args, platform_overrides, work_dir
 
 
 def _overrides(params: dict) -> list[str]:
@@ -39,8 +37,7 @@ def _overrides(params: dict) -> list[str]:
     max_active_runs=1,
     tags=["fusion-model", "training"],
     doc_md=__doc__,
-    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(minutes=1),
-                  "on_failure_callback": failure_callback},
+    default_args=default_args(retries=2),
     params={
         "catalog_uri": Param("demo/catalog", type="string", minLength=1,
                              description="Catalog directory or s3://bucket/prefix"),

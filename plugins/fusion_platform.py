@@ -92,6 +92,14 @@ def configure_s3() -> None:
         os.environ["AWS_DEFAULT_REGION"] = region
 
 
+def default_args(retries: int = 2) -> dict:
+    """Owner, retries and the failure callback shared by every fusion-model DAG."""
+    from datetime import timedelta
+
+    return {"owner": "ml-platform", "retries": retries, "retry_delay": timedelta(minutes=1),
+            "on_failure_callback": failure_callback}
+
+
 def failure_callback(context) -> None:
     """One clear line per failed task: which task, which run, what went wrong."""
     ti = context.get("task_instance")
