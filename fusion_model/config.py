@@ -52,7 +52,7 @@ class ModelConfig:
     share_text_encoder: bool = True  # query and product towers share the text encoder
     fusion_heads: int = 4
     dropout: float = 0.1
-    modality_dropout: float = 0.15   # chance to hide one modality of a product in training
+    modality_dropout: float = 0.05   # chance to hide one modality of a product in training
 
 
 @dataclass(frozen=True)

@@ -132,8 +132,9 @@ class FusionHead(ProductHead):
     2. Bidirectional cross-attention: text tokens attend to image regions and regions to
        text tokens; each stream receives an *update* that is switched off when the other
        modality is missing (residual path: no photo -> exactly the text-only embedding).
-    3. A learned per-product gate over (text, image) from [t, i, t*i, |t-i|] decides how
-       much each modality contributes; a missing modality gets weight 0.
+    3. Both pooled streams are L2-normalised, then a learned per-product gate over
+       (text, image) from [t, i, t*i, |t-i|] decides how much each modality contributes;
+       a missing modality gets weight 0.
     4. A complementary term from both pooled streams adds cross-modal information that
        neither modality carries alone (zero-initialised, so training starts at the gate).
     """
@@ -162,8 +163,8 @@ class FusionHead(ProductHead):
         texty = has_text.float().view(-1, 1, 1)
         text = text + present * self.text_from_image(text, image)
         image = image + texty * self.image_from_text(image, text, safe_pad)
-        t = mean_pool(text, text_mask)                             # (B, d)
-        i = image_pool(image)                                      # (B, d)
+        t = l2(mean_pool(text, text_mask))                         # (B, d) unit length
+        i = l2(image_pool(image))                                  # (B, d) unit length
         logits = self.gate(torch.cat([t, i, t * i, (t - i).abs()], dim=-1)).float()
         logits = logits.masked_fill(torch.stack([~has_text & image_present,
                                                  ~image_present], dim=-1), float("-inf"))
