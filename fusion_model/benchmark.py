@@ -33,6 +33,10 @@ CORE_MODELS = ("zero_shot_text", "text_only", "image_only", "concat", "weighted_
 EXTRA_MODELS = ("text_only_no_ft", "concat_no_ft", "fusion_no_ft")
 ALL_MODELS = CORE_MODELS + EXTRA_MODELS
 REPORTED = ("recall@10", "recall@100", "ndcg@10", "mrr")
+# The paper's ladder, each step tested with a paired bootstrap on the same queries.
+LADDER = (("concat_no_ft", "text_only_no_ft"), ("concat", "concat_no_ft"),
+          ("concat", "text_only"), ("fusion", "concat"), ("fusion", "weighted_sum"),
+          ("fusion", "fusion_no_ft"))
 
 
 def zero_shot_text(catalog: Catalog, config: RunConfig) -> EvaluationResult:
@@ -128,7 +132,17 @@ def build_report(catalog: Catalog, config: RunConfig, results: dict[str, Evaluat
         entry["segments"] = result.segments
         entry["train_seconds"] = round(seconds.get(name, 0.0), 1)
         models[name] = entry
-    return {"catalog": {"uri": summary["uri"], "fingerprint": catalog.fingerprint,
+    ladder = {}
+    for better, worse in LADDER:
+        if better in results and worse in results:
+            ids = sorted(results[better].per_query)
+            ladder[f"{better}_vs_{worse}"] = {
+                m: paired_bootstrap_difference(results[better].values(m, ids),
+                                               results[worse].values(m, ids),
+                                               config.eval.bootstrap_samples).as_dict()
+                for m in REPORTED}
+    return {"ladder": ladder, "catalog": {"uri": summary["uri"],
+                                          "fingerprint": catalog.fingerprint,
                         "products": summary["products"],
                         "products_with_image": summary["products_with_image"],
                         "queries": summary["queries"]},

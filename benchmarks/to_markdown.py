@@ -1,0 +1,42 @@
+"""Render a `fusion-model benchmark` results JSON as a markdown table.
+
+    python benchmarks/to_markdown.py results.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+METRICS = ("recall@10", "recall@100", "ndcg@10", "mrr")
+
+
+def table(report: dict) -> str:
+    base = report["models"].get("text_only", {}).get("ndcg@10")
+    lines = ["| model | " + " | ".join(METRICS) + " | nDCG@10 vs text_only | train s |",
+             "|---" * (len(METRICS) + 3) + "|"]
+    for name, entry in report["models"].items():
+        cells = [f"{entry[m]:.4f} [{entry['ci95'][m]['low']:.3f}, {entry['ci95'][m]['high']:.3f}]"
+                 for m in METRICS]
+        delta = entry.get("vs_text_only", {}).get("ndcg@10")
+        gain = "-"
+        if delta and base:
+            star = "*" if delta["low"] > 0 else ""
+            gain = f"{delta['mean']:+.4f}{star} ({delta['mean'] / base:+.1%})"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {gain} | "
+                     f"{entry['train_seconds']:.0f} |")
+    catalog = report["catalog"]
+    lines.append("")
+    lines.append(f"Catalog: {catalog['products']:,} products ({catalog['products_with_image']:,} "
+                 f"with photo), test queries {catalog['queries']['test']}; * = paired "
+                 "bootstrap 95% CI of the gain excludes 0.")
+    for step, values in report.get("ladder", {}).items():
+        d = values["ndcg@10"]
+        lines.append(f"- {step}: nDCG@10 {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+                     f"{' (significant)' if d['low'] > 0 else ''}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as handle:
+        print(table(json.load(handle)))
