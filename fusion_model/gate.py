@@ -62,7 +62,11 @@ def decide(challenger: EvaluationResult, baseline: EvaluationResult, baseline_na
         ok = False
         reasons.append(f"{metric} gain {gain:+.4f} is below the required "
                        f"{policy.min_improvement:+.4f} vs {baseline_name}")
-    if diff.low <= 0:
+    if diff.high < 0:
+        ok = False
+        reasons.append(f"{metric} significantly worse: 95% CI of the gain [{diff.low:+.4f}, "
+                       f"{diff.high:+.4f}]")
+    elif diff.low <= 0:
         ok = False
         reasons.append(f"{metric} gain not significant: 95% CI [{diff.low:+.4f}, "
                        f"{diff.high:+.4f}] includes 0")

@@ -94,7 +94,8 @@ def tiny_overrides(tiny_models: dict[str, str], cache_dir, *extra: str) -> list[
             "train.stage1.batch_size=32", "train.stage2.batch_size=32",
             "train.stage1.lr=0.01", "train.stage2.lr=0.01",
             "train.stage1.encoder_lr=0.001", "train.stage1.positives_per_query=4",
-            "train.stage2.positives_per_query=4", *extra]
+            "train.stage2.positives_per_query=4", "train.stage1.patience=10",
+            "train.stage2.patience=10", *extra]
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,19 @@ class TwoTower(nn.Module):
                                                    config.model.dropout)
         self.query_head = QueryHead(self.text.dim, config.model.embed_dim,
                                     late_fusion=kind == "late_fusion")
+        self._share_text_projection_init()
         self.loss = InfoNCELoss()
+
+    def _share_text_projection_init(self) -> None:
+        """Start both text projections from the same orthogonal matrix (zero bias): inner
+        products of the pretrained sentence space are then approximately preserved, so
+        training starts at zero-shot quality instead of a scrambled space."""
+        query, product = self.query_head.proj, self.product_head.text_proj
+        with torch.no_grad():
+            nn.init.orthogonal_(query.weight)
+            product.weight.copy_(query.weight)
+            query.bias.zero_()
+            product.bias.zero_()
 
     @property
     def embedding_dim(self) -> int:

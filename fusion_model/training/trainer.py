@@ -248,6 +248,11 @@ class Trainer:
             log.info("%s: already complete in %s", name, checkpoint)
             return
         primary = self.config.eval.primary_metric
+        if state["epoch"] == 0 and state["best_state"] is None:
+            # the starting point competes too: a stage that cannot beat it changes nothing
+            state.update(best_score=self.evaluate_split("val").metrics[primary],
+                         best_state=_clone_state(self.model))
+            log.info("%s: val %s before training %.4f", name, primary, state["best_score"])
         for epoch in range(state["epoch"], stage.epochs):
             rng = np.random.default_rng([self.config.train.seed, int(name[-1]), epoch])
             torch.manual_seed(self.config.train.seed * 1000 + epoch)

@@ -108,3 +108,35 @@ def trainer_model_text_state(trainer: Trainer) -> dict[str, torch.Tensor]:
     from fusion_model.models.towers import TwoTower
 
     return TwoTower(trainer.config).text.state_dict()
+
+
+def test_a_stage_that_cannot_beat_its_starting_point_changes_nothing(catalog, tiny_models,
+                                                                     tmp_path, monkeypatch):
+    from fusion_model.evaluation.evaluator import EvaluationResult
+
+    config = load_config("default", tiny_overrides(
+        tiny_models, tmp_path / "cache", "model.fusion=text_only", "train.stage1.epochs=5",
+        "train.stage1.patience=2"))
+    scores = iter([0.9, 0.5, 0.4])  # before training, then two worse epochs
+
+    def scripted(self, split, products=None):
+        if split == "val" and self.history is not None and len(self.history) < 2:
+            return EvaluationResult({**dict.fromkeys(("ndcg@10", "recall@10", "recall@100",
+                                                      "ndcg@100", "mrr"), next(scores))}, {})
+        return original(self, split, products)
+
+    original = Trainer.evaluate_split
+    monkeypatch.setattr(Trainer, "evaluate_split", scripted)
+    trainer = Trainer(catalog, config, tmp_path / "run", progress=False)
+    started = {}
+    original_stage = Trainer._run_stage
+
+    def remember_start(self, *args, **kwargs):
+        started.update({k: v.clone() for k, v in self.model.state_dict().items()})
+        return original_stage(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_run_stage", remember_start)
+    result = trainer.run()
+    assert [h["epoch"] for h in result.history] == [1, 2]      # early stop, patience 2
+    final = trainer.model.state_dict()
+    assert all(torch.equal(started[k], final[k]) for k in started)
