@@ -52,8 +52,9 @@ from fusion_model.training.features import (
 log = logging.getLogger(__name__)
 EMBED_BATCH = 256
 RESULT_FILE = "result.json"
-BatchVectors = Callable[[np.ndarray, np.ndarray, torch.Tensor],
-                        tuple[torch.Tensor, torch.Tensor]]
+# (query indices -> vectors, (product indices, per-product noise) -> vectors)
+BatchVectors = tuple[Callable[[np.ndarray], torch.Tensor],
+                     Callable[[np.ndarray, torch.Tensor], torch.Tensor]]
 STAGE1_PARAMETERS = ("text.", "query_text.", "query_head.proj.", "product_head.text_proj.",
                      "loss.")
 
@@ -171,12 +172,15 @@ class Trainer:
                        *model.product_head.text_proj.parameters(), model.loss.log_scale]
         queries = self.query_text["train"]
 
-        def batch_vectors(q_idx: np.ndarray, p_idx: np.ndarray, noise: torch.Tensor):
-            q = model.queries_from_hidden(queries["hidden"][q_idx].float(),
-                                          queries["mask"][q_idx], text_half=True)
-            return q, model.product_text_vectors(*self._product_tokens(p_idx))
+        def query_vectors(q_idx: np.ndarray) -> torch.Tensor:
+            return model.queries_from_hidden(queries["hidden"][q_idx].float(),
+                                             queries["mask"][q_idx], text_half=True)
 
-        self._run_stage("stage1", stage, encoder_params, head_params, batch_vectors)
+        def product_vectors(p_idx: np.ndarray, noise: torch.Tensor) -> torch.Tensor:
+            return model.product_text_vectors(*self._product_tokens(p_idx))
+
+        self._run_stage("stage1", stage, encoder_params, head_params,
+                        (query_vectors, product_vectors))
 
     def _freeze_text_tokens(self) -> None:
         """No domain fine-tuning: run the (frozen) text top once and keep its output."""
@@ -212,8 +216,10 @@ class Trainer:
         dropout = cfg.model.modality_dropout if cfg.model.fusion not in (
             "text_only", "image_only") else 0.0
 
-        def batch_vectors(q_idx: np.ndarray, p_idx: np.ndarray, noise: torch.Tensor):
-            q = model.query_head(self.query_pooled["train"][q_idx])
+        def query_vectors(q_idx: np.ndarray) -> torch.Tensor:
+            return model.query_head(self.query_pooled["train"][q_idx])
+
+        def product_vectors(p_idx: np.ndarray, noise: torch.Tensor) -> torch.Tensor:
             tokens, mask = self._product_tokens(p_idx)
             present = self.image_present[p_idx].clone()
             if dropout:  # hide one modality of some products (noise: uniform per product)
@@ -222,9 +228,10 @@ class Trainer:
                 present &= ~hide_image
                 mask = mask & ~hide_text.unsqueeze(1)
             features = image_batch(self.image_features, p_idx)
-            return q, model.products_from_features(tokens, mask, features, present)
+            return model.products_from_features(tokens, mask, features, present)
 
-        self._run_stage("stage2", stage, encoder_params, head_params, batch_vectors)
+        self._run_stage("stage2", stage, encoder_params, head_params,
+                        (query_vectors, product_vectors))
 
     def _pool_queries(self, split: str) -> torch.Tensor:
         feats = self.query_text[split]
@@ -256,6 +263,8 @@ class Trainer:
         for epoch in range(state["epoch"], stage.epochs):
             rng = np.random.default_rng([self.config.train.seed, int(name[-1]), epoch])
             torch.manual_seed(self.config.train.seed * 1000 + epoch)
+            self.negatives = self._mine_negatives(stage.hard_negatives) \
+                if stage.hard_negatives else None
             batches = epoch_pairs(self.data.splits["train"].positives, stage.positives_per_query,
                                   stage.batch_size, rng)
             loss = self._train_epoch(name, epoch, stage.epochs, batches, optimizer,
@@ -293,13 +302,19 @@ class Trainer:
         losses = []
         bar = tqdm(batches, desc=f"{name} epoch {epoch + 1}/{epochs}", unit="batch",
                    disable=not self.progress or self.rank != 0)
+        query_fn, product_fn = batch_vectors
         for q_idx, p_idx in bar:
             noise = torch.rand(len(p_idx))   # drawn for the whole batch on every rank
             lo, hi = shard_bounds(len(p_idx), self.rank, self.world)
             with autocast(self.config.train.precision):
-                q, p = batch_vectors(q_idx[lo:hi], p_idx[lo:hi], noise[lo:hi])
-                q = gather_rows(q.float(), len(p_idx), self.world)
-                p = gather_rows(p.float(), len(p_idx), self.world)
+                q = gather_rows(query_fn(q_idx[lo:hi]).float(), len(p_idx), self.world)
+                p = gather_rows(product_fn(p_idx[lo:hi], noise[lo:hi]).float(), len(p_idx),
+                                self.world)
+                negatives = self._batch_negatives(q_idx, p_idx)
+                if len(negatives):  # every rank embeds the (few) mined negatives
+                    p = torch.cat([p, product_fn(negatives, torch.full((len(negatives),), 0.5)
+                                                 ).float()])
+                    p_idx = np.concatenate([p_idx, negatives])
                 known = torch.from_numpy(known_positive_mask(q_idx, p_idx, self.positive_sets))
                 loss = self.model.loss(q, p, known)
             optimizer.zero_grad(set_to_none=True)
@@ -310,6 +325,33 @@ class Trainer:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         self.model.eval()
         return float(np.mean(losses)) if losses else float("nan")
+
+    @torch.no_grad()
+    def _mine_negatives(self, count: int) -> list[np.ndarray]:
+        """Per train query, the ``count`` highest-scoring products it has no judgment for,
+        under the current model (re-mined every epoch)."""
+        from fusion_model.evaluation.search import exact_top_k
+
+        queries = self.query_vectors("train")
+        products = self.product_vectors()
+        depth = min(len(self.data.product_ids), count * 4 + 64)
+        _, top = exact_top_k(queries, products, depth)
+        position = {pid: i for i, pid in enumerate(self.data.product_ids)}
+        train = self.data.splits["train"]
+        mined = []
+        for qid, row in zip(train.ids, top.tolist()):
+            judged = {position[p] for p in train.qrels.get(qid, {})}
+            mined.append(np.array([j for j in row if j not in judged][:count], dtype=np.int64))
+        log.info("mined %d hard negatives for each of %d train queries", count, len(mined))
+        return mined
+
+    def _batch_negatives(self, q_idx: np.ndarray, p_idx: np.ndarray) -> np.ndarray:
+        if not getattr(self, "negatives", None):
+            return np.empty(0, dtype=np.int64)
+        in_batch = set(p_idx.tolist())
+        chosen = dict.fromkeys(j for q in q_idx for j in self.negatives[q].tolist()
+                               if j not in in_batch)
+        return np.fromiter(chosen, dtype=np.int64)
 
     def _resume(self, checkpoint: Path, optimizer) -> dict:
         fresh = {"epoch": 0, "best_score": float("-inf"), "best_state": None, "bad_epochs": 0}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
@@ -140,3 +141,41 @@ def test_a_stage_that_cannot_beat_its_starting_point_changes_nothing(catalog, ti
     assert [h["epoch"] for h in result.history] == [1, 2]      # early stop, patience 2
     final = trainer.model.state_dict()
     assert all(torch.equal(started[k], final[k]) for k in started)
+
+
+def test_mined_hard_negatives_are_unjudged_and_join_the_batch(catalog, tiny_models, tmp_path,
+                                                              monkeypatch):
+    config = load_config("default", tiny_overrides(
+        tiny_models, tmp_path / "cache", "train.stage1.hard_negatives=3",
+        "train.stage2.hard_negatives=2", "train.stage1.epochs=1", "train.stage2.epochs=1"))
+    sizes = []
+    original = Trainer._batch_negatives
+
+    def spy(self, q_idx, p_idx):
+        negatives = original(self, q_idx, p_idx)
+        sizes.append(len(negatives))
+        assert not set(negatives.tolist()) & set(p_idx.tolist())
+        return negatives
+
+    monkeypatch.setattr(Trainer, "_batch_negatives", spy)
+    trainer = Trainer(catalog, config, tmp_path / "run", progress=False)
+    result = trainer.run()
+    assert {h["stage"] for h in result.history} == {"stage1", "stage2"}
+    assert sizes and min(sizes) > 0
+    mined = trainer._mine_negatives(3)
+    train = trainer.data.splits["train"]
+    position = {pid: i for i, pid in enumerate(trainer.data.product_ids)}
+    for qid, negatives in zip(train.ids, mined):
+        assert len(negatives) == 3
+        assert not {position[p] for p in train.qrels.get(qid, {})} & set(negatives.tolist())
+
+
+def test_missing_val_split_is_carved_from_train(catalog):
+    from fusion_model.training.data import build_data
+
+    queries = catalog.queries.assign(split=catalog.queries["split"].replace("val", "train"))
+    data = build_data(dataclasses.replace(catalog, queries=queries), 3)
+    assert len(data.splits["val"].ids) > 0
+    assert not set(data.splits["val"].ids) & set(data.splits["train"].ids)
+    assert len(data.splits["val"].ids) + len(data.splits["train"].ids) == \
+        int((queries["split"] == "train").sum())
