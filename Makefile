@@ -43,6 +43,7 @@ BENCH_DIR ?= runs/bench
 bench: setup ## throughput benchmark + ablation table on a synthetic catalog (see benchmarks/RESULTS.md)
 	$(VENV)/bin/fusion-model catalog synthetic --products 3000 --out $(BENCH_DIR)/synthetic
 	$(PY) benchmarks/throughput.py --catalog $(BENCH_DIR)/synthetic
+	$(PY) benchmarks/index_bench.py --products 100000 --uri $(BENCH_DIR)/milvus.db
 	$(VENV)/bin/fusion-model benchmark --catalog $(BENCH_DIR)/synthetic \
 		--output $(BENCH_DIR)/synthetic.json --work-dir $(BENCH_DIR)/work \
 		--models zero_shot_text,text_only,image_only,concat,weighted_sum,late_fusion,fusion,concat_no_ft,fusion_no_ft \
