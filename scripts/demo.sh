@@ -59,7 +59,7 @@ MLflow UI (runs, registry, review gallery under each run's artifacts review/gall
 Airflow UI (DAGs, runs, trigger form with params; login printed at start-up):
   AIRFLOW_HOME=$AIRFLOW_HOME AIRFLOW__CORE__DAGS_FOLDER=$ROOT/dags \\
   AIRFLOW__CORE__PLUGINS_FOLDER=$ROOT/plugins AIRFLOW__CORE__LOAD_EXAMPLES=False \\
-  $BIN/airflow standalone
+  PATH=$BIN:\$PATH airflow standalone
 Validation report: $FUSION/runs/*/validation/validation.json (+ data_docs/index.html)
 Ablation results:  $DEMO/ablation.json
 DAG run log:       $DEMO/dag-run.log
