@@ -93,8 +93,16 @@ def create_collection(client, name: str, dim: int, attribute_fields: list[str],
              metric, attribute_fields)
 
 
+def ensure_loaded(client, name: str) -> None:
+    """Collections opened by a new process start 'released'; load before reading."""
+    state = str(client.get_load_state(resolve_alias(client, name)).get("state", ""))
+    if "Loaded" not in state:
+        client.load_collection(resolve_alias(client, name))
+
+
 def existing_hashes(client, name: str) -> dict[str, str]:
     """product_id -> content_hash of every row in the collection."""
+    ensure_loaded(client, name)
     found: dict[str, str] = {}
     iterator = client.query_iterator(name, batch_size=QUERY_PAGE, filter="",
                                      output_fields=["product_id", "content_hash"])
@@ -128,6 +136,7 @@ def delete_ids(client, name: str, ids: list[str]) -> None:
 
 def count(client, name: str) -> int:
     client.flush(name)
+    ensure_loaded(client, name)
     return int(client.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"])
 
 
@@ -135,6 +144,7 @@ def search(client, name: str, vectors: np.ndarray, k: int, filter_expr: str = ""
            output_fields: list[str] | None = None, search_params: dict | None = None,
            batch_size: int = 256) -> list[list[dict]]:
     """Top-k hits per query vector: [{"product_id", "score", **fields}], best first."""
+    ensure_loaded(client, name)
     params = search_params if search_params is not None else _search_params(client, name)
     results: list[list[dict]] = []
     for start in range(0, len(vectors), batch_size):
