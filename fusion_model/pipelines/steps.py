@@ -8,6 +8,7 @@ Re-running a step after a crash continues or redoes its work without duplicates.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -92,16 +93,33 @@ def register(work_dir: str, catalog_uri: str, config_name: str = "default",
 
     config = _config(config_name, overrides)
     _mlflow(config)
+    result_file = Path(work_dir) / RESULT_FILE
+    key = hashlib.sha256(result_file.read_bytes() + config.hash.encode()).hexdigest()[:32]
+    existing = _registered_with_key(config.registry.model_name, key)
+    if existing is not None:  # a retried task: the candidate is already registered
+        return existing
     catalog = load_catalog(catalog_uri)
-    result = TrainResult.load(Path(work_dir) / RESULT_FILE)
+    result = TrainResult.load(result_file)
     run_id, uris = log_training_run(result, config, catalog, config.registry.experiment,
                                     validation_report, config.registry.artifact_location
                                     or None)
     lineage = {"catalog_fingerprint": catalog.fingerprint, "catalog_uri": catalog.uri,
                "config_hash": config.hash, "git_commit": git_commit(), "run_id": run_id,
-               "fusion": config.model.fusion, **(parent_runs or {})}
+               "fusion": config.model.fusion, "train_result_key": key, **(parent_runs or {})}
     candidate = register_candidate(config.registry.model_name, uris, lineage)
     return {"name": candidate.name, "version": candidate.version, "run_id": run_id}
+
+
+def _registered_with_key(name: str, key: str) -> dict | None:
+    import mlflow
+
+    versions = mlflow.MlflowClient().search_model_versions(
+        f"name = '{name}' and tags.train_result_key = '{key}'")
+    if not versions:
+        return None
+    version = versions[0]
+    log.info("%s version %s already registers this training result", name, version.version)
+    return {"name": name, "version": str(version.version), "run_id": version.run_id}
 
 
 def load_registered_model(name: str, version: str):

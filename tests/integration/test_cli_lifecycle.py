@@ -29,3 +29,17 @@ def test_lifecycle_search_refresh_rollback(synthetic_catalog, tiny_models, tmp_p
     assert "0 embedded, 0 deleted, 300 unchanged" in capsys.readouterr().out
     assert main(["rollback", "1", "--reason", "test", *overrides]) == 0
     assert "champion -> version 1; serving alias -> products_m1_" in capsys.readouterr().out
+
+
+def test_register_is_idempotent_when_a_task_is_retried(synthetic_catalog, tiny_models,
+                                                       tmp_path):
+    from fusion_model.pipelines import steps
+
+    overrides = tiny_overrides(tiny_models, tmp_path / "cache", "train.stage1.epochs=1",
+                               "train.stage2.epochs=1",
+                               f"registry.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                               f"registry.artifact_location={tmp_path / 'artifacts'}")
+    steps.train(str(synthetic_catalog), str(tmp_path / "work"), "default", overrides)
+    first = steps.register(str(tmp_path / "work"), str(synthetic_catalog), "default", overrides)
+    again = steps.register(str(tmp_path / "work"), str(synthetic_catalog), "default", overrides)
+    assert again == first and first["version"] == "1"
