@@ -123,3 +123,8 @@ def milvus_server(tmp_path_factory):
     yield f"http://127.0.0.1:{port}"
     process.terminate()
     process.wait(timeout=30)
+
+
+def pytest_unconfigure(config):
+    """milvus-lite logs from an atexit hook after pytest closed its streams; keep quiet."""
+    logging.raiseExceptions = False
