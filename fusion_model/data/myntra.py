@@ -19,6 +19,7 @@ from fusion_model import storage
 from fusion_model.data.catalog import write_catalog
 from fusion_model.data.judging import assign_splits, judgments_for, queries_frame
 from fusion_model.errors import CatalogError
+from fusion_model.storage.core import parallel_map
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +137,10 @@ def query_text(attributes: dict[str, str]) -> str:
 
 
 def _copy_images(source: str, root: str, styles: pd.DataFrame) -> None:
-    from fusion_model.storage.core import _parallel_map
-
     def copy_one(relative: str) -> None:
         storage.write_bytes(storage.join(root, relative),
                             storage.read_bytes(os.path.join(source, relative)))
 
-    _parallel_map(copy_one, styles["image"].tolist())
+    parallel_map(copy_one, styles["image"].tolist())
 
 

@@ -308,13 +308,17 @@ def promote_or_reject(version: str, decision: dict, config_name: str = "default"
     """Apply a gate decision. Promote: serving alias -> the verified collection, then
     ``champion`` -> version. Reject: nothing changes but the audit record."""
     from fusion_model.index import milvus
-    from fusion_model.registry.registry import CHAMPION, Candidate, record_decision, set_alias
+    from fusion_model.registry.registry import (
+        CHAMPION,
+        Candidate,
+        record_decision,
+        set_alias,
+        version_tags,
+    )
 
     config = _config(config_name, overrides)
     _mlflow(config)
     name = config.registry.model_name
-    from fusion_model.registry.registry import version_tags
-
     tags = version_tags(Candidate(name, version, version))
     candidate = Candidate(name, version, tags.get("query_model_version", version))
     audit = f"{config.registry.experiment}-promotion-audit"

@@ -80,7 +80,7 @@ class LocalStorage:
         return sorted(str(p) for p in root.rglob("*") if p.is_file())
 
     def content_tags(self, uris: list[str]) -> dict[str, str]:
-        return dict(zip(uris, _parallel_map(lambda u: md5_hex(self.read_bytes(u)), uris)))
+        return dict(zip(uris, parallel_map(lambda u: md5_hex(self.read_bytes(u)), uris)))
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -218,16 +218,17 @@ def copy_tree(src: str, dst: str, *, progress: bool = True) -> int:
         relative = uri[len(src_root):].lstrip("/").replace(os.sep, "/")
         write_bytes(join(dst, relative), read_bytes(uri))
 
-    for _ in tqdm(_parallel_map_iter(copy_one, files), total=len(files), disable=not progress,
+    for _ in tqdm(parallel_map_iter(copy_one, files), total=len(files), disable=not progress,
                   desc=f"copy -> {dst}", unit="file"):
         pass
     return len(files)
 
 
-def _parallel_map_iter(fn, items: list, workers: int = 16):
+def parallel_map_iter(fn, items: list, workers: int = 16):
+    """``map`` over threads (I/O-bound work: reads, writes, S3 calls), in order."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         yield from pool.map(fn, items)
 
 
-def _parallel_map(fn, items: list, workers: int = 16) -> list:
-    return list(_parallel_map_iter(fn, items, workers))
+def parallel_map(fn, items: list, workers: int = 16) -> list:
+    return list(parallel_map_iter(fn, items, workers))
