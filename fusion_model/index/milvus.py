@@ -144,8 +144,8 @@ def search(client, name: str, vectors: np.ndarray, k: int, filter_expr: str = ""
            output_fields: list[str] | None = None, search_params: dict | None = None,
            batch_size: int = 256) -> list[list[dict]]:
     """Top-k hits per query vector: [{"product_id", "score", **fields}], best first."""
-    ensure_loaded(client, name)
-    params = search_params if search_params is not None else _search_params(client, name)
+    prepared = _prepared(client, name)
+    params = search_params if search_params is not None else prepared
     results: list[list[dict]] = []
     for start in range(0, len(vectors), batch_size):
         batch = [v.astype(np.float32).tolist() for v in vectors[start:start + batch_size]]
@@ -156,6 +156,16 @@ def search(client, name: str, vectors: np.ndarray, k: int, filter_expr: str = ""
                       "score": float(h["distance"]), **h.get("entity", {})} for h in row]
                     for row in hits]
     return results
+
+
+def _prepared(client, name: str) -> dict:
+    """Load state and search params checked once per client and name (saves ~4 RPCs per
+    single-query search); ``point_alias`` clears it."""
+    cache = client.__dict__.setdefault("_fusion_prepared", {})
+    if name not in cache:
+        ensure_loaded(client, name)
+        cache[name] = _search_params(client, name)
+    return cache[name]
 
 
 def _search_params(client, name: str) -> dict:
@@ -177,6 +187,7 @@ def aliases_of(client, name: str) -> list[str]:
 
 def point_alias(client, alias: str, name: str) -> str | None:
     """Point ``alias`` at ``name``; return the collection it pointed at before."""
+    client.__dict__.pop("_fusion_prepared", None)
     previous = resolve_alias(client, alias)
     if previous == alias:
         client.create_alias(name, alias)
