@@ -201,7 +201,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         target = milvus.resolve_alias(client, config.index.alias)
         served = target if target != config.index.alias else "- (no collection yet)"
     print(f"serving     {config.index.alias} -> {served}")
-    history = registry.promotion_history(name, f"{config.registry.experiment}-promotion-audit")
+    history = registry.promotion_history(name,
+                                         registry.audit_experiment(config.registry.experiment))
     for entry in history[-args.last:]:
         print(f"{entry['time']}  v{entry['version']}  {entry['decision'].upper()}"
               f"{' (forced)' if entry.get('forced') else ''}")

@@ -219,18 +219,15 @@ def verify_index(version: str, catalog_uri: str, collection: str,
     from fusion_model.data.catalog import load_catalog
     from fusion_model.index import milvus
     from fusion_model.index.build import verify
-    from fusion_model.registry.registry import Candidate, tag_version, version_tags
+    from fusion_model.registry.registry import candidate_for, tag_version
 
     config = _config(config_name, overrides)
     _mlflow(config)
     ids = load_catalog(catalog_uri).products["product_id"].tolist()
     with milvus.open_client(config.index.uri, config.index.token) as client:
         verify(client, collection, ids, config.index.verify_samples)
-    name = config.registry.model_name
-    query_version = version_tags(Candidate(name, version, version)).get(
-        "query_model_version", version)
-    tag_version(Candidate(name, version, query_version),
-                {"milvus_collection": collection, "milvus_uri": config.index.uri})
+    candidate, _ = candidate_for(config.registry.model_name, version)
+    tag_version(candidate, {"milvus_collection": collection, "milvus_uri": config.index.uri})
     return {"collection": collection, "count": len(ids), "verified": True}
 
 
@@ -310,18 +307,16 @@ def promote_or_reject(version: str, decision: dict, config_name: str = "default"
     from fusion_model.index import milvus
     from fusion_model.registry.registry import (
         CHAMPION,
-        Candidate,
+        audit_experiment,
+        candidate_for,
         record_decision,
         set_alias,
-        version_tags,
     )
 
     config = _config(config_name, overrides)
     _mlflow(config)
-    name = config.registry.model_name
-    tags = version_tags(Candidate(name, version, version))
-    candidate = Candidate(name, version, tags.get("query_model_version", version))
-    audit = f"{config.registry.experiment}-promotion-audit"
+    candidate, tags = candidate_for(config.registry.model_name, version)
+    audit = audit_experiment(config.registry.experiment)
     entry = {**decision, "collection": tags["milvus_collection"]}
     if decision["decision"] != "promote":
         record_decision(candidate, entry, audit)
@@ -342,27 +337,25 @@ def rollback(version: str, config_name: str = "default", overrides: list[str] | 
     from fusion_model.index import milvus
     from fusion_model.registry.registry import (
         CHAMPION,
-        Candidate,
+        audit_experiment,
+        candidate_for,
         record_decision,
         set_alias,
-        version_tags,
     )
 
     config = _config(config_name, overrides)
     _mlflow(config)
-    name = config.registry.model_name
-    tags = version_tags(Candidate(name, version, version))
+    candidate, tags = candidate_for(config.registry.model_name, version)
     collection = tags.get("milvus_collection")
     with milvus.open_client(config.index.uri, config.index.token) as client:
         if not collection or not client.has_collection(collection):
             raise milvus.MilvusIndexError(f"version {version} has no kept collection "
                                           f"({collection}); re-index it before rolling back")
         previous = milvus.point_alias(client, config.index.alias, collection)
-    candidate = Candidate(name, version, tags.get("query_model_version", version))
     set_alias(candidate, CHAMPION)
     record_decision(candidate, {"decision": "rollback", "reasons": [reason], "metrics": {},
                                 "collection": collection, "previous_collection": previous},
-                    f"{config.registry.experiment}-promotion-audit")
+                    audit_experiment(config.registry.experiment))
     return {"version": version, "collection": collection, "previous_collection": previous}
 
 

@@ -86,6 +86,16 @@ def version_tags(candidate: Candidate) -> dict[str, str]:
     return dict(_client().get_model_version(candidate.name, candidate.version).tags)
 
 
+def candidate_for(name: str, version: str) -> tuple[Candidate, dict[str, str]]:
+    """The registered pair behind product-encoder ``version``, and that version's tags."""
+    tags = version_tags(Candidate(name, version, version))
+    return Candidate(name, version, tags.get("query_model_version", version)), tags
+
+
+def audit_experiment(experiment: str) -> str:
+    return f"{experiment}-promotion-audit"
+
+
 def record_decision(candidate: Candidate, decision: dict, experiment: str) -> str:
     """Tag the version with the decision and log it as an audit run; returns the run id."""
     import mlflow
