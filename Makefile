@@ -14,7 +14,7 @@ DEMO_PRODUCTS ?= 2000
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test bench lint lock clean
+.PHONY: help setup demo test test-production bench lint lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -30,7 +30,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 lock: ## re-resolve requirements.lock from pyproject.toml
 	@test -x $(VENV)/bin/uv || $(MAKE) setup
-	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra deploy --python-version 3.11 \
 		$(FIND_LINKS) -o requirements.lock
 
 demo: setup ## the whole platform end to end on embedded defaults (catalog, DAG, gate, ablation, search)
@@ -54,3 +54,7 @@ lint: setup ## ruff
 
 clean: ## remove the venv and generated demo data
 	rm -rf $(VENV) $(DEMO_DIR)
+
+test-production: setup ## production-mode tests: PostgreSQL, mlflow server, S3, Milvus URI, Airflow LocalExecutor
+	bash infra/local/install-postgres.sh
+	$(PY) -m pytest -m production tests/production $(PYTEST_ARGS)

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, dag, task
-from fusion_platform import CATALOG_ASSET, default_args, platform_overrides, work_dir
+from fusion_platform import (
+    CATALOG_ASSET,
+    default_args,
+    default_catalog_uri,
+    platform_overrides,
+    work_dir,
+)
 
 
 @dag(
@@ -22,7 +28,7 @@ from fusion_platform import CATALOG_ASSET, default_args, platform_overrides, wor
     tags=["fusion-model", "index"],
     doc_md=__doc__,
     default_args=default_args(retries=2),
-    params={"catalog_uri": Param("demo/catalog", type="string", minLength=1,
+    params={"catalog_uri": Param(default_catalog_uri(), type="string", minLength=1,
                                  description="The new snapshot: directory or s3:// prefix"),
             "config_name": Param("default", type="string", enum=["default", "fast"],
                                  description="Config (index and registry settings)")},

@@ -14,7 +14,13 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
-from fusion_platform import CATALOG_ASSET, default_args, platform_overrides, work_dir
+from fusion_platform import (
+    CATALOG_ASSET,
+    default_args,
+    default_catalog_uri,
+    platform_overrides,
+    work_dir,
+)
 
 
 def _overrides(params: dict) -> list[str]:
@@ -39,7 +45,7 @@ def _overrides(params: dict) -> list[str]:
     doc_md=__doc__,
     default_args=default_args(retries=2),
     params={
-        "catalog_uri": Param("demo/catalog", type="string", minLength=1,
+        "catalog_uri": Param(default_catalog_uri(), type="string", minLength=1,
                              description="Catalog directory or s3://bucket/prefix"),
         "config_name": Param("default", type="string", enum=["default", "fast"],
                              description="Packaged training config"),

@@ -10,6 +10,8 @@ local files).
                                           ``endpoint_url`` -> S3-compatible endpoint
 - variable   ``fusion_artifact_location``: MLflow artifact root (e.g. s3://bucket/mlflow)
 - variable   ``fusion_work_dir``:          where runs, caches and reports go
+- environment ``FUSION_CATALOG_URI``:      the catalog scheduled and asset-triggered runs
+                                          use (the trigger form's default)
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ def _catalog_asset():
 
 
 CATALOG_ASSET = _catalog_asset()
+
+
+def default_catalog_uri() -> str:
+    """The deployment's catalog (``$FUSION_CATALOG_URI``); ``demo/catalog`` otherwise."""
+    return os.environ.get("FUSION_CATALOG_URI") or "demo/catalog"
 
 
 def _connection(conn_id: str):
@@ -56,22 +63,30 @@ def work_dir() -> Path:
 def platform_overrides() -> list[str]:
     """Config overrides for the deployment this task runs in (call inside a task)."""
     base = work_dir()
-    overrides = [f"train.cache_dir={base / 'cache'}", f"index.uri={base / 'milvus.db'}",
-                 f"registry.tracking_uri=sqlite:///{base / 'mlflow.db'}",
-                 f"registry.artifact_location={base / 'mlartifacts'}"]
+    overrides = [f"train.cache_dir={base / 'cache'}", f"index.uri={base / 'milvus.db'}"]
     milvus = _connection("fusion_milvus")
     if milvus is not None and milvus.host:
         overrides.append(f"index.uri=http://{milvus.host}:{milvus.port or 19530}")
         if milvus.password:
             overrides.append(f"index.token={milvus.password}")
+    overrides += _tracking_overrides(base)
+    configure_s3()
+    return overrides
+
+
+def _tracking_overrides(base: Path) -> list[str]:
+    """A ``fusion_mlflow`` tracking server (which stores artifacts where it was told to),
+    else MLflow on SQLite under the work dir; ``fusion_artifact_location`` wins."""
     mlflow = _connection("fusion_mlflow")
     if mlflow is not None and mlflow.host:
         scheme = mlflow.schema or "http"
-        overrides.append(f"registry.tracking_uri={scheme}://{mlflow.host}:{mlflow.port or 5000}")
+        overrides = [f"registry.tracking_uri={scheme}://{mlflow.host}:{mlflow.port or 5000}"]
+    else:
+        overrides = [f"registry.tracking_uri=sqlite:///{base / 'mlflow.db'}",
+                     f"registry.artifact_location={base / 'mlartifacts'}"]
     artifacts = _variable("fusion_artifact_location")
     if artifacts:
         overrides.append(f"registry.artifact_location={artifacts}")
-    configure_s3()
     return overrides
 
 
@@ -93,11 +108,17 @@ def configure_s3() -> None:
 
 
 def default_args(retries: int = 2) -> dict:
-    """Owner, retries and the failure callback shared by every fusion-model DAG."""
+    """Owner, retries, S3 set-up and the failure callback shared by every fusion-model DAG."""
     from datetime import timedelta
 
     return {"owner": "ml-platform", "retries": retries, "retry_delay": timedelta(minutes=1),
-            "on_failure_callback": failure_callback}
+            "on_failure_callback": failure_callback, "pre_execute": prepare_task}
+
+
+def prepare_task(context) -> None:
+    """Before every task: S3 credentials from ``fusion_s3``, so that tasks which take no
+    config overrides (validation, reports) read s3:// catalogs too."""
+    configure_s3()
 
 
 def failure_callback(context) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +38,50 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_for(check, timeout: float, what: str, every: float = 1.0, logs: tuple = ()):
+    """Poll ``check`` until it returns something truthy; fail naming what never came and
+    showing the tail of each log file given."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(every)
+    tails = "\n".join(f"--- {p} ---\n{_tail(p)}" for p in logs)
+    raise TimeoutError(f"gave up waiting for {what} after {timeout:.0f}s\n{tails}")
+
+
+def _tail(path, lines: int = 40) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError as error:
+        return str(error)
+
+
+def http_ok(url: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(url, timeout=5).status_code < 500
+    except requests.RequestException:
+        return False
+
+
+def stop_process_tree(process) -> None:
+    """SIGINT to every process of the tree (children first), then SIGTERM what is left."""
+    import psutil
+
+    tree = psutil.Process(process.pid).children(recursive=True) + [psutil.Process(process.pid)]
+    for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGINT)
+    _, alive = psutil.wait_procs(tree, timeout=30)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    psutil.wait_procs(alive, timeout=15)
 
 
 @pytest.fixture(scope="session")

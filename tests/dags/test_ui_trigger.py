@@ -3,46 +3,20 @@ with params through the REST API v2 (as the trigger form does), polled to succes
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 import requests
 
-from tests.conftest import free_port, tiny_overrides
+from tests.conftest import free_port, http_ok, stop_process_tree, tiny_overrides, wait_for
 from tests.dags.conftest import REPO
 
 pytestmark = pytest.mark.integration
 DAG_ID = "multimodal_retrieval_training"
-
-
-def wait_for(check, timeout: float, what: str, every: float = 2.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(every)
-    raise TimeoutError(f"gave up waiting for {what} after {timeout:.0f}s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGINT to every process of the tree (children first), then SIGTERM what is left."""
-    tree = psutil.Process(process.pid).children(recursive=True) + [psutil.Process(process.pid)]
-    for proc in tree:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.send_signal(signal.SIGINT)
-    _, alive = psutil.wait_procs(tree, timeout=30)
-    for proc in alive:
-        proc.terminate()
-    psutil.wait_procs(alive, timeout=15)
 
 
 @pytest.fixture()
@@ -67,18 +41,11 @@ def standalone(tmp_path):
                                start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _ok(f"{base}/api/v2/version"), 240, "the API server")
+        wait_for(lambda: http_ok(f"{base}/api/v2/version"), 240, "the API server")
         yield base, home, tmp_path
     finally:
-        stop(process)
+        stop_process_tree(process)
         log.close()
-
-
-def _ok(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=5).status_code < 500
-    except requests.RequestException:
-        return False
 
 
 def test_trigger_training_dag_through_the_rest_api(standalone, synthetic_catalog,

@@ -1,0 +1,226 @@
+"""infra/compose.yaml validated statically (no Docker engine here): the Compose
+Specification schema, interpolation against .env.example, healthchecks, secrets only
+from .env, and the settings the platform code actually reads."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+INFRA = REPO / "infra"
+COMPOSE = INFRA / "compose.yaml"
+VARIABLE = re.compile(r"\$(?:\$|\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<default>[^}]*))?\})")
+SECRET_WORDS = ("PASSWORD", "SECRET", "FERNET")
+ONE_SHOT = "service_completed_successfully"
+
+
+def env_example() -> dict[str, str]:
+    pairs = [line.split("=", 1) for line in (INFRA / ".env.example").read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's variable substitution: ${X}, ${X:-default}, ${X-default}, ${X:?err}, $$."""
+    def substitute(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, op, default = match.group("name", "op", "default")
+        value = env.get(name)
+        if op in (":-", ":?") and not value or op in ("-", "?") and value is None:
+            if op.endswith("?"):
+                raise KeyError(f"{name}: {default}")
+            return default
+        if value is None:
+            raise KeyError(f"{name} is used in compose.yaml but not defined in .env.example")
+        return value
+    return VARIABLE.sub(substitute, text)
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    """The file as `docker compose --env-file infra/.env.example config` resolves it."""
+    if _compose_cli_works():
+        result = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "--env-file",
+                                 str(INFRA / ".env.example"), "config", "--format", "json"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+    return yaml.safe_load(interpolate(COMPOSE.read_text(), env_example()))
+
+
+def _compose_cli_works() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    probe = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+def compose_schema() -> dict:
+    vendor = resources.files("check_jsonschema.builtin_schemas.vendor")
+    return json.loads((vendor / "compose-spec.json").read_text())
+
+
+def test_raw_and_resolved_files_match_the_compose_specification(raw, compose):
+    schema = compose_schema()
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    for document in (raw, compose):
+        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+                  for e in validator.iter_errors(document)]
+        assert errors == []
+
+
+def test_the_schema_check_catches_a_broken_file(raw):
+    broken = json.loads(json.dumps(raw))
+    broken["services"]["redis"]["healthcheck"]["retries"] = "many"
+    broken["services"]["mlflow"]["depends_on"] = {"postgres": {"condition": "when-ready"}}
+    schema = compose_schema()
+    errors = list(jsonschema.validators.validator_for(schema)(schema).iter_errors(broken))
+    assert len(errors) >= 2
+
+
+def test_every_variable_comes_from_env_example_and_the_cli_validates_offline():
+    names = {m.group("name") for m in VARIABLE.finditer(COMPOSE.read_text()) if m.group("name")}
+    assert sorted(names - set(env_example())) == []
+    cli = Path(sys.executable).with_name("check-jsonschema")
+    result = subprocess.run([str(cli), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_service_has_an_image_and_a_healthcheck_or_is_a_one_shot(compose):
+    services = compose["services"]
+    awaited = {name for spec in services.values()
+               for name, dep in (spec.get("depends_on") or {}).items()
+               if dep.get("condition") == ONE_SHOT}
+    for name, spec in services.items():
+        assert spec.get("image") or spec.get("build"), f"{name} has neither image nor build"
+        if spec.get("restart") == "no":
+            assert name in awaited, f"one-shot {name} is not awaited by any service"
+        else:
+            assert spec.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+        for dependency in spec.get("depends_on") or {}:
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+    assert {"postgres", "redis", "minio", "etcd", "milvus", "mlflow", "airflow-apiserver",
+            "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
+            "airflow-worker"} <= set(services)
+
+
+def test_volumes_are_named_and_ports_bind_to_loopback(compose):
+    declared = set(compose.get("volumes", {}))
+    for name, spec in compose["services"].items():
+        for volume in spec.get("volumes", []):
+            source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
+            kind = volume.get("type") if isinstance(volume, dict) else (
+                "bind" if source.startswith((".", "/")) else "volume")
+            if kind == "volume":
+                assert source in declared, f"{name}: volume {source} is not declared"
+            else:
+                assert Path(source).name.endswith((".sh", ".yaml")), f"{name}: binds {source}"
+        for port in spec.get("ports", []):
+            host_ip = port.get("host_ip") if isinstance(port, dict) else port.split(":")[0]
+            assert host_ip == "127.0.0.1", f"{name} publishes {port} beyond loopback"
+
+
+def test_no_secret_is_written_into_the_repository(raw):
+    text = COMPOSE.read_text()
+    for key, value in re.findall(r"^\s*([A-Z_]+):\s*(.+)$", text, flags=re.M):
+        if (any(word in key for word in SECRET_WORDS) or key.endswith("_KEY_ID")) \
+                and not key.endswith("_FILE"):
+            assert value.strip().startswith("${"), f"{key} is not taken from .env"
+    for key, value in env_example().items():
+        if any(word in key for word in SECRET_WORDS):
+            assert value.startswith("change-me"), f".env.example ships a real {key}"
+    connections = {k: v for k, v in raw["x-airflow-common"]["environment"].items()
+                   if k.startswith("AIRFLOW_CONN_")}
+    for key, value in connections.items():
+        password = json.loads(value).get("password")
+        assert password is None or "${" in password, f"{key} has a literal password"
+    ignored = subprocess.run(["git", "check-ignore", "-q", "infra/.env"], cwd=REPO)
+    assert ignored.returncode == 0, "infra/.env must be git-ignored"
+
+
+def platform_settings() -> tuple[set[str], set[str]]:
+    """Connection ids and variable keys that plugins/fusion_platform.py reads."""
+    source = (REPO / "plugins" / "fusion_platform.py").read_text()
+    return (set(re.findall(r'_connection\("(\w+)"\)', source)),
+            set(re.findall(r'_variable\("(\w+)"', source)))
+
+
+def airflow_services(compose) -> dict[str, dict]:
+    return {n: s for n, s in compose["services"].items() if n.startswith("airflow-")}
+
+
+def test_airflow_services_get_every_setting_the_platform_reads(compose):
+    connections, variables = platform_settings()
+    assert connections == {"fusion_milvus", "fusion_mlflow", "fusion_s3"}
+    services = compose["services"]
+    for name, spec in airflow_services(compose).items():
+        env = spec["environment"]
+        for conn_id in connections:
+            connection = json.loads(env[f"AIRFLOW_CONN_{conn_id.upper()}"])
+            host = connection.get("host") or connection["extra"]["endpoint_url"]
+            assert re.sub(r"^https?://|:\d+$", "", host) in services, (name, conn_id)
+        assert env["AIRFLOW_VAR_FUSION_WORK_DIR"] in {
+            (v["target"] if isinstance(v, dict) else v.split(":")[1])
+            for v in spec["volumes"]}, f"{name}: work dir is not on the shared volume"
+        assert "fusion_work_dir" in variables
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith(
+            "postgresql+psycopg2://airflow:")
+        assert "@postgres:5432/airflow" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+        assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == \
+            "http://airflow-apiserver:8080/execution/"
+        for shared_secret in ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__FERNET_KEY"):
+            assert env[shared_secret], f"{name}: {shared_secret} must be shared by all parts"
+        assert env["FUSION_CATALOG_URI"].startswith("s3://")
+
+
+def test_stores_point_at_the_services_and_buckets_that_exist(compose):
+    services, env = compose["services"], env_example()
+    buckets = services["minio-init"]["environment"]["BUCKETS"].split()
+    mlflow = services["mlflow"]
+    command = " ".join(mlflow["command"])
+    assert "--backend-store-uri=postgresql+psycopg2://mlflow:" in command
+    artifacts = re.search(r"--artifacts-destination=s3://([\w-]+)/", command).group(1)
+    assert artifacts in buckets and mlflow["environment"]["MLFLOW_S3_ENDPOINT_URL"] == \
+        "http://minio:9000"
+    milvus = services["milvus"]["environment"]
+    assert milvus["ETCD_ENDPOINTS"] == "etcd:2379" and milvus["MINIO_ADDRESS"] == "minio:9000"
+    assert milvus["MINIO_BUCKET_NAME"] in buckets
+    catalog_bucket = re.match(r"s3://([\w-]+)/", services["airflow-worker"]["environment"][
+        "FUSION_CATALOG_URI"]).group(1)
+    assert catalog_bucket in buckets
+    assert env["CATALOG_BUCKET"] == catalog_bucket
+
+
+def lock_versions() -> dict[str, str]:
+    lines = (REPO / "requirements.lock").read_text().splitlines()
+    return dict(line.split("==", 1) for line in lines if "==" in line and line[0].isalpha())
+
+
+def test_images_pin_the_versions_the_tests_ran_against():
+    lock = lock_versions()
+    airflow = (INFRA / "Dockerfile").read_text()
+    assert f"ARG AIRFLOW_VERSION={lock['apache-airflow']}" in airflow
+    assert "ARG PYTHON_VERSION=3.11" in airflow
+    for source in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", airflow, flags=re.M):
+        for path in source.split():
+            assert (REPO / path).exists(), f"Dockerfile copies missing {path}"
+    mlflow = (INFRA / "mlflow.Dockerfile").read_text()
+    for package in ("mlflow", "psycopg2-binary", "boto3"):
+        assert f"{package}=={lock[package]}" in mlflow, f"mlflow.Dockerfile: {package}"

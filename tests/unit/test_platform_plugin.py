@@ -1,0 +1,68 @@
+"""plugins/fusion_platform.py: Airflow connections, variables and environment -> settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3",
+            "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+
+
+@pytest.fixture()
+def platform(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(REPO / "plugins"))
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
+    for key in (*AWS_KEYS, "FUSION_CATALOG_URI", "AIRFLOW_CONN_FUSION_MILVUS",
+                "AIRFLOW_CONN_FUSION_MLFLOW", "AIRFLOW_CONN_FUSION_S3",
+                "AIRFLOW_VAR_FUSION_WORK_DIR", "AIRFLOW_VAR_FUSION_ARTIFACT_LOCATION"):
+        monkeypatch.setenv(key, "")  # restored after the test, even if the plugin sets it
+        monkeypatch.delenv(key)
+    sys.modules.pop("fusion_platform", None)
+    import fusion_platform
+
+    return fusion_platform
+
+
+def test_without_connections_everything_lives_under_the_work_dir(platform, tmp_path):
+    base = tmp_path / "airflow" / "fusion"
+    assert platform.platform_overrides() == [
+        f"train.cache_dir={base / 'cache'}", f"index.uri={base / 'milvus.db'}",
+        f"registry.tracking_uri=sqlite:///{base / 'mlflow.db'}",
+        f"registry.artifact_location={base / 'mlartifacts'}"]
+    assert platform.default_catalog_uri() == "demo/catalog"
+
+
+def test_connections_point_at_servers_and_the_server_keeps_its_artifacts(platform,
+                                                                         monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_FUSION_MILVUS", json.dumps(
+        {"conn_type": "http", "host": "milvus", "port": 19530, "password": "root:pw"}))
+    monkeypatch.setenv("AIRFLOW_CONN_FUSION_MLFLOW", json.dumps(
+        {"conn_type": "http", "host": "mlflow", "port": 5000}))
+    monkeypatch.setenv("AIRFLOW_VAR_FUSION_WORK_DIR", "/shared/work")
+    monkeypatch.setenv("FUSION_CATALOG_URI", "s3://shop/catalogs/current")
+    overrides = platform.platform_overrides()
+    assert overrides[-3:] == ["index.uri=http://milvus:19530", "index.token=root:pw",
+                              "registry.tracking_uri=http://mlflow:5000"]
+    assert not any(o.startswith("registry.artifact_location") for o in overrides)
+    assert overrides[0] == "train.cache_dir=/shared/work/cache"
+    assert platform.default_catalog_uri() == "s3://shop/catalogs/current"
+    monkeypatch.setenv("AIRFLOW_VAR_FUSION_ARTIFACT_LOCATION", "s3://ml/artifacts")
+    assert platform.platform_overrides()[-1] == "registry.artifact_location=s3://ml/artifacts"
+
+
+def test_every_task_exports_the_s3_connection_before_it_runs(platform, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_FUSION_S3", json.dumps(
+        {"conn_type": "aws", "login": "key", "password": "secret",
+         "extra": {"endpoint_url": "http://minio:9000", "region_name": "eu-west-1"}}))
+    args = platform.default_args()
+    args["pre_execute"]({})
+    assert {k: os.environ[k] for k in AWS_KEYS} == {
+        "AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_ENDPOINT_URL_S3": "http://minio:9000", "MLFLOW_S3_ENDPOINT_URL": "http://minio:9000",
+        "AWS_DEFAULT_REGION": "eu-west-1"}
