@@ -139,3 +139,21 @@ def test_two_processes_share_a_milvus_lite_server(model, catalog, milvus_server,
     result = build_collection(model, catalog, config, "shared_m1_abc", progress=False)
     reader.join(timeout=120)
     assert result.count == 300 and queue.get(timeout=5) == 5
+
+
+@pytest.mark.slow
+def test_a_process_reconnects_after_idling_longer_than_the_servers_ping_policy(
+        milvus_server):
+    """pymilvus's default keepalive pings an idle shared channel every 10 s; a server with
+    gRPC's default policy answers GOAWAY too_many_pings, and the next client in the
+    process then failed to connect (seen after ~90 s idle). Clients now are dedicated and
+    do not ping while idle."""
+    import time
+
+    with milvus.open_client(milvus_server) as held:
+        with milvus.open_client(milvus_server) as client:
+            client.list_collections()
+        time.sleep(90)
+        with milvus.open_client(milvus_server) as client:
+            assert isinstance(client.list_collections(), list)
+        assert isinstance(held.list_collections(), list)
