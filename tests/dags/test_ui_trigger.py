@@ -34,6 +34,8 @@ def standalone(tmp_path):
            "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+           # Only the test's trigger: cron runs of the defaults would compete for SQLite.
+           "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
            "AIRFLOW_VAR_FUSION_WORK_DIR": str(tmp_path / "work")}
     log = (tmp_path / "standalone.log").open("w")
     process = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), "standalone"],
