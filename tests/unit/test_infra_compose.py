@@ -208,9 +208,18 @@ def test_stores_point_at_the_services_and_buckets_that_exist(compose):
     assert env["CATALOG_BUCKET"] == catalog_bucket
 
 
-def lock_versions() -> dict[str, str]:
-    lines = (REPO / "requirements.lock").read_text().splitlines()
+def lock_versions(path: Path = REPO / "requirements.lock") -> dict[str, str]:
+    lines = path.read_text().splitlines()
     return dict(line.split("==", 1) for line in lines if "==" in line and line[0].isalpha())
+
+
+def test_the_image_lock_is_the_runtime_subset_of_the_tested_lock():
+    tested, image = lock_versions(), lock_versions(INFRA / "requirements.lock")
+    assert {name: (version, tested.get(name)) for name, version in image.items()
+            if tested.get(name) != version} == {}
+    assert not {"pytest", "moto", "ruff", "uv", "check-jsonschema"} & set(image)
+    assert {"apache-airflow", "apache-airflow-providers-celery", "psycopg2-binary", "mlflow",
+            "torch", "pymilvus"} <= set(image)
 
 
 def test_images_pin_the_versions_the_tests_ran_against():
