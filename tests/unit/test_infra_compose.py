@@ -233,3 +233,17 @@ def test_images_pin_the_versions_the_tests_ran_against():
     mlflow = (INFRA / "mlflow.Dockerfile").read_text()
     for package in ("mlflow", "psycopg2-binary", "boto3"):
         assert f"{package}=={lock[package]}" in mlflow, f"mlflow.Dockerfile: {package}"
+
+
+def test_the_build_context_sends_only_what_the_images_copy():
+    """The context is the repository root: without .dockerignore it would ship .venv,
+    demo data and infra/.env to the Docker daemon."""
+    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert patterns[0] == "**", "exclude everything, then allow what the images copy"
+    allowed = {p.removeprefix("!").rstrip("/") for p in patterns if p.startswith("!")}
+    copied = {path for source in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$",
+                                            (INFRA / "Dockerfile").read_text(), flags=re.M)
+              for path in source.split()}
+    assert copied <= allowed, copied - allowed
+    assert not {".venv", "infra/.env", "demo", "runs"} & allowed
