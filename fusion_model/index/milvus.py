@@ -33,12 +33,13 @@ MAX_VARCHAR = 512
 QUERY_PAGE = 16384
 
 
-# Servers: a connection of our own, closed on exit, and no keepalive pings while idle.
-# pymilvus otherwise shares one channel per process and pings it every 10 s even without
-# calls; gRPC servers with default policy (``milvus-lite server``) answer that with
-# GOAWAY "too_many_pings", after which every new client in the process fails to connect.
-NETWORK_CLIENT_OPTIONS = {"dedicated": True,
-                          "grpc_options": {"grpc.keepalive_permit_without_calls": False}}
+# A connection of our own, closed on exit, and no keepalive pings while idle. pymilvus
+# otherwise shares one channel per process and pings it every 10 s even without calls;
+# Milvus Lite (a file URI runs a local gRPC server too, as does ``milvus-lite server``)
+# answers that with GOAWAY "too_many_pings", after which every new client in the process
+# failed to connect (seen after 90 s idle).
+CLIENT_OPTIONS = {"dedicated": True,
+                  "grpc_options": {"grpc.keepalive_permit_without_calls": False}}
 
 
 class MilvusIndexError(FusionModelError):
@@ -51,13 +52,10 @@ def open_client(uri: str, token: str = "") -> Iterator:
     on exit so Milvus Lite's file lock is released."""
     from pymilvus import MilvusClient
 
-    options: dict = {}
-    if uri.startswith(("http://", "https://", "tcp://")):
-        options = NETWORK_CLIENT_OPTIONS
-    elif not uri.startswith("unix:"):
+    if not uri.startswith(("http://", "https://", "tcp://", "unix:")):
         Path(uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
         uri = str(Path(uri).expanduser())
-    client = MilvusClient(uri=uri, token=token, **options)
+    client = MilvusClient(uri=uri, token=token, **CLIENT_OPTIONS)
     try:
         yield client
     finally:

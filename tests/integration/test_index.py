@@ -142,18 +142,21 @@ def test_two_processes_share_a_milvus_lite_server(model, catalog, milvus_server,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", ["server", "lite_file"])
 def test_a_process_reconnects_after_idling_longer_than_the_servers_ping_policy(
-        milvus_server):
-    """pymilvus's default keepalive pings an idle shared channel every 10 s; a server with
-    gRPC's default policy answers GOAWAY too_many_pings, and the next client in the
-    process then failed to connect (seen after ~90 s idle). Clients now are dedicated and
-    do not ping while idle."""
+        mode, request, tmp_path):
+    """pymilvus's default keepalive pings an idle shared channel every 10 s; Milvus Lite's
+    gRPC server (``milvus-lite server``, and the one a file URI starts) answers GOAWAY
+    too_many_pings, and the next client in the process then failed to connect (seen
+    after ~90 s idle). Clients now are dedicated and do not ping while idle."""
     import time
 
-    with milvus.open_client(milvus_server) as held:
-        with milvus.open_client(milvus_server) as client:
+    uri = (request.getfixturevalue("milvus_server") if mode == "server"
+           else str(tmp_path / "idle.db"))
+    with milvus.open_client(uri) as held:
+        with milvus.open_client(uri) as client:
             client.list_collections()
         time.sleep(90)
-        with milvus.open_client(milvus_server) as client:
+        with milvus.open_client(uri) as client:
             assert isinstance(client.list_collections(), list)
         assert isinstance(held.list_collections(), list)
