@@ -42,7 +42,8 @@ test: setup ## run the default test suite (unit + integration on local backends)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 BENCH_DIR ?= runs/bench
-bench: setup ## throughput benchmark + ablation table on a synthetic catalog (see benchmarks/RESULTS.md)
+bench: setup ## tests marked slow, throughput benchmark + ablation table (see benchmarks/RESULTS.md)
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 	$(VENV)/bin/fusion-model catalog synthetic --products 3000 --out $(BENCH_DIR)/synthetic
 	$(PY) benchmarks/throughput.py --catalog $(BENCH_DIR)/synthetic
 	$(PY) benchmarks/index_bench.py --products 100000 --uri $(BENCH_DIR)/milvus.db
