@@ -247,3 +247,39 @@ def test_the_build_context_sends_only_what_the_images_copy():
               for path in source.split()}
     assert copied <= allowed, copied - allowed
     assert not {".venv", "infra/.env", "demo", "runs"} & allowed
+
+
+@pytest.mark.parametrize("refusals, exit_code", [(1, 0), (30, 1)])
+def test_bucket_init_retries_until_minio_answers_then_creates_every_bucket(
+        tmp_path, refusals, exit_code):
+    """infra/minio/init-buckets.sh with a stand-in `mc` (no MinIO here) that refuses the
+    first ``refusals`` logins."""
+    log, fake = tmp_path / "mc.log", tmp_path / "bin" / "mc"
+    fake.parent.mkdir()
+    fake.write_text(f"""#!/bin/sh
+echo "$*" >> {log}
+if [ "$1 $2" = "alias set" ]; then
+    count=$(grep -c '^alias set' {log})
+    [ "$count" -gt {refusals} ] || exit 1
+fi
+""")
+    fake.chmod(0o755)
+    env = {"PATH": f"{fake.parent}:/usr/bin:/bin", "MINIO_ROOT_USER": "u",
+           "MINIO_ROOT_PASSWORD": "p", "BUCKETS": "catalog artifacts"}
+    if refusals >= 30:  # do not sleep 58 s: the same script, with the waits removed
+        script = tmp_path / "init.sh"
+        script.write_text((INFRA / "minio" / "init-buckets.sh").read_text()
+                          .replace("sleep 2", "true"))
+    else:
+        script = INFRA / "minio" / "init-buckets.sh"
+    result = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == exit_code, result.stderr
+    calls = log.read_text().splitlines()
+    if exit_code == 0:
+        assert calls[-2:] == ["mb --ignore-existing local/catalog",
+                              "mb --ignore-existing local/artifacts"]
+        assert "buckets ready" in result.stdout
+    else:
+        assert not any(c.startswith("mb") for c in calls)
+        assert "refused the credentials 30 times" in result.stderr
