@@ -19,6 +19,7 @@ from fusion_platform import (
     default_args,
     default_catalog_uri,
     platform_overrides,
+    training_task_args,
     work_dir,
 )
 
@@ -78,14 +79,16 @@ def multimodal_retrieval_training():
         return steps.validate(params["catalog_uri"], str(root / "validation"),
                               str(work_dir() / "profiles" / "catalog.json"))
 
-    @task(doc_md="Stage 1: align queries with product text, fine-tuning the text encoder.")
+    @task(doc_md="Stage 1: align queries with product text, fine-tuning the text encoder.",
+          **training_task_args())
     def train_stage1(report: dict, params=None, run_id=None) -> dict:
         from fusion_model.pipelines import steps
 
         return steps.train_stage1(params["catalog_uri"], str(work_dir() / "runs" / run_id),
                                   params["config_name"], _overrides(params))
 
-    @task(doc_md="Stage 2: align queries with product photos and train the fusion network.")
+    @task(doc_md="Stage 2: align queries with product photos and train the fusion network.",
+          **training_task_args())
     def train_stage2(stage1: dict, params=None, run_id=None) -> dict:
         from fusion_model.pipelines import steps
 

@@ -12,6 +12,8 @@ local files).
 - variable   ``fusion_work_dir``:          where runs, caches and reports go
 - environment ``FUSION_CATALOG_URI``:      the catalog scheduled and asset-triggered runs
                                           use (the trigger form's default)
+- environment ``FUSION_TRAINING_QUEUE``:   Celery queue of the two training tasks (e.g.
+                                          ``gpu`` workers); unset: the default queue
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ CATALOG_ASSET = _catalog_asset()
 def default_catalog_uri() -> str:
     """The deployment's catalog (``$FUSION_CATALOG_URI``); ``demo/catalog`` otherwise."""
     return os.environ.get("FUSION_CATALOG_URI") or "demo/catalog"
+
+
+def training_task_args() -> dict:
+    """Task arguments of the training stages: ``queue`` from ``$FUSION_TRAINING_QUEUE``."""
+    queue = os.environ.get("FUSION_TRAINING_QUEUE")
+    return {"queue": queue} if queue else {}
 
 
 def _connection(conn_id: str):

@@ -82,3 +82,19 @@ def test_trigger_form_params_are_described_and_validated(dagbag):
         params.get_param("epochs_stage1").resolve(-1)
     with pytest.raises(ParamValidationError):
         params.get_param("primary_metric").resolve("accuracy")
+
+
+def test_deployment_environment_sets_catalog_default_and_training_queue(airflow_home,
+                                                                         monkeypatch):
+    """FUSION_CATALOG_URI becomes the trigger form's default (what scheduled and asset
+    runs use); FUSION_TRAINING_QUEUE routes only the two training stages."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("FUSION_CATALOG_URI", "s3://shop/catalogs/current")
+    monkeypatch.setenv("FUSION_TRAINING_QUEUE", "gpu")
+    bag = DagBag(dag_folder=str(REPO / "dags" / "multimodal_retrieval_training.py"))
+    dag = bag.dags["multimodal_retrieval_training"]
+    assert dag.params["catalog_uri"] == "s3://shop/catalogs/current"
+    queues = {t.task_id: t.queue for t in dag.tasks}
+    assert queues.pop("train_stage1") == queues.pop("train_stage2") == "gpu"
+    assert "gpu" not in queues.values()

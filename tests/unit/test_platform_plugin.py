@@ -18,7 +18,8 @@ AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3",
 def platform(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(REPO / "plugins"))
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
-    for key in (*AWS_KEYS, "FUSION_CATALOG_URI", "AIRFLOW_CONN_FUSION_MILVUS",
+    for key in (*AWS_KEYS, "FUSION_CATALOG_URI", "FUSION_TRAINING_QUEUE",
+                "AIRFLOW_CONN_FUSION_MILVUS",
                 "AIRFLOW_CONN_FUSION_MLFLOW", "AIRFLOW_CONN_FUSION_S3",
                 "AIRFLOW_VAR_FUSION_WORK_DIR", "AIRFLOW_VAR_FUSION_ARTIFACT_LOCATION"):
         monkeypatch.setenv(key, "")  # restored after the test, even if the plugin sets it
@@ -66,3 +67,10 @@ def test_every_task_exports_the_s3_connection_before_it_runs(platform, monkeypat
         "AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret",
         "AWS_ENDPOINT_URL_S3": "http://minio:9000", "MLFLOW_S3_ENDPOINT_URL": "http://minio:9000",
         "AWS_DEFAULT_REGION": "eu-west-1"}
+
+
+def test_training_tasks_go_to_the_configured_queue_only_when_one_is_set(platform,
+                                                                        monkeypatch):
+    assert platform.training_task_args() == {}
+    monkeypatch.setenv("FUSION_TRAINING_QUEUE", "gpu")
+    assert platform.training_task_args() == {"queue": "gpu"}
