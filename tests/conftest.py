@@ -70,18 +70,26 @@ def http_ok(url: str) -> bool:
 
 
 def stop_process_tree(process) -> None:
-    """SIGINT to every process of the tree (children first), then SIGTERM what is left."""
+    """SIGINT to every process of the tree (children first), SIGTERM what is left, then
+    SIGKILL the whole process group (``start_new_session=True``), so that nothing an
+    Airflow component forked outlives the test."""
     import psutil
 
-    tree = psutil.Process(process.pid).children(recursive=True) + [psutil.Process(process.pid)]
-    for proc in tree:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.send_signal(signal.SIGINT)
-    _, alive = psutil.wait_procs(tree, timeout=30)
-    for proc in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.terminate()
-    psutil.wait_procs(alive, timeout=15)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        root = psutil.Process(process.pid)
+        tree = root.children(recursive=True) + [root]
+        for proc in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGINT)
+        _, alive = psutil.wait_procs(tree, timeout=30)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
+        psutil.wait_procs(alive, timeout=15)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        process.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

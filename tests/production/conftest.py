@@ -118,10 +118,11 @@ def mlflow_server(postgres, s3_server, buckets, tmp_path_factory) -> str:
              "--artifacts-destination", f"s3://{buckets['artifacts']}/mlflow"],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    wait_for(lambda: http_ok(f"{uri}/health"), 180, "mlflow server", logs=(log,))
-    yield uri
-    process.terminate()
-    process.wait(timeout=60)
+    try:
+        wait_for(lambda: http_ok(f"{uri}/health"), 180, "mlflow server", logs=(log,))
+        yield uri
+    finally:
+        stop_process_tree(process)  # uvicorn and the job consumers are its children
 
 
 @pytest.fixture(scope="session")
