@@ -58,9 +58,18 @@ def postgres():
         server = subprocess.Popen(_as_postgres_user(
             [str(bindir / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
              "-k", str(root), "-c", "max_connections=200"]), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield _init_databases(bindir, root, port, log)
+    finally:
+        server.terminate()  # runuser passes SIGTERM on: a fast shutdown of the cluster
+        server.wait(timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _init_databases(bindir: Path, root: Path, port: int, log: Path) -> dict[str, str]:
+    """Wait for the server, then run the compose stack's own first-start script."""
     ready = [str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-q"]
     wait_for(lambda: subprocess.run(ready).returncode == 0, 60, "PostgreSQL", logs=(log,))
-    # The same script the compose stack's postgres container runs on first start.
     passwords = {"AIRFLOW_DB_PASSWORD": secrets.token_hex(12),
                  "MLFLOW_DB_PASSWORD": secrets.token_hex(12)}
     subprocess.run(["bash", str(REPO / "infra" / "postgres" / "init-databases.sh")],
@@ -68,12 +77,8 @@ def postgres():
                         "PGHOST": str(root), "PGPORT": str(port),
                         "PATH": f"{bindir}:{os.environ.get('PATH', '')}"},
                    check=True, capture_output=True, timeout=60)
-    urls = {name: f"postgresql+psycopg2://{name}:{passwords[f'{name.upper()}_DB_PASSWORD']}"
+    return {name: f"postgresql+psycopg2://{name}:{passwords[f'{name.upper()}_DB_PASSWORD']}"
                   f"@127.0.0.1:{port}/{name}" for name in ("airflow", "mlflow")}
-    yield urls
-    server.terminate()
-    server.wait(timeout=60)
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def s3_environment(endpoint: str) -> dict[str, str]:
