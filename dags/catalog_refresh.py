@@ -12,8 +12,8 @@ import pendulum
 from airflow.sdk import Param, dag, task
 from fusion_platform import (
     CATALOG_ASSET,
+    catalog_uri_param,
     default_args,
-    default_catalog_uri,
     platform_overrides,
     work_dir,
 )
@@ -28,8 +28,7 @@ from fusion_platform import (
     tags=["fusion-model", "index"],
     doc_md=__doc__,
     default_args=default_args(retries=2),
-    params={"catalog_uri": Param(default_catalog_uri(), type="string", minLength=1,
-                                 description="The new snapshot: directory or s3:// prefix"),
+    params={"catalog_uri": catalog_uri_param("The new snapshot: directory or s3:// prefix"),
             "config_name": Param("default", type="string", enum=["default", "fast"],
                                  description="Config (index and registry settings)")},
 )

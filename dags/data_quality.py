@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, dag, task
-from fusion_platform import default_args, default_catalog_uri, platform_overrides, work_dir
+from fusion_platform import catalog_uri_param, default_args, platform_overrides, work_dir
 
 
 @dag(
@@ -20,8 +20,7 @@ from fusion_platform import default_args, default_catalog_uri, platform_override
     tags=["fusion-model", "data-quality"],
     doc_md=__doc__,
     default_args=default_args(retries=1),
-    params={"catalog_uri": Param(default_catalog_uri(), type="string", minLength=1,
-                                 description="Catalog directory or s3:// prefix"),
+    params={"catalog_uri": catalog_uri_param("Catalog directory or s3:// prefix"),
             "update_profile": Param(False, type="boolean",
                                     description="Store as the last good profile if it passes")},
 )

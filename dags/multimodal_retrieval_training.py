@@ -16,8 +16,8 @@ import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 from fusion_platform import (
     CATALOG_ASSET,
+    catalog_uri_param,
     default_args,
-    default_catalog_uri,
     platform_overrides,
     training_task_args,
     work_dir,
@@ -46,8 +46,7 @@ def _overrides(params: dict) -> list[str]:
     doc_md=__doc__,
     default_args=default_args(retries=2),
     params={
-        "catalog_uri": Param(default_catalog_uri(), type="string", minLength=1,
-                             description="Catalog directory or s3://bucket/prefix"),
+        "catalog_uri": catalog_uri_param("Catalog directory or s3://bucket/prefix"),
         "config_name": Param("default", type="string", enum=["default", "fast"],
                              description="Packaged training config"),
         "epochs_stage1": Param(3, type="integer", minimum=0, maximum=50,

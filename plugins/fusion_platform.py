@@ -39,6 +39,14 @@ def default_catalog_uri() -> str:
     return os.environ.get("FUSION_CATALOG_URI") or "demo/catalog"
 
 
+def catalog_uri_param(description: str):
+    """The ``catalog_uri`` trigger-form param every DAG shares, defaulting to the
+    deployment's catalog (what scheduled and asset-triggered runs use)."""
+    from airflow.sdk import Param
+
+    return Param(default_catalog_uri(), type="string", minLength=1, description=description)
+
+
 def training_task_args() -> dict:
     """Task arguments of the training stages: ``queue`` from ``$FUSION_TRAINING_QUEUE``."""
     queue = os.environ.get("FUSION_TRAINING_QUEUE")
@@ -69,7 +77,8 @@ def work_dir() -> Path:
 
 
 def platform_overrides() -> list[str]:
-    """Config overrides for the deployment this task runs in (call inside a task)."""
+    """Config overrides for the deployment this task runs in (call inside a task; S3
+    credentials are already exported by ``prepare_task``, every task's pre_execute)."""
     base = work_dir()
     overrides = [f"train.cache_dir={base / 'cache'}", f"index.uri={base / 'milvus.db'}"]
     milvus = _connection("fusion_milvus")
@@ -77,9 +86,7 @@ def platform_overrides() -> list[str]:
         overrides.append(f"index.uri=http://{milvus.host}:{milvus.port or 19530}")
         if milvus.password:
             overrides.append(f"index.token={milvus.password}")
-    overrides += _tracking_overrides(base)
-    configure_s3()
-    return overrides
+    return overrides + _tracking_overrides(base)
 
 
 def _tracking_overrides(base: Path) -> list[str]:

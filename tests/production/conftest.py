@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.airflow_api import airflow_environment
 from tests.conftest import REPO, free_port, http_ok, stop_process_tree, wait_for
 
 BIN = Path(sys.executable).parent
@@ -96,18 +97,19 @@ def clean_environment() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def buckets(s3_server) -> dict[str, str]:
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=s3_server, **_keys())
+    client = s3_client(s3_server)
     names = {"catalog": "shop", "artifacts": "mlflow-artifacts"}
     for bucket in names.values():
         client.create_bucket(Bucket=bucket)
     return names
 
 
-def _keys() -> dict[str, str]:
-    return {"aws_access_key_id": "testing", "aws_secret_access_key": "testing",
-            "region_name": "us-east-1"}
+def s3_client(endpoint: str):
+    """A boto3 S3 client for the test's S3 server (keys given here, not from the env)."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                        aws_secret_access_key="testing", region_name="us-east-1")
 
 
 @pytest.fixture(scope="session")
@@ -140,25 +142,14 @@ def airflow_stack(postgres, mlflow_server, milvus_server, s3_server, buckets,
     port = free_port()
     milvus_host, milvus_port = milvus_server.removeprefix("http://").split(":")
     mlflow_host, mlflow_port = mlflow_server.removeprefix("http://").split(":")
-    env = {**clean_environment(), "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
-           "AIRFLOW_HOME": str(root / "home"),
+    env = {**airflow_environment(clean_environment(), root / "home", port, root / "work"),
            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres["airflow"],
            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-           "AIRFLOW__CORE__PARALLELISM": "2",
-           "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-           "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
            "AIRFLOW__CORE__FERNET_KEY": _fernet_key(),
            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-           "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
            "AIRFLOW__API__WORKERS": "1",
-           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-           "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-           # Only the test's own triggers: no cron run of the default params in between.
-           "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
            "FUSION_CATALOG_URI": f"s3://{buckets['catalog']}/catalogs/current",
            "AIRFLOW_CONN_FUSION_MILVUS": json.dumps(
                {"conn_type": "http", "host": milvus_host, "port": int(milvus_port)}),
@@ -166,8 +157,7 @@ def airflow_stack(postgres, mlflow_server, milvus_server, s3_server, buckets,
                {"conn_type": "http", "host": mlflow_host, "port": int(mlflow_port)}),
            "AIRFLOW_CONN_FUSION_S3": json.dumps(
                {"conn_type": "aws", "login": "testing", "password": "testing",
-                "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"}}),
-           "AIRFLOW_VAR_FUSION_WORK_DIR": str(root / "work")}
+                "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"}})}
     airflow = str(BIN / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True,
                    timeout=600)

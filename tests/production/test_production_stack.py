@@ -13,52 +13,17 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-import requests
 
 from fusion_model import storage
 from fusion_model.data.synthetic import generate_synthetic_catalog
+from tests.airflow_api import TRAINING_DAG, AirflowApi
 from tests.conftest import wait_for
-from tests.production.conftest import s3_environment
+from tests.production.conftest import s3_client, s3_environment
 
 pytestmark = pytest.mark.production
-DAG_ID = "multimodal_retrieval_training"
+
 PRODUCTS = 400
-
-
-class AirflowApi:
-    """The REST API v2 as the UI uses it, with a bearer token from the auth manager."""
-
-    def __init__(self, base: str, home: Path):
-        passwords_file = home / "simple_auth_manager_passwords.json.generated"
-        passwords = wait_for(lambda: passwords_file.exists() and json.loads(
-            passwords_file.read_text()), 60, "the generated admin password")
-        token = requests.post(f"{base}/auth/token", json={
-            "username": "admin", "password": passwords["admin"]}, timeout=30).json()
-        self.base = f"{base}/api/v2"
-        self.headers = {"Authorization": f"Bearer {token['access_token']}"}
-
-    def get(self, path: str) -> dict:
-        response = requests.get(f"{self.base}{path}", headers=self.headers, timeout=30)
-        response.raise_for_status()
-        return response.json()
-
-    def trigger(self, conf: dict) -> str:
-        response = requests.post(f"{self.base}/dags/{DAG_ID}/dagRuns", headers=self.headers,
-                                 json={"logical_date": None, "conf": conf}, timeout=30)
-        assert response.status_code == 200, response.text
-        return response.json()["dag_run_id"]
-
-    def wait(self, run_id: str, logs: tuple) -> dict[str, list[dict]]:
-        def finished():
-            state = self.get(f"/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
-            return state if state in ("success", "failed") else None
-
-        state = wait_for(finished, 1200, f"DAG run {run_id}", every=3, logs=logs)
-        tasks: dict[str, list[dict]] = {}
-        for ti in self.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")["task_instances"]:
-            tasks.setdefault(ti["task_id"], []).append(ti)
-        assert state == "success", {t: [i["state"] for i in v] for t, v in tasks.items()}
-        return tasks
+RUN_TIMEOUT = 1200  # seconds for one DAG run
 
 
 @pytest.fixture(scope="module")
@@ -82,17 +47,8 @@ def monkeypatch_module():
 @pytest.fixture(scope="module")
 def api(airflow_stack) -> AirflowApi:
     api = AirflowApi(airflow_stack["base"], airflow_stack["home"])
-    wait_for(lambda: _parsed(api), 300, "the training DAG to be parsed",
-             logs=tuple(airflow_stack["logs"]))
+    api.wait_until_parsed(300, tuple(airflow_stack["logs"]))
     return api
-
-
-def _parsed(api: AirflowApi) -> bool:
-    try:
-        api.get(f"/dags/{DAG_ID}")
-        return True
-    except requests.HTTPError:
-        return False
 
 
 def run_conf(**extra) -> dict:
@@ -105,7 +61,7 @@ def run_conf(**extra) -> dict:
 @pytest.fixture(scope="module")
 def first_run(api, airflow_stack, catalog_on_s3):
     run_id = api.trigger(run_conf())
-    return api.wait(run_id, tuple(airflow_stack["logs"]))
+    return api.wait(run_id, RUN_TIMEOUT, tuple(airflow_stack["logs"]))
 
 
 def test_training_dag_promotes_on_the_production_stack(first_run, mlflow_server,
@@ -121,7 +77,7 @@ def test_training_dag_promotes_on_the_production_stack(first_run, mlflow_server,
         serving = milvus.resolve_alias(client, "products_serving")
         assert serving.startswith("products_m1_") and milvus.count(client, serving) == PRODUCTS
     assert sql(postgres["airflow"], "SELECT count(*) FROM dag_run WHERE dag_id = %s",
-               DAG_ID) == 1
+               TRAINING_DAG) == 1
     assert sql(postgres["mlflow"], "SELECT count(*) FROM model_versions") >= 2
     artifacts = s3_keys(s3_server, buckets["artifacts"])
     assert any(k.endswith("MLmodel") for k in artifacts), artifacts[:20]
@@ -141,7 +97,7 @@ def test_serving_keeps_answering_while_the_next_run_re_embeds(
         wait_for(lambda: out.exists() and out.read_text().count("\n") >= 3, 180,
                  "the serving process to answer")
         run_id = api.trigger(run_conf(force_promote=True))
-        tasks = api.wait(run_id, tuple(airflow_stack["logs"]))
+        tasks = api.wait(run_id, RUN_TIMEOUT, tuple(airflow_stack["logs"]))
     finally:
         stop_file.touch()
         searcher.wait(timeout=60)
@@ -188,9 +144,5 @@ def sql(url: str, query: str, *params):
 
 
 def s3_keys(endpoint: str, bucket: str) -> list[str]:
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
-                          aws_secret_access_key="testing", region_name="us-east-1")
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    pages = s3_client(endpoint).get_paginator("list_objects_v2").paginate(Bucket=bucket)
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
