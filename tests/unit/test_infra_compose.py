@@ -222,14 +222,20 @@ def test_the_image_lock_is_the_runtime_subset_of_the_tested_lock():
             "torch", "pymilvus"} <= set(image)
 
 
+def dockerfile_copies() -> set[str]:
+    """The repository paths infra/Dockerfile COPYs into the image."""
+    sources = re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", (INFRA / "Dockerfile").read_text(),
+                         flags=re.M)
+    return {path for source in sources for path in source.split()}
+
+
 def test_images_pin_the_versions_the_tests_ran_against():
     lock = lock_versions()
     airflow = (INFRA / "Dockerfile").read_text()
     assert f"ARG AIRFLOW_VERSION={lock['apache-airflow']}" in airflow
     assert "ARG PYTHON_VERSION=3.11" in airflow
-    for source in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", airflow, flags=re.M):
-        for path in source.split():
-            assert (REPO / path).exists(), f"Dockerfile copies missing {path}"
+    for path in dockerfile_copies():
+        assert (REPO / path).exists(), f"Dockerfile copies missing {path}"
     mlflow = (INFRA / "mlflow.Dockerfile").read_text()
     for package in ("mlflow", "psycopg2-binary", "boto3"):
         assert f"{package}=={lock[package]}" in mlflow, f"mlflow.Dockerfile: {package}"
@@ -242,10 +248,8 @@ def test_the_build_context_sends_only_what_the_images_copy():
                 if line.strip() and not line.startswith("#")]
     assert patterns[0] == "**", "exclude everything, then allow what the images copy"
     allowed = {p.removeprefix("!").rstrip("/") for p in patterns if p.startswith("!")}
-    copied = {path for source in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$",
-                                            (INFRA / "Dockerfile").read_text(), flags=re.M)
-              for path in source.split()}
-    assert copied <= allowed, copied - allowed
+    copied = dockerfile_copies()
+    assert copied and copied <= allowed, copied - allowed
     assert not {".venv", "infra/.env", "demo", "runs"} & allowed
 
 
