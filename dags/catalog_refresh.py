@@ -1,9 +1,12 @@
 """
 ### Catalog refresh
 
-Daily: validate the new catalog snapshot, then incrementally re-embed new and changed
-products (content hash) into the serving collection with the current champion and delete
-removed ones. Updates the `catalog` asset, which triggers `multimodal_retrieval_training`.
+Daily: validate the new catalog snapshot, then re-embed new and changed products (content
+hash) with the current champion into a NEW collection (unchanged vectors copied, removed
+products left out), verify it and move the serving alias. The collection that serving
+reads is never modified. A snapshot dropping more than `index.max_delete_share` (5%) of the
+serving products is refused unless the run sets `allow_deletions`. Updates the `catalog`
+asset, which triggers `multimodal_retrieval_training`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ from fusion_platform import (
     default_args=default_args(retries=2),
     params={"catalog_uri": catalog_uri_param("The new snapshot: directory or s3:// prefix"),
             "config_name": Param("default", type="string", enum=["default", "fast"],
-                                 description="Config (index and registry settings)")},
+                                 description="Config (index and registry settings)"),
+            "allow_deletions": Param(False, type="boolean",
+                                     description="Accept a snapshot that drops more than "
+                                     "index.max_delete_share of the serving products")},
 )
 def catalog_refresh():
     @task(doc_md="Validate the snapshot; a failure stops the refresh (index untouched).")
@@ -42,12 +48,14 @@ def catalog_refresh():
                               str(work_dir() / "profiles" / "catalog.json"))
 
     @task(outlets=[CATALOG_ASSET],
-          doc_md="Embed only new/changed products with the champion; delete removed ones.")
+          doc_md="New collection: unchanged rows copied, new/changed products embedded with "
+                 "the champion, verified; then the serving alias moves.")
     def refresh(report: dict, params=None) -> dict:
         from fusion_model.pipelines import steps
 
         return steps.refresh(params["catalog_uri"], params["config_name"],
-                             platform_overrides())
+                             platform_overrides(), allow_deletions=params["allow_deletions"],
+                             validated=report["success"])
 
     refresh(validate())
 

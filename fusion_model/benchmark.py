@@ -41,6 +41,7 @@ LADDER = (("concat_no_ft", "text_only_no_ft"), ("concat", "concat_no_ft"),
 
 def zero_shot_text(catalog: Catalog, config: RunConfig) -> EvaluationResult:
     """Off-the-shelf text encoder, mean pooled, no projection, no training."""
+    config = config.for_catalog(catalog.max_grade)
     encoder = TextEncoder(config.text.model, config.text.max_length, trainable_layers=0)
     data = build_data(catalog, config.train.min_positive_grade)
     test = data.splits["test"]
@@ -67,7 +68,7 @@ def run_benchmark(catalog_uri: str, output: str | None = None,
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}; choose from {', '.join(ALL_MODELS)}")
     catalog = load_catalog(catalog_uri)
-    base = load_config(config_name, list(overrides))
+    base = load_config(config_name, list(overrides)).for_catalog(catalog.max_grade)
     work = Path(work_dir)
     results: dict[str, EvaluationResult] = {}
     seconds: dict[str, float] = {}

@@ -7,9 +7,10 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
-from fusion_model.errors import FusionModelError
+from fusion_model.errors import FusionModelError, explain
 
 log = logging.getLogger("fusion_model.cli")
 
@@ -61,9 +62,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from fusion_model.training.trainer import train
 
     config = load_config(args.config, args.overrides)
-    result = train(load_catalog(args.catalog), config, args.out)
+    catalog = load_catalog(args.catalog)
+    result = train(catalog, config, args.out)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, rank 0 reports
+    resolved = config.for_catalog(catalog.max_grade)
+    print(f"relevance: training positives grade >= {resolved.train.min_positive_grade}, "
+          f"evaluation relevant grade >= {resolved.eval.min_relevant_grade} "
+          f"(catalog's highest grade: {catalog.max_grade})")
     _print_metrics(f"{config.model.fusion} (test)", result.test)
     print(f"model saved to {result.model_dir}")
     if args.output:
@@ -178,32 +184,29 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 def _cmd_refresh(args: argparse.Namespace) -> int:
     from fusion_model.pipelines import steps
 
-    result = steps.refresh(args.catalog, args.config, args.overrides)
+    result = steps.refresh(args.catalog, args.config, args.overrides,
+                           allow_deletions=args.allow_deletions, report_dir=args.report_dir)
     print(f"{result['collection']}: {result['written']} embedded, {result['deleted']} "
           f"deleted, {result['unchanged']} unchanged, {result['count']} products")
+    if result["collection"] != result["previous_collection"]:
+        print(f"serving alias -> {result['collection']} (was {result['previous_collection']}, "
+              "kept for rollback)")
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    """Champion, challenger, serving alias and the last gate decisions."""
-    from fusion_model.config import load_config
-    from fusion_model.index import milvus
-    from fusion_model.registry import registry
-    from fusion_model.registry.tracking import configure
+    """Champion, challenger, serving alias, orphaned collections and the last decisions."""
+    from fusion_model.pipelines import steps
 
-    config = load_config(args.config, args.overrides)
-    configure(config.registry.resolved_tracking_uri())
-    name = config.registry.model_name
-    for alias in (registry.CHAMPION, registry.CHALLENGER):
-        found = registry.get_alias(name, alias)
-        print(f"{alias:<11} {name} v{found.version}" if found else f"{alias:<11} -")
-    with milvus.open_client(config.index.uri, config.index.token) as client:
-        target = milvus.resolve_alias(client, config.index.alias)
-        served = target if target != config.index.alias else "- (no collection yet)"
-    print(f"serving     {config.index.alias} -> {served}")
-    history = registry.promotion_history(name,
-                                         registry.audit_experiment(config.registry.experiment))
-    for entry in history[-args.last:]:
+    found = steps.status(args.config, args.overrides, args.last)
+    for alias, version in found["aliases"].items():
+        print(f"{alias:<11} {found['model']} v{version.version}" if version
+              else f"{alias:<11} -")
+    print(f"serving     {found['alias']} -> {found['serving'] or '- (no collection yet)'}")
+    for orphan in found["orphans"]:
+        print(f"orphaned    {orphan}: on no version and not served (an index job that "
+              "crashed or still runs; rerunning it resumes this collection)")
+    for entry in found["history"]:
         print(f"{entry['time']}  v{entry['version']}  {entry['decision'].upper()}"
               f"{' (forced)' if entry.get('forced') else ''}")
         for reason in entry.get("reasons", []):
@@ -248,6 +251,16 @@ def _print_summary(catalog, fingerprint: bool) -> None:
     print("\n".join(lines))
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusion-model", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -257,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     actions = catalog.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     synthetic = actions.add_parser("synthetic", help="generate a synthetic catalog with photos")
-    synthetic.add_argument("--products", type=int, default=2000, help="number of products")
+    synthetic.add_argument("--products", type=_positive_int, default=2000,
+                           help="number of products")
     synthetic.add_argument("--queries", type=int, default=None,
                            help="number of queries (default: products / 5, at least 30)")
     synthetic.add_argument("--seed", type=int, default=0)
@@ -323,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = steps.add_parser("search", help="search the serving index with the champion")
     search.add_argument("query")
-    search.add_argument("-k", type=int, default=10)
+    search.add_argument("-k", type=_positive_int, default=10, help="number of hits")
     search.add_argument("--filter", help='Milvus filter, e.g. \'gender == "Women"\'')
     search.add_argument("--config", default="default")
     search.add_argument("overrides", nargs="*", metavar="key=value")
@@ -346,15 +360,21 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("overrides", nargs="*", metavar="key=value")
     rollback.set_defaults(func=_cmd_rollback)
 
-    refresh = steps.add_parser("refresh", help="incrementally re-embed a new catalog snapshot "
-                               "into the serving collection with the champion")
+    refresh = steps.add_parser("refresh", help="validate a new catalog snapshot, re-embed what "
+                               "changed into a new collection with the champion, verify it "
+                               "and move the serving alias")
     refresh.add_argument("--catalog", required=True)
     refresh.add_argument("--config", default="default")
+    refresh.add_argument("--allow-deletions", action="store_true",
+                         help="accept a snapshot that drops more than index.max_delete_share "
+                         "of the serving products")
+    refresh.add_argument("--report-dir", help="validation report folder (default: under "
+                         "train.cache_dir)")
     refresh.add_argument("overrides", nargs="*", metavar="key=value")
     refresh.set_defaults(func=_cmd_refresh)
 
     status = steps.add_parser("status", help="champion, challenger, serving alias, decisions")
-    status.add_argument("--last", type=int, default=5, help="how many decisions to show")
+    status.add_argument("--last", type=_positive_int, default=5, help="how many decisions to show")
     status.add_argument("--config", default="default")
     status.add_argument("overrides", nargs="*", metavar="key=value")
     status.set_defaults(func=_cmd_status)
@@ -382,9 +402,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (FusionModelError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's one error boundary
+        return _report_failure(exc, args.verbose)
+
+
+def _report_failure(exc: Exception, verbose: bool) -> int:
+    """Print a one-line named error (the traceback too with -v); exit status 2."""
+    if verbose:
+        traceback.print_exception(exc, file=sys.stderr)
+    message = explain(exc)
+    hint = ("" if verbose or isinstance(exc, FusionModelError)
+            else " (`fusion-model -v ...` shows the traceback)")
+    print(f"error: {message}{hint}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ from fusion_model.errors import FusionModelError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 FUSION_KINDS = ("text_only", "image_only", "concat", "weighted_sum", "late_fusion", "fusion")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")  # fusion_model.models.precision
+TOKEN_ENV = "FUSION_MILVUS_TOKEN"
 
 
 class ConfigError(FusionModelError):
@@ -71,8 +72,10 @@ class TrainConfig:
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(default_factory=StageConfig)
     seed: int = 0
-    min_positive_grade: int = 3      # judged grade that counts as a training positive
-    precision: str = "bf16"          # autocast dtype for frozen-encoder passes on CPU
+    min_positive_grade: int = 0      # judged grade that counts as a training positive
+                                     # (0 = the catalog's highest grade present)
+    precision: str = "auto"          # CPU autocast: bf16 where native (AVX-512/AMX), else
+                                     # fp32 (emulated bf16 is ~7x slower on AVX2)
     threads: int = 0                 # torch threads (0 = torch's default)
     cache_dir: str = "~/.cache/fusion-model"
     domain_finetune: bool = True     # False = freeze the text encoder (zero-shot text)
@@ -81,7 +84,8 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     ks: tuple[int, ...] = (1, 5, 10, 50, 100)
-    min_relevant_grade: int = 3      # grade that counts as relevant for recall and MRR
+    min_relevant_grade: int = 0      # grade that counts as relevant for recall and MRR
+                                     # (0 = the catalog's highest grade present)
     primary_metric: str = "ndcg@10"  # used for early stopping and model selection
     bootstrap_samples: int = 1000
 
@@ -89,7 +93,9 @@ class EvalConfig:
 @dataclass(frozen=True)
 class IndexConfig:
     uri: str = "runs/milvus.db"         # Milvus Lite file, or http://host:19530 for a server
-    token: str = ""
+    # Secret: never serialised (params, artifacts, saved model configs, the config hash);
+    # "" reads $FUSION_MILVUS_TOKEN when a client opens.
+    token: str = field(default="", repr=False, metadata={"secret": True})
     collection_prefix: str = "products"
     alias: str = "products_serving"     # what search and the gate read through
     index_type: str = "HNSW"            # FLAT, IVF_FLAT, IVF_SQ8, HNSW, HNSW_SQ
@@ -98,6 +104,14 @@ class IndexConfig:
     batch_size: int = 512
     keep_collections: int = 3           # newest collections kept for rollback
     verify_samples: int = 50            # products that must retrieve themselves at rank 1
+    max_delete_share: float = 0.05      # refresh refuses to delete a larger share of the
+                                        # serving products unless deletions are allowed
+
+    def resolved_token(self) -> str:
+        """The Milvus token: ``index.token`` if given, else ``$FUSION_MILVUS_TOKEN``."""
+        import os
+
+        return self.token or os.environ.get(TOKEN_ENV, "")
 
 
 @dataclass(frozen=True)
@@ -136,7 +150,27 @@ class RunConfig:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every setting but the secrets (what params, artifacts and the hash see)."""
+        return _without_secrets(self)
+
+    def with_secrets(self) -> dict[str, Any]:
+        """``to_dict`` plus the secret fields, for handing a config to another process."""
         return dataclasses.asdict(self)
+
+    def for_catalog(self, max_grade: int) -> RunConfig:
+        """Relevance thresholds left at 0 (auto) become the catalog's highest grade."""
+        import logging
+
+        top = max(1, int(max_grade))
+        changes = [f"{key}={top}" for key, value in (
+            ("train.min_positive_grade", self.train.min_positive_grade),
+            ("eval.min_relevant_grade", self.eval.min_relevant_grade)) if value == 0]
+        if not changes:
+            return self
+        logging.getLogger(__name__).info(
+            "relevance thresholds from the catalog's highest grade %d: %s (override to "
+            "change)", top, ", ".join(changes))
+        return from_dict(apply_overrides(self.with_secrets(), changes))
 
     @property
     def hash(self) -> str:
@@ -145,7 +179,14 @@ class RunConfig:
         return hashlib.sha256(payload).hexdigest()[:16]
 
     def replace(self, *overrides: str) -> RunConfig:
-        return from_dict(apply_overrides(self.to_dict(), overrides))
+        return from_dict(apply_overrides(self.with_secrets(), overrides))
+
+
+def _without_secrets(node) -> Any:
+    if dataclasses.is_dataclass(node):
+        return {f.name: _without_secrets(getattr(node, f.name))
+                for f in dataclasses.fields(node) if not f.metadata.get("secret")}
+    return node
 
 
 def load_config(name_or_path: str = "default", overrides: list[str] | tuple = ()) -> RunConfig:
@@ -249,8 +290,11 @@ def validate(config: RunConfig) -> None:
         (0 <= config.model.dropout < 1, "model.dropout must be in [0, 1)"),
         (config.train.precision in PRECISIONS,
          f"train.precision={config.train.precision!r}: choose one of {', '.join(PRECISIONS)}"),
-        (1 <= config.train.min_positive_grade <= 3, "train.min_positive_grade must be 1..3"),
-        (1 <= config.eval.min_relevant_grade <= 3, "eval.min_relevant_grade must be 1..3"),
+        (0 <= config.train.min_positive_grade <= 3,
+         "train.min_positive_grade must be 1..3, or 0 for the catalog's highest grade"),
+        (0 <= config.eval.min_relevant_grade <= 3,
+         "eval.min_relevant_grade must be 1..3, or 0 for the catalog's highest grade"),
+        (0 <= config.index.max_delete_share <= 1, "index.max_delete_share must be in [0, 1]"),
         (all(k > 0 for k in config.eval.ks), "eval.ks must be positive integers"),
         (config.index.index_type.upper() in ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ"),
          f"index.index_type={config.index.index_type!r}: Milvus Lite 3.2 builds FLAT, "

@@ -32,7 +32,7 @@ class Decision:
 def ann_rankings(config: IndexConfig, collection: str, query_vectors: np.ndarray,
                  query_ids: list[str], k: int) -> dict[str, list[str]]:
     """Top-k product ids per query through the collection's ANN index."""
-    with milvus.open_client(config.uri, config.token) as client:
+    with milvus.open_client(config.uri, config.resolved_token()) as client:
         hits = milvus.search(client, collection, query_vectors, k)
     return {qid: [h["product_id"] for h in row] for qid, row in zip(query_ids, hits)}
 

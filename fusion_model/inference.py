@@ -20,6 +20,7 @@ from fusion_model.training.features import (
     image_batch,
     image_bottom_features,
     load_images,
+    photos_named_by_product,
     text_bottom_features,
 )
 
@@ -37,8 +38,14 @@ def embed_catalog(model: TwoTower, catalog: Catalog, cache_dir: str | None = Non
     texts = [product_text(t, d) for t, d in zip(catalog.products["title"],
                                                 catalog.products["description"])]
     uris = catalog.products["image_uri"].tolist()
-    if cache_dir is None:
-        return _embed_uncached(model, texts, uris, batch_size, progress)
+    with photos_named_by_product(catalog.products):
+        if cache_dir is None:
+            return _embed_uncached(model, texts, uris, batch_size, progress)
+        return _embed_cached(model, texts, uris, cache_dir, batch_size, progress)
+
+
+def _embed_cached(model: TwoTower, texts: list[str], uris: list[str | None], cache_dir: str,
+                  batch_size: int, progress: bool) -> torch.Tensor:
     precision = model.config.train.precision
     text = text_bottom_features(model.text, texts, model.config.text.max_length, cache_dir,
                                 precision, progress=progress)

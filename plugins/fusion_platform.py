@@ -4,7 +4,8 @@ No ML logic here. Everything is optional: without connections the platform runs 
 embedded defaults under ``$AIRFLOW_HOME/fusion`` (Milvus Lite file, MLflow on SQLite,
 local files).
 
-- connection ``fusion_milvus``   (http): host/port -> index.uri, password -> index.token
+- connection ``fusion_milvus``   (http): host/port -> index.uri, password -> the token
+                                          (``$FUSION_MILVUS_TOKEN``, never a config value)
 - connection ``fusion_mlflow``   (http): host/port/schema -> registry.tracking_uri
 - connection ``fusion_s3``       (aws):  login/password -> AWS keys, extra
                                           ``endpoint_url`` -> S3-compatible endpoint
@@ -84,8 +85,6 @@ def platform_overrides() -> list[str]:
     milvus = _connection("fusion_milvus")
     if milvus is not None and milvus.host:
         overrides.append(f"index.uri=http://{milvus.host}:{milvus.port or 19530}")
-        if milvus.password:
-            overrides.append(f"index.token={milvus.password}")
     return overrides + _tracking_overrides(base)
 
 
@@ -130,10 +129,20 @@ def default_args(retries: int = 2) -> dict:
             "on_failure_callback": failure_callback, "pre_execute": prepare_task}
 
 
+def configure_milvus_token() -> None:
+    """Export the ``fusion_milvus`` password as ``$FUSION_MILVUS_TOKEN``: the token is read
+    when a Milvus client opens and never travels in config overrides, params or XCom."""
+    milvus = _connection("fusion_milvus")
+    if milvus is not None and milvus.password:
+        os.environ["FUSION_MILVUS_TOKEN"] = milvus.password
+
+
 def prepare_task(context) -> None:
-    """Before every task: S3 credentials from ``fusion_s3``, so that tasks which take no
-    config overrides (validation, reports) read s3:// catalogs too."""
+    """Before every task: S3 credentials from ``fusion_s3`` (so that tasks which take no
+    config overrides, validation and reports, read s3:// catalogs too) and the Milvus
+    token from ``fusion_milvus``."""
     configure_s3()
+    configure_milvus_token()
 
 
 def failure_callback(context) -> None:

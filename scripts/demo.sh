@@ -59,7 +59,7 @@ MLflow UI (runs, registry, review gallery under each run's artifacts review/gall
 Airflow UI (DAGs, runs, trigger form with params; login printed at start-up):
   AIRFLOW_HOME=$AIRFLOW_HOME AIRFLOW__CORE__DAGS_FOLDER=$ROOT/dags \\
   AIRFLOW__CORE__PLUGINS_FOLDER=$ROOT/plugins AIRFLOW__CORE__LOAD_EXAMPLES=False \\
-  PATH=$BIN:\$PATH airflow standalone
+  AIRFLOW__API__HOST=127.0.0.1 PATH=$BIN:\$PATH airflow standalone   # binds 127.0.0.1:8080 only
 Validation report: $FUSION/runs/*/validation/validation.json (+ data_docs/index.html)
 Ablation results:  $DEMO/ablation.json
 DAG run log:       $DEMO/dag-run.log

@@ -27,6 +27,8 @@ JUDGMENT_TEXT_COLUMNS = ("query_id", "product_id")
 SPLITS = ("train", "val", "test")
 GRADES = (0, 1, 2, 3)
 MAX_GRADE = 3
+# Product ids reach Milvus primary keys, expressions and file names: a safe character set.
+PRODUCT_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:@+\-]{0,127}"
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,12 @@ class Catalog:
     @property
     def has_queries(self) -> bool:
         return not self.queries.empty
+
+    @property
+    def max_grade(self) -> int:
+        """The highest judged grade present (the default relevance threshold); 3 if none."""
+        grades = self.judgments["grade"]
+        return int(grades.max()) if len(grades) and grades.max() > 0 else MAX_GRADE
 
     def queries_in(self, split: str) -> pd.DataFrame:
         if split not in SPLITS:
@@ -150,6 +158,7 @@ def _normalise_root(uri: str) -> str:
     uri = str(uri)
     if storage.is_s3(uri):
         return uri.rstrip("/")
+    storage.storage_for(uri)  # a URI of another scheme (http://) is refused by name
     return os.path.abspath(os.path.expanduser(uri))
 
 
@@ -180,6 +189,15 @@ def _check_ids(df: pd.DataFrame, uri: str, column: str) -> pd.Series:
     return ids
 
 
+def check_product_ids(ids: pd.Series, uri: str) -> None:
+    """Raise CatalogError naming the rows whose product_id leaves PRODUCT_ID_PATTERN."""
+    bad = ~ids.astype(str).str.fullmatch(PRODUCT_ID_PATTERN)
+    if bad.any():
+        raise CatalogError(uri, "product_id may hold only letters, digits and _ . : @ + - "
+                           "(starting with a letter or digit, at most 128 characters)",
+                           rows=_rows(bad), detail=f"found {ids[bad].iloc[0]!r}")
+
+
 def _text_column(df: pd.DataFrame, uri: str, column: str, allow_null: bool) -> pd.Series:
     values = df[column] if column in df.columns else pd.Series([""] * len(df), index=df.index)
     null = values.isna()
@@ -195,6 +213,7 @@ def _load_products(uri: str, root: str) -> pd.DataFrame:
     df = read_table(uri, PRODUCT_TEXT_COLUMNS).reset_index(drop=True)
     _require_columns(df, uri, ("product_id", "title"))
     df["product_id"] = _check_ids(df, uri, "product_id")
+    check_product_ids(df["product_id"], uri)
     df["title"] = _text_column(df, uri, "title", allow_null=False)
     df["description"] = _text_column(df, uri, "description", allow_null=True)
     images = [v.strip() or None for v in _text_column(df, uri, "image", allow_null=True)]
@@ -207,8 +226,8 @@ def _load_products(uri: str, root: str) -> pd.DataFrame:
 
 def resolve_image(root: str, image: str) -> str:
     """An image reference (relative, absolute or s3://) as a URI the storage can read."""
-    if storage.is_s3(image) or os.path.isabs(image):
-        return image
+    if storage.is_s3(image) or os.path.isabs(image) or storage.is_uri(image):
+        return image  # other schemes are refused by name when read (and by validation)
     return storage.join(root, image)
 
 

@@ -11,12 +11,13 @@ import json
 import logging
 import os
 import re
+from pathlib import PurePosixPath
 
 import numpy as np
 import pandas as pd
 
 from fusion_model import storage
-from fusion_model.data.catalog import write_catalog
+from fusion_model.data.catalog import check_product_ids, write_catalog
 from fusion_model.data.judging import assign_splits, judgments_for, queries_frame
 from fusion_model.errors import CatalogError
 from fusion_model.storage.core import parallel_map
@@ -78,7 +79,22 @@ def _read_styles(source: str) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in styles.columns]
     if missing:
         raise CatalogError(path, f"missing required column(s) {', '.join(missing)}")
+    check_product_ids(styles["id"].astype(str), path)
+    _check_image_paths(styles["image"], path)
     return styles
+
+
+def _check_image_paths(images: pd.Series, path: str) -> None:
+    """Image references must be relative paths inside the source folder (no '..')."""
+    def leaves(image) -> bool:
+        parts = PurePosixPath(str(image or "").replace("\\", "/"))
+        return parts.is_absolute() or ".." in parts.parts or "://" in str(image)
+
+    bad = images.map(leaves)
+    if bad.any():
+        rows = [int(i) + 1 for i in bad[bad].index]
+        raise CatalogError(path, "image must be a relative path inside the source folder",
+                           rows=rows, detail=f"found {images[bad].iloc[0]!r}")
 
 
 def products_from_styles(styles: pd.DataFrame, source: str, copy_images: bool) -> pd.DataFrame:
@@ -138,8 +154,8 @@ def query_text(attributes: dict[str, str]) -> str:
 
 def _copy_images(source: str, root: str, styles: pd.DataFrame) -> None:
     def copy_one(relative: str) -> None:
-        storage.write_bytes(storage.join(root, relative),
-                            storage.read_bytes(os.path.join(source, relative)))
+        storage.write_bytes(storage.join_within(root, relative),
+                            storage.read_bytes(storage.join_within(source, relative)))
 
     parallel_map(copy_one, styles["image"].tolist())
 

@@ -47,17 +47,19 @@ def attribute_fields(catalog: Catalog, config: IndexConfig) -> list[str]:
 
 def write_catalog(model: TwoTower, catalog: Catalog, client, name: str, config: IndexConfig,
                   cache_dir: str | None = None, progress: bool = True,
-                  delete_missing: bool = False) -> IndexResult:
+                  delete_missing: bool = False, hashes: list[str] | None = None
+                  ) -> IndexResult:
     """Upsert every product whose content changed (all, for a new collection).
 
     Resumable: products already in the collection with the same content hash are skipped,
     so a job restarted after a crash continues where it stopped without duplicates.
-    With ``delete_missing`` products no longer in the catalog are deleted (refresh).
+    With ``delete_missing`` products no longer in the catalog are deleted. ``hashes``:
+    the products' content hashes when the caller has them already.
     """
     fields = attribute_fields(catalog, config)
     milvus.create_collection(client, name, model.embedding_dim, fields, config.index_type,
                              config.metric)
-    hashes = product_hashes(catalog, fields)
+    hashes = hashes or product_hashes(catalog, fields)
     existing = milvus.existing_hashes(client, name)
     ids = catalog.products["product_id"].tolist()
     todo = [i for i, pid in enumerate(ids) if existing.get(pid) != hashes[i]]
@@ -91,8 +93,7 @@ def verify(client, name: str, expected_ids: list[str], samples: int, seed: int =
     picked = [expected_ids[i] for i in rng.choice(len(expected_ids),
                                                   min(samples, len(expected_ids)),
                                                   replace=False)]
-    rows = client.query(name, filter=f"product_id in {picked!r}".replace("'", '"'),
-                        output_fields=["product_id", "vector"])
+    rows = client.get(name, ids=picked, output_fields=["product_id", "vector"])
     vectors = np.array([r["vector"] for r in rows], dtype=np.float32)
     hits = milvus.search(client, name, vectors, k=1)
     for row, vector, best in zip(rows, vectors, hits):
@@ -108,24 +109,62 @@ def verify(client, name: str, expected_ids: list[str], samples: int, seed: int =
 def build_collection(model: TwoTower, catalog: Catalog, config: IndexConfig, name: str,
                      cache_dir: str | None = None, progress: bool = True) -> IndexResult:
     """Write ``catalog`` into collection ``name`` (new or partly written) and verify it."""
-    with milvus.open_client(config.uri, config.token) as client:
+    with milvus.open_client(config.uri, config.resolved_token()) as client:
         result = write_catalog(model, catalog, client, name, config, cache_dir, progress)
         verify(client, name, catalog.products["product_id"].tolist(), config.verify_samples)
     result.verified = True
     return result
 
 
-def refresh_serving(model: TwoTower, catalog: Catalog, config: IndexConfig,
-                    cache_dir: str | None = None, progress: bool = True) -> IndexResult:
-    """Incremental refresh of the collection behind the serving alias: embed new and
-    changed products, delete removed ones, verify."""
-    with milvus.open_client(config.uri, config.token) as client:
-        name = milvus.resolve_alias(client, config.alias)
-        if name == config.alias:
+class RefreshRefused(milvus.MilvusIndexError):
+    """A refresh would delete more of the serving products than allowed."""
+
+
+def refresh_serving(model: TwoTower, catalog: Catalog, config: IndexConfig, version: str,
+                    cache_dir: str | None = None, progress: bool = True,
+                    allow_deletions: bool = False) -> IndexResult:
+    """Refresh the serving products into a NEW collection for ``version``: unchanged rows are
+    copied from the serving collection, new and changed products embedded, removed ones
+    left out; verified before returning. The serving collection is never modified, and the
+    caller moves the alias. Refuses to drop more than ``config.max_delete_share`` of the
+    serving products unless ``allow_deletions``."""
+    with milvus.open_client(config.uri, config.resolved_token()) as client:
+        serving = milvus.resolve_alias(client, config.alias)
+        if serving == config.alias:
             raise milvus.MilvusIndexError(f"alias {config.alias!r} does not exist yet; "
                                           "promote a model before refreshing")
-        result = write_catalog(model, catalog, client, name, config, cache_dir, progress,
-                               delete_missing=True)
-        verify(client, name, catalog.products["product_id"].tolist(), config.verify_samples)
-    result.verified = True
-    return result
+        ids = catalog.products["product_id"].tolist()
+        existing = milvus.existing_hashes(client, serving)
+        removed = len(set(existing) - set(ids))
+        check_deletions(serving, removed, len(existing), config.max_delete_share,
+                        allow_deletions)
+        target = milvus.collection_name(config.collection_prefix, version, catalog.fingerprint)
+        if target == serving:
+            log.info("%s already holds this snapshot; nothing to refresh", serving)
+            return IndexResult(serving, 0, len(ids), 0, len(existing), verified=True)
+        fields = attribute_fields(catalog, config)
+        hashes = product_hashes(catalog, fields)
+        milvus.create_collection(client, target, model.embedding_dim, fields,
+                                 config.index_type, config.metric)
+        done = milvus.existing_hashes(client, target)  # a rerun continues a half-done target
+        unchanged = {pid for pid, h in zip(ids, hashes)
+                     if existing.get(pid) == h and done.get(pid) != h}
+        copied = milvus.copy_rows(client, serving, target, unchanged, fields)
+        log.info("refresh %s -> %s: %d unchanged rows copied, %d products dropped", serving,
+                 target, copied, removed)
+        result = write_catalog(model, catalog, client, target, config, cache_dir, progress,
+                               hashes=hashes)
+        verify(client, target, ids, config.verify_samples)
+    return dataclasses.replace(result, deleted=removed, verified=True)
+
+
+def check_deletions(collection: str, removed: int, total: int, max_share: float,
+                    allowed: bool) -> None:
+    """Raise RefreshRefused when ``removed`` of ``total`` serving products exceeds the cap."""
+    share = removed / total if total else 0.0
+    if share > max_share and not allowed:
+        raise RefreshRefused(
+            f"the snapshot drops {removed:,} of the {total:,} products in {collection} "
+            f"({share:.0%} > index.max_delete_share={max_share:.0%}); nothing was changed. "
+            "Check the snapshot (a truncated or empty upload?), or pass --allow-deletions "
+            "(DAG param allow_deletions) if the removals are intended")

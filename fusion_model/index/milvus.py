@@ -3,8 +3,10 @@
 One collection per (model version, catalog fingerprint). Vectors are written into a NEW
 collection, verified, and only then pointed at by the serving alias; old collections are
 kept for rollback and never dropped while an alias points at them. Clients are opened
-and closed per call (``open_client``): Milvus Lite locks its data file, so a task must
-release it when done.
+and closed per call (``open_client``). Milvus Lite serves a data file from a server inside
+the first process that opens it and holds the file's lock until that process exits (or
+``release_lite``); other processes get a named "locked" error and should share the file
+through ``milvus-lite server``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusion_model.errors import FusionModelError
+from fusion_model.errors import FusionModelError, IndexUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +50,84 @@ class MilvusIndexError(FusionModelError):
 
 @contextlib.contextmanager
 def open_client(uri: str, token: str = "") -> Iterator:
-    """A MilvusClient for a Lite file path, ``http://host:port`` or a cluster URI; closed
-    on exit so Milvus Lite's file lock is released."""
+    """A MilvusClient for a Lite file path, ``http://host:port`` or a cluster URI, closed
+    on exit. IndexUnavailableError when it cannot open (locked, unwritable, unreachable)."""
     from pymilvus import MilvusClient
+    from pymilvus.exceptions import MilvusException
 
-    if not uri.startswith(("http://", "https://", "tcp://", "unix:")):
-        Path(uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        uri = str(Path(uri).expanduser())
-    client = MilvusClient(uri=uri, token=token, **CLIENT_OPTIONS)
+    if not is_remote(uri):
+        uri = _prepare_lite_path(uri)
+    try:
+        client = MilvusClient(uri=uri, token=token, **CLIENT_OPTIONS)
+    except MilvusException as exc:
+        raise _cannot_open(uri, exc) from exc
     try:
         yield client
     finally:
         client.close()
+
+
+def release_lite(uri: str) -> None:
+    """Stop this process's Milvus Lite server for ``uri`` and release the file's lock
+    (it otherwise lasts until the process exits)."""
+    if is_remote(uri):
+        return
+    from milvus_lite import server_manager_instance
+
+    server_manager_instance.release_server(str(Path(uri).expanduser().resolve()))
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "tcp://", "unix:"))
+
+
+def _prepare_lite_path(uri: str) -> str:
+    """Absolute Milvus Lite path whose folder exists and is writable (else a named error)."""
+    import tempfile
+
+    path = Path(uri).expanduser().resolve()
+    folder = path if path.is_dir() else path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        reason = "a file, not a folder" if isinstance(exc, FileExistsError) else exc.strerror
+        raise IndexUnavailableError(f"index.uri {uri}: cannot write Milvus Lite data under "
+                                    f"{folder} ({reason}); choose a writable path") from exc
+    return str(path)
+
+
+def _cannot_open(uri: str, exc: Exception) -> IndexUnavailableError:
+    """Say why a Milvus client could not open ``uri`` (pymilvus only logs the cause)."""
+    if is_remote(uri):
+        return IndexUnavailableError(f"Milvus at {uri} is not reachable "
+                                     f"({getattr(exc, 'message', exc) or type(exc).__name__});"
+                                     " start it, or set index.uri to a reachable server")
+    if _lite_locked(Path(uri)):
+        return IndexUnavailableError(
+            f"Milvus Lite data {uri} is locked by another process (Milvus Lite allows one "
+            "process per file). Stop the other process, or serve the file to several "
+            f"processes with `milvus-lite server --data-dir {uri} --host 127.0.0.1 --port "
+            "19530` and set index.uri=http://127.0.0.1:19530")
+    return IndexUnavailableError(f"Milvus Lite could not open {uri} "
+                                 f"({getattr(exc, 'message', '') or type(exc).__name__}); "
+                                 "the log above has the cause")
+
+
+def _lite_locked(path: Path) -> bool:
+    """True when another process holds Milvus Lite's advisory lock on ``path``."""
+    import fcntl
+
+    lock = path / "LOCK"
+    if not lock.is_file():
+        return False
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
 
 
 def collection_name(prefix: str, model_version: str | int, catalog_fingerprint: str) -> str:
@@ -121,6 +189,28 @@ def existing_hashes(client, name: str) -> dict[str, str]:
     finally:
         iterator.close()
     return found
+
+
+def copy_rows(client, source: str, target: str, keep_ids: set[str], fields: list[str]) -> int:
+    """Copy the rows of ``keep_ids`` (vector, content hash, ``fields``) from ``source``
+    into ``target``; returns how many were copied. Idempotent (upserts)."""
+    ensure_loaded(client, source)
+    available = {f["name"] for f in client.describe_collection(source)["fields"]}
+    wanted = ["product_id", "vector", "content_hash", *[f for f in fields if f in available]]
+    iterator = client.query_iterator(source, batch_size=QUERY_PAGE // 4, filter="",
+                                     output_fields=wanted)
+    copied = 0
+    try:
+        while batch := iterator.next():
+            rows = [{**{f: "" for f in fields}, **{k: row[k] for k in wanted},
+                     "vector": [float(x) for x in row["vector"]]}
+                    for row in batch if row["product_id"] in keep_ids]
+            if rows:
+                client.upsert(target, rows)
+                copied += len(rows)
+    finally:
+        iterator.close()
+    return copied
 
 
 def upsert_rows(client, name: str, ids: list[str], vectors: np.ndarray, hashes: list[str],

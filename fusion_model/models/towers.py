@@ -16,7 +16,9 @@ from fusion_model.config import RunConfig, from_dict
 from fusion_model.losses import InfoNCELoss
 from fusion_model.models.heads import QueryHead, build_product_head, l2
 from fusion_model.models.image import build_image_encoder
+from fusion_model.models.precision import autocast
 from fusion_model.models.text import TextEncoder, mean_pool
+from fusion_model.tensor_files import load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ class TwoTower(nn.Module):
         self.eval()
         out = []
         for start in range(0, len(texts), batch_size):
-            with _autocast(self.config.train.precision):
+            with autocast(self.config.train.precision):
                 hidden, mask = self.query_text.bottom(texts[start:start + batch_size],
                                                       self.config.text.query_max_length)
                 out.append(self.queries_from_hidden(hidden, mask).float())
@@ -108,7 +110,7 @@ class TwoTower(nn.Module):
         fastest at 16 on 2 CPU cores; see benchmarks/RESULTS.md).
         """
         self.eval()
-        with _autocast(self.config.train.precision):
+        with autocast(self.config.train.precision):
             hidden, mask = self.text.bottom(texts)
             tokens = self.text.top(hidden, mask)
             present = torch.tensor([img is not None for img in images], dtype=torch.bool)
@@ -138,9 +140,5 @@ def load_model(directory: str | Path) -> TwoTower:
     directory = Path(directory)
     config = from_dict(yaml.safe_load((directory / CONFIG_FILE).read_text()))
     model = TwoTower(config)
-    model.load_state_dict(torch.load(directory / MODEL_FILE, weights_only=True))
+    model.load_state_dict(load_tensors(directory / MODEL_FILE, "model weights"))
     return model.eval()
-
-
-def _autocast(precision: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from fusion_model.config import RunConfig, load_config
+from fusion_model.errors import NoChampionError
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +71,40 @@ def publish_report(report: dict, catalog_uri: str, config_name: str = "default",
 
 def train(catalog_uri: str, work_dir: str, config_name: str = "default",
           overrides: list[str] | tuple = ()) -> dict:
+    """Train both stages into ``work_dir``; a finished run of the same config on the same
+    catalog there is returned as it is (a rerun after a later step crashed)."""
     from fusion_model.data.catalog import load_catalog
     from fusion_model.training.trainer import RESULT_FILE
     from fusion_model.training.trainer import train as run_training
 
     config = _config(config_name, overrides)
     catalog = load_catalog(catalog_uri)
-    result = run_training(catalog, config, work_dir)
+    result = _finished_training(work_dir, config.for_catalog(catalog.max_grade), catalog)
+    if result is None:
+        result = run_training(catalog, config, work_dir)
     return {"work_dir": work_dir, "model_dir": result.model_dir,
             "result": str(Path(work_dir) / RESULT_FILE), "test": result.test.metrics,
             "catalog_fingerprint": catalog.fingerprint, "config_hash": config.hash}
+
+
+def _finished_training(work_dir: str, config: RunConfig, catalog):
+    """The TrainResult in ``work_dir`` if it was trained with ``config`` on ``catalog``."""
+    import json
+
+    from fusion_model.models.towers import MANIFEST_FILE
+    from fusion_model.training.trainer import RESULT_FILE, TrainResult
+
+    result_file = Path(work_dir) / RESULT_FILE
+    if not result_file.is_file():
+        return None
+    result = TrainResult.load(result_file)
+    manifest_file = Path(result.model_dir) / MANIFEST_FILE
+    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    if (manifest.get("config_hash"), manifest.get("catalog_fingerprint")) != (
+            config.hash, catalog.fingerprint):
+        return None
+    log.info("%s already holds this training run; reusing it", work_dir)
+    return result
 
 
 def register(work_dir: str, catalog_uri: str, config_name: str = "default",
@@ -94,7 +119,7 @@ def register(work_dir: str, catalog_uri: str, config_name: str = "default",
     config = _config(config_name, overrides)
     _mlflow(config)
     result_file = Path(work_dir) / RESULT_FILE
-    key = hashlib.sha256(result_file.read_bytes() + config.hash.encode()).hexdigest()[:32]
+    key = _training_key(TrainResult.load(result_file).model_dir, config)
     existing = _registered_with_key(config.registry.model_name, key)
     if existing is not None:  # a retried task: the candidate is already registered
         return existing
@@ -108,6 +133,15 @@ def register(work_dir: str, catalog_uri: str, config_name: str = "default",
                "fusion": config.model.fusion, "train_result_key": key, **(parent_runs or {})}
     candidate = register_candidate(config.registry.model_name, uris, lineage)
     return {"name": candidate.name, "version": candidate.version, "run_id": run_id}
+
+
+def _training_key(model_dir: str, config: RunConfig) -> str:
+    """Idempotency key of a trained model: its weights and config (no wall-clock data)."""
+    from fusion_model.models.towers import MODEL_FILE
+
+    digest = hashlib.sha256((Path(model_dir) / MODEL_FILE).read_bytes())
+    digest.update(config.hash.encode())
+    return digest.hexdigest()[:32]
 
 
 def _registered_with_key(name: str, key: str) -> dict | None:
@@ -183,7 +217,7 @@ def plan_index(version: str, catalog_uri: str, shards: int = 1, config_name: str
     name = milvus.collection_name(config.index.collection_prefix, version,
                                   catalog.fingerprint)
     dim = load_registered_model(config.registry.model_name, version).embedding_dim
-    with milvus.open_client(config.index.uri, config.index.token) as client:
+    with milvus.open_client(config.index.uri, config.index.resolved_token()) as client:
         milvus.create_collection(client, name, dim, attribute_fields(catalog, config.index),
                                  config.index.index_type, config.index.metric)
     return [{"version": version, "catalog_uri": catalog_uri, "collection": name,
@@ -208,7 +242,7 @@ def index_shard(version: str, catalog_uri: str, collection: str, shard: int, sha
     subset = dataclasses.replace(catalog, products=catalog.products[mine.to_numpy()])
     model = load_registered_model(config.registry.model_name, version)
     cache = str(Path(config.train.cache_dir).expanduser())
-    with milvus.open_client(config.index.uri, config.index.token) as client:
+    with milvus.open_client(config.index.uri, config.index.resolved_token()) as client:
         result = write_catalog(model, subset, client, collection, config.index, cache)
     return {"shard": shard, "written": result.written, "skipped": result.skipped}
 
@@ -224,7 +258,7 @@ def verify_index(version: str, catalog_uri: str, collection: str,
     config = _config(config_name, overrides)
     _mlflow(config)
     ids = load_catalog(catalog_uri).products["product_id"].tolist()
-    with milvus.open_client(config.index.uri, config.index.token) as client:
+    with milvus.open_client(config.index.uri, config.index.resolved_token()) as client:
         verify(client, collection, ids, config.index.verify_samples)
     candidate, _ = candidate_for(config.registry.model_name, version)
     tag_version(candidate, {"milvus_collection": collection, "milvus_uri": config.index.uri})
@@ -248,9 +282,10 @@ def _test_queries(catalog_uri: str, config: RunConfig):
     from fusion_model.training.data import build_data
 
     catalog = load_catalog(catalog_uri)
+    config = config.for_catalog(catalog.max_grade)
     test = build_data(catalog, config.train.min_positive_grade).splits["test"]
     segments = query_segments(catalog.queries, catalog.products, catalog.judgments)
-    return catalog, test, segments
+    return catalog, test, segments, config
 
 
 def _evaluate_version(version: str, collection: str, test, segments, config: RunConfig):
@@ -275,7 +310,7 @@ def gate(version: str, catalog_uri: str, config_name: str = "default",
     config = _config(config_name, overrides)
     _mlflow(config)
     name = config.registry.model_name
-    catalog, test, segments = _test_queries(catalog_uri, config)
+    catalog, test, segments, config = _test_queries(catalog_uri, config)
     tags = version_tags(Candidate(name, version, version))
     challenger, challenger_ranks = _evaluate_version(version, tags["milvus_collection"], test,
                                                      segments, config)
@@ -303,15 +338,10 @@ def gate(version: str, catalog_uri: str, config_name: str = "default",
 def promote_or_reject(version: str, decision: dict, config_name: str = "default",
                       overrides: list[str] | tuple = ()) -> dict:
     """Apply a gate decision. Promote: serving alias -> the verified collection, then
-    ``champion`` -> version. Reject: nothing changes but the audit record."""
+    ``champion`` -> version and the audit record (the alias moves back if MLflow fails).
+    Reject: nothing changes but the audit record."""
     from fusion_model.index import milvus
-    from fusion_model.registry.registry import (
-        CHAMPION,
-        audit_experiment,
-        candidate_for,
-        record_decision,
-        set_alias,
-    )
+    from fusion_model.registry.registry import audit_experiment, candidate_for, record_decision
 
     config = _config(config_name, overrides)
     _mlflow(config)
@@ -321,83 +351,215 @@ def promote_or_reject(version: str, decision: dict, config_name: str = "default"
     if decision["decision"] != "promote":
         record_decision(candidate, entry, audit)
         return {"promoted": False, "version": version, "reasons": decision["reasons"]}
-    with milvus.open_client(config.index.uri, config.index.token) as client:
-        previous = milvus.point_alias(client, config.index.alias, tags["milvus_collection"])
+    previous = _switch_serving(config, candidate, tags["milvus_collection"], entry)
+    with milvus.open_client(config.index.uri, config.index.resolved_token()) as client:
         dropped = milvus.prune(client, config.index.collection_prefix,
                                config.index.keep_collections)
-    set_alias(candidate, CHAMPION)
-    record_decision(candidate, {**entry, "previous_collection": previous}, audit)
     return {"promoted": True, "version": version, "collection": tags["milvus_collection"],
             "previous_collection": previous, "dropped": dropped}
 
 
-def rollback(version: str, config_name: str = "default", overrides: list[str] | tuple = (),
-             reason: str = "manual rollback") -> dict:
-    """Point ``champion`` and the serving alias back at an earlier version's collection."""
+def _switch_serving(config: RunConfig, candidate, collection: str, entry: dict,
+                    version_tags: dict | None = None) -> str | None:
+    """Serving alias -> ``collection``, then (MLflow) optional version tags, ``champion`` ->
+    ``candidate`` and the audit record. If any MLflow write fails, the serving alias and the
+    champion alias are put back as they were and a ServingSwitchError says so."""
+    from fusion_model.errors import ServingSwitchError
     from fusion_model.index import milvus
     from fusion_model.registry.registry import (
         CHAMPION,
         audit_experiment,
-        candidate_for,
+        get_alias,
         record_decision,
         set_alias,
+        tag_version,
     )
+
+    before = get_alias(config.registry.model_name, CHAMPION)
+    with milvus.open_client(config.index.uri, config.index.resolved_token()) as client:
+        previous = milvus.point_alias(client, config.index.alias, collection)
+        try:
+            if version_tags:
+                tag_version(candidate, version_tags)
+            set_alias(candidate, CHAMPION)
+            record_decision(candidate, {**entry, "previous_collection": previous},
+                            audit_experiment(config.registry.experiment))
+        except Exception as exc:
+            restored = _undo_switch(client, config, previous, before, candidate, version_tags)
+            raise ServingSwitchError(
+                f"recording v{candidate.version} as champion in MLflow failed "
+                f"({type(exc).__name__}: {exc}); {restored}. Fix the tracking server and "
+                "run the step again") from exc
+    return previous
+
+
+def _undo_switch(client, config: RunConfig, previous: str | None, before, candidate,
+                 version_tags: dict | None) -> str:
+    """Put the serving alias (and, where possible, champion and tags) back; say what."""
+    from fusion_model.index import milvus
+    from fusion_model.registry.registry import CHAMPION, set_alias, tag_version
+
+    if previous is None:
+        client.drop_alias(config.index.alias)
+        said = f"serving alias {config.index.alias} removed again (it did not exist before)"
+    else:
+        milvus.point_alias(client, config.index.alias, previous)
+        said = f"serving alias {config.index.alias} restored to {previous}"
+    try:
+        if before is not None and before.version != candidate.version:
+            set_alias(before, CHAMPION)
+        if version_tags and previous is not None and before is not None:
+            tag_version(before, {"milvus_collection": previous})
+    except Exception as exc:  # noqa: BLE001 - MLflow is the thing that is failing
+        log.warning("could not restore MLflow aliases after a failed switch: %s", exc)
+    return said
+
+
+def rollback(version: str, config_name: str = "default", overrides: list[str] | tuple = (),
+             reason: str = "manual rollback") -> dict:
+    """Point the serving alias and ``champion`` back at an earlier version's collection."""
+    from fusion_model.index import milvus
+    from fusion_model.registry.registry import candidate_for
 
     config = _config(config_name, overrides)
     _mlflow(config)
     candidate, tags = candidate_for(config.registry.model_name, version)
     collection = tags.get("milvus_collection")
-    with milvus.open_client(config.index.uri, config.index.token) as client:
+    with milvus.open_client(config.index.uri, config.index.resolved_token()) as client:
         if not collection or not client.has_collection(collection):
             raise milvus.MilvusIndexError(f"version {version} has no kept collection "
                                           f"({collection}); re-index it before rolling back")
-        previous = milvus.point_alias(client, config.index.alias, collection)
-    set_alias(candidate, CHAMPION)
-    record_decision(candidate, {"decision": "rollback", "reasons": [reason], "metrics": {},
-                                "collection": collection, "previous_collection": previous},
-                    audit_experiment(config.registry.experiment))
+    previous = _switch_serving(config, candidate, collection, {
+        "decision": "rollback", "reasons": [reason], "metrics": {}, "collection": collection})
     return {"version": version, "collection": collection, "previous_collection": previous}
 
 
 def refresh(catalog_uri: str, config_name: str = "default",
-            overrides: list[str] | tuple = ()) -> dict:
-    """Incrementally re-embed changed products of a new snapshot with the champion."""
+            overrides: list[str] | tuple = (), allow_deletions: bool = False,
+            report_dir: str | None = None, validated: bool = False) -> dict:
+    """Re-embed a new snapshot with the champion into a NEW collection (unchanged vectors
+    copied), verify it, then move the serving alias and record it on the champion.
+
+    The snapshot is validated first (unless ``validated``: the DAG's own validate task ran);
+    a snapshot dropping more than ``index.max_delete_share`` of the serving products is
+    refused unless ``allow_deletions``. The serving collection is never modified."""
     from fusion_model.data.catalog import load_catalog
     from fusion_model.index.build import refresh_serving
-    from fusion_model.registry.registry import CHAMPION, get_alias
+    from fusion_model.registry.registry import CHAMPION, candidate_for, get_alias
 
     config = _config(config_name, overrides)
+    if not validated:
+        validate(catalog_uri, report_dir or str(Path(config.train.cache_dir).expanduser()
+                                                 / "refresh-validation"))
     _mlflow(config)
     champion = get_alias(config.registry.model_name, CHAMPION)
     if champion is None:
-        raise RuntimeError(f"no champion for {config.registry.model_name}: train and promote "
-                           "a model first")
+        raise NoChampionError(config.registry.model_name)
+    candidate, tags = candidate_for(champion.name, champion.version)
     model = load_registered_model(champion.name, champion.version)
     cache = str(Path(config.train.cache_dir).expanduser())
-    result = refresh_serving(model, load_catalog(catalog_uri), config.index, cache)
-    return {"collection": result.collection, "written": result.written,
-            "deleted": result.deleted, "unchanged": result.skipped, "count": result.count}
+    result = refresh_serving(model, load_catalog(catalog_uri), config.index, champion.version,
+                             cache, allow_deletions=allow_deletions)
+    previous = tags.get("milvus_collection")
+    if result.collection != previous:
+        _switch_serving(config, candidate, result.collection, {
+            "decision": "refresh", "metrics": {}, "collection": result.collection,
+            "reasons": [f"catalog {catalog_uri}: {result.written} embedded, "
+                        f"{result.deleted} deleted, {result.skipped} unchanged"]},
+            version_tags={"milvus_collection": result.collection})
+    return {"collection": result.collection, "previous_collection": previous,
+            "written": result.written, "deleted": result.deleted,
+            "unchanged": result.skipped, "count": result.count}
 
 
 def search(text: str | list[str], k: int = 10, filter_expr: str = "",
            config_name: str = "default", overrides: list[str] | tuple = ()) -> list:
-    """Champion query encoder + ANN search of the serving alias."""
-    import mlflow
+    """Champion query encoder + ANN search of the serving alias.
 
+    Refuses to answer when the serving alias does not point at the collection recorded on
+    the champion (a query encoder must only search vectors of its own product encoder)."""
+    import mlflow
+    import pandas as pd
+
+    from fusion_model.errors import ServingMismatchError
     from fusion_model.index import milvus
-    from fusion_model.registry.registry import query_model_name
+    from fusion_model.registry.registry import CHAMPION, get_alias, query_model_name
+
+    texts = [text] if isinstance(text, str) else list(text)
+    if not texts or any(not t.strip() for t in texts):
+        raise ValueError("search query must not be empty")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    config = _config(config_name, overrides)
+    _mlflow(config)
+    champion = get_alias(config.registry.model_name, CHAMPION)
+    if champion is None:
+        raise NoChampionError(config.registry.model_name)
+    _, tags = _champion_tags(config, champion)
+    fields = list(config.index.attribute_fields)
+    with milvus.open_client(config.index.uri, config.index.resolved_token()) as client:
+        target = milvus.resolve_alias(client, config.index.alias)
+        if target != tags.get("milvus_collection"):
+            raise ServingMismatchError(
+                f"serving alias {config.index.alias} -> {target}, but champion "
+                f"v{champion.version} was indexed into {tags.get('milvus_collection')}; "
+                f"refusing to mix encoders. Run `fusion-model rollback {champion.version}` "
+                "to re-align them")
+        encoder = mlflow.pyfunc.load_model(
+            f"models:/{query_model_name(config.registry.model_name)}/{champion.query_version}")
+        vectors = encoder.predict(pd.DataFrame({"text": texts}))
+        available = {f["name"] for f in client.describe_collection(config.index.alias)["fields"]}
+        hits = _search_filtered(client, config.index.alias, vectors, k, filter_expr,
+                                [f for f in fields if f in available])
+    return hits[0] if isinstance(text, str) else hits
+
+
+def status(config_name: str = "default", overrides: list[str] | tuple = (),
+           last: int = 5) -> dict:
+    """Champion, challenger, serving alias target, orphaned collections (ours, neither
+    served, nor recorded on a version, nor named by an audit decision: a crashed or still
+    running index job, which a rerun resumes) and the last ``last`` decisions."""
+    from fusion_model.index import milvus
+    from fusion_model.registry import registry
 
     config = _config(config_name, overrides)
     _mlflow(config)
-    texts = [text] if isinstance(text, str) else list(text)
-    encoder = mlflow.pyfunc.load_model(
-        f"models:/{query_model_name(config.registry.model_name)}@champion")
-    import pandas as pd
+    name = config.registry.model_name
+    aliases = {alias: registry.get_alias(name, alias)
+               for alias in (registry.CHAMPION, registry.CHALLENGER)}
+    history = registry.promotion_history(name,
+                                         registry.audit_experiment(config.registry.experiment))
+    recorded = registry.recorded_collections(name) | {
+        entry.get(key) for entry in history for key in ("collection", "previous_collection")}
+    with milvus.open_client(config.index.uri, config.index.resolved_token()) as client:
+        target = milvus.resolve_alias(client, config.index.alias)
+        ours = [c for c in client.list_collections()
+                if c.startswith(f"{config.index.collection_prefix}_m")]
+        orphans = [c for c in ours if c not in recorded and not milvus.aliases_of(client, c)]
+    return {"model": name, "aliases": aliases, "alias": config.index.alias,
+            "serving": None if target == config.index.alias else target,
+            "collections": sorted(ours), "orphans": orphans,
+            "history": history[-last:]}
 
-    vectors = encoder.predict(pd.DataFrame({"text": texts}))
-    fields = list(config.index.attribute_fields)
-    with milvus.open_client(config.index.uri, config.index.token) as client:
-        available = {f["name"] for f in client.describe_collection(config.index.alias)["fields"]}
-        hits = milvus.search(client, config.index.alias, vectors, k, filter_expr,
-                             [f for f in fields if f in available])
-    return hits[0] if isinstance(text, str) else hits
+
+def _search_filtered(client, alias: str, vectors, k: int, filter_expr: str,
+                     fields: list[str]) -> list:
+    """milvus.search, with a filter Milvus rejects reported as InvalidFilterError."""
+    from pymilvus.exceptions import MilvusException
+
+    from fusion_model.errors import InvalidFilterError
+    from fusion_model.index import milvus
+
+    try:
+        return milvus.search(client, alias, vectors, k, filter_expr, fields)
+    except MilvusException as exc:
+        if not filter_expr:
+            raise
+        raise InvalidFilterError(filter_expr, getattr(exc, "message", str(exc)),
+                                 ["product_id", *fields]) from exc
+
+
+def _champion_tags(config: RunConfig, champion) -> tuple:
+    from fusion_model.registry.registry import candidate_for
+
+    return candidate_for(config.registry.model_name, champion.version)

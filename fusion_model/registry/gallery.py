@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from fusion_model import storage
+from fusion_model.models.image import MAX_IMAGE_PIXELS
 
 THUMBNAIL = 96
 
@@ -21,6 +22,8 @@ def thumbnail(uri: str | None) -> str:
         return ""
     try:
         with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                return ""  # the same pixel cap as every other decoder
             image = image.convert("RGB")
             image.thumbnail((THUMBNAIL, THUMBNAIL))
             buffer = io.BytesIO()

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from fusion_model.errors import UnknownVersionError
+
 log = logging.getLogger(__name__)
 
 CHALLENGER, CHAMPION = "challenger", "champion"
@@ -76,20 +78,54 @@ def get_alias(name: str, alias: str) -> Candidate | None:
     client = _client()
     try:
         version = client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if _is_not_found(exc):
+            return None
+        raise
     return Candidate(name, str(version.version), version.tags.get("query_model_version",
                                                                   str(version.version)))
 
 
+def _is_not_found(exc: Exception) -> bool:
+    """MLflow's answer for a missing model, version or alias (not a broken connection)."""
+    code = getattr(exc, "error_code", "")
+    return code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and (
+        "not found" in str(exc) or "does not exist" in str(exc))
+
+
 def version_tags(candidate: Candidate) -> dict[str, str]:
-    return dict(_client().get_model_version(candidate.name, candidate.version).tags)
+    """The version's tags; UnknownVersionError when the registry has no such version."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(_client().get_model_version(candidate.name, candidate.version).tags)
+    except MlflowException as exc:
+        if _is_not_found(exc):
+            raise UnknownVersionError(candidate.name, candidate.version,
+                                      _known_versions(candidate.name)) from exc
+        raise
+
+
+def _known_versions(name: str) -> list[str]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = _client().search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    return sorted((str(v.version) for v in found), key=int)
 
 
 def candidate_for(name: str, version: str) -> tuple[Candidate, dict[str, str]]:
     """The registered pair behind product-encoder ``version``, and that version's tags."""
     tags = version_tags(Candidate(name, version, version))
     return Candidate(name, version, tags.get("query_model_version", version)), tags
+
+
+def recorded_collections(name: str) -> set[str]:
+    """Every Milvus collection recorded on any version of ``name``."""
+    versions = _client().search_model_versions(f"name = '{name}'")
+    return {v.tags["milvus_collection"] for v in versions if v.tags.get("milvus_collection")}
 
 
 def audit_experiment(experiment: str) -> str:

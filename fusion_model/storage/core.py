@@ -7,14 +7,15 @@ import hashlib
 import logging
 import os
 import posixpath
+import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from tqdm.auto import tqdm
 
-from fusion_model.errors import StorageError
+from fusion_model.errors import StorageError, UnsupportedURIError
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +177,33 @@ _LOCAL = LocalStorage()
 _S3 = S3Storage()
 
 
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def is_uri(text: str) -> bool:
+    """True for ``scheme://...`` (any scheme), false for paths."""
+    return bool(_SCHEME.match(str(text)))
+
+
 def storage_for(uri: str) -> Storage:
-    return _S3 if is_s3(uri) else _LOCAL
+    """S3 for ``s3://``, the local disk for paths; any other scheme is refused by name."""
+    if is_s3(uri):
+        return _S3
+    scheme = _SCHEME.match(str(uri))
+    if scheme:
+        raise UnsupportedURIError(f"{uri}: {scheme.group(1)}:// URIs are not supported; use a "
+                                  "local path or an s3:// URI (download or upload the file "
+                                  "there first)")
+    return _LOCAL
+
+
+def join_within(root: str, relative: str) -> str:
+    """``relative`` joined onto ``root``; refuses absolute paths and ``..`` that leave it."""
+    parts = PurePosixPath(str(relative).replace("\\", "/"))
+    if parts.is_absolute() or _SCHEME.match(str(relative)) or ".." in parts.parts:
+        raise StorageError(f"{relative!r}: path must stay inside {root} (no absolute paths, "
+                           "URIs or '..')")
+    return join(root, *parts.parts)
 
 
 def read_bytes(uri: str) -> bytes:
@@ -199,7 +225,7 @@ def list_files(prefix: str) -> list[str]:
 def content_tags(uris: Iterable[str]) -> dict[str, str]:
     """A content tag per URI (MD5 of local bytes, ETag on S3); raises if one is missing."""
     uris = list(uris)
-    local = [u for u in uris if not is_s3(u)]
+    local = [u for u in uris if not is_s3(u) and storage_for(u) is _LOCAL]
     remote = [u for u in uris if is_s3(u)]
     tags = _LOCAL.content_tags(local) if local else {}
     if remote:

@@ -61,6 +61,10 @@ def build_data(catalog: Catalog, min_positive_grade: int) -> RetrievalData:
         positives = [np.array(sorted(position[p] for p, g in qrels.get(q, {}).items()
                                      if g >= min_positive_grade), dtype=np.int64) for q in ids]
         splits[split] = QuerySet(ids, subset["text"].tolist(), positives, qrels)
+    if not splits["test"].ids:
+        raise FusionModelError(f"{catalog.uri}: no query has split 'test'; evaluation, the "
+                               "benchmark and the gate need test queries (mark about 15% of "
+                               "the queries as test)")
     if not any(len(p) for p in splits["train"].positives):
         raise FusionModelError(f"{catalog.uri}: no train query has a product of grade >= "
                                f"{min_positive_grade}; lower train.min_positive_grade")

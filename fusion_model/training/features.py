@@ -8,11 +8,12 @@ back instead of re-encoding; a changed image or title is a new key and only it i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +22,9 @@ import torch
 from tqdm.auto import tqdm
 
 from fusion_model import storage
-from fusion_model.models.image import decode_image
+from fusion_model.models.image import ImageDecodeError, decode_image
+from fusion_model.models.precision import autocast
+from fusion_model.tensor_files import load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,7 @@ class FeatureCache:
             by_shard.setdefault(shard, []).append((position, row))
         out: Batch = {}
         for shard, pairs in by_shard.items():
-            data = torch.load(self.dir / shard)
+            data = load_tensors(self.dir / shard, "feature cache shard")
             positions = torch.tensor([p for p, _ in pairs])
             rows = torch.tensor([r for _, r in pairs])
             for name, tensor in data.items():
@@ -92,18 +95,26 @@ def text_key(text: str) -> str:
     return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
 
 
+@contextlib.contextmanager
+def photos_named_by_product(products) -> Iterator[None]:
+    """Re-raise an ImageDecodeError naming the product whose photo failed."""
+    try:
+        yield
+    except ImageDecodeError as exc:
+        owners = products.loc[products["image_uri"] == exc.uri, "product_id"]
+        if exc.product_id or owners.empty:
+            raise
+        raise ImageDecodeError(exc.uri, exc.reason, str(owners.iloc[0])) from exc
+
+
 def load_images(uris: list[str | None], size: int, workers: int = 8) -> list[np.ndarray | None]:
     """Decode images in parallel threads; ``None`` for products without a photo."""
 
     def load(uri: str | None) -> np.ndarray | None:
-        return None if uri is None else decode_image(storage.read_bytes(uri), size)
+        return None if uri is None else decode_image(storage.read_bytes(uri), size, uri=uri)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(load, uris))
-
-
-def autocast(precision: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def text_bottom_features(encoder, texts: list[str], max_length: int, cache_root: str,

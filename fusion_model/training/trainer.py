@@ -28,6 +28,7 @@ from fusion_model.data.catalog import Catalog
 from fusion_model.evaluation.evaluator import EvaluationResult, evaluate_vectors, query_segments
 from fusion_model.models.text import mean_pool
 from fusion_model.models.towers import TwoTower
+from fusion_model.tensor_files import load_tensors
 from fusion_model.training.data import (
     RetrievalData,
     build_data,
@@ -46,6 +47,7 @@ from fusion_model.training.features import (
     autocast,
     image_batch,
     image_bottom_features,
+    photos_named_by_product,
     text_bottom_features,
 )
 
@@ -91,6 +93,7 @@ class Trainer:
 
     def __init__(self, catalog: Catalog, config: RunConfig, work_dir: str | Path,
                  progress: bool = True, stage1_from: str | Path | None = None):
+        config = config.for_catalog(catalog.max_grade)
         self.catalog, self.config, self.progress = catalog, config, progress
         self.work_dir = Path(work_dir)
         self.stage1_from = Path(stage1_from) if stage1_from else None
@@ -137,7 +140,7 @@ class Trainer:
 
     def _load_stage1(self, model_dir: Path) -> None:
         """Start from another run's stage 1: its text encoder, text projections, temperature."""
-        saved = torch.load(model_dir / "model.pt", weights_only=True)
+        saved = load_tensors(model_dir / "model.pt", "stage-1 model")
         own = self.model.state_dict()
         keep = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape
                 and k.startswith(STAGE1_PARAMETERS)}
@@ -357,7 +360,7 @@ class Trainer:
         fresh = {"epoch": 0, "best_score": float("-inf"), "best_state": None, "bad_epochs": 0}
         if not checkpoint.is_file():
             return fresh
-        saved = torch.load(checkpoint, weights_only=False)
+        saved = load_tensors(checkpoint, "training checkpoint")
         if saved.get("run_key") != self.run_key:
             log.warning("%s belongs to another config or catalog; starting afresh", checkpoint)
             return fresh
@@ -426,7 +429,8 @@ def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def train(catalog: Catalog, config: RunConfig, work_dir: str | Path, progress: bool = True,
           stage1_from: str | Path | None = None) -> TrainResult:
     """Train both stages (or stage 2 only, from ``stage1_from``); save to ``work_dir/model``."""
-    return Trainer(catalog, config, work_dir, progress, stage1_from).run()
+    with photos_named_by_product(catalog.products):
+        return Trainer(catalog, config, work_dir, progress, stage1_from).run()
 
 
 __all__ = ["RetrievalData", "TrainResult", "Trainer", "train"]

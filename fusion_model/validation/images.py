@@ -11,10 +11,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from fusion_model import storage
-from fusion_model.errors import StorageError
+from fusion_model.errors import StorageError, UnsupportedURIError
 
-STATUSES = ("ok", "no_image", "not_found", "empty_file", "undecodable", "truncated",
-            "too_small", "too_many_pixels", "unsupported_mode")
+STATUSES = ("ok", "no_image", "not_found", "unsupported_uri", "empty_file", "undecodable",
+            "truncated", "too_small", "too_many_pixels", "unsupported_mode")
 
 
 def check_image(data: bytes, min_side: int, max_pixels: int) -> tuple[str, str]:
@@ -51,6 +51,8 @@ def check_images(products: pd.DataFrame, min_side: int, max_pixels: int, workers
             return "no_image", "no image referenced"
         try:
             data = storage.read_bytes(uri)
+        except UnsupportedURIError as exc:
+            return "unsupported_uri", str(exc)
         except StorageError as exc:
             return "not_found", str(exc)
         return check_image(data, min_side, max_pixels)

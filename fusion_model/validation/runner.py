@@ -73,9 +73,22 @@ class ValidationReport:
                          f"{'(' + check['column'] + ')' if check.get('column') else ''}"
                          f"{f': {count} unexpected' if count else ''} [{where}]"
                          f"{' - ' + check['detail'] if check.get('detail') else ''}")
+            lines += [f"      {_describe_example(e)}" for e in check.get("examples", [])[:3]
+                      if "value" in e or "detail" in e]
         if len(self.failures) > limit:
             lines.append(f"  ... and {len(self.failures) - limit} more")
         return "\n".join(lines)
+
+
+def _describe_example(example: dict) -> str:
+    """``row 6, product P000005: too_many_pixels (10000x10000 exceeds ...)``."""
+    who = f"row {example['row']}"
+    if example.get("product_id") is not None:
+        who += f", product {example['product_id']}"
+    what = repr(example["value"]) if "value" in example else ""
+    if example.get("detail"):
+        what = f"{example.get('value', '')} ({example['detail']})"
+    return f"{who}: {what}"
 
 
 class DataValidationError(FusionModelError):
@@ -95,7 +108,7 @@ def validate_catalog(uri: str, report_dir: str | Path, profile_uri: str | None =
     settings = settings or ValidationSettings()
     started = time.perf_counter()
     root = uri.rstrip("/") if storage.is_s3(uri) else os.path.abspath(uri)
-    report_dir = Path(report_dir)
+    report_dir = Path(report_dir).expanduser().resolve()
     report_dir.mkdir(parents=True, exist_ok=True)
     checks: list[dict] = []
     tables, files = _read_tables(root, checks)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import great_expectations as gx
 import great_expectations.expectations as gxe
 
-from fusion_model.data.catalog import GRADES, SPLITS
+from fusion_model.data.catalog import GRADES, PRODUCT_ID_PATTERN, SPLITS
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ def products_suite(limits: Limits) -> gx.ExpectationSuite:
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
         gxe.ExpectColumnValuesToNotBeNull(column="product_id"),
         gxe.ExpectColumnValuesToBeUnique(column="product_id"),
+        gxe.ExpectColumnValuesToMatchRegex(column="product_id",
+                                           regex=f"^{PRODUCT_ID_PATTERN}$"),
         gxe.ExpectColumnValuesToNotBeNull(column="title"),
         gxe.ExpectColumnValuesToBeOfType(column="title", type_="str"),
         gxe.ExpectColumnValueLengthsToBeBetween(column="title", min_value=1,

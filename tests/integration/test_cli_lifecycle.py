@@ -15,9 +15,10 @@ def test_lifecycle_search_refresh_rollback(synthetic_catalog, tiny_models, tmp_p
                                "train.stage2.epochs=1", f"index.uri={tmp_path / 'milvus.db'}",
                                f"registry.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
                                f"registry.artifact_location={tmp_path / 'artifacts'}")
-    for _ in range(2):
+    for seed in range(2):  # another seed: another model (the same one is not re-registered)
         assert main(["lifecycle", "--catalog", str(synthetic_catalog), "--work-dir",
-                     str(tmp_path / "run"), "--force-promote", *overrides]) == 0
+                     str(tmp_path / "run"), "--force-promote", *overrides,
+                     f"train.seed={seed}"]) == 0
     out = capsys.readouterr().out
     assert "version 1: PROMOTE" in out and "version 2: PROMOTE" in out
     assert "serving alias -> products_m2_" in out

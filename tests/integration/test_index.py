@@ -12,7 +12,7 @@ import pytest
 from fusion_model.config import IndexConfig, load_config
 from fusion_model.data.catalog import load_catalog
 from fusion_model.index import milvus
-from fusion_model.index.build import build_collection, refresh_serving
+from fusion_model.index.build import RefreshRefused, build_collection, refresh_serving
 from fusion_model.models.towers import TwoTower
 from tests.conftest import tiny_overrides
 
@@ -97,7 +97,7 @@ def test_alias_swap_guarded_drop_and_prune(model, catalog, tmp_path):
         assert sorted(client.list_collections()) == ["products_m2_abc", "products_m4_abc"]
 
 
-def test_incremental_refresh_touches_only_changed_products(model, catalog, tmp_path):
+def test_incremental_refresh_writes_a_new_collection(model, catalog, tmp_path):
     config = index_config(tmp_path)
     build_collection(model, catalog, config, "products_m5_abc", progress=False)
     with milvus.open_client(config.uri) as client:
@@ -109,11 +109,32 @@ def test_incremental_refresh_touches_only_changed_products(model, catalog, tmp_p
     added = products.iloc[[0]].assign(product_id="NEW1")
     snapshot = dataclasses.replace(catalog, products=pd.concat([products, added],
                                                                ignore_index=True))
-    result = refresh_serving(model, snapshot, config, progress=False)
+    result = refresh_serving(model, snapshot, config, "6", progress=False)
     assert (result.written, result.deleted, result.count) == (2, 1, 300)
+    assert result.collection.startswith("products_m6_") and result.verified
     with milvus.open_client(config.uri) as client:
-        hashes = milvus.existing_hashes(client, config.alias)
-    assert removed not in hashes and "NEW1" in hashes
+        fresh = milvus.existing_hashes(client, result.collection)
+        served = milvus.existing_hashes(client, config.alias)
+        assert milvus.resolve_alias(client, config.alias) == "products_m5_abc"
+    assert removed not in fresh and "NEW1" in fresh
+    assert removed in served and "NEW1" not in served and len(served) == 300
+
+
+def test_refresh_refuses_a_snapshot_that_drops_too_many_products(model, catalog, tmp_path):
+    config = index_config(tmp_path, max_delete_share=0.05)
+    small = dataclasses.replace(catalog, products=catalog.products.head(60))
+    build_collection(model, small, config, "products_m7_abc", progress=False)
+    with milvus.open_client(config.uri) as client:
+        milvus.point_alias(client, config.alias, "products_m7_abc")
+    truncated = dataclasses.replace(catalog, products=catalog.products.head(50))
+    with pytest.raises(RefreshRefused, match=r"drops 10 of the 60 products.*allow-deletions"):
+        refresh_serving(model, truncated, config, "8", progress=False)
+    with milvus.open_client(config.uri) as client:
+        assert client.list_collections() == ["products_m7_abc"]
+        assert milvus.count(client, config.alias) == 60
+    allowed = refresh_serving(model, truncated, config, "8", progress=False,
+                              allow_deletions=True)
+    assert (allowed.deleted, allowed.count) == (10, 50)
 
 
 def search_in_other_process(uri: str, queue) -> None:

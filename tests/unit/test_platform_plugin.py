@@ -48,8 +48,12 @@ def test_connections_point_at_servers_and_the_server_keeps_its_artifacts(platfor
     monkeypatch.setenv("AIRFLOW_VAR_FUSION_WORK_DIR", "/shared/work")
     monkeypatch.setenv("FUSION_CATALOG_URI", "s3://shop/catalogs/current")
     overrides = platform.platform_overrides()
-    assert overrides[-3:] == ["index.uri=http://milvus:19530", "index.token=root:pw",
+    assert overrides[-2:] == ["index.uri=http://milvus:19530",
                               "registry.tracking_uri=http://mlflow:5000"]
+    assert not any("root:pw" in o for o in overrides)  # the token never is a config value
+    monkeypatch.delenv("FUSION_MILVUS_TOKEN", raising=False)
+    platform.default_args()["pre_execute"]({})
+    assert os.environ.pop("FUSION_MILVUS_TOKEN") == "root:pw"
     assert not any(o.startswith("registry.artifact_location") for o in overrides)
     assert overrides[0] == "train.cache_dir=/shared/work/cache"
     assert platform.default_catalog_uri() == "s3://shop/catalogs/current"
