@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from fusion_model.config import ConfigError, load_config
 
@@ -39,7 +40,7 @@ def test_yaml_file_with_base(tmp_path):
     ("train.stage1.batch_size=1", "in-batch negatives need company"),
     ("model.embed_dim=250", "must be divisible by model.fusion_heads=4"),
     ("eval.primary_metric=recall@7", "K in eval.ks"),
-    ("train.precision=fp16", "choose one of fp32, bf16"),
+    ("train.precision=fp16", "choose one of auto, fp32, bf16"),
     ("share_text_encoder=true", "unknown config key share_text_encoder"),
     ("model.share_text_encoder=1", "must be true or false"),
     ("nonsense", "must look like section.key=value"),
@@ -52,3 +53,15 @@ def test_bad_values_fail_with_what_to_change(override, message):
 def test_unknown_config_name_lists_packaged_ones():
     with pytest.raises(ConfigError, match="packaged configs: default, fast"):
         load_config("turbo")
+
+
+def test_precision_auto_uses_bf16_only_where_the_cpu_has_it(monkeypatch):
+    from fusion_model.models import precision
+
+    assert load_config("default").train.precision == "auto"
+    for native in (True, False):
+        monkeypatch.setattr(precision, "native_bf16", lambda native=native: native)
+        assert precision.uses_bf16("auto") is native
+        assert precision.uses_bf16("bf16") and not precision.uses_bf16("fp32")
+        with precision.autocast("auto"):
+            assert torch.is_autocast_enabled("cpu") is native
