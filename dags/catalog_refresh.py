@@ -12,12 +12,13 @@ asset, which triggers `multimodal_retrieval_training`.
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag
 from fusion_platform import (
     CATALOG_ASSET,
     catalog_uri_param,
     default_args,
     platform_overrides,
+    step_task,
     work_dir,
 )
 
@@ -39,7 +40,7 @@ from fusion_platform import (
                                      "index.max_delete_share of the serving products")},
 )
 def catalog_refresh():
-    @task(doc_md="Validate the snapshot; a failure stops the refresh (index untouched).")
+    @step_task(doc_md="Validate the snapshot; a failure stops the refresh (index untouched).")
     def validate(params=None, run_id=None) -> dict:
         from fusion_model.pipelines import steps
 
@@ -47,7 +48,7 @@ def catalog_refresh():
                               str(work_dir() / "refresh" / run_id / "validation"),
                               str(work_dir() / "profiles" / "catalog.json"))
 
-    @task(outlets=[CATALOG_ASSET],
+    @step_task(outlets=[CATALOG_ASSET],
           doc_md="New collection: unchanged rows copied, new/changed products embedded with "
                  "the champion, verified; then the serving alias moves.")
     def refresh(report: dict, params=None) -> dict:

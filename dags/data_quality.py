@@ -8,8 +8,14 @@ and publish the report (JSON + Data Docs) to MLflow under the `data-quality` exp
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, dag, task
-from fusion_platform import catalog_uri_param, default_args, platform_overrides, work_dir
+from airflow.sdk import Param, dag
+from fusion_platform import (
+    catalog_uri_param,
+    default_args,
+    platform_overrides,
+    step_task,
+    work_dir,
+)
 
 
 @dag(
@@ -25,7 +31,7 @@ from fusion_platform import catalog_uri_param, default_args, platform_overrides,
                                     description="Store as the last good profile if it passes")},
 )
 def data_quality():
-    @task(doc_md="Run every check; never raises, so the report is always published.")
+    @step_task(doc_md="Run every check; never raises, so the report is always published.")
     def validate(params=None, run_id=None) -> dict:
         from fusion_model.pipelines import steps
 
@@ -34,7 +40,7 @@ def data_quality():
         return steps.validate_report(params["catalog_uri"],
                                      str(work_dir() / "quality" / run_id), profile)
 
-    @task(doc_md="Log the report and Data Docs to MLflow; fail the run if checks failed.")
+    @step_task(doc_md="Log the report and Data Docs to MLflow; fail the run if checks failed.")
     def publish(report: dict, params=None) -> dict:
         from fusion_model.pipelines import steps
 

@@ -13,12 +13,13 @@ Runs weekly (Monday 03:00 UTC) **and** whenever the `catalog` asset is updated (
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag
 from fusion_platform import (
     CATALOG_ASSET,
     catalog_uri_param,
     default_args,
     platform_overrides,
+    step_task,
     training_task_args,
     work_dir,
 )
@@ -69,7 +70,7 @@ def _overrides(params: dict) -> list[str]:
     },
 )
 def multimodal_retrieval_training():
-    @task(doc_md="Great Expectations suites, image integrity and drift; fails the run "
+    @step_task(doc_md="Great Expectations suites, image integrity and drift; fails the run "
                  "(nothing downstream) on bad data.")
     def validate(params=None, run_id=None) -> dict:
         from fusion_model.pipelines import steps
@@ -78,7 +79,7 @@ def multimodal_retrieval_training():
         return steps.validate(params["catalog_uri"], str(root / "validation"),
                               str(work_dir() / "profiles" / "catalog.json"))
 
-    @task(doc_md="Stage 1: align queries with product text, fine-tuning the text encoder.",
+    @step_task(doc_md="Stage 1: align queries with product text, fine-tuning the text encoder.",
           **training_task_args())
     def train_stage1(report: dict, params=None, run_id=None) -> dict:
         from fusion_model.pipelines import steps
@@ -86,7 +87,7 @@ def multimodal_retrieval_training():
         return steps.train_stage1(params["catalog_uri"], str(work_dir() / "runs" / run_id),
                                   params["config_name"], _overrides(params))
 
-    @task(doc_md="Stage 2: align queries with product photos and train the fusion network.",
+    @step_task(doc_md="Stage 2: align queries with product photos and train the fusion network.",
           **training_task_args())
     def train_stage2(stage1: dict, params=None, run_id=None) -> dict:
         from fusion_model.pipelines import steps
@@ -95,13 +96,13 @@ def multimodal_retrieval_training():
                                   stage1["model_dir"], params["config_name"],
                                   _overrides(params))
 
-    @task(doc_md="Offline metrics by exact search (overall and per segment).")
+    @step_task(doc_md="Offline metrics by exact search (overall and per segment).")
     def evaluate(trained: dict) -> dict:
         from fusion_model.pipelines import steps
 
         return steps.evaluate(trained["work_dir"])
 
-    @task(doc_md="Log the run to MLflow and register the candidate as `challenger`.")
+    @step_task(doc_md="Log the run to MLflow and register the candidate as `challenger`.")
     def register(trained: dict, metrics: dict, report: dict, params=None) -> dict:
         from fusion_model.pipelines import steps
 
@@ -109,14 +110,14 @@ def multimodal_retrieval_training():
                               params["config_name"], _overrides(params),
                               validation_report=report["report"])
 
-    @task(doc_md="Create the candidate's new collection; one job per shard.")
+    @step_task(doc_md="Create the candidate's new collection; one job per shard.")
     def plan_index(registered: dict, params=None) -> list[dict]:
         from fusion_model.pipelines import steps
 
         return steps.plan_index(registered["version"], params["catalog_uri"],
                                 params["shards"], params["config_name"], _overrides(params))
 
-    @task(doc_md="Embed and upsert one shard of the catalog (resumable).",
+    @step_task(doc_md="Embed and upsert one shard of the catalog (resumable).",
           max_active_tis_per_dag=4)
     def index_shard(job: dict, params=None) -> dict:
         from fusion_model.pipelines import steps
@@ -124,7 +125,7 @@ def multimodal_retrieval_training():
         return steps.index_shard(**job, config_name=params["config_name"],
                                  overrides=_overrides(params))
 
-    @task(doc_md="Count and self-retrieval checks before anything may point at it.")
+    @step_task(doc_md="Count and self-retrieval checks before anything may point at it.")
     def verify_index(jobs: list[dict], shards: list[dict], params=None) -> dict:
         from fusion_model.pipelines import steps
 
@@ -132,7 +133,7 @@ def multimodal_retrieval_training():
         return steps.verify_index(job["version"], job["catalog_uri"], job["collection"],
                                   params["config_name"], _overrides(params))
 
-    @task(doc_md="Challenger vs champion through their collections (ANN) with a paired "
+    @step_task(doc_md="Challenger vs champion through their collections (ANN) with a paired "
                  "bootstrap and guarded segments.")
     def gate(registered: dict, verified: dict, params=None) -> dict:
         from fusion_model.pipelines import steps
@@ -141,7 +142,7 @@ def multimodal_retrieval_training():
                           params["config_name"], _overrides(params),
                           force_promote=params["force_promote"])
 
-    @task(doc_md="Promote (alias swap + `champion`) or reject (nothing changes); audited.")
+    @step_task(doc_md="Promote (alias swap + `champion`) or reject (nothing changes); audited.")
     def promote_or_reject(registered: dict, decision: dict, params=None) -> dict:
         from fusion_model.pipelines import steps
 

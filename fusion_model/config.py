@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from fusion_model.errors import FusionModelError
+from fusion_model.errors import BadInputError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 FUSION_KINDS = ("text_only", "image_only", "concat", "weighted_sum", "late_fusion", "fusion")
@@ -27,7 +27,7 @@ PRECISIONS = ("auto", "fp32", "bf16")  # fusion_model.models.precision
 TOKEN_ENV = "FUSION_MILVUS_TOKEN"
 
 
-class ConfigError(FusionModelError):
+class ConfigError(BadInputError):
     """A config file or override is invalid."""
 
 

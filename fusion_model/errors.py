@@ -7,15 +7,20 @@ class FusionModelError(Exception):
     """Base class of every error this package raises on purpose."""
 
 
+class BadInputError(FusionModelError):
+    """Bad data, configuration or arguments: running the same step again cannot succeed
+    (Airflow tasks fail at once instead of retrying)."""
+
+
 class StorageError(FusionModelError):
     """A path or object URI cannot be read or written."""
 
 
-class UnsupportedURIError(StorageError):
+class UnsupportedURIError(StorageError, BadInputError):
     """A URI scheme other than a local path or s3:// (http://, gs://, ...)."""
 
 
-class CatalogError(FusionModelError):
+class CatalogError(BadInputError):
     """A catalog file breaks the catalog format contract.
 
     The message names the file, the offending rows (1-based data rows, as a
@@ -63,7 +68,7 @@ class IndexUnavailableError(FusionModelError):
     """Milvus cannot be reached, opened or written."""
 
 
-class UnknownVersionError(FusionModelError):
+class UnknownVersionError(BadInputError):
     """A model version that the registry does not hold."""
 
     def __init__(self, model_name: str, version: str, known: list[str]):
@@ -72,7 +77,7 @@ class UnknownVersionError(FusionModelError):
                          f"(versions: {listed})")
 
 
-class InvalidFilterError(FusionModelError):
+class InvalidFilterError(BadInputError):
     """A search filter that Milvus cannot parse or that names an unknown field."""
 
     def __init__(self, expression: str, reason: str, fields: list[str]):

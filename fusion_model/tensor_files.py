@@ -5,10 +5,10 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-from fusion_model.errors import FusionModelError
+from fusion_model.errors import BadInputError
 
 
-class UnsafeFileError(FusionModelError):
+class UnsafeFileError(BadInputError):
     """A torch file that is corrupt or holds more than tensors and plain data."""
 
 

@@ -19,6 +19,7 @@ local files).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -119,6 +120,27 @@ def configure_s3() -> None:
     region = (s3.extra_dejson or {}).get("region_name")
     if region:
         os.environ["AWS_DEFAULT_REGION"] = region
+
+
+def step_task(**task_kwargs):
+    """``@task`` for a fusion-model step: a BadInputError (invalid catalog, config, photo,
+    a refused refresh) fails the task at once, since a retry cannot fix the input; other
+    errors (a server briefly down) keep the DAG's retries."""
+    from airflow.sdk import task
+
+    def decorate(function):
+        @functools.wraps(function)
+        def run(*args, **kwargs):
+            from airflow.sdk.exceptions import AirflowFailException
+
+            from fusion_model.errors import BadInputError
+
+            try:
+                return function(*args, **kwargs)
+            except BadInputError as exc:
+                raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+        return task(**task_kwargs)(run)
+    return decorate
 
 
 def default_args(retries: int = 2) -> dict:

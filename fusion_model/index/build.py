@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from fusion_model import storage
 from fusion_model.config import IndexConfig
 from fusion_model.data.catalog import Catalog
+from fusion_model.errors import BadInputError
 from fusion_model.index import milvus
 from fusion_model.inference import embed_catalog
 from fusion_model.models.towers import TwoTower
@@ -116,7 +117,7 @@ def build_collection(model: TwoTower, catalog: Catalog, config: IndexConfig, nam
     return result
 
 
-class RefreshRefused(milvus.MilvusIndexError):
+class RefreshRefusedError(milvus.MilvusIndexError, BadInputError):
     """A refresh would delete more of the serving products than allowed."""
 
 
@@ -160,10 +161,10 @@ def refresh_serving(model: TwoTower, catalog: Catalog, config: IndexConfig, vers
 
 def check_deletions(collection: str, removed: int, total: int, max_share: float,
                     allowed: bool) -> None:
-    """Raise RefreshRefused when ``removed`` of ``total`` serving products exceeds the cap."""
+    """Raise RefreshRefusedError when ``removed`` of ``total`` serving products exceeds the cap."""
     share = removed / total if total else 0.0
     if share > max_share and not allowed:
-        raise RefreshRefused(
+        raise RefreshRefusedError(
             f"the snapshot drops {removed:,} of the {total:,} products in {collection} "
             f"({share:.0%} > index.max_delete_share={max_share:.0%}); nothing was changed. "
             "Check the snapshot (a truncated or empty upload?), or pass --allow-deletions "

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from fusion_model.errors import FusionModelError
+from fusion_model.errors import BadInputError, FusionModelError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ LITE_MEAN, LITE_STD = 127.0, 128.0
 MAX_IMAGE_PIXELS = 40_000_000
 
 
-class ImageDecodeError(FusionModelError):
+class ImageDecodeError(BadInputError):
     """A photo cannot be decoded (empty, undecodable, truncated or too many pixels)."""
 
     def __init__(self, uri: str, reason: str, product_id: str | None = None):

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from fusion_model.config import RunConfig, load_config
-from fusion_model.errors import NoChampionError
+from fusion_model.errors import BadInputError, NoChampionError
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,8 @@ def publish_report(report: dict, catalog_uri: str, config_name: str = "default",
         mlflow.log_metrics({"checks": report["checks"], "failures": len(report["failures"])})
         mlflow.log_artifacts(str(Path(report["report"]).parent), artifact_path="report")
     if not report["success"]:
-        raise RuntimeError(f"{catalog_uri} failed {len(report['failures'])} check(s): "
-                           + "; ".join(report["failures"][:10]))
+        raise BadInputError(f"{catalog_uri} failed {len(report['failures'])} check(s): "
+                            + "; ".join(report["failures"][:10]))
     return {"run_id": run.info.run_id, "success": True}
 
 

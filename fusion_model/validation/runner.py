@@ -21,7 +21,7 @@ import pandas as pd
 from fusion_model import storage
 from fusion_model.data.catalog import SPLITS, resolve_image
 from fusion_model.data.tables import find_table, read_table
-from fusion_model.errors import CatalogError, FusionModelError
+from fusion_model.errors import BadInputError, CatalogError
 from fusion_model.validation import suites
 from fusion_model.validation.drift import (
     DriftBounds,
@@ -91,7 +91,7 @@ def _describe_example(example: dict) -> str:
     return f"{who}: {what}"
 
 
-class DataValidationError(FusionModelError):
+class DataValidationError(BadInputError):
     """The catalog failed validation; ``report`` holds every check."""
 
     def __init__(self, report: ValidationReport):

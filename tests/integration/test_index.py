@@ -12,7 +12,7 @@ import pytest
 from fusion_model.config import IndexConfig, load_config
 from fusion_model.data.catalog import load_catalog
 from fusion_model.index import milvus
-from fusion_model.index.build import RefreshRefused, build_collection, refresh_serving
+from fusion_model.index.build import RefreshRefusedError, build_collection, refresh_serving
 from fusion_model.models.towers import TwoTower
 from tests.conftest import tiny_overrides
 
@@ -127,7 +127,7 @@ def test_refresh_refuses_a_snapshot_that_drops_too_many_products(model, catalog,
     with milvus.open_client(config.uri) as client:
         milvus.point_alias(client, config.alias, "products_m7_abc")
     truncated = dataclasses.replace(catalog, products=catalog.products.head(50))
-    with pytest.raises(RefreshRefused, match=r"drops 10 of the 60 products.*allow-deletions"):
+    with pytest.raises(RefreshRefusedError, match=r"drops 10 of the 60 products.*allow-deletions"):
         refresh_serving(model, truncated, config, "8", progress=False)
     with milvus.open_client(config.uri) as client:
         assert client.list_collections() == ["products_m7_abc"]

@@ -78,3 +78,20 @@ def test_training_tasks_go_to_the_configured_queue_only_when_one_is_set(platform
     assert platform.training_task_args() == {}
     monkeypatch.setenv("FUSION_TRAINING_QUEUE", "gpu")
     assert platform.training_task_args() == {"queue": "gpu"}
+
+
+def test_bad_input_fails_a_task_at_once_and_other_errors_keep_retries(platform):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from fusion_model.errors import CatalogError
+
+    def raising(exc):
+        @platform.step_task(doc_md="test")
+        def step(params=None):
+            raise exc
+        return step.function
+
+    with pytest.raises(AirflowFailException, match=r"CatalogError: p.csv, row 2: bad id"):
+        raising(CatalogError("p.csv", "bad id", rows=[2]))(params={})
+    with pytest.raises(ConnectionError):  # a server briefly down: retried by Airflow
+        raising(ConnectionError("refused"))(params={})
