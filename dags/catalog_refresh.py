@@ -16,6 +16,7 @@ from airflow.sdk import Param, dag
 from fusion_platform import (
     CATALOG_ASSET,
     catalog_uri_param,
+    config_name_param,
     default_args,
     platform_overrides,
     step_task,
@@ -33,8 +34,7 @@ from fusion_platform import (
     doc_md=__doc__,
     default_args=default_args(retries=2),
     params={"catalog_uri": catalog_uri_param("The new snapshot: directory or s3:// prefix"),
-            "config_name": Param("default", type="string", enum=["default", "fast"],
-                                 description="Config (index and registry settings)"),
+            "config_name": config_name_param(),
             "allow_deletions": Param(False, type="boolean",
                                      description="Accept a snapshot that drops more than "
                                      "index.max_delete_share of the serving products")},
@@ -49,8 +49,8 @@ def catalog_refresh():
                               str(work_dir() / "profiles" / "catalog.json"))
 
     @step_task(outlets=[CATALOG_ASSET],
-          doc_md="New collection: unchanged rows copied, new/changed products embedded with "
-                 "the champion, verified; then the serving alias moves.")
+               doc_md="New collection: unchanged rows copied, new/changed products embedded with "
+                      "the champion, verified; then the serving alias moves.")
     def refresh(report: dict, params=None) -> dict:
         from fusion_model.pipelines import steps
 

@@ -11,6 +11,7 @@ import pendulum
 from airflow.sdk import Param, dag
 from fusion_platform import (
     catalog_uri_param,
+    config_name_param,
     default_args,
     platform_overrides,
     step_task,
@@ -27,6 +28,7 @@ from fusion_platform import (
     doc_md=__doc__,
     default_args=default_args(retries=1),
     params={"catalog_uri": catalog_uri_param("Catalog directory or s3:// prefix"),
+            "config_name": config_name_param(),
             "update_profile": Param(False, type="boolean",
                                     description="Store as the last good profile if it passes")},
 )
@@ -44,7 +46,7 @@ def data_quality():
     def publish(report: dict, params=None) -> dict:
         from fusion_model.pipelines import steps
 
-        return steps.publish_report(report, params["catalog_uri"], "default",
+        return steps.publish_report(report, params["catalog_uri"], params["config_name"],
                                     platform_overrides())
 
     publish(validate())

@@ -17,6 +17,8 @@ from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag
 from fusion_platform import (
     CATALOG_ASSET,
     catalog_uri_param,
+    chosen_overrides,
+    config_name_param,
     default_args,
     platform_overrides,
     step_task,
@@ -24,16 +26,15 @@ from fusion_platform import (
     work_dir,
 )
 
+FORM_KEYS = {"epochs_stage1": "train.stage1.epochs", "epochs_stage2": "train.stage2.epochs",
+             "primary_metric": "gate.primary_metric", "min_improvement": "gate.min_improvement",
+             "guarded_segments": "gate.guarded_segments"}
+
 
 def _overrides(params: dict) -> list[str]:
-    """Deployment overrides plus what the trigger form asked for."""
-    segments = ",".join(params["guarded_segments"])
-    return [*platform_overrides(),
-            f"train.stage1.epochs={params['epochs_stage1']}",
-            f"train.stage2.epochs={params['epochs_stage2']}",
-            f"gate.primary_metric={params['primary_metric']}",
-            f"gate.min_improvement={params['min_improvement']}",
-            f"gate.guarded_segments=[{segments}]", *params["extra_overrides"]]
+    """Deployment overrides plus what the trigger form set (empty fields: the config's)."""
+    return [*platform_overrides(), *chosen_overrides(params, FORM_KEYS),
+            *params["extra_overrides"]]
 
 
 @dag(
@@ -48,19 +49,23 @@ def _overrides(params: dict) -> list[str]:
     default_args=default_args(retries=2),
     params={
         "catalog_uri": catalog_uri_param("Catalog directory or s3://bucket/prefix"),
-        "config_name": Param("default", type="string", enum=["default", "fast"],
-                             description="Packaged training config"),
-        "epochs_stage1": Param(3, type="integer", minimum=0, maximum=50,
-                               description="Stage 1 epochs (query <-> product text)"),
-        "epochs_stage2": Param(4, type="integer", minimum=0, maximum=50,
-                               description="Stage 2 epochs (query <-> image + fusion)"),
-        "primary_metric": Param("recall@10", type="string",
-                                enum=["recall@10", "recall@100", "ndcg@10", "mrr"],
-                                description="Metric the gate decides on"),
-        "min_improvement": Param(0.0, type="number", minimum=0,
-                                 description="Required absolute gain over the champion"),
-        "guarded_segments": Param(["visual_query", "text_only_attribute"], type="array",
-                                  description="Segments that must not regress"),
+        "config_name": config_name_param(),
+        "epochs_stage1": Param(None, type=["null", "integer"], minimum=0, maximum=50,
+                               description="Stage 1 epochs (query <-> product text); "
+                               "empty: the config's"),
+        "epochs_stage2": Param(None, type=["null", "integer"], minimum=0, maximum=50,
+                               description="Stage 2 epochs (query <-> image + fusion); "
+                               "empty: the config's"),
+        "primary_metric": Param(None, type=["null", "string"],
+                                enum=[None, "recall@10", "recall@100", "ndcg@10", "mrr"],
+                                description="Metric the gate decides on; empty: the "
+                                "config's (recall@10)"),
+        "min_improvement": Param(None, type=["null", "number"], minimum=0,
+                                 description="Required absolute gain over the champion; "
+                                 "empty: the config's (0)"),
+        "guarded_segments": Param(None, type=["null", "array"],
+                                  description="Segments that must not regress; empty: the "
+                                  "config's"),
         "force_promote": Param(False, type="boolean",
                                description="Promote even if the gate says no (audited)"),
         "shards": Param(2, type="integer", minimum=1, maximum=64,
@@ -71,7 +76,7 @@ def _overrides(params: dict) -> list[str]:
 )
 def multimodal_retrieval_training():
     @step_task(doc_md="Great Expectations suites, image integrity and drift; fails the run "
-                 "(nothing downstream) on bad data.")
+                      "(nothing downstream) on bad data.")
     def validate(params=None, run_id=None) -> dict:
         from fusion_model.pipelines import steps
 
@@ -80,7 +85,7 @@ def multimodal_retrieval_training():
                               str(work_dir() / "profiles" / "catalog.json"))
 
     @step_task(doc_md="Stage 1: align queries with product text, fine-tuning the text encoder.",
-          **training_task_args())
+               **training_task_args())
     def train_stage1(report: dict, params=None, run_id=None) -> dict:
         from fusion_model.pipelines import steps
 
@@ -88,7 +93,7 @@ def multimodal_retrieval_training():
                                   params["config_name"], _overrides(params))
 
     @step_task(doc_md="Stage 2: align queries with product photos and train the fusion network.",
-          **training_task_args())
+               **training_task_args())
     def train_stage2(stage1: dict, params=None, run_id=None) -> dict:
         from fusion_model.pipelines import steps
 
@@ -96,14 +101,15 @@ def multimodal_retrieval_training():
                                   stage1["model_dir"], params["config_name"],
                                   _overrides(params))
 
-    @step_task(doc_md="Offline metrics by exact search (overall and per segment).")
+    @step_task(doc_md="Publish the offline metrics (exact search over the whole catalog, "
+                      "overall and per segment) that training computed, as this task's XCom.")
     def evaluate(trained: dict) -> dict:
         from fusion_model.pipelines import steps
 
         return steps.evaluate(trained["work_dir"])
 
     @step_task(doc_md="Log the run to MLflow and register the candidate as `challenger`.")
-    def register(trained: dict, metrics: dict, report: dict, params=None) -> dict:
+    def register(trained: dict, report: dict, params=None) -> dict:
         from fusion_model.pipelines import steps
 
         return steps.register(trained["work_dir"], params["catalog_uri"],
@@ -118,7 +124,7 @@ def multimodal_retrieval_training():
                                 params["shards"], params["config_name"], _overrides(params))
 
     @step_task(doc_md="Embed and upsert one shard of the catalog (resumable).",
-          max_active_tis_per_dag=4)
+               max_active_tis_per_dag=4)
     def index_shard(job: dict, params=None) -> dict:
         from fusion_model.pipelines import steps
 
@@ -134,7 +140,7 @@ def multimodal_retrieval_training():
                                   params["config_name"], _overrides(params))
 
     @step_task(doc_md="Challenger vs champion through their collections (ANN) with a paired "
-                 "bootstrap and guarded segments.")
+                      "bootstrap and guarded segments.")
     def gate(registered: dict, verified: dict, params=None) -> dict:
         from fusion_model.pipelines import steps
 
@@ -152,8 +158,8 @@ def multimodal_retrieval_training():
     report = validate()
     stage1 = train_stage1(report)
     trained = train_stage2(stage1)
-    metrics = evaluate(trained)
-    registered = register(trained, metrics, report)
+    registered = register(trained, report)
+    evaluate(trained) >> registered
     jobs = plan_index(registered)
     shards = index_shard.expand(job=jobs)
     verified = verify_index(jobs, shards)

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from fusion_model.errors import BadInputError
+from fusion_model.index.milvus import SUPPORTED_INDEXES, SUPPORTED_METRICS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 FUSION_KINDS = ("text_only", "image_only", "concat", "weighted_sum", "late_fusion", "fusion")
@@ -296,11 +297,12 @@ def validate(config: RunConfig) -> None:
          "eval.min_relevant_grade must be 1..3, or 0 for the catalog's highest grade"),
         (0 <= config.index.max_delete_share <= 1, "index.max_delete_share must be in [0, 1]"),
         (all(k > 0 for k in config.eval.ks), "eval.ks must be positive integers"),
-        (config.index.index_type.upper() in ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ"),
-         f"index.index_type={config.index.index_type!r}: Milvus Lite 3.2 builds FLAT, "
-         "IVF_FLAT, IVF_SQ8, HNSW, HNSW_SQ (others silently fall back)"),
-        (config.index.metric in ("IP", "COSINE", "L2"),
-         f"index.metric={config.index.metric!r}: choose IP, COSINE or L2"),
+        (config.index.index_type.upper() in SUPPORTED_INDEXES,
+         f"index.index_type={config.index.index_type!r}: Milvus Lite 3.2 builds "
+         f"{', '.join(SUPPORTED_INDEXES)} (others silently fall back)"),
+        (config.index.metric in SUPPORTED_METRICS,
+         f"index.metric={config.index.metric!r}: choose {' or '.join(SUPPORTED_METRICS)} "
+         "(scores must be similarities: verification and the gate rank by them)"),
         (config.index.keep_collections >= 1, "index.keep_collections must be >= 1"),
         (_metric_known(config.gate.primary_metric, config.eval.ks),
          f"gate.primary_metric={config.gate.primary_metric!r}: use mrr or recall@K, "

@@ -122,6 +122,35 @@ def configure_s3() -> None:
         os.environ["AWS_DEFAULT_REGION"] = region
 
 
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped in ``fusion_model/configs`` (the DAGs' enum)."""
+    from importlib.resources import files
+
+    return sorted(p.name.removesuffix(".yaml") for p in files("fusion_model").joinpath(
+        "configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def config_name_param():
+    from airflow.sdk import Param
+
+    return Param("default", type="string", enum=packaged_configs(),
+                 description="Packaged config (fusion_model/configs); params left empty "
+                 "take their values from it")
+
+
+def chosen_overrides(params: dict, keys: dict[str, str]) -> list[str]:
+    """``key=value`` for each param (name -> config key) the user set; params left at
+    None keep the config's value. Lists become ``[a,b]``."""
+    chosen = []
+    for name, key in keys.items():
+        value = params.get(name)
+        if value is None:
+            continue
+        text = f"[{','.join(map(str, value))}]" if isinstance(value, list) else value
+        chosen.append(f"{key}={text}")
+    return chosen
+
+
 def step_task(**task_kwargs):
     """``@task`` for a fusion-model step: a BadInputError (invalid catalog, config, photo,
     a refused refresh) fails the task at once, since a retry cannot fix the input; other

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,12 +27,17 @@ log = logging.getLogger(__name__)
 
 # Milvus Lite 3.2 builds these; others silently fall back to FLAT, so they are rejected.
 SUPPORTED_INDEXES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ")
+# Scores are similarities of unit vectors (higher is better), as verification, the gate
+# and exact evaluation assume; a distance metric (L2) would invert them.
+SUPPORTED_METRICS = ("IP", "COSINE")
 DEFAULT_INDEX_PARAMS = {"HNSW": {"M": 16, "efConstruction": 200}, "HNSW_SQ": {
     "M": 16, "efConstruction": 200, "sq_type": "SQ8"}, "IVF_FLAT": {"nlist": 128},
     "IVF_SQ8": {"nlist": 128}, "FLAT": {}}
 DEFAULT_SEARCH_PARAMS = {"HNSW": {"ef": 128}, "HNSW_SQ": {"ef": 128}, "IVF_FLAT": {"nprobe": 16},
                          "IVF_SQ8": {"nprobe": 16}, "FLAT": {}}
 MAX_VARCHAR = 512
+# Per-client search preparation (load state, search params), dropped with the client.
+_PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 QUERY_PAGE = 16384
 
 
@@ -260,7 +266,7 @@ def search(client, name: str, vectors: np.ndarray, k: int, filter_expr: str = ""
 def _prepared(client, name: str) -> dict:
     """Load state and search params checked once per client and name (saves ~4 RPCs per
     single-query search); ``point_alias`` clears it."""
-    cache = client.__dict__.setdefault("_fusion_prepared", {})
+    cache = _PREPARED.setdefault(client, {})
     if name not in cache:
         ensure_loaded(client, name)
         cache[name] = _search_params(client, name)
@@ -286,7 +292,7 @@ def aliases_of(client, name: str) -> list[str]:
 
 def point_alias(client, alias: str, name: str) -> str | None:
     """Point ``alias`` at ``name``; return the collection it pointed at before."""
-    client.__dict__.pop("_fusion_prepared", None)
+    _PREPARED.pop(client, None)
     previous = resolve_alias(client, alias)
     if previous == alias:
         client.create_alias(name, alias)

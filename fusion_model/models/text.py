@@ -105,12 +105,6 @@ class TextEncoder(nn.Module):
             hidden = output[0] if isinstance(output, tuple) else output
         return hidden
 
-    def encode(self, texts: list[str], max_length: int | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """texts -> final token states (B, T, D) and mask (B, T)."""
-        hidden, mask = self.bottom(texts, max_length)
-        return self.top(hidden, mask), mask
-
     def fingerprint(self) -> str:
         """Identifies the frozen bottom: model, split point and its weights."""
         digest = hashlib.sha256(f"{self.model_name}|{self.split}|{self.max_length}".encode())

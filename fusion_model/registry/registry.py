@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -178,13 +177,3 @@ def champion_on(name: str, experiment: str, when: str) -> dict | None:
         if entry["time"] <= when and entry["decision"] in ("promote", "rollback"):
             current = entry
     return current
-
-
-def wait_for_ready(name: str, version: str, timeout: float = 60.0) -> None:
-    """Model versions are created asynchronously on some backends; wait until READY."""
-    client = _client()
-    deadline = time.time() + timeout
-    while client.get_model_version(name, version).status != "READY":
-        if time.time() > deadline:
-            raise TimeoutError(f"model {name} version {version} not READY after {timeout}s")
-        time.sleep(0.5)

@@ -84,6 +84,29 @@ def test_trigger_form_params_are_described_and_validated(dagbag):
         params.get_param("primary_metric").resolve("accuracy")
 
 
+def test_form_params_override_only_what_the_user_set(dagbag):
+    """Empty fields keep the chosen config's values (fast: 2 + 2 epochs), and the config
+    enum of every DAG is the list of packaged configs."""
+    import importlib.util
+
+    from fusion_platform import packaged_configs
+
+    training = dagbag.dags["multimodal_retrieval_training"]
+    form = dict(training.params)
+    spec = importlib.util.spec_from_file_location("training_dag", training.fileloc)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    deployment = set(module.platform_overrides())
+    assert [o for o in module._overrides(form) if o not in deployment] == []
+    form.update(epochs_stage1=0, guarded_segments=["visual_query"])
+    assert [o for o in module._overrides(form) if o not in deployment] == [
+        "train.stage1.epochs=0", "gate.guarded_segments=[visual_query]"]
+    assert {"default", "fast"} <= set(packaged_configs())
+    for dag_id in ("multimodal_retrieval_training", "catalog_refresh", "data_quality"):
+        assert dagbag.dags[dag_id].params.get_param("config_name").schema["enum"] == \
+            packaged_configs()
+
+
 def test_deployment_environment_sets_catalog_default_and_training_queue(airflow_home,
                                                                          monkeypatch):
     """FUSION_CATALOG_URI becomes the trigger form's default (what scheduled and asset

@@ -41,6 +41,7 @@ def test_yaml_file_with_base(tmp_path):
     ("model.embed_dim=250", "must be divisible by model.fusion_heads=4"),
     ("eval.primary_metric=recall@7", "K in eval.ks"),
     ("train.precision=fp16", "choose one of auto, fp32, bf16"),
+    ("index.metric=L2", "choose IP or COSINE"),
     ("share_text_encoder=true", "unknown config key share_text_encoder"),
     ("model.share_text_encoder=1", "must be true or false"),
     ("nonsense", "must look like section.key=value"),
