@@ -49,7 +49,7 @@ bench: setup ## tests marked slow, throughput benchmark + ablation table (see be
 	$(PY) benchmarks/index_bench.py --products 100000 --uri $(BENCH_DIR)/milvus.db
 	$(VENV)/bin/fusion-model benchmark --catalog $(BENCH_DIR)/synthetic \
 		--output $(BENCH_DIR)/synthetic.json --work-dir $(BENCH_DIR)/work \
-		--models zero_shot_text,text_only,image_only,concat,weighted_sum,late_fusion,fusion,concat_no_ft,fusion_no_ft \
+		--models core,concat_no_ft,fusion_no_ft \
 		train.cache_dir=$(BENCH_DIR)/cache
 
 lint: setup ## ruff

@@ -14,13 +14,14 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fusion_model.config import RunConfig, load_config
 from fusion_model.data.catalog import Catalog, load_catalog
 from fusion_model.evaluation.bootstrap import paired_bootstrap_difference
 from fusion_model.evaluation.evaluator import EvaluationResult, evaluate_vectors, query_segments
-from fusion_model.models.heads import l2
+from fusion_model.models.heads import HEADS, l2
 from fusion_model.models.text import TextEncoder, mean_pool
 from fusion_model.training.data import build_data
 from fusion_model.training.features import text_bottom_features
@@ -28,14 +29,11 @@ from fusion_model.training.trainer import train
 
 log = logging.getLogger(__name__)
 
-CORE_MODELS = ("zero_shot_text", "text_only", "image_only", "concat", "weighted_sum",
-               "late_fusion", "fusion")
-EXTRA_MODELS = ("text_only_no_ft", "concat_no_ft", "fusion_no_ft")
-ALL_MODELS = CORE_MODELS + EXTRA_MODELS
 REPORTED = ("recall@10", "recall@100", "ndcg@10", "mrr")
 # The paper's ladder, each step tested with a paired bootstrap on the same queries.
 LADDER = (("concat_no_ft", "text_only_no_ft"), ("concat", "concat_no_ft"),
           ("concat", "text_only"), ("fusion", "concat"), ("fusion", "weighted_sum"),
+          ("fusion", "late_fusion"),
           ("fusion", "fusion_no_ft"))
 
 
@@ -59,17 +57,65 @@ def zero_shot_text(catalog: Catalog, config: RunConfig) -> EvaluationResult:
                             query_segments(catalog.queries, catalog.products, catalog.judgments))
 
 
-def run_benchmark(catalog_uri: str, output: str | None = None,
-                  models: tuple[str, ...] = CORE_MODELS, config_name: str = "default",
-                  overrides: tuple[str, ...] = (), work_dir: str = "runs/benchmark",
-                  progress: bool = True) -> dict:
-    """Train and evaluate ``models``; return (and write) the results JSON."""
-    unknown = [m for m in models if m not in ALL_MODELS]
+def core_models() -> tuple[str, ...]:
+    """The untrained floor and every registered product head, fine-tuned."""
+    return ("zero_shot_text", *HEADS)
+
+
+def all_models() -> tuple[str, ...]:
+    """The core models plus each text-using head without domain fine-tuning (``_no_ft``)."""
+    return core_models() + tuple(f"{kind}_no_ft" for kind, head in HEADS.items()
+                                 if head.uses_text)
+
+
+def resolve_models(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Model names with ``core`` expanded to the core ladder; unknown names are refused."""
+    expanded = [m for name in names for m in (core_models() if name == "core" else (name,))]
+    unknown = [m for m in expanded if m not in all_models()]
     if unknown:
-        raise ValueError(f"unknown model(s) {unknown}; choose from {', '.join(ALL_MODELS)}")
+        raise ValueError(f"unknown model(s) {unknown}; choose from core, "
+                         f"{', '.join(all_models())}")
+    return tuple(dict.fromkeys(expanded))
+
+
+def run_benchmark(catalog_uri: str, output: str | None = None,
+                  models: tuple[str, ...] = ("core",), config_name: str = "default",
+                  overrides: tuple[str, ...] = (), work_dir: str = "runs/benchmark",
+                  progress: bool = True, seeds: int = 1) -> dict:
+    """Train and evaluate ``models`` with ``seeds`` seeds; return (and write) the results.
+
+    With several seeds (``train.seed``, +1, +2, ...) every metric is the mean over seeds,
+    ``seeds`` gives each seed's value and the spread, and the CIs are over queries of the
+    per-query scores averaged over seeds.
+    """
+    models = resolve_models(models)
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds}")
     catalog = load_catalog(catalog_uri)
     base = load_config(config_name, list(overrides)).for_catalog(catalog.max_grade)
-    work = Path(work_dir)
+    runs = []
+    for offset in range(seeds):
+        seed = base.train.seed + offset
+        config = base.replace(f"train.seed={seed}") if offset else base
+        work = Path(work_dir) / f"seed{seed}" if seeds > 1 else Path(work_dir)
+        log.info("benchmark seed %d (%d/%d)", seed, offset + 1, seeds)
+        runs.append(_run_models(catalog, config, models, work, progress))
+    results = {m: average_results([run[0][m] for run in runs]) for m in models}
+    seconds = {m: float(np.mean([run[1].get(m, 0.0) for run in runs])) for m in models}
+    report = build_report(catalog, base, results, seconds)
+    if seeds > 1:
+        for name in models:
+            report["models"][name]["seeds"] = seed_spread([run[0][name] for run in runs])
+    print(format_table(report))
+    if output:
+        Path(output).write_text(json.dumps(report, indent=2))
+        log.info("wrote %s", output)
+    return report
+
+
+def _run_models(catalog: Catalog, base: RunConfig, models: tuple[str, ...], work: Path,
+                progress: bool) -> tuple[dict[str, EvaluationResult], dict[str, float]]:
+    """One seed: every model's test result and training seconds (stage 1 shared)."""
     results: dict[str, EvaluationResult] = {}
     seconds: dict[str, float] = {}
     stage1_dirs: dict[bool, str] = {}
@@ -107,12 +153,33 @@ def run_benchmark(catalog_uri: str, output: str | None = None,
         started = time.perf_counter()
         results[name] = train(catalog, config, work / name, progress, stage1_from=from_dir).test
         seconds[name] = stage1_seconds[finetune] + time.perf_counter() - started
-    report = build_report(catalog, base, {m: results[m] for m in models}, seconds)
-    print(format_table(report))
-    if output:
-        Path(output).write_text(json.dumps(report, indent=2))
-        log.info("wrote %s", output)
-    return report
+    return results, seconds
+
+
+def average_results(results: list[EvaluationResult]) -> EvaluationResult:
+    """One result whose metrics, per-query and segment values are means over seeds."""
+    if len(results) == 1:
+        return results[0]
+
+    def mean_of(tables: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+        keys = set.intersection(*(set(t) for t in tables))
+        return {k: {m: float(np.mean([t[k][m] for t in tables])) for m in tables[0][k]}
+                for k in sorted(keys)}
+
+    metrics = {m: float(np.mean([r.metrics[m] for r in results])) for m in results[0].metrics}
+    return EvaluationResult(metrics, mean_of([r.per_query for r in results]),
+                            mean_of([r.segments for r in results]))
+
+
+def seed_spread(results: list[EvaluationResult]) -> dict[str, dict]:
+    """Per reported metric: each seed's value, their mean, standard deviation, min and max."""
+    spread = {}
+    for metric in REPORTED:
+        values = [r.metrics[metric] for r in results]
+        spread[metric] = {"values": values, "mean": float(np.mean(values)),
+                          "std": float(np.std(values, ddof=1)), "min": min(values),
+                          "max": max(values)}
+    return spread
 
 
 def build_report(catalog: Catalog, config: RunConfig, results: dict[str, EvaluationResult],
@@ -153,13 +220,17 @@ def build_report(catalog: Catalog, config: RunConfig, results: dict[str, Evaluat
 def format_table(report: dict) -> str:
     """Plain-text table: metric [95% CI] per model, and the gain over text_only."""
     header = f"{'model':<16}" + "".join(f"{m:>24}" for m in REPORTED) + \
-        f"{'nDCG@10 vs text':>18}{'train s':>9}"
+        f"{'nDCG@10 vs text':>18}{'seed sd':>9}{'train s':>9}"
     lines = [header, "-" * len(header)]
     for name, entry in report["models"].items():
         cells = "".join(f"{entry[m]:>8.4f} [{entry['ci95'][m]['low']:.3f},"
                         f"{entry['ci95'][m]['high']:.3f}]" for m in REPORTED)
         delta = entry.get("vs_text_only", {}).get("ndcg@10")
         gain = f"{delta['mean']:+.4f}{'*' if delta['low'] > 0 else ' '}" if delta else "-"
-        lines.append(f"{name:<16}{cells}{gain:>18}{entry['train_seconds']:>9.0f}")
+        spread = entry.get("seeds", {}).get("ndcg@10")
+        sd = f"{spread['std']:.4f}" if spread else "-"
+        lines.append(f"{name:<16}{cells}{gain:>18}{sd:>9}{entry['train_seconds']:>9.0f}")
     lines.append("* paired bootstrap 95% CI of the difference excludes 0")
+    if any("seeds" in entry for entry in report["models"].values()):
+        lines.append("means over seeds; seed sd: standard deviation of nDCG@10 across seeds")
     return "\n".join(lines)

@@ -110,7 +110,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     models = tuple(args.models.split(",")) if args.models else None
     kwargs = {"models": models} if models else {}
     run_benchmark(args.catalog, args.output, config_name=args.config,
-                  overrides=tuple(args.overrides), work_dir=args.work_dir, **kwargs)
+                  overrides=tuple(args.overrides), work_dir=args.work_dir, seeds=args.seeds,
+                  **kwargs)
     return 0
 
 
@@ -382,7 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench = steps.add_parser("benchmark", help="train and compare every model on a catalog")
     bench.add_argument("--catalog", required=True)
     bench.add_argument("--output", default="results.json", help="results JSON file")
-    bench.add_argument("--models", help="comma-separated subset (default: the core ladder)")
+    bench.add_argument("--models", help="comma-separated models; `core` is the core ladder "
+                       "(the default), e.g. core,fusion_no_ft")
+    bench.add_argument("--seeds", type=_positive_int, default=1,
+                       help="train every model with this many seeds; report means and spread")
     bench.add_argument("--config", default="default")
     bench.add_argument("--work-dir", default="runs/benchmark")
     bench.add_argument("overrides", nargs="*", metavar="key=value")

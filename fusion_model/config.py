@@ -23,7 +23,6 @@ from fusion_model.errors import BadInputError
 from fusion_model.index.milvus import SUPPORTED_INDEXES, SUPPORTED_METRICS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-FUSION_KINDS = ("text_only", "image_only", "concat", "weighted_sum", "late_fusion", "fusion")
 PRECISIONS = ("auto", "fp32", "bf16")  # fusion_model.models.precision
 TOKEN_ENV = "FUSION_MILVUS_TOKEN"
 
@@ -49,7 +48,7 @@ class ImageEncoderConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    fusion: str = "fusion"           # one of FUSION_KINDS
+    fusion: str = "fusion"           # a product head: fusion_model.models.heads.HEADS
     embed_dim: int = 256
     share_text_encoder: bool = True  # query and product towers share the text encoder
     fusion_heads: int = 4
@@ -280,9 +279,11 @@ def _coerce(value: Any, hint, key: str):
 
 def validate(config: RunConfig) -> None:
     """Value ranges and combinations; each message says what to change."""
+    from fusion_model.models.heads import HEADS
+
     checks = [
-        (config.model.fusion in FUSION_KINDS,
-         f"model.fusion={config.model.fusion!r}: choose one of {', '.join(FUSION_KINDS)}"),
+        (config.model.fusion in HEADS,
+         f"model.fusion={config.model.fusion!r}: choose one of {', '.join(HEADS)}"),
         (config.model.embed_dim % config.model.fusion_heads == 0,
          f"model.embed_dim={config.model.embed_dim} must be divisible by "
          f"model.fusion_heads={config.model.fusion_heads}"),

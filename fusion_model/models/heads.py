@@ -9,9 +9,18 @@ Every product head maps encoder outputs to one L2-normalised vector per product:
 so they are trained and evaluated identically. ``late_fusion`` scores at the score level;
 its vector is [a * text, (1 - a) * image] against a query vector [q_text, q_image],
 so one inner product = a * s_text + (1 - a) * s_image and one ANN search still serves it.
+
+Heads register themselves by name (``class MyHead(ProductHead, name="mine")``); every list of
+kinds (config validation, the benchmark's models, the tower's layout) reads ``HEADS``. A new
+head is one class: it declares whether it uses the image (and the text), how many query
+spaces its vector has (``query_spaces``; the output size follows) and takes the one
+constructor signature ``(text_dim, image_dim, settings)``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -29,17 +38,45 @@ def image_pool(tokens: torch.Tensor) -> torch.Tensor:
     return tokens.mean(dim=1)
 
 
+@dataclass(frozen=True)
+class HeadSettings:
+    """What every head is built from (``model.*`` of the run config)."""
+
+    embed_dim: int
+    heads: int = 4
+    dropout: float = 0.1
+
+
+HEADS: dict[str, type[ProductHead]] = {}
+
+
 class ProductHead(nn.Module):
     """Base: text/image projections shared by every kind (stage 1 trains ``text_proj``)."""
 
-    uses_image = True
+    name: ClassVar[str]
+    uses_text: ClassVar[bool] = True
+    uses_image: ClassVar[bool] = True
+    query_spaces: ClassVar[int] = 1  # 2: the query vector is [text space; image space]
 
-    def __init__(self, text_dim: int, image_dim: int, embed_dim: int):
+    def __init_subclass__(cls, name: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            if name in HEADS:
+                raise ValueError(f"product head {name!r} is registered twice")
+            cls.name = name
+            HEADS[name] = cls
+
+    @classmethod
+    def output_dim(cls, embed_dim: int) -> int:
+        return cls.query_spaces * embed_dim
+
+    def __init__(self, text_dim: int, image_dim: int, settings: HeadSettings):
         super().__init__()
-        self.embed_dim = embed_dim
-        self.out_dim = embed_dim
-        self.text_proj = nn.Linear(text_dim, embed_dim)
-        self.image_proj = nn.Linear(image_dim, embed_dim) if self.uses_image else None
+        self.settings = settings
+        self.embed_dim = settings.embed_dim
+        self.out_dim = self.output_dim(settings.embed_dim)
+        self.text_proj = nn.Linear(text_dim, settings.embed_dim)
+        self.image_proj = nn.Linear(image_dim, settings.embed_dim) if self.uses_image else None
 
     def text_vector(self, text_tokens: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         return self.text_proj(mean_pool(text_tokens, text_mask))
@@ -48,23 +85,26 @@ class ProductHead(nn.Module):
         return self.image_proj(image_pool(image_tokens))
 
 
-class TextOnlyHead(ProductHead):
+class TextOnlyHead(ProductHead, name="text_only"):
     uses_image = False
 
     def forward(self, text_tokens, text_mask, image_tokens=None, image_present=None):
         return l2(self.text_vector(text_tokens, text_mask))
 
 
-class ImageOnlyHead(ProductHead):
+class ImageOnlyHead(ProductHead, name="image_only"):
+    uses_text = False
+
     def forward(self, text_tokens, text_mask, image_tokens, image_present):
         return l2(self.image_vector(image_tokens) * image_present.unsqueeze(-1))
 
 
-class ConcatHead(ProductHead):
+class ConcatHead(ProductHead, name="concat"):
     """Naive fusion: MLP over [text; image] pooled features."""
 
-    def __init__(self, text_dim: int, image_dim: int, embed_dim: int, dropout: float = 0.1):
-        super().__init__(text_dim, image_dim, embed_dim)
+    def __init__(self, text_dim: int, image_dim: int, settings: HeadSettings):
+        super().__init__(text_dim, image_dim, settings)
+        embed_dim, dropout = settings.embed_dim, settings.dropout
         self.mlp = nn.Sequential(nn.Linear(2 * embed_dim, 2 * embed_dim), nn.GELU(),
                                  nn.Dropout(dropout), nn.Linear(2 * embed_dim, embed_dim))
 
@@ -74,11 +114,11 @@ class ConcatHead(ProductHead):
         return l2(self.mlp(torch.cat([text, image], dim=-1)))
 
 
-class WeightedSumHead(ProductHead):
+class WeightedSumHead(ProductHead, name="weighted_sum"):
     """a * text + (1 - a) * image with one learned a; a missing photo leaves text alone."""
 
-    def __init__(self, text_dim: int, image_dim: int, embed_dim: int):
-        super().__init__(text_dim, image_dim, embed_dim)
+    def __init__(self, text_dim: int, image_dim: int, settings: HeadSettings):
+        super().__init__(text_dim, image_dim, settings)
         self.mix = nn.Parameter(torch.zeros(()))
 
     def forward(self, text_tokens, text_mask, image_tokens, image_present):
@@ -89,12 +129,13 @@ class WeightedSumHead(ProductHead):
         return l2(text * (a * present + (1 - present)) + (1 - a) * image * present)
 
 
-class LateFusionHead(ProductHead):
+class LateFusionHead(ProductHead, name="late_fusion"):
     """Score-level fusion: separate text and image scores mixed by a learned weight."""
 
-    def __init__(self, text_dim: int, image_dim: int, embed_dim: int):
-        super().__init__(text_dim, image_dim, embed_dim)
-        self.out_dim = 2 * embed_dim
+    query_spaces = 2
+
+    def __init__(self, text_dim: int, image_dim: int, settings: HeadSettings):
+        super().__init__(text_dim, image_dim, settings)
         self.mix = nn.Parameter(torch.zeros(()))
 
     def forward(self, text_tokens, text_mask, image_tokens, image_present):
@@ -125,7 +166,7 @@ class CrossModalBlock(nn.Module):
         return attended + self.ffn(self.norm_ffn(query + attended))
 
 
-class FusionHead(ProductHead):
+class FusionHead(ProductHead, name="fusion"):
     """The modality fusion network.
 
     1. Project text tokens and image regions into the shared d-dim space.
@@ -139,10 +180,9 @@ class FusionHead(ProductHead):
        neither modality carries alone (zero-initialised, so training starts at the gate).
     """
 
-    def __init__(self, text_dim: int, image_dim: int, embed_dim: int, heads: int = 4,
-                 dropout: float = 0.1):
-        super().__init__(text_dim, image_dim, embed_dim)
-        d = embed_dim
+    def __init__(self, text_dim: int, image_dim: int, settings: HeadSettings):
+        super().__init__(text_dim, image_dim, settings)
+        d, heads, dropout = settings.embed_dim, settings.heads, settings.dropout
         self.text_from_image = CrossModalBlock(d, heads, dropout)
         self.image_from_text = CrossModalBlock(d, heads, dropout)
         self.gate = nn.Sequential(nn.Linear(4 * d, d), nn.GELU(), nn.Linear(d, 2))
@@ -176,12 +216,14 @@ class FusionHead(ProductHead):
 
 
 class QueryHead(nn.Module):
-    """Pooled query text -> query vector (two halves for late fusion)."""
+    """Pooled query text -> query vector ([text; image] halves when ``query_spaces`` = 2)."""
 
-    def __init__(self, text_dim: int, embed_dim: int, late_fusion: bool = False):
+    def __init__(self, text_dim: int, embed_dim: int, query_spaces: int = 1):
         super().__init__()
+        if query_spaces not in (1, 2):
+            raise ValueError(f"query_spaces must be 1 or 2, got {query_spaces}")
         self.proj = nn.Linear(text_dim, embed_dim)
-        self.image_proj = nn.Linear(text_dim, embed_dim) if late_fusion else None
+        self.image_proj = nn.Linear(text_dim, embed_dim) if query_spaces == 2 else None
 
     def text_half(self, pooled: torch.Tensor) -> torch.Tensor:
         """The query's text-space vector (stage 1 aligns it with product text)."""
@@ -194,15 +236,12 @@ class QueryHead(nn.Module):
         return torch.cat([text, l2(self.image_proj(pooled))], dim=-1)
 
 
-HEADS = {"text_only": TextOnlyHead, "image_only": ImageOnlyHead, "concat": ConcatHead,
-         "weighted_sum": WeightedSumHead, "late_fusion": LateFusionHead, "fusion": FusionHead}
+def build_product_head(kind: str, text_dim: int, image_dim: int,
+                       settings: HeadSettings) -> ProductHead:
+    return head_class(kind)(text_dim, image_dim, settings)
 
 
-def build_product_head(kind: str, text_dim: int, image_dim: int, embed_dim: int,
-                       heads: int = 4, dropout: float = 0.1) -> ProductHead:
-    cls = HEADS[kind]
-    if cls is FusionHead:
-        return FusionHead(text_dim, image_dim, embed_dim, heads, dropout)
-    if cls is ConcatHead:
-        return ConcatHead(text_dim, image_dim, embed_dim, dropout)
-    return cls(text_dim, image_dim, embed_dim)
+def head_class(kind: str) -> type[ProductHead]:
+    if kind not in HEADS:
+        raise ValueError(f"unknown product head {kind!r}; choose one of {', '.join(HEADS)}")
+    return HEADS[kind]

@@ -14,7 +14,7 @@ from torch import nn
 
 from fusion_model.config import RunConfig, from_dict
 from fusion_model.losses import InfoNCELoss
-from fusion_model.models.heads import QueryHead, build_product_head, l2
+from fusion_model.models.heads import HeadSettings, QueryHead, head_class, l2
 from fusion_model.models.image import build_image_encoder
 from fusion_model.models.precision import autocast
 from fusion_model.models.text import TextEncoder, mean_pool
@@ -38,18 +38,15 @@ class TwoTower(nn.Module):
                                 else 0)
         self.query_text = self.text if config.model.share_text_encoder else copy.deepcopy(
             self.text)
-        self.product_head = build_product_head(kind, self.text.dim, 1, config.model.embed_dim,
-                                               config.model.fusion_heads, config.model.dropout)
+        head = head_class(kind)
         self.image = None
-        if self.product_head.uses_image:
+        if head.uses_image:
             self.image = build_image_encoder(config.image.model, config.image.trainable_blocks,
                                              config.image.image_size)
-            self.product_head = build_product_head(kind, self.text.dim, self.image.dim,
-                                                   config.model.embed_dim,
-                                                   config.model.fusion_heads,
-                                                   config.model.dropout)
-        self.query_head = QueryHead(self.text.dim, config.model.embed_dim,
-                                    late_fusion=kind == "late_fusion")
+        settings = HeadSettings(config.model.embed_dim, config.model.fusion_heads,
+                                config.model.dropout)
+        self.product_head = head(self.text.dim, self.image.dim if self.image else 0, settings)
+        self.query_head = QueryHead(self.text.dim, config.model.embed_dim, head.query_spaces)
         self._share_text_projection_init()
         self.loss = InfoNCELoss()
 

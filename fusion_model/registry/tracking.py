@@ -147,9 +147,10 @@ def log_training_run(result: TrainResult, config: RunConfig, catalog: Catalog,
 def _embedding_dim(model_dir: str) -> int:
     import yaml
 
-    config = yaml.safe_load((Path(model_dir) / "config.yaml").read_text())
-    dim = config["model"]["embed_dim"]
-    return 2 * dim if config["model"]["fusion"] == "late_fusion" else dim
+    from fusion_model.models.heads import head_class
+
+    model = yaml.safe_load((Path(model_dir) / "config.yaml").read_text())["model"]
+    return head_class(model["fusion"]).output_dim(model["embed_dim"])
 
 
 def write_segment_table(result: TrainResult, folder: Path) -> None:

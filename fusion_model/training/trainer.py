@@ -153,6 +153,9 @@ class Trainer:
         self.product_text = text_bottom_features(
             self.model.text, self.data.product_texts, cfg.text.max_length, self.cache_root,
             cfg.train.precision, desc="product text features", progress=self.progress)
+        first = {}
+        self.text_row = np.array([first.setdefault(t, i)
+                                  for i, t in enumerate(self.data.product_texts)])
         all_queries = [t for s in self.data.splits.values() for t in s.texts]
         features = text_bottom_features(
             self.model.query_text, all_queries, cfg.text.query_max_length, self.cache_root,
@@ -193,10 +196,18 @@ class Trainer:
                              "mask": self.product_text["mask"], "final": torch.tensor(True)}
 
     def _product_tokens(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden, mask = self.product_text["hidden"][idx].float(), self.product_text["mask"][idx]
+        """Final text tokens of products ``idx``. While the text top trains, it runs once per
+        distinct text of the batch and only up to the batch's longest text (padding and
+        duplicate titles are most of the work otherwise); the result is the same."""
         if "final" in self.product_text:
-            return hidden, mask
-        return self.model.text.top(hidden, mask), mask
+            return self.product_text["hidden"][idx].float(), self.product_text["mask"][idx]
+        rows, inverse = np.unique(self.text_row[np.asarray(idx)], return_inverse=True)
+        mask = self.product_text["mask"][rows]
+        length = int(mask.any(dim=0).nonzero().max()) + 1 if mask.any() else 1
+        mask = mask[:, :length]
+        hidden = self.product_text["hidden"][rows, :length].float()
+        inverse = torch.from_numpy(inverse.reshape(-1))
+        return self.model.text.top(hidden, mask)[inverse], mask[inverse]
 
     # stage 2 ------------------------------------------------------------------------------
     def _stage2(self) -> None:
@@ -216,8 +227,8 @@ class Trainer:
         encoder_params = [p for p in model.image.parameters() if p.requires_grad]
         head_params = [*model.product_head.parameters(), *model.query_head.parameters(),
                        model.loss.log_scale]
-        dropout = cfg.model.modality_dropout if cfg.model.fusion not in (
-            "text_only", "image_only") else 0.0
+        head = model.product_head
+        dropout = cfg.model.modality_dropout if head.uses_text and head.uses_image else 0.0
 
         def query_vectors(q_idx: np.ndarray) -> torch.Tensor:
             return model.query_head(self.query_pooled["train"][q_idx])

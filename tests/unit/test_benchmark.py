@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from fusion_model.benchmark import run_benchmark
 from tests.conftest import tiny_overrides
 
@@ -32,3 +34,27 @@ def test_benchmark_writes_the_documented_json(synthetic_catalog, tiny_models, tm
     # stage 1 is shared: fusion started from the text_only run instead of training its own
     assert not (tmp_path / "work" / "fusion" / "checkpoints" / "stage1.pt").exists()
     assert (tmp_path / "work" / "text_only" / "checkpoints" / "stage1.pt").exists()
+
+
+def test_benchmark_over_seeds_reports_means_and_spread(synthetic_catalog, tiny_models, tmp_path,
+                                                        capsys):
+    models = ("text_only", "weighted_sum")
+    report = run_benchmark(str(synthetic_catalog), None, models=models, seeds=2,
+                           overrides=tuple(tiny_overrides(tiny_models, tmp_path / "cache",
+                                                          "train.stage1.epochs=1",
+                                                          "train.stage2.epochs=1")),
+                           work_dir=str(tmp_path / "work"), progress=False)
+    for name in models:
+        spread = report["models"][name]["seeds"]["ndcg@10"]
+        assert len(spread["values"]) == 2 and spread["min"] <= spread["mean"] <= spread["max"]
+        assert report["models"][name]["ndcg@10"] == pytest.approx(spread["mean"])
+    assert {p.name for p in (tmp_path / "work").iterdir()} == {"seed0", "seed1"}
+    assert "seed sd" in capsys.readouterr().out
+
+
+def test_benchmark_refuses_unknown_models_and_expands_core():
+    from fusion_model.benchmark import core_models, resolve_models
+
+    assert resolve_models(("core", "fusion_no_ft")) == (*core_models(), "fusion_no_ft")
+    with pytest.raises(ValueError, match="unknown model"):
+        resolve_models(("fusion_typo",))

@@ -9,9 +9,13 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from fusion_model.losses import InfoNCELoss
-from fusion_model.models.heads import HEADS, QueryHead, build_product_head
+from fusion_model.models.heads import HEADS, HeadSettings, QueryHead, build_product_head
 
 B, LT, LI, DT, DI, D = 5, 7, 4, 12, 20, 16
+
+
+def head(kind: str):
+    return build_product_head(kind, DT, DI, HeadSettings(D, heads=4))
 
 
 def inputs(seed=0):
@@ -28,25 +32,26 @@ def inputs(seed=0):
 @pytest.mark.parametrize("kind", sorted(HEADS))
 def test_every_head_gives_unit_vectors_with_gradients(kind):
     torch.manual_seed(0)
-    head = build_product_head(kind, DT, DI, D, heads=4)
-    out = head(*inputs())
-    assert out.shape == (B, head.out_dim) and torch.isfinite(out).all()
+    head_ = head(kind)
+    out = head_(*inputs())
+    assert out.shape == (B, head_.out_dim) and torch.isfinite(out).all()
+    assert head_.out_dim == HEADS[kind].output_dim(D) == HEADS[kind].query_spaces * D
     norms = out.norm(dim=-1)
     if kind == "late_fusion":
-        assert head.out_dim == 2 * D
+        assert head_.out_dim == 2 * D
     elif kind == "image_only":
         assert torch.allclose(norms[[0, 1, 3, 4]], torch.ones(4), atol=1e-5)
         assert norms[2] == 0  # no photo, nothing to embed
     else:
         assert torch.allclose(norms[[0, 1, 2, 4]], torch.ones(4), atol=1e-5)
     out.sum().backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in head_.parameters())
 
 
 def test_fusion_without_photo_equals_the_text_only_embedding():
     torch.manual_seed(0)
-    fusion = build_product_head("fusion", DT, DI, D).eval()
-    text_only = build_product_head("text_only", DT, DI, D).eval()
+    fusion = head("fusion").eval()
+    text_only = head("text_only").eval()
     text_only.text_proj.load_state_dict(fusion.text_proj.state_dict())
     # make the gate and complement non-trivial, as after training
     for p in [*fusion.gate.parameters(), *fusion.complement.parameters()]:
@@ -60,7 +65,7 @@ def test_fusion_without_photo_equals_the_text_only_embedding():
 
 def test_fusion_uses_the_image_and_ignores_padding():
     torch.manual_seed(0)
-    fusion = build_product_head("fusion", DT, DI, D).eval()
+    fusion = head("fusion").eval()
     for p in fusion.gate.parameters():
         torch.nn.init.normal_(p)
     text, mask, image, present = inputs()
@@ -75,18 +80,42 @@ def test_fusion_uses_the_image_and_ignores_padding():
 
 def test_late_fusion_score_is_a_weighted_sum_of_modal_scores():
     torch.manual_seed(0)
-    head = build_product_head("late_fusion", DT, DI, D)
-    query_head = QueryHead(DT, D, late_fusion=True)
+    late = head("late_fusion")
+    query_head = QueryHead(DT, D, query_spaces=2)
     text, mask, image, present = inputs()
     q = query_head(torch.randn(B, DT))
-    p = head(text, mask, image, present)
-    a = torch.sigmoid(head.mix)
-    t = F.normalize(head.text_vector(text, mask), dim=-1)
-    i = F.normalize(head.image_vector(image), dim=-1)
+    p = late(text, mask, image, present)
+    a = torch.sigmoid(late.mix)
+    t = F.normalize(late.text_vector(text, mask), dim=-1)
+    i = F.normalize(late.image_vector(image), dim=-1)
     expected = a * (q[:, :D] * t).sum(-1) + (1 - a) * (q[:, D:] * i).sum(-1)
     got = (q * p).sum(-1)
     assert torch.allclose(got[[0, 1, 3, 4]], expected[[0, 1, 3, 4]], atol=1e-5)
     assert torch.allclose(got[2], (q[2, :D] * t[2]).sum(), atol=1e-5)  # no photo: text only
+
+
+def test_a_new_head_is_one_registered_class(tmp_path):
+    """Registering a head makes it a valid config kind, a tower layout and a benchmark model."""
+    from fusion_model.benchmark import all_models, core_models
+    from fusion_model.config import load_config
+    from fusion_model.models.heads import ProductHead, l2
+
+    class MaxHead(ProductHead, name="test_max"):
+        def forward(self, text_tokens, text_mask, image_tokens, image_present):
+            text = self.text_vector(text_tokens, text_mask)
+            return l2(torch.maximum(text, self.image_vector(image_tokens)))
+
+    try:
+        assert load_config("default", ["model.fusion=test_max"]).model.fusion == "test_max"
+        assert "test_max" in core_models() and "test_max_no_ft" in all_models()
+        out = head("test_max")(*inputs())
+        assert out.shape == (B, D)
+        with pytest.raises(ValueError, match="registered twice"):
+            type("Again", (ProductHead,), {}, name="test_max")
+    finally:
+        HEADS.pop("test_max")
+    with pytest.raises(Exception, match="choose one of text_only, image_only"):
+        load_config("default", ["model.fusion=test_max"])
 
 
 def naive_infonce(q, p, scale, known):

@@ -179,3 +179,26 @@ def test_missing_val_split_is_carved_from_train(catalog):
     assert not set(data.splits["val"].ids) & set(data.splits["train"].ids)
     assert len(data.splits["val"].ids) + len(data.splits["train"].ids) == \
         int((queries["split"] == "train").sum())
+
+
+def test_product_tokens_of_distinct_texts_equal_the_padded_batch(catalog, tiny_models,
+                                                                 tmp_path):
+    """Running the text top once per distinct title, trimmed to the batch's longest text,
+    gives the same pooled vectors as running it on every padded row."""
+    from fusion_model.models.text import mean_pool
+    from fusion_model.models.towers import TwoTower
+    from fusion_model.training.data import build_data
+
+    config = load_config("default", tiny_overrides(tiny_models, tmp_path / "cache"))
+    trainer = Trainer(catalog, config, tmp_path / "run", progress=False)
+    trainer.data = build_data(catalog, trainer.config.train.min_positive_grade)
+    trainer.model = TwoTower(trainer.config).eval()
+    trainer._prepare_text_features()
+    idx = torch.tensor([0, 5, 5, 17, 0, 42, 99, 5])
+    tokens, mask = trainer._product_tokens(idx)
+    assert len(set(trainer.text_row[idx.numpy()].tolist())) < len(idx)
+    hidden, full_mask = trainer.product_text["hidden"][idx].float(), trainer.product_text[
+        "mask"][idx]
+    expected = mean_pool(trainer.model.text.top(hidden, full_mask), full_mask)
+    assert tokens.shape[1] <= hidden.shape[1]
+    assert torch.allclose(mean_pool(tokens, mask), expected, atol=1e-5)
