@@ -23,6 +23,7 @@ from fusion_model.errors import BadInputError
 from fusion_model.index.milvus import SUPPORTED_INDEXES, SUPPORTED_METRICS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")  # fusion_model.models.precision
 TOKEN_ENV = "FUSION_MILVUS_TOKEN"
 
@@ -44,6 +45,7 @@ class ImageEncoderConfig:
     model: str = "efficientnet-lite0"  # packaged EfficientNet-Lite0, or a transformers path
     image_size: int = 224
     trainable_blocks: int = 1          # top blocks fine-tuned in stage 2; lower ones cached
+    colour_tokens: bool = False        # EfficientNet: add each region's colour histogram
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class ModelConfig:
     fusion_heads: int = 4
     dropout: float = 0.1
     modality_dropout: float = 0.05   # chance to hide one modality of a product in training
+    gated_fusion: bool = True        # fusion: zero-initialised tanh gates on cross-attention
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,10 @@ class StageConfig:
     positives_per_query: int = 8     # positive products sampled per train query per epoch
     hard_negatives: int = 0          # mined hard negatives per query (0 = in-batch only)
     patience: int = 2                # epochs without val improvement before stopping
+    schedule: str = "constant"       # learning rate: constant, or cosine decay to 0
+    warmup: float = 0.0              # share of the stage's steps with linear warmup
+    grad_clip: float = 0.0           # max gradient norm (0 = no clipping)
+    weight_decay: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -290,6 +297,12 @@ def validate(config: RunConfig) -> None:
         (0 <= config.model.modality_dropout < 0.5,
          "model.modality_dropout must be in [0, 0.5)"),
         (0 <= config.model.dropout < 1, "model.dropout must be in [0, 1)"),
+        *((stage.schedule in SCHEDULES,
+           f"train.{name}.schedule={stage.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+          for name, stage in (("stage1", config.train.stage1), ("stage2", config.train.stage2))),
+        *((0 <= stage.warmup < 1 and stage.grad_clip >= 0 and stage.weight_decay >= 0,
+           f"train.{name}: warmup must be in [0, 1), grad_clip and weight_decay >= 0")
+          for name, stage in (("stage1", config.train.stage1), ("stage2", config.train.stage2))),
         (config.train.precision in PRECISIONS,
          f"train.precision={config.train.precision!r}: choose one of {', '.join(PRECISIONS)}"),
         (0 <= config.train.min_positive_grade <= 3,

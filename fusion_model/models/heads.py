@@ -45,6 +45,7 @@ class HeadSettings:
     embed_dim: int
     heads: int = 4
     dropout: float = 0.1
+    gated: bool = True       # fusion: cross-attention updates behind zero-initialised tanh gates
 
 
 HEADS: dict[str, type[ProductHead]] = {}
@@ -173,6 +174,9 @@ class FusionHead(ProductHead, name="fusion"):
     2. Bidirectional cross-attention: text tokens attend to image regions and regions to
        text tokens; each stream receives an *update* that is switched off when the other
        modality is missing (residual path: no photo -> exactly the text-only embedding).
+       With ``settings.gated`` each update passes a tanh gate that starts at 0 (as
+       Flamingo adds cross-attention to pretrained towers), so training starts from the
+       gated weighted sum of steps 3-4 and can only add to it.
     3. Both pooled streams are L2-normalised, then a learned per-product gate over
        (text, image) from [t, i, t*i, |t-i|] decides how much each modality contributes;
        a missing modality gets weight 0.
@@ -185,6 +189,7 @@ class FusionHead(ProductHead, name="fusion"):
         d, heads, dropout = settings.embed_dim, settings.heads, settings.dropout
         self.text_from_image = CrossModalBlock(d, heads, dropout)
         self.image_from_text = CrossModalBlock(d, heads, dropout)
+        self.update_gates = nn.Parameter(torch.zeros(2)) if settings.gated else None
         self.gate = nn.Sequential(nn.Linear(4 * d, d), nn.GELU(), nn.Linear(d, 2))
         self.complement = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, d))
         nn.init.zeros_(self.complement[-1].weight)
@@ -201,6 +206,9 @@ class FusionHead(ProductHead, name="fusion"):
         safe_pad[:, 0] = False                                     # never mask every key
         present = image_present.float().view(-1, 1, 1)
         texty = has_text.float().view(-1, 1, 1)
+        if self.update_gates is not None:
+            gates = torch.tanh(self.update_gates)
+            present, texty = present * gates[0], texty * gates[1]
         text = text + present * self.text_from_image(text, image)
         image = image + texty * self.image_from_text(image, text, safe_pad)
         t = l2(mean_pool(text, text_mask))                         # (B, d) unit length

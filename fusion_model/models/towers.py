@@ -42,9 +42,10 @@ class TwoTower(nn.Module):
         self.image = None
         if head.uses_image:
             self.image = build_image_encoder(config.image.model, config.image.trainable_blocks,
-                                             config.image.image_size)
+                                             config.image.image_size,
+                                             config.image.colour_tokens)
         settings = HeadSettings(config.model.embed_dim, config.model.fusion_heads,
-                                config.model.dropout)
+                                config.model.dropout, config.model.gated_fusion)
         self.product_head = head(self.text.dim, self.image.dim if self.image else 0, settings)
         self.query_head = QueryHead(self.text.dim, config.model.embed_dim, head.query_spaces)
         self._share_text_projection_init()

@@ -141,18 +141,8 @@ def image_bottom_features(encoder, uris: list[str | None], cache_root: str, prec
     with_photo = [i for i, u in enumerate(uris) if u is not None]
     tags = storage.content_tags([uris[i] for i in with_photo])
     keys = [tags[uris[i]] for i in with_photo]
-    cache = FeatureCache(cache_root, "image", encoder.fingerprint())
-
-    def compute(indices: list[int]) -> Batch:
-        arrays = load_images([uris[with_photo[i]] for i in indices], encoder.image_size)
-        with autocast(precision):
-            features = encoder.bottom(encoder.preprocess(arrays))
-        return {"features": features.to(torch.bfloat16).contiguous()}
-
-    cached = cache.get(keys, compute, batch_size, "image features", progress)["features"] \
-        if with_photo else None
-    log.info("image features: %d cached, %d computed", cache.stats["hits"],
-             cache.stats["computed"])
+    cached = _cached_bottoms(encoder, [uris[i] for i in with_photo], keys, cache_root,
+                             precision, batch_size, progress) if with_photo else None
     shape = cached.shape[1:] if cached is not None else _empty_shape(encoder)
     features = torch.zeros((len(uris), *shape), dtype=torch.bfloat16)
     present = torch.zeros(len(uris), dtype=torch.bool)
@@ -160,6 +150,37 @@ def image_bottom_features(encoder, uris: list[str | None], cache_root: str, prec
         features[with_photo] = cached
         present[with_photo] = True
     return {"features": features, "present": present}
+
+
+def _cached_bottoms(encoder, uris: list[str], keys: list[str], cache_root: str,
+                    precision: str, batch_size: int, progress: bool) -> torch.Tensor:
+    """Bottom features of photos; colour histograms (when the encoder adds them) are cached
+    apart from the CNN maps, so switching them on does not re-run the CNN."""
+    colour = getattr(encoder, "colour_tokens", False)
+    forward = encoder.cnn_bottom if colour else encoder.bottom
+    fingerprint = encoder.fingerprint(colour=False) if colour else encoder.fingerprint()
+    cache = FeatureCache(cache_root, "image", fingerprint)
+
+    def compute(indices: list[int]) -> Batch:
+        arrays = load_images([uris[i] for i in indices], encoder.image_size)
+        with autocast(precision):
+            features = forward(encoder.preprocess(arrays))
+        return {"features": features.to(torch.bfloat16).contiguous()}
+
+    features = cache.get(keys, compute, batch_size, "image features", progress)["features"]
+    log.info("image features: %d cached, %d computed", cache.stats["hits"],
+             cache.stats["computed"])
+    if not colour:
+        return features
+    grid = tuple(features.shape[-2:])
+    colours = FeatureCache(cache_root, "colour", encoder.fingerprint(colour=True))
+
+    def compute_colour(indices: list[int]) -> Batch:
+        arrays = load_images([uris[i] for i in indices], encoder.image_size)
+        return {"colour": encoder.colour_bottom(encoder.preprocess(arrays), grid)}
+
+    histograms = colours.get(keys, compute_colour, 64, "colour histograms", progress)["colour"]
+    return torch.cat([features, histograms.to(torch.bfloat16)], dim=1)
 
 
 def _empty_shape(encoder) -> tuple[int, ...]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -262,7 +263,9 @@ class Trainer:
         groups = [{"params": head_params, "lr": stage.lr}]
         if encoder_params and stage.encoder_lr > 0:
             groups.append({"params": encoder_params, "lr": stage.encoder_lr})
-        optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
+        for group in groups:
+            group["base_lr"] = group["lr"]
+        optimizer = torch.optim.AdamW(groups, weight_decay=stage.weight_decay)
         checkpoint = self.work_dir / "checkpoints" / f"{name}.pt"
         state = self._resume(checkpoint, optimizer)
         if state.get("done"):
@@ -281,8 +284,9 @@ class Trainer:
                 if stage.hard_negatives else None
             batches = epoch_pairs(self.data.splits["train"].positives, stage.positives_per_query,
                                   stage.batch_size, rng)
+            schedule = LearningRateSchedule(stage, epoch, len(batches))
             loss = self._train_epoch(name, epoch, stage.epochs, batches, optimizer,
-                                     batch_vectors, [*head_params, *encoder_params])
+                                     batch_vectors, [*head_params, *encoder_params], schedule)
             val = self.evaluate_split("val")
             score = val.metrics[primary]
             record = {"stage": name, "epoch": epoch + 1, "loss": loss, f"val_{primary}": score,
@@ -310,14 +314,16 @@ class Trainer:
         self.seconds[name] = time.perf_counter() - started
 
     def _train_epoch(self, name, epoch, epochs, batches, optimizer,
-                     batch_vectors: BatchVectors, parameters: list) -> float:
+                     batch_vectors: BatchVectors, parameters: list,
+                     schedule: LearningRateSchedule) -> float:
         """One pass over ``batches``; under torchrun each process embeds its slice."""
         self.model.train()
         losses = []
         bar = tqdm(batches, desc=f"{name} epoch {epoch + 1}/{epochs}", unit="batch",
                    disable=not self.progress or self.rank != 0)
         query_fn, product_fn = batch_vectors
-        for q_idx, p_idx in bar:
+        for step, (q_idx, p_idx) in enumerate(bar):
+            schedule.apply(optimizer, step)
             noise = torch.rand(len(p_idx))   # drawn for the whole batch on every rank
             lo, hi = shard_bounds(len(p_idx), self.rank, self.world)
             with autocast(self.config.train.precision):
@@ -334,6 +340,8 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             average_gradients(parameters, self.world)
+            if schedule.grad_clip:
+                torch.nn.utils.clip_grad_norm_(parameters, schedule.grad_clip)
             optimizer.step()
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
@@ -431,6 +439,36 @@ class Trainer:
         return evaluate_vectors(self.query_vectors(split), products, queries.ids,
                                 self.data.product_ids, queries.qrels, cfg.ks,
                                 cfg.min_relevant_grade, segments)
+
+
+@dataclass
+class LearningRateSchedule:
+    """Linear warmup over ``stage.warmup`` of the stage's steps, then constant or cosine
+    decay to 0; derived from (epoch, step), so a resumed stage continues the same curve."""
+
+    stage: StageConfig
+    epoch: int
+    steps_per_epoch: int
+
+    @property
+    def grad_clip(self) -> float:
+        return self.stage.grad_clip
+
+    def factor(self, step: int) -> float:
+        total = max(1, self.stage.epochs * self.steps_per_epoch)
+        done = self.epoch * self.steps_per_epoch + step
+        warmup = int(self.stage.warmup * total)
+        if done < warmup:
+            return (done + 1) / (warmup + 1)
+        if self.stage.schedule == "cosine":
+            progress = (done - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        factor = self.factor(step)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
 
 
 def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

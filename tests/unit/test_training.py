@@ -202,3 +202,17 @@ def test_product_tokens_of_distinct_texts_equal_the_padded_batch(catalog, tiny_m
     expected = mean_pool(trainer.model.text.top(hidden, full_mask), full_mask)
     assert tokens.shape[1] <= hidden.shape[1]
     assert torch.allclose(mean_pool(tokens, mask), expected, atol=1e-5)
+
+
+def test_learning_rate_schedule_warms_up_then_decays_to_zero():
+    from fusion_model.config import StageConfig
+    from fusion_model.training.trainer import LearningRateSchedule
+
+    stage = StageConfig(epochs=2, schedule="cosine", warmup=0.25)
+    factors = [LearningRateSchedule(stage, epoch, 10).factor(step)
+               for epoch in range(2) for step in range(10)]
+    assert factors[:5] == sorted(factors[:5]) and factors[0] < 0.5  # warmup: 5 of 20 steps
+    assert max(factors) == pytest.approx(1.0)
+    assert factors[5:] == sorted(factors[5:], reverse=True) and factors[-1] < 0.02
+    constant = StageConfig(epochs=2)
+    assert {LearningRateSchedule(constant, 1, 10).factor(s) for s in range(10)} == {1.0}

@@ -1,0 +1,74 @@
+"""EfficientNet region tokens with colour histograms, and their feature cache."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fusion_model.errors import FusionModelError
+from fusion_model.models.image import (
+    COLOUR_LEVELS,
+    EfficientNetEncoder,
+    build_image_encoder,
+    colour_histograms,
+)
+from fusion_model.training.features import image_bottom_features
+
+RED = (3 * COLOUR_LEVELS + 0) * COLOUR_LEVELS + 0
+WHITE = COLOUR_LEVELS ** 3 - 1
+
+
+def half_red_photo(size: int = 224) -> np.ndarray:
+    image = np.full((size, size, 3), 250, dtype=np.uint8)
+    image[: size // 2] = (200, 30, 30)
+    return image
+
+
+def test_colour_histograms_give_each_region_its_colours():
+    rgb = torch.from_numpy(half_red_photo()).permute(2, 0, 1)[None]
+    grid = colour_histograms(rgb, (2, 2))
+    assert grid.shape == (1, COLOUR_LEVELS ** 3, 2, 2)
+    assert torch.allclose((grid ** 2).sum(dim=1), torch.ones(1, 2, 2))  # shares sum to 1
+    assert grid[0, RED, 0].tolist() == [1.0, 1.0] and grid[0, WHITE, 1].tolist() == [1.0, 1.0]
+    assert grid[0, RED, 1].sum() == 0
+
+
+def test_colour_tokens_extend_every_region_token():
+    plain = EfficientNetEncoder(trainable_blocks=1).eval()
+    colour = EfficientNetEncoder(trainable_blocks=1, colour_tokens=True).eval()
+    pixels = plain.preprocess([half_red_photo()])
+    tokens, with_colour = plain.top(plain.bottom(pixels)), colour.top(colour.bottom(pixels))
+    assert with_colour.shape == (1, 49, plain.dim + COLOUR_LEVELS ** 3) and \
+        colour.dim == with_colour.shape[-1]
+    assert torch.allclose(with_colour[..., : plain.dim], tokens, atol=1e-5)
+    assert with_colour[0, 0, plain.dim + RED] == 1.0          # top-left region is red
+    assert colour.fingerprint() != plain.fingerprint() == colour.fingerprint(colour=False)
+    with pytest.raises(FusionModelError, match="colour_tokens"):
+        build_image_encoder("some/vit", 0, 224, colour_tokens=True)
+
+
+def test_switching_colour_tokens_on_reuses_the_cached_cnn_maps(tmp_path, caplog):
+    uris = []
+    for i in range(3):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.roll(half_red_photo(), 40 * i, axis=0)).save(path)
+        uris.append(str(path))
+    plain = EfficientNetEncoder(trainable_blocks=1).eval()
+    first = image_bottom_features(plain, [*uris, None], str(tmp_path / "cache"), "fp32",
+                                  progress=False)
+    colour = EfficientNetEncoder(trainable_blocks=1, colour_tokens=True).eval()
+    with caplog.at_level(logging.INFO, logger="fusion_model.training.features"):
+        both = image_bottom_features(colour, [*uris, None], str(tmp_path / "cache"), "fp32",
+                                     progress=False)
+    assert "image features: 3 cached, 0 computed" in caplog.text
+    channels = first["features"].shape[1]
+    assert torch.equal(both["features"][:, :channels], first["features"])
+    assert both["features"].shape[1] == channels + COLOUR_LEVELS ** 3
+    assert both["present"].tolist() == [True, True, True, False]
+    direct = colour.bottom(colour.preprocess([np.asarray(Image.open(uris[1]))]))
+    assert torch.allclose(both["features"][1, channels:].float(), direct[0, channels:],
+                          atol=1e-2)
