@@ -46,6 +46,7 @@ class HeadSettings:
     heads: int = 4
     dropout: float = 0.1
     gated: bool = True       # fusion: cross-attention updates behind zero-initialised tanh gates
+    guided_pooling: bool = True  # fusion: the product's text picks the photo's regions
 
 
 HEADS: dict[str, type[ProductHead]] = {}
@@ -177,6 +178,9 @@ class FusionHead(ProductHead, name="fusion"):
        With ``settings.gated`` each update passes a tanh gate that starts at 0 (as
        Flamingo adds cross-attention to pretrained towers), so training starts from the
        gated weighted sum of steps 3-4 and can only add to it.
+    2b. With ``settings.guided_pooling`` the image regions are pooled by attention from the
+       product's pooled text (the title says which garment of the photo is for sale); its
+       key projection starts at zero, i.e. at mean pooling.
     3. Both pooled streams are L2-normalised, then a learned per-product gate over
        (text, image) from [t, i, t*i, |t-i|] decides how much each modality contributes;
        a missing modality gets weight 0.
@@ -190,6 +194,11 @@ class FusionHead(ProductHead, name="fusion"):
         self.text_from_image = CrossModalBlock(d, heads, dropout)
         self.image_from_text = CrossModalBlock(d, heads, dropout)
         self.update_gates = nn.Parameter(torch.zeros(2)) if settings.gated else None
+        self.region_query = self.region_key = None
+        if settings.guided_pooling:
+            self.region_query, self.region_key = nn.Linear(d, d), nn.Linear(d, d)
+            nn.init.zeros_(self.region_key.weight)
+            nn.init.zeros_(self.region_key.bias)
         self.gate = nn.Sequential(nn.Linear(4 * d, d), nn.GELU(), nn.Linear(d, 2))
         self.complement = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, d))
         nn.init.zeros_(self.complement[-1].weight)
@@ -211,8 +220,9 @@ class FusionHead(ProductHead, name="fusion"):
             present, texty = present * gates[0], texty * gates[1]
         text = text + present * self.text_from_image(text, image)
         image = image + texty * self.image_from_text(image, text, safe_pad)
-        t = l2(mean_pool(text, text_mask))                         # (B, d) unit length
-        i = l2(image_pool(image))                                  # (B, d) unit length
+        pooled_text = mean_pool(text, text_mask)
+        t = l2(pooled_text)                                        # (B, d) unit length
+        i = l2(self._pool_regions(image, pooled_text))             # (B, d) unit length
         logits = self.gate(torch.cat([t, i, t * i, (t - i).abs()], dim=-1)).float()
         logits = logits.masked_fill(torch.stack([~has_text & image_present,
                                                  ~image_present], dim=-1), float("-inf"))
@@ -221,6 +231,15 @@ class FusionHead(ProductHead, name="fusion"):
         fused = weights[:, :1] * t + weights[:, 1:] * i
         fused = fused + both * self.complement(torch.cat([t, i], dim=-1))
         return l2(fused)
+
+
+    def _pool_regions(self, image: torch.Tensor, pooled_text: torch.Tensor) -> torch.Tensor:
+        """(B, Li, d) regions -> (B, d): mean, or attention from the product's text."""
+        if self.region_key is None:
+            return image_pool(image)
+        query = self.region_query(pooled_text).unsqueeze(1)               # (B, 1, d)
+        logits = (self.region_key(image) * query).sum(-1) / image.shape[-1] ** 0.5
+        return (torch.softmax(logits.float(), dim=-1).unsqueeze(-1) * image).sum(1)
 
 
 class QueryHead(nn.Module):

@@ -151,3 +151,34 @@ def test_temperature_is_learned():
     q = F.normalize(torch.eye(4), dim=-1)
     loss_fn(q, q).backward()
     assert loss_fn.log_scale.grad is not None and loss_fn.log_scale.grad < 0
+
+
+def test_fusion_starts_as_a_gated_weighted_sum_of_mean_pooled_modalities():
+    """Zero-initialised update gates and region keys: at initialisation the fusion network
+    is exactly the per-product gate over mean-pooled text and image."""
+    torch.manual_seed(0)
+    fusion = head("fusion").eval()
+    plain = build_product_head("fusion", DT, DI, HeadSettings(D, 4, 0.1, False, False)).eval()
+    plain.load_state_dict(fusion.state_dict(), strict=False)
+    text, mask, image, present = inputs()
+    assert torch.allclose(fusion(text, mask, image, present),
+                          _gate_only(plain, text, mask, image, present), atol=1e-5)
+    with torch.no_grad():
+        fusion.update_gates.fill_(1.0)
+        torch.nn.init.normal_(fusion.region_key.weight)
+    assert not torch.allclose(fusion(text, mask, image, present)[0],
+                              _gate_only(plain, text, mask, image, present)[0], atol=1e-3)
+
+
+def _gate_only(fusion, text, mask, image, present):
+    from fusion_model.models.heads import image_pool, l2
+    from fusion_model.models.text import mean_pool
+
+    t = l2(mean_pool(fusion.text_proj(text), mask))
+    i = l2(image_pool(fusion.image_proj(image)))
+    logits = fusion.gate(torch.cat([t, i, t * i, (t - i).abs()], dim=-1))
+    has_text = mask.any(dim=1)
+    logits = logits.masked_fill(torch.stack([~has_text & present, ~present], dim=-1),
+                                float("-inf"))
+    weights = torch.softmax(logits, dim=-1)
+    return l2(weights[:, :1] * t + weights[:, 1:] * i)
