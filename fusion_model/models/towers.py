@@ -13,6 +13,7 @@ import yaml
 from torch import nn
 
 from fusion_model.config import RunConfig, from_dict
+from fusion_model.errors import BadInputError
 from fusion_model.losses import InfoNCELoss
 from fusion_model.models.heads import HeadSettings, QueryHead, head_class, l2
 from fusion_model.models.image import build_image_encoder
@@ -23,6 +24,12 @@ from fusion_model.tensor_files import load_tensors
 log = logging.getLogger(__name__)
 
 MODEL_FILE, CONFIG_FILE, MANIFEST_FILE = "model.pt", "config.yaml", "manifest.json"
+# what stage 1 trains, as state-dict prefixes: every product head has ``text_proj``
+STAGE1_STATE = ("text.", "query_text.", "query_head.proj.", "product_head.text_proj.", "loss.")
+
+
+class StageCheckpointError(BadInputError):
+    """A stage-1 model does not fit this config (a renamed or resized tensor)."""
 IMAGE_CHUNK = 16
 
 
@@ -62,6 +69,36 @@ class TwoTower(nn.Module):
             product.weight.copy_(query.weight)
             query.bias.zero_()
             product.bias.zero_()
+
+    def stage_parameters(self, stage: int) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(encoder, head) parameters that ``stage`` trains. Stage 1: the trainable text
+        layers; query and product text projections and the temperature. Stage 2: the
+        trainable image blocks; the whole product head, query head and temperature."""
+        if stage == 1:
+            return ([p for p in self.text.parameters() if p.requires_grad],
+                    [*self.query_head.proj.parameters(),
+                     *self.product_head.text_proj.parameters(), self.loss.log_scale])
+        if stage == 2:
+            encoder = [p for p in self.image.parameters() if p.requires_grad] \
+                if self.image is not None else []
+            return encoder, [*self.product_head.parameters(), *self.query_head.parameters(),
+                             self.loss.log_scale]
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+
+    def stage1_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if k.startswith(STAGE1_STATE)}
+
+    def load_stage1_state(self, saved: dict[str, torch.Tensor], source: str) -> None:
+        """Load stage 1 from ``saved``; every stage-1 tensor must be there, same shape."""
+        own = self.stage1_state()
+        missing = sorted(k for k in own if k not in saved)
+        resized = sorted(k for k in own if k in saved and saved[k].shape != own[k].shape)
+        if missing or resized:
+            raise StageCheckpointError(
+                f"{source}: not a stage-1 model for this config ({len(missing)} tensor(s) "
+                f"missing, e.g. {missing[:3]}; {len(resized)} with another shape, e.g. "
+                f"{resized[:3]}); train stage 1 with the same text and model settings")
+        self.load_state_dict({k: saved[k] for k in own}, strict=False)
 
     @property
     def embedding_dim(self) -> int:

@@ -165,11 +165,17 @@ def load_registered_model(name: str, version: str):
 
 def train_stage1(catalog_uri: str, work_dir: str, config_name: str = "default",
                  overrides: list[str] | tuple = ()) -> dict:
-    """Stage 1 alone: align queries with product text (domain fine-tuning)."""
-    result = train(catalog_uri, str(Path(work_dir) / "stage1"), config_name,
-                   [*overrides, "model.fusion=text_only"])
-    return {"stage1_dir": result["work_dir"], "model_dir": result["model_dir"],
-            "test": result["test"]}
+    """Stage 1 alone of the config's model: align queries with product text (domain
+    fine-tuning). A finished stage 1 of the same config and catalog is reused."""
+    from fusion_model.data.catalog import load_catalog
+    from fusion_model.training.trainer import train_stage1 as run_stage1
+
+    config = _config(config_name, overrides)
+    catalog = load_catalog(catalog_uri)
+    out = str(Path(work_dir) / "stage1")
+    result = _finished_training(out, config.for_catalog(catalog.max_grade), catalog) \
+        or run_stage1(catalog, config, out)
+    return {"stage1_dir": out, "model_dir": result.model_dir, "test": result.test.metrics}
 
 
 def train_stage2(catalog_uri: str, work_dir: str, stage1_model_dir: str,

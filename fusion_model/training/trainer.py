@@ -58,8 +58,6 @@ RESULT_FILE = "result.json"
 # (query indices -> vectors, (product indices, per-product noise) -> vectors)
 BatchVectors = tuple[Callable[[np.ndarray], torch.Tensor],
                      Callable[[np.ndarray, torch.Tensor], torch.Tensor]]
-STAGE1_PARAMETERS = ("text.", "query_text.", "query_head.proj.", "product_head.text_proj.",
-                     "loss.")
 
 
 @dataclass
@@ -103,25 +101,70 @@ class Trainer:
         self.history: list[dict] = []
         self.seconds: dict[str, float] = {}
         self.rank, self.world = init_from_environment()
+        # what each step below fills in: prepare(), then the stage-2 features
+        self.stage = 0                      # the stage whose vectors evaluation uses
+        self.data: RetrievalData | None = None
+        self.model: TwoTower | None = None
+        self.positive_sets: list[set[int]] = []
+        self.product_text: dict[str, torch.Tensor] = {}
+        self.text_row: np.ndarray | None = None
+        self.query_text: dict[str, dict[str, torch.Tensor]] = {}
+        self.image_features: torch.Tensor | None = None
+        self.image_present: torch.Tensor | None = None
+        self.query_pooled: dict[str, torch.Tensor] | None = None
+        self.negatives: list[np.ndarray] | None = None
+        self._started = 0.0
 
     # orchestration ------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        """Both stages (stage 1 taken from ``stage1_from`` when given), then evaluate + save."""
+        self.prepare()
+        if self.stage1_from:
+            self.load_stage1(self.stage1_from)
+        else:
+            self.run_stage1()
+        self.run_stage2()
+        return self.finish()
+
+    def prepare(self) -> None:
+        """Seed, split the catalog, build the model and load the frozen text features."""
         if self.config.train.threads:
             torch.set_num_threads(self.config.train.threads)
         seed_everything(self.config.train.seed)
-        started = time.perf_counter()
+        self._started = time.perf_counter()
         self.data = build_data(self.catalog, self.config.train.min_positive_grade)
         self.model = TwoTower(self.config)
         self.positive_sets = [set(p.tolist()) for p in self.data.splits["train"].positives]
-        if self.stage1_from:
-            self._load_stage1(self.stage1_from)
         with rank_zero_first(self.rank, self.world):  # rank 0 fills the feature cache
             self._prepare_text_features()
-        if not self.stage1_from:
-            self._stage1()
-        if self.model.image is not None:
-            self._stage2()
-        self.seconds["total"] = time.perf_counter() - started
+
+    def run_stage1(self) -> None:
+        """Stage 1: align queries with product text (``TwoTower.stage_parameters(1)``)."""
+        self.stage = 1
+        self._stage1()
+
+    def load_stage1(self, model_dir: str | Path) -> None:
+        """Take stage 1 from a saved model instead of training it (strict: every stage-1
+        tensor of this config must be there with its shape)."""
+        saved = load_tensors(Path(model_dir) / "model.pt", "stage-1 model")
+        self.model.load_stage1_state(saved, str(model_dir))
+        self.stage = 1
+        log.info("stage 1 taken from %s; skipping stage 1", model_dir)
+
+    def run_stage2(self, from_checkpoint: str | Path | None = None) -> None:
+        """Stage 2: align queries with photos and train the product head
+        (``TwoTower.stage_parameters(2)``); a no-op for heads without an image."""
+        if from_checkpoint is not None:
+            self.load_stage1(from_checkpoint)
+        if self.stage != 1:
+            raise RuntimeError("stage 2 starts from stage 1: run_stage1() or load_stage1() first")
+        if self.model.image is None:
+            return
+        self._stage2()
+
+    def finish(self) -> TrainResult:
+        """Evaluate the current model on val and test, save it and the result (rank 0)."""
+        self.seconds["total"] = time.perf_counter() - self._started
         products = self.product_vectors()
         val = self.evaluate_split("val", products)
         test = self.evaluate_split("test", products)
@@ -130,23 +173,15 @@ class Trainer:
             self.model.save(model_dir, {
                 "catalog_fingerprint": self.catalog.fingerprint,
                 "config_hash": self.config.hash, "test_metrics": test.metrics,
-                "val_metrics": val.metrics, "seconds": self.seconds, "processes": self.world})
+                "val_metrics": val.metrics, "seconds": self.seconds, "processes": self.world,
+                "stages": self.stage})
         result = TrainResult(str(model_dir), test, val, self.history, self.seconds)
         if self.rank == 0:
             result.save(self.work_dir / RESULT_FILE)
         barrier(self.world)
-        log.info("trained %s: test %s=%.4f", self.config.model.fusion,
+        log.info("trained %s (stage %d): test %s=%.4f", self.config.model.fusion, self.stage,
                  self.config.eval.primary_metric, test.metrics[self.config.eval.primary_metric])
         return result
-
-    def _load_stage1(self, model_dir: Path) -> None:
-        """Start from another run's stage 1: its text encoder, text projections, temperature."""
-        saved = load_tensors(model_dir / "model.pt", "stage-1 model")
-        own = self.model.state_dict()
-        keep = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape
-                and k.startswith(STAGE1_PARAMETERS)}
-        self.model.load_state_dict(keep, strict=False)
-        log.info("stage 1 taken from %s (%d tensors); skipping stage 1", model_dir, len(keep))
 
     def _prepare_text_features(self) -> None:
         started = time.perf_counter()
@@ -161,7 +196,7 @@ class Trainer:
         features = text_bottom_features(
             self.model.query_text, all_queries, cfg.text.query_max_length, self.cache_root,
             cfg.train.precision, desc="query text features", progress=self.progress)
-        self.query_text: dict[str, dict[str, torch.Tensor]] = {}
+        self.query_text = {}
         start = 0
         for split, queries in self.data.splits.items():
             stop = start + len(queries.texts)
@@ -174,9 +209,7 @@ class Trainer:
         model, stage = self.model, self.config.train.stage1
         if not self.config.train.domain_finetune:
             self._freeze_text_tokens()
-        encoder_params = [p for p in model.text.parameters() if p.requires_grad]
-        head_params = [*model.query_head.proj.parameters(),
-                       *model.product_head.text_proj.parameters(), model.loss.log_scale]
+        encoder_params, head_params = model.stage_parameters(1)
         queries = self.query_text["train"]
 
         def query_vectors(q_idx: np.ndarray) -> torch.Tensor:
@@ -223,11 +256,10 @@ class Trainer:
             if "final" not in self.product_text:
                 self._freeze_text_tokens()
             self.query_pooled = {split: self._pool_queries(split) for split in self.query_text}
+        self.stage = 2  # from here on evaluation uses the product head and full queries
         for param in model.text.parameters():
             param.requires_grad_(False)
-        encoder_params = [p for p in model.image.parameters() if p.requires_grad]
-        head_params = [*model.product_head.parameters(), *model.query_head.parameters(),
-                       model.loss.log_scale]
+        encoder_params, head_params = model.stage_parameters(2)
         head = model.product_head
         dropout = cfg.model.modality_dropout if head.uses_text and head.uses_image else 0.0
 
@@ -368,7 +400,7 @@ class Trainer:
         return mined
 
     def _batch_negatives(self, q_idx: np.ndarray, p_idx: np.ndarray) -> np.ndarray:
-        if not getattr(self, "negatives", None):
+        if not self.negatives:
             return np.empty(0, dtype=np.int64)
         in_batch = set(p_idx.tolist())
         chosen = dict.fromkeys(j for q in q_idx for j in self.negatives[q].tolist()
@@ -404,7 +436,7 @@ class Trainer:
     def product_vectors(self) -> torch.Tensor:
         """Every product's current embedding, from cached features."""
         model = self.model.eval()
-        if model.image is None or not hasattr(self, "image_features"):
+        if self.stage < 2:
             return self._map_batches(len(self.data.product_ids),
                                      lambda idx: model.product_text_vectors(
                                          *self._product_tokens(idx)))
@@ -415,7 +447,7 @@ class Trainer:
 
     @torch.no_grad()
     def query_vectors(self, split: str) -> torch.Tensor:
-        if hasattr(self, "query_pooled"):
+        if self.stage == 2:
             return self.model.query_head(self.query_pooled[split])
         feats = self.query_text[split]
         return self._map_batches(len(feats["mask"]), lambda idx: self.model.queries_from_hidden(
@@ -482,4 +514,15 @@ def train(catalog: Catalog, config: RunConfig, work_dir: str | Path, progress: b
         return Trainer(catalog, config, work_dir, progress, stage1_from).run()
 
 
-__all__ = ["RetrievalData", "TrainResult", "Trainer", "train"]
+def train_stage1(catalog: Catalog, config: RunConfig, work_dir: str | Path,
+                 progress: bool = True) -> TrainResult:
+    """Stage 1 alone of ``config``'s model, saved to ``work_dir/model`` for a later
+    ``train(..., stage1_from=that directory)`` (the DAG runs the stages as two tasks)."""
+    with photos_named_by_product(catalog.products):
+        trainer = Trainer(catalog, config, work_dir, progress)
+        trainer.prepare()
+        trainer.run_stage1()
+        return trainer.finish()
+
+
+__all__ = ["RetrievalData", "TrainResult", "Trainer", "train", "train_stage1"]

@@ -216,3 +216,32 @@ def test_learning_rate_schedule_warms_up_then_decays_to_zero():
     assert factors[5:] == sorted(factors[5:], reverse=True) and factors[-1] < 0.02
     constant = StageConfig(epochs=2)
     assert {LearningRateSchedule(constant, 1, 10).factor(s) for s in range(10)} == {1.0}
+
+
+def test_stages_as_two_tasks_give_the_one_process_model(catalog, tiny_models, tmp_path):
+    """The DAG trains stage 1 and stage 2 in two tasks; `lifecycle` in one process. Both
+    build the config's own model, so they end at the same metrics."""
+    from fusion_model.training.trainer import train_stage1
+
+    config = load_config("default", tiny_overrides(tiny_models, tmp_path / "cache",
+                                                   "train.stage1.epochs=1",
+                                                   "train.stage2.epochs=1"))
+    whole = train(catalog, config, tmp_path / "whole", progress=False)
+    stage1 = train_stage1(catalog, config, tmp_path / "stage1", progress=False)
+    assert {h["stage"] for h in stage1.history} == {"stage1"}
+    split = train(catalog, config, tmp_path / "stage2", progress=False,
+                  stage1_from=stage1.model_dir)
+    assert split.test.metrics == pytest.approx(whole.test.metrics, abs=1e-4)
+
+
+def test_stage2_refuses_a_stage1_model_of_another_shape(catalog, tiny_models, tmp_path):
+    from fusion_model.models.towers import StageCheckpointError
+    from fusion_model.training.trainer import train_stage1
+
+    overrides = tiny_overrides(tiny_models, tmp_path / "cache", "train.stage1.epochs=1",
+                               "train.stage2.epochs=1")
+    stage1 = train_stage1(catalog, load_config("default", overrides), tmp_path / "s1",
+                          progress=False)
+    wider = load_config("default", [*overrides, "model.embed_dim=32"])
+    with pytest.raises(StageCheckpointError, match="with another shape, e.g. .*proj.weight"):
+        train(catalog, wider, tmp_path / "s2", progress=False, stage1_from=stage1.model_dir)
