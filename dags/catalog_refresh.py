@@ -6,7 +6,8 @@ hash) with the current champion into a NEW collection (unchanged vectors copied,
 products left out), verify it and move the serving alias. The collection that serving
 reads is never modified. A snapshot dropping more than `index.max_delete_share` (5%) of the
 serving products is refused unless the run sets `allow_deletions`. Updates the `catalog`
-asset, which triggers `multimodal_retrieval_training`.
+asset with the snapshot's URI and fingerprint, which triggers
+`multimodal_retrieval_training` on exactly that snapshot.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pendulum
 from airflow.sdk import Param, dag
 from fusion_platform import (
     CATALOG_ASSET,
+    announce_snapshot,
     catalog_uri_param,
     config_name_param,
     default_args,
@@ -50,13 +52,17 @@ def catalog_refresh():
 
     @step_task(outlets=[CATALOG_ASSET],
                doc_md="New collection: unchanged rows copied, new/changed products embedded with "
-                      "the champion, verified; then the serving alias moves.")
-    def refresh(report: dict, params=None) -> dict:
+                      "the champion, verified; then the serving alias moves. The `catalog` "
+                      "asset event carries the snapshot's URI and fingerprint.")
+    def refresh(report: dict, params=None, outlet_events=None) -> dict:
         from fusion_model.pipelines import steps
 
-        return steps.refresh(params["catalog_uri"], params["config_name"],
-                             platform_overrides(), allow_deletions=params["allow_deletions"],
-                             validated=report["success"])
+        refreshed = steps.refresh(params["catalog_uri"], params["config_name"],
+                                  platform_overrides(),
+                                  allow_deletions=params["allow_deletions"],
+                                  validated=report["success"])
+        announce_snapshot(outlet_events, refreshed)
+        return refreshed
 
     refresh(validate())
 

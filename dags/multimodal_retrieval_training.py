@@ -7,7 +7,9 @@ shards), gate challenger vs champion through their real collections, then promot
 swap + `champion`) or reject (nothing changes).
 
 Runs weekly (Monday 03:00 UTC) **and** whenever the `catalog` asset is updated (the
-`catalog_refresh` DAG updates it). All logic lives in `fusion_model.pipelines.steps`.
+`catalog_refresh` DAG updates it): an asset-triggered run trains the snapshot named by the
+event (URI + fingerprint; a URI that holds another catalog by then fails the run). All
+logic lives in `fusion_model.pipelines.steps`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag
 from fusion_platform import (
     CATALOG_ASSET,
+    catalog_snapshot,
     catalog_uri_param,
     chosen_overrides,
     config_name_param,
@@ -75,31 +78,38 @@ def _overrides(params: dict) -> list[str]:
     },
 )
 def multimodal_retrieval_training():
+    @step_task(doc_md="The catalog snapshot to train: the `catalog` asset event's (URI + "
+                      "fingerprint) when the asset triggered the run, else `catalog_uri`.")
+    def snapshot(params=None, triggering_asset_events=None) -> dict:
+        return catalog_snapshot(params["catalog_uri"], triggering_asset_events)
+
     @step_task(doc_md="Great Expectations suites, image integrity and drift; fails the run "
                       "(nothing downstream) on bad data.")
-    def validate(params=None, run_id=None) -> dict:
+    def validate(snap: dict, run_id=None) -> dict:
         from fusion_model.pipelines import steps
 
         root = work_dir() / "runs" / run_id
-        return steps.validate(params["catalog_uri"], str(root / "validation"),
-                              str(work_dir() / "profiles" / "catalog.json"))
+        return steps.validate(snap["catalog_uri"], str(root / "validation"),
+                              str(work_dir() / "profiles" / "catalog.json"),
+                              fingerprint=snap["catalog_fingerprint"])
 
     @step_task(doc_md="Stage 1: align queries with product text, fine-tuning the text encoder.",
                **training_task_args())
-    def train_stage1(report: dict, params=None, run_id=None) -> dict:
+    def train_stage1(snap: dict, report: dict, params=None, run_id=None) -> dict:
         from fusion_model.pipelines import steps
 
-        return steps.train_stage1(params["catalog_uri"], str(work_dir() / "runs" / run_id),
-                                  params["config_name"], _overrides(params))
+        return steps.train_stage1(snap["catalog_uri"], str(work_dir() / "runs" / run_id),
+                                  params["config_name"], _overrides(params),
+                                  fingerprint=snap["catalog_fingerprint"])
 
     @step_task(doc_md="Stage 2: align queries with product photos and train the fusion network.",
                **training_task_args())
-    def train_stage2(stage1: dict, params=None, run_id=None) -> dict:
+    def train_stage2(snap: dict, stage1: dict, params=None, run_id=None) -> dict:
         from fusion_model.pipelines import steps
 
-        return steps.train_stage2(params["catalog_uri"], str(work_dir() / "runs" / run_id),
+        return steps.train_stage2(snap["catalog_uri"], str(work_dir() / "runs" / run_id),
                                   stage1["model_dir"], params["config_name"],
-                                  _overrides(params))
+                                  _overrides(params), fingerprint=snap["catalog_fingerprint"])
 
     @step_task(doc_md="Publish the offline metrics (exact search over the whole catalog, "
                       "overall and per segment) that training computed, as this task's XCom.")
@@ -109,18 +119,18 @@ def multimodal_retrieval_training():
         return steps.evaluate(trained["work_dir"])
 
     @step_task(doc_md="Log the run to MLflow and register the candidate as `challenger`.")
-    def register(trained: dict, report: dict, params=None) -> dict:
+    def register(snap: dict, trained: dict, report: dict, params=None) -> dict:
         from fusion_model.pipelines import steps
 
-        return steps.register(trained["work_dir"], params["catalog_uri"],
+        return steps.register(trained["work_dir"], snap["catalog_uri"],
                               params["config_name"], _overrides(params),
                               validation_report=report["report"])
 
     @step_task(doc_md="Create the candidate's new collection; one job per shard.")
-    def plan_index(registered: dict, params=None) -> list[dict]:
+    def plan_index(snap: dict, registered: dict, params=None) -> list[dict]:
         from fusion_model.pipelines import steps
 
-        return steps.plan_index(registered["version"], params["catalog_uri"],
+        return steps.plan_index(registered["version"], snap["catalog_uri"],
                                 params["shards"], params["config_name"], _overrides(params))
 
     @step_task(doc_md="Embed and upsert one shard of the catalog (resumable).",
@@ -141,10 +151,10 @@ def multimodal_retrieval_training():
 
     @step_task(doc_md="Challenger vs champion through their collections (ANN) with a paired "
                       "bootstrap and guarded segments.")
-    def gate(registered: dict, verified: dict, params=None) -> dict:
+    def gate(snap: dict, registered: dict, verified: dict, params=None) -> dict:
         from fusion_model.pipelines import steps
 
-        return steps.gate(registered["version"], params["catalog_uri"],
+        return steps.gate(registered["version"], snap["catalog_uri"],
                           params["config_name"], _overrides(params),
                           force_promote=params["force_promote"])
 
@@ -155,15 +165,16 @@ def multimodal_retrieval_training():
         return steps.promote_or_reject(registered["version"], decision,
                                        params["config_name"], _overrides(params))
 
-    report = validate()
-    stage1 = train_stage1(report)
-    trained = train_stage2(stage1)
-    registered = register(trained, report)
+    snap = snapshot()
+    report = validate(snap)
+    stage1 = train_stage1(snap, report)
+    trained = train_stage2(snap, stage1)
+    registered = register(snap, trained, report)
     evaluate(trained) >> registered
-    jobs = plan_index(registered)
+    jobs = plan_index(snap, registered)
     shards = index_shard.expand(job=jobs)
     verified = verify_index(jobs, shards)
-    decision = gate(registered, verified)
+    decision = gate(snap, registered, verified)
     promote_or_reject(registered, decision)
 
 

@@ -41,6 +41,26 @@ def default_catalog_uri() -> str:
     return os.environ.get("FUSION_CATALOG_URI") or "demo/catalog"
 
 
+def announce_snapshot(outlet_events, refreshed: dict) -> None:
+    """Put the snapshot a refresh validated (URI + fingerprint) on the ``catalog`` asset
+    event, so the run it triggers trains exactly that snapshot."""
+    outlet_events[CATALOG_ASSET].extra = {"catalog_uri": refreshed["catalog_uri"],
+                                          "catalog_fingerprint": refreshed["catalog_fingerprint"]}
+
+
+def catalog_snapshot(catalog_uri: str, triggering_asset_events=None) -> dict:
+    """The snapshot a training run trains: the newest ``catalog`` asset event's URI and
+    fingerprint when the asset triggered the run, else the run's ``catalog_uri`` (no
+    fingerprint: whatever it holds when validated)."""
+    events = list(triggering_asset_events.get(CATALOG_ASSET, [])) \
+        if triggering_asset_events else []
+    extra = dict(events[-1].extra or {}) if events else {}
+    if extra.get("catalog_uri"):
+        return {"catalog_uri": extra["catalog_uri"],
+                "catalog_fingerprint": extra.get("catalog_fingerprint"), "source": "asset event"}
+    return {"catalog_uri": catalog_uri, "catalog_fingerprint": None, "source": "run params"}
+
+
 def catalog_uri_param(description: str):
     """The ``catalog_uri`` trigger-form param every DAG shares, defaulting to the
     deployment's catalog (what scheduled and asset-triggered runs use)."""

@@ -28,10 +28,32 @@ def _mlflow(config: RunConfig) -> None:
     configure(config.registry.resolved_tracking_uri())
 
 
-def validate(catalog_uri: str, report_dir: str, profile_uri: str | None = None) -> dict:
-    """Raise DataValidationError (nothing downstream runs) or return the report's paths."""
+class SnapshotChangedError(BadInputError):
+    """The catalog at a URI is no longer the snapshot a run was started for."""
+
+
+def load_snapshot(catalog_uri: str, fingerprint: str | None = None):
+    """The catalog at ``catalog_uri``; with ``fingerprint``, only if it is still that
+    snapshot (an asset-triggered run trains what catalog_refresh validated, nothing else)."""
+    from fusion_model.data.catalog import load_catalog
+
+    catalog = load_catalog(catalog_uri)
+    if fingerprint and catalog.fingerprint != fingerprint:
+        raise SnapshotChangedError(
+            f"{catalog_uri} now holds catalog {catalog.fingerprint[:12]}, not the snapshot "
+            f"{fingerprint[:12]} this run was triggered for; trigger a run for the current "
+            "snapshot (or restore that one)")
+    return catalog
+
+
+def validate(catalog_uri: str, report_dir: str, profile_uri: str | None = None,
+             fingerprint: str | None = None) -> dict:
+    """Raise DataValidationError (nothing downstream runs) or return the report's paths;
+    with ``fingerprint``, first check that the URI still holds that snapshot."""
     from fusion_model.validation import validate_catalog
 
+    if fingerprint:
+        load_snapshot(catalog_uri, fingerprint)
     report = validate_catalog(catalog_uri, report_dir, profile_uri=profile_uri)
     return {"success": report.success, "report": report.summary_uri,
             "data_docs": report.data_docs_uri, "checks": len(report.checks)}
@@ -164,14 +186,13 @@ def load_registered_model(name: str, version: str):
 
 
 def train_stage1(catalog_uri: str, work_dir: str, config_name: str = "default",
-                 overrides: list[str] | tuple = ()) -> dict:
+                 overrides: list[str] | tuple = (), fingerprint: str | None = None) -> dict:
     """Stage 1 alone of the config's model: align queries with product text (domain
     fine-tuning). A finished stage 1 of the same config and catalog is reused."""
-    from fusion_model.data.catalog import load_catalog
     from fusion_model.training.trainer import train_stage1 as run_stage1
 
     config = _config(config_name, overrides)
-    catalog = load_catalog(catalog_uri)
+    catalog = load_snapshot(catalog_uri, fingerprint)
     out = str(Path(work_dir) / "stage1")
     result = _finished_training(out, config.for_catalog(catalog.max_grade), catalog) \
         or run_stage1(catalog, config, out)
@@ -179,15 +200,15 @@ def train_stage1(catalog_uri: str, work_dir: str, config_name: str = "default",
 
 
 def train_stage2(catalog_uri: str, work_dir: str, stage1_model_dir: str,
-                 config_name: str = "default", overrides: list[str] | tuple = ()) -> dict:
+                 config_name: str = "default", overrides: list[str] | tuple = (),
+                 fingerprint: str | None = None) -> dict:
     """Stage 2 from a stage-1 model: query <-> image alignment and the fusion network.
     The saved result's history holds both stages."""
-    from fusion_model.data.catalog import load_catalog
     from fusion_model.training.trainer import RESULT_FILE, TrainResult
     from fusion_model.training.trainer import train as run_training
 
     config = _config(config_name, overrides)
-    catalog = load_catalog(catalog_uri)
+    catalog = load_snapshot(catalog_uri, fingerprint)
     out = Path(work_dir) / "stage2"
     result = run_training(catalog, config, out, stage1_from=stage1_model_dir)
     stage1 = TrainResult.load(Path(stage1_model_dir).parent / RESULT_FILE)
@@ -464,7 +485,8 @@ def refresh(catalog_uri: str, config_name: str = "default",
     candidate, tags = candidate_for(champion.name, champion.version)
     model = load_registered_model(champion.name, champion.version)
     cache = str(Path(config.train.cache_dir).expanduser())
-    result = refresh_serving(model, load_catalog(catalog_uri), config.index, champion.version,
+    catalog = load_catalog(catalog_uri)
+    result = refresh_serving(model, catalog, config.index, champion.version,
                              cache, allow_deletions=allow_deletions)
     previous = tags.get("milvus_collection")
     if result.collection != previous:
@@ -475,7 +497,8 @@ def refresh(catalog_uri: str, config_name: str = "default",
             version_tags={"milvus_collection": result.collection})
     return {"collection": result.collection, "previous_collection": previous,
             "written": result.written, "deleted": result.deleted,
-            "unchanged": result.skipped, "count": result.count}
+            "unchanged": result.skipped, "count": result.count,
+            "catalog_uri": catalog_uri, "catalog_fingerprint": catalog.fingerprint}
 
 
 def search(text: str | list[str], k: int = 10, filter_expr: str = "",

@@ -12,6 +12,8 @@ from tests.dags.conftest import REPO
 DAG_FILES = sorted((REPO / "dags").glob("*.py"))
 EXPECTED = {
     "multimodal_retrieval_training": {
+        "snapshot": ["validate", "train_stage1", "train_stage2", "register", "plan_index",
+                     "gate"],
         "validate": ["train_stage1", "register"], "train_stage1": ["train_stage2"],
         "train_stage2": ["evaluate", "register"], "evaluate": ["register"],
         "register": ["plan_index", "gate", "promote_or_reject"],

@@ -95,3 +95,30 @@ def test_corrupted_catalog_stops_at_validation(first_run, dagbag, s3_catalog, ai
     assert all(states[t] == "upstream_failed" for t in ("train_stage1", "register", "gate",
                                                          "promote_or_reject"))
     assert platform_state(airflow_home) == before
+
+
+def test_catalog_refresh_announces_the_snapshot_it_validated(first_run, dagbag, s3_catalog,
+                                                             airflow_home):
+    """The `catalog` asset event names the URI and fingerprint of what the refresh
+    validated; the training run it triggers resolves exactly that snapshot."""
+    import sys
+    from types import SimpleNamespace
+
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    from fusion_model.data.catalog import load_catalog
+
+    run = dagbag.dags["catalog_refresh"].test(run_conf={"catalog_uri": s3_catalog["good"],
+                                                       "config_name": "fast"})
+    assert run.state == "success", {ti.task_id: ti.state for ti in run.get_task_instances()}
+    with create_session() as session:
+        event = session.query(AssetEvent).order_by(AssetEvent.id.desc()).first()
+        extra = dict(event.extra)
+    fingerprint = load_catalog(s3_catalog["good"]).fingerprint
+    assert extra == {"catalog_uri": s3_catalog["good"], "catalog_fingerprint": fingerprint}
+    platform = sys.modules["fusion_platform"]
+    snapshot = platform.catalog_snapshot("s3://shop/elsewhere",
+                                         {platform.CATALOG_ASSET: [SimpleNamespace(extra=extra)]})
+    assert (snapshot["catalog_uri"], snapshot["catalog_fingerprint"]) == (
+        s3_catalog["good"], fingerprint)

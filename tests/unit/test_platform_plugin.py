@@ -95,3 +95,33 @@ def test_bad_input_fails_a_task_at_once_and_other_errors_keep_retries(platform):
         raising(CatalogError("p.csv", "bad id", rows=[2]))(params={})
     with pytest.raises(ConnectionError):  # a server briefly down: retried by Airflow
         raising(ConnectionError("refused"))(params={})
+
+
+def test_an_asset_triggered_run_trains_the_announced_snapshot(platform):
+    """catalog_refresh puts URI + fingerprint on the asset event; the run it triggers takes
+    them from the newest event, not from whatever $FUSION_CATALOG_URI points at."""
+    from types import SimpleNamespace
+
+    outlet_events = {platform.CATALOG_ASSET: SimpleNamespace(extra={})}
+    platform.announce_snapshot(outlet_events, {"catalog_uri": "s3://shop/2026-11-21",
+                                               "catalog_fingerprint": "f" * 64})
+    old = SimpleNamespace(extra={"catalog_uri": "s3://shop/2026-11-20",
+                                 "catalog_fingerprint": "e" * 64})
+    events = {platform.CATALOG_ASSET: [old, outlet_events[platform.CATALOG_ASSET]]}
+    assert platform.catalog_snapshot("s3://shop/current", events) == {
+        "catalog_uri": "s3://shop/2026-11-21", "catalog_fingerprint": "f" * 64,
+        "source": "asset event"}
+    for manual in (None, {}, {platform.CATALOG_ASSET: [SimpleNamespace(extra=None)]}):
+        assert platform.catalog_snapshot("s3://shop/current", manual) == {
+            "catalog_uri": "s3://shop/current", "catalog_fingerprint": None,
+            "source": "run params"}
+
+
+def test_a_snapshot_that_changed_since_its_announcement_is_refused(synthetic_catalog):
+    from fusion_model.data.catalog import load_catalog
+    from fusion_model.pipelines import steps
+
+    fingerprint = load_catalog(str(synthetic_catalog)).fingerprint
+    assert steps.load_snapshot(str(synthetic_catalog), fingerprint).fingerprint == fingerprint
+    with pytest.raises(steps.SnapshotChangedError, match="not the snapshot 000000000000"):
+        steps.train_stage1(str(synthetic_catalog), "unused", fingerprint="0" * 64)
