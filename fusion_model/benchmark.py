@@ -54,7 +54,8 @@ def zero_shot_text(catalog: Catalog, config: RunConfig) -> EvaluationResult:
     queries = vectors(test.texts, config.text.query_max_length)
     return evaluate_vectors(queries, products, test.ids, data.product_ids, test.qrels,
                             config.eval.ks, config.eval.min_relevant_grade,
-                            query_segments(catalog.queries, catalog.products, catalog.judgments))
+                            query_segments(catalog.queries, catalog.products, catalog.judgments,
+                                           config.eval.segments))
 
 
 def core_models() -> tuple[str, ...]:

@@ -96,6 +96,10 @@ class EvalConfig:
                                      # (0 = the catalog's highest grade present)
     primary_metric: str = "ndcg@10"  # used for early stopping and model selection
     bootstrap_samples: int = 1000
+    # named query subsets reported per result: NAME=any:ATTR[,ATTR] | NAME=title_lacks:ATTR
+    segments: tuple[str, ...] = ("visual_query=any:colour,pattern",
+                                 "text_only_attribute=any:brand,material",
+                                 "title_lacks_attribute=title_lacks:colour")
 
 
 @dataclass(frozen=True)
@@ -287,8 +291,14 @@ def _coerce(value: Any, hint, key: str):
 
 def validate(config: RunConfig) -> None:
     """Value ranges and combinations; each message says what to change."""
+    from fusion_model.evaluation.evaluator import SegmentRule
     from fusion_model.models.heads import HEADS
 
+    for spec in config.eval.segments:
+        try:
+            SegmentRule.parse(spec)
+        except ValueError as exc:
+            raise ConfigError(f"eval.segments: {exc}") from exc
     checks = [
         (config.model.fusion in HEADS,
          f"model.fusion={config.model.fusion!r}: choose one of {', '.join(HEADS)}"),

@@ -73,6 +73,8 @@ def decide(challenger: EvaluationResult, baseline: EvaluationResult, baseline_na
     for segment in policy.guarded_segments:
         new, old = challenger.segments.get(segment), baseline.segments.get(segment)
         if not new or not old:
+            reasons.append(f"guarded segment {segment}: no test query of this catalog is in "
+                           "it, not checked (see eval.segments)")
             continue
         drop = old[metric] - new[metric]
         metrics[f"segment.{segment}.delta"] = -drop

@@ -98,8 +98,9 @@ def evaluate_model(model: TwoTower, catalog: Catalog, split: str = "test",
     queries = data.splits[split]
     product_vectors = embed_catalog(model, catalog, cache_dir, progress=progress)
     query_vectors = model.embed_queries(queries.texts)
-    segments = query_segments(catalog.queries, catalog.products, catalog.judgments)
     cfg = model.config.eval
+    segments = query_segments(catalog.queries, catalog.products, catalog.judgments,
+                              cfg.segments)
     return evaluate_vectors(query_vectors, product_vectors, queries.ids, data.product_ids,
                             queries.qrels, cfg.ks, cfg.min_relevant_grade, segments)
 

@@ -13,9 +13,6 @@ from fusion_model.evaluation.bootstrap import bootstrap_mean
 from fusion_model.evaluation.metrics import mean_metrics, per_query_table
 from fusion_model.evaluation.search import exact_top_k
 
-VISUAL_ATTRIBUTES = ("colour", "pattern")
-TEXT_ONLY_ATTRIBUTES = ("brand", "material")
-
 
 @dataclass
 class EvaluationResult:
@@ -69,13 +66,37 @@ def evaluate_rankings(rankings: Mapping[str, Sequence[str]],
     return result
 
 
-def query_segments(queries, products, judgments) -> dict[str, set[str]]:
-    """Named query subsets, from the queries' ``attributes`` JSON column when present.
+SEGMENT_KINDS = ("any", "title_lacks")
+DEFAULT_SEGMENTS = ("visual_query=any:colour,pattern", "text_only_attribute=any:brand,material",
+                    "title_lacks_attribute=title_lacks:colour")
 
-    visual_query:          names a colour or pattern
-    text_only_attribute:   names an attribute only text carries (brand, material)
-    title_lacks_attribute: most exact matches' titles do not state the queried colour
-    """
+
+@dataclass(frozen=True)
+class SegmentRule:
+    """A named query subset: ``name=any:a,b`` (the query names attribute a or b) or
+    ``name=title_lacks:a`` (most exact matches' titles do not state the queried a)."""
+
+    name: str
+    kind: str
+    attributes: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, spec: str) -> SegmentRule:
+        name, _, rule = spec.partition("=")
+        kind, _, attributes = rule.partition(":")
+        names = tuple(a.strip() for a in attributes.split(",") if a.strip())
+        if not name.strip() or kind not in SEGMENT_KINDS or not names or \
+                (kind == "title_lacks" and len(names) != 1):
+            raise ValueError(f"segment {spec!r}: write NAME=any:ATTR[,ATTR...] or "
+                             "NAME=title_lacks:ATTR")
+        return cls(name.strip(), kind, names)
+
+
+def query_segments(queries, products, judgments,
+                   rules: Sequence[str] = DEFAULT_SEGMENTS) -> dict[str, set[str]]:
+    """Named query subsets (``eval.segments``), from the queries' ``attributes`` JSON column
+    when present. A segment no query falls into is left out of every result."""
+    parsed = [SegmentRule.parse(rule) for rule in rules]
     if "attributes" not in queries.columns:
         return {}
     titles = dict(zip(products["product_id"], products["title"].str.lower()))
@@ -83,18 +104,20 @@ def query_segments(queries, products, judgments) -> dict[str, set[str]]:
     for qid, pid in judgments.loc[judgments["grade"] == 3, ["query_id", "product_id"]
                                   ].itertuples(index=False):
         exact.setdefault(qid, []).append(pid)
-    segments: dict[str, set[str]] = {"visual_query": set(), "text_only_attribute": set(),
-                                     "title_lacks_attribute": set()}
+    segments: dict[str, set[str]] = {rule.name: set() for rule in parsed}
     for qid, raw in zip(queries["query_id"], queries["attributes"]):
         attributes = json.loads(raw) if isinstance(raw, str) else {}
-        if any(a in attributes for a in VISUAL_ATTRIBUTES):
-            segments["visual_query"].add(qid)
-        if any(a in attributes for a in TEXT_ONLY_ATTRIBUTES):
-            segments["text_only_attribute"].add(qid)
-        colour = str(attributes.get("colour", "")).lower()
-        matches = exact.get(qid, [])
-        if colour and matches:
-            lacking = sum(colour not in titles[p] for p in matches) / len(matches)
-            if lacking >= 0.5:
-                segments["title_lacks_attribute"].add(qid)
+        for rule in parsed:
+            if _in_segment(rule, attributes, exact.get(qid, []), titles):
+                segments[rule.name].add(qid)
     return segments
+
+
+def _in_segment(rule: SegmentRule, attributes: dict, matches: list[str],
+                titles: dict[str, str]) -> bool:
+    if rule.kind == "any":
+        return any(a in attributes for a in rule.attributes)
+    value = str(attributes.get(rule.attributes[0], "")).lower()
+    if not value or not matches:
+        return False
+    return sum(value not in titles[p] for p in matches) / len(matches) >= 0.5

@@ -311,7 +311,8 @@ def _test_queries(catalog_uri: str, config: RunConfig):
     catalog = load_catalog(catalog_uri)
     config = config.for_catalog(catalog.max_grade)
     test = build_data(catalog, config.train.min_positive_grade).splits["test"]
-    segments = query_segments(catalog.queries, catalog.products, catalog.judgments)
+    segments = query_segments(catalog.queries, catalog.products, catalog.judgments,
+                              config.eval.segments)
     return catalog, test, segments, config
 
 

@@ -466,7 +466,7 @@ class Trainer:
         queries = self.data.splits[split]
         cfg = self.config.eval
         segments = query_segments(self.catalog.queries, self.catalog.products,
-                                  self.catalog.judgments) if split == "test" else None
+                                  self.catalog.judgments, cfg.segments) if split == "test" else None
         products = self.product_vectors() if products is None else products
         return evaluate_vectors(self.query_vectors(split), products, queries.ids,
                                 self.data.product_ids, queries.qrels, cfg.ks,
