@@ -20,10 +20,10 @@ import torch
 
 from fusion_model.data.synthetic import TextNoise, sample_products, sample_queries
 from fusion_model.evaluation.search import exact_top_k
+from fusion_model.features import product_text
 from fusion_model.index import milvus
 from fusion_model.models.heads import l2
 from fusion_model.models.text import TextEncoder, mean_pool
-from fusion_model.training.data import product_text
 
 
 def embed(encoder: TextEncoder, texts: list[str], batch: int = 256) -> np.ndarray:

@@ -25,11 +25,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fusion_model.config import load_config
 from fusion_model.data.catalog import load_catalog
+from fusion_model.features import decode_image, product_text
 from fusion_model.inference import embed_catalog
-from fusion_model.models.image import decode_image
 from fusion_model.models.towers import TwoTower
 from fusion_model.storage import read_bytes
-from fusion_model.training.data import product_text
 
 
 def matmul_flops(dtype: torch.dtype, size: int = 2048, seconds: float = 2.0) -> float:

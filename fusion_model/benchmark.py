@@ -21,10 +21,10 @@ from fusion_model.config import RunConfig, load_config
 from fusion_model.data.catalog import Catalog, load_catalog
 from fusion_model.evaluation.bootstrap import paired_bootstrap_difference
 from fusion_model.evaluation.evaluator import EvaluationResult, evaluate_vectors, query_segments
+from fusion_model.features import text_bottom_features
 from fusion_model.models.heads import HEADS, l2
 from fusion_model.models.text import TextEncoder, mean_pool
 from fusion_model.training.data import build_data
-from fusion_model.training.features import text_bottom_features
 from fusion_model.training.trainer import train
 
 log = logging.getLogger(__name__)

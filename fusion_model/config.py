@@ -24,7 +24,7 @@ from fusion_model.index.milvus import SUPPORTED_INDEXES, SUPPORTED_METRICS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 SCHEDULES = ("constant", "cosine")
-PRECISIONS = ("auto", "fp32", "bf16")  # fusion_model.models.precision
+PRECISIONS = ("auto", "fp32", "bf16")  # fusion_model.runtime
 TOKEN_ENV = "FUSION_MILVUS_TOKEN"
 
 

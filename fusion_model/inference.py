@@ -13,16 +13,17 @@ from tqdm.auto import tqdm
 
 from fusion_model.data.catalog import Catalog
 from fusion_model.evaluation.evaluator import EvaluationResult, evaluate_vectors, query_segments
-from fusion_model.models.towers import TwoTower
-from fusion_model.training.data import build_data, product_text
-from fusion_model.training.features import (
-    autocast,
+from fusion_model.features import (
     image_batch,
     image_bottom_features,
     load_images,
     photos_named_by_product,
+    product_text,
     text_bottom_features,
 )
+from fusion_model.models.towers import TwoTower
+from fusion_model.runtime import autocast
+from fusion_model.training.data import build_data
 
 log = logging.getLogger(__name__)
 

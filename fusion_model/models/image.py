@@ -10,19 +10,16 @@ and adapted through the projection and the fusion network).
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
-from PIL import Image
 from torch import nn
 
-from fusion_model.errors import BadInputError, FusionModelError
+from fusion_model.errors import FusionModelError
+from fusion_model.runtime import weights_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -44,46 +41,6 @@ def colour_histograms(rgb: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     bins = (level[:, 0] * COLOUR_LEVELS + level[:, 1]) * COLOUR_LEVELS + level[:, 2]
     one_hot = F.one_hot(bins, COLOUR_LEVELS ** 3).permute(0, 3, 1, 2).float()
     return F.adaptive_avg_pool2d(one_hot, grid).sqrt()
-
-
-# Decompression-bomb guard, read from the header before any pixel is decoded (the same
-# bound as validation's ``max_image_pixels``).
-MAX_IMAGE_PIXELS = 40_000_000
-
-
-class ImageDecodeError(BadInputError):
-    """A photo cannot be decoded (empty, undecodable, truncated or too many pixels)."""
-
-    def __init__(self, uri: str, reason: str, product_id: str | None = None):
-        self.uri, self.reason, self.product_id = uri, reason, product_id
-        who = f"product {product_id}: " if product_id else ""
-        super().__init__(f"{who}{uri}: cannot use this photo ({reason}); fix or remove the "
-                         "image reference (`fusion-model validate` lists every bad photo)")
-
-
-def decode_image(data: bytes, size: int, max_pixels: int = MAX_IMAGE_PIXELS,
-                 uri: str = "<bytes>") -> np.ndarray:
-    """JPEG/PNG bytes -> (size, size, 3) uint8 RGB, resized with bilinear filtering.
-
-    Raises ImageDecodeError for empty, undecodable or truncated data and for images whose
-    header declares more than ``max_pixels`` pixels (checked before decoding).
-    """
-    if not data:
-        raise ImageDecodeError(uri, "empty file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise ImageDecodeError(uri, f"{width}x{height} exceeds {max_pixels:,} "
-                                                "pixels")
-                image.draft("RGB", (size, size))
-                return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(uri, f"decompression bomb: {exc}") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageDecodeError(uri, f"{type(exc).__name__}: {exc}") from exc
 
 
 class EfficientNetEncoder(nn.Module):
@@ -159,7 +116,7 @@ class EfficientNetEncoder(nn.Module):
         """Identifies the cached bottom; ``colour=False``: the CNN part alone."""
         colour = self.colour_tokens if colour is None else colour
         label = f"|colour{COLOUR_LEVELS}x{COLOUR_CELL}" if colour else ""
-        return _weights_fingerprint(f"{self.name}|{self.split}|{self.image_size}{label}",
+        return weights_fingerprint(f"{self.name}|{self.split}|{self.image_size}{label}",
                                     [self.net._conv_stem, self.net._bn0,
                                      *self.net._blocks[: self.split]])
 
@@ -198,7 +155,7 @@ class HFVisionEncoder(nn.Module):
         return features
 
     def fingerprint(self) -> str:
-        return _weights_fingerprint(f"{self.name}|{self.image_size}", [self.model])
+        return weights_fingerprint(f"{self.name}|{self.image_size}", [self.model])
 
 
 def _processor_stats(path: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,15 +168,6 @@ def _processor_stats(path: str) -> tuple[torch.Tensor, torch.Tensor]:
         data = json.loads(config_file.read_text())
         mean, std = data.get("image_mean", mean), data.get("image_std", std)
     return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
-
-
-def _weights_fingerprint(label: str, modules: list[nn.Module]) -> str:
-    digest = hashlib.sha256(label.encode())
-    for module in modules:
-        for name, tensor in sorted(module.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().float().contiguous().numpy().tobytes()[:4096])
-    return digest.hexdigest()[:20]
 
 
 def build_image_encoder(model: str, trainable_blocks: int, image_size: int,

@@ -7,7 +7,6 @@ layers. Mean pooling over real tokens gives the sentence vector, as in sentence-
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from fusion_model.errors import FusionModelError
+from fusion_model.runtime import weights_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +107,9 @@ class TextEncoder(nn.Module):
 
     def fingerprint(self) -> str:
         """Identifies the frozen bottom: model, split point and its weights."""
-        digest = hashlib.sha256(f"{self.model_name}|{self.split}|{self.max_length}".encode())
         frozen = [self.model.embeddings, *self.layers[: self.split]] if len(self.layers) \
             else [self.model]
-        for module in frozen:
-            for name, tensor in sorted(module.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().float().contiguous().numpy().tobytes()[:4096])
-        return digest.hexdigest()[:20]
+        return weights_fingerprint(f"{self.model_name}|{self.split}|{self.max_length}", frozen)
 
 
 TINY_VOCAB = ("red blue green black white striped checked dotted shirt dress boots cap for men "

@@ -17,8 +17,8 @@ from fusion_model.errors import BadInputError
 from fusion_model.losses import InfoNCELoss
 from fusion_model.models.heads import HeadSettings, QueryHead, head_class, l2
 from fusion_model.models.image import build_image_encoder
-from fusion_model.models.precision import autocast
 from fusion_model.models.text import TextEncoder, mean_pool
+from fusion_model.runtime import autocast
 from fusion_model.tensor_files import load_tensors
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from fusion_model import storage
-from fusion_model.models.image import MAX_IMAGE_PIXELS
+from fusion_model.features import MAX_IMAGE_PIXELS
 
 THUMBNAIL = 96
 

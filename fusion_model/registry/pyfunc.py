@@ -64,8 +64,7 @@ class ProductEncoder(_Base):
         self.model = _load(context)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
-        from fusion_model.training.data import product_text
-        from fusion_model.training.features import load_images
+        from fusion_model.features import load_images, product_text
 
         frame = model_input.fillna("")
         texts = [product_text(t, d) for t, d in zip(frame["title"], frame.get(

@@ -10,6 +10,7 @@ import numpy as np
 from fusion_model.data.catalog import Catalog
 from fusion_model.data.judging import assign_splits
 from fusion_model.errors import FusionModelError
+from fusion_model.features import product_text
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +29,6 @@ class RetrievalData:
     product_texts: list[str]
     image_uris: list[str | None]
     splits: dict[str, QuerySet]
-
-
-def product_text(title: str, description: str) -> str:
-    """What the text tower reads for a product."""
-    return f"{title}. {description}".strip() if description else title
 
 
 def build_data(catalog: Catalog, min_positive_grade: int) -> RetrievalData:

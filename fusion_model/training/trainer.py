@@ -27,8 +27,15 @@ from tqdm.auto import tqdm
 from fusion_model.config import RunConfig, StageConfig
 from fusion_model.data.catalog import Catalog
 from fusion_model.evaluation.evaluator import EvaluationResult, evaluate_vectors, query_segments
+from fusion_model.features import (
+    image_batch,
+    image_bottom_features,
+    photos_named_by_product,
+    text_bottom_features,
+)
 from fusion_model.models.text import mean_pool
 from fusion_model.models.towers import TwoTower
+from fusion_model.runtime import autocast
 from fusion_model.tensor_files import load_tensors
 from fusion_model.training.data import (
     RetrievalData,
@@ -43,13 +50,6 @@ from fusion_model.training.distributed import (
     init_from_environment,
     rank_zero_first,
     shard_bounds,
-)
-from fusion_model.training.features import (
-    autocast,
-    image_batch,
-    image_bottom_features,
-    photos_named_by_product,
-    text_bottom_features,
 )
 
 log = logging.getLogger(__name__)

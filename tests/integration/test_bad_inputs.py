@@ -599,7 +599,7 @@ def test_bad_photo_bytes_never_reach_the_index_through_a_validated_dag_run(platf
 
 
 def test_image_pixels_are_capped_before_decoding():
-    from fusion_model.models.image import ImageDecodeError, decode_image
+    from fusion_model.features import ImageDecodeError, decode_image
 
     with pytest.raises(ImageDecodeError, match="pixels"):
         decode_image(bomb(), 32, uri="bomb.png")

@@ -10,13 +10,13 @@ import torch
 from PIL import Image
 
 from fusion_model.errors import FusionModelError
+from fusion_model.features import image_bottom_features
 from fusion_model.models.image import (
     COLOUR_LEVELS,
     EfficientNetEncoder,
     build_image_encoder,
     colour_histograms,
 )
-from fusion_model.training.features import image_bottom_features
 
 RED = (3 * COLOUR_LEVELS + 0) * COLOUR_LEVELS + 0
 WHITE = COLOUR_LEVELS ** 3 - 1
@@ -61,7 +61,7 @@ def test_switching_colour_tokens_on_reuses_the_cached_cnn_maps(tmp_path, caplog)
     first = image_bottom_features(plain, [*uris, None], str(tmp_path / "cache"), "fp32",
                                   progress=False)
     colour = EfficientNetEncoder(trainable_blocks=1, colour_tokens=True).eval()
-    with caplog.at_level(logging.INFO, logger="fusion_model.training.features"):
+    with caplog.at_level(logging.INFO, logger="fusion_model.features"):
         both = image_bottom_features(colour, [*uris, None], str(tmp_path / "cache"), "fp32",
                                      progress=False)
     assert "image features: 3 cached, 0 computed" in caplog.text

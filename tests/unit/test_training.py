@@ -56,7 +56,7 @@ def test_second_run_reuses_cached_frozen_features(catalog, tiny_models, tmp_path
                                "train.stage2.epochs=1")
     train(catalog, load_config("default", overrides), tmp_path / "a", progress=False)
     files = sorted(p.name for p in (tmp_path / "cache").rglob("*"))
-    with caplog.at_level(logging.INFO, logger="fusion_model.training.features"):
+    with caplog.at_level(logging.INFO, logger="fusion_model.features"):
         train(catalog, load_config("default", overrides + ["model.fusion=concat"]),
               tmp_path / "b", progress=False)
     assert sorted(p.name for p in (tmp_path / "cache").rglob("*")) == files
