@@ -20,7 +20,7 @@ import torch
 from fusion_model.config import RunConfig, load_config
 from fusion_model.data.catalog import Catalog, load_catalog
 from fusion_model.evaluation.bootstrap import paired_bootstrap_difference
-from fusion_model.evaluation.evaluator import EvaluationResult, evaluate_vectors, query_segments
+from fusion_model.evaluation.evaluator import EvaluationResult, Evaluator
 from fusion_model.features import text_bottom_features
 from fusion_model.models.heads import HEADS, l2
 from fusion_model.models.text import TextEncoder, mean_pool
@@ -42,7 +42,7 @@ def zero_shot_text(catalog: Catalog, config: RunConfig) -> EvaluationResult:
     config = config.for_catalog(catalog.max_grade)
     encoder = TextEncoder(config.text.model, config.text.max_length, trainable_layers=0)
     data = build_data(catalog, config.train.min_positive_grade)
-    test = data.splits["test"]
+    evaluator = Evaluator.for_split(catalog, config, "test", data)
     cache = str(Path(config.train.cache_dir).expanduser())
 
     def vectors(texts: list[str], length: int) -> torch.Tensor:
@@ -50,12 +50,8 @@ def zero_shot_text(catalog: Catalog, config: RunConfig) -> EvaluationResult:
                                      desc="zero-shot text")
         return l2(mean_pool(feats["hidden"].float(), feats["mask"]))
 
-    products = vectors(data.product_texts, config.text.max_length)
-    queries = vectors(test.texts, config.text.query_max_length)
-    return evaluate_vectors(queries, products, test.ids, data.product_ids, test.qrels,
-                            config.eval.ks, config.eval.min_relevant_grade,
-                            query_segments(catalog.queries, catalog.products, catalog.judgments,
-                                           config.eval.segments))
+    return evaluator.score_vectors(vectors(evaluator.query_texts, config.text.query_max_length),
+                                   vectors(data.product_texts, config.text.max_length))
 
 
 def core_models() -> tuple[str, ...]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from fusion_model.config import GateConfig, IndexConfig
 from fusion_model.evaluation.bootstrap import paired_bootstrap_difference
-from fusion_model.evaluation.evaluator import EvaluationResult, evaluate_rankings
+from fusion_model.evaluation.evaluator import EvaluationResult, Evaluator
 from fusion_model.index import milvus
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,11 @@ def ann_rankings(config: IndexConfig, collection: str, query_vectors: np.ndarray
 
 
 def evaluate_collection(config: IndexConfig, collection: str, query_vectors: np.ndarray,
-                        query_ids: list[str], qrels, ks, min_grade: int,
-                        segments=None) -> tuple[EvaluationResult, dict[str, list[str]]]:
-    rankings = ann_rankings(config, collection, query_vectors, query_ids, max(ks))
-    return evaluate_rankings(rankings, qrels, ks, min_grade, segments), rankings
+                        evaluator: Evaluator) -> tuple[EvaluationResult, dict[str, list[str]]]:
+    """The evaluator's queries searched through the collection (ANN), scored."""
+    rankings = ann_rankings(config, collection, query_vectors, evaluator.query_ids,
+                            max(evaluator.ks))
+    return evaluator.score_rankings(rankings), rankings
 
 
 def decide(challenger: EvaluationResult, baseline: EvaluationResult, baseline_name: str,

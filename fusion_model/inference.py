@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fusion_model.data.catalog import Catalog
-from fusion_model.evaluation.evaluator import EvaluationResult, evaluate_vectors, query_segments
+from fusion_model.evaluation.evaluator import EvaluationResult, Evaluator
 from fusion_model.features import (
     image_batch,
     image_bottom_features,
@@ -23,7 +23,6 @@ from fusion_model.features import (
 )
 from fusion_model.models.towers import TwoTower
 from fusion_model.runtime import autocast
-from fusion_model.training.data import build_data
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +94,9 @@ def _embed_uncached(model: TwoTower, texts: list[str], uris: list[str | None],
 def evaluate_model(model: TwoTower, catalog: Catalog, split: str = "test",
                    cache_dir: str | None = None, progress: bool = True) -> EvaluationResult:
     """Metrics of a saved model on one split, by exact search over the whole catalog."""
-    data = build_data(catalog, model.config.train.min_positive_grade)
-    queries = data.splits[split]
+    evaluator = Evaluator.for_split(catalog, model.config, split)
     product_vectors = embed_catalog(model, catalog, cache_dir, progress=progress)
-    query_vectors = model.embed_queries(queries.texts)
-    cfg = model.config.eval
-    segments = query_segments(catalog.queries, catalog.products, catalog.judgments,
-                              cfg.segments)
-    return evaluate_vectors(query_vectors, product_vectors, queries.ids, data.product_ids,
-                            queries.qrels, cfg.ks, cfg.min_relevant_grade, segments)
+    return evaluator.score_vectors(model.embed_queries(evaluator.query_texts), product_vectors)
 
 
 def write_vectors(path: str | Path, product_ids: list[str], vectors: torch.Tensor) -> None:

@@ -34,6 +34,46 @@ class EvaluationResult:
         return cls(data["metrics"], data["per_query"], data.get("segments", {}))
 
 
+@dataclass
+class Evaluator:
+    """One split of one catalog, bound once: its queries, qrels and segments, the catalog's
+    product ids, the cut-offs and the relevance grade. The trainer, inference, the
+    benchmark and the gate all score through it."""
+
+    query_ids: list[str]
+    query_texts: list[str]
+    qrels: Mapping[str, Mapping[str, int]]
+    product_ids: list[str]
+    segments: dict[str, set[str]]
+    ks: tuple[int, ...]
+    min_grade: int
+
+    @classmethod
+    def for_split(cls, catalog, config, split: str = "test", data=None) -> Evaluator:
+        """``config``: a RunConfig (its ``eval`` and thresholds); ``data``: the catalog's
+        RetrievalData when the caller has built it already."""
+        from fusion_model.training.data import build_data
+
+        config = config.for_catalog(catalog.max_grade)
+        data = data or build_data(catalog, config.train.min_positive_grade)
+        queries = data.splits[split]
+        segments = query_segments(catalog.queries, catalog.products, catalog.judgments,
+                                  config.eval.segments)
+        return cls(queries.ids, queries.texts, queries.qrels, data.product_ids, segments,
+                   tuple(config.eval.ks), config.eval.min_relevant_grade)
+
+    def score_vectors(self, query_vectors: torch.Tensor,
+                      product_vectors: torch.Tensor) -> EvaluationResult:
+        """Exact search of this split's query vectors over every product vector."""
+        return evaluate_vectors(query_vectors, product_vectors, self.query_ids,
+                                self.product_ids, self.qrels, self.ks, self.min_grade,
+                                self.segments)
+
+    def score_rankings(self, rankings: Mapping[str, Sequence[str]]) -> EvaluationResult:
+        """Given rankings (an ANN index's) of this split's queries."""
+        return evaluate_rankings(rankings, self.qrels, self.ks, self.min_grade, self.segments)
+
+
 def rank(query_vectors: torch.Tensor, product_vectors: torch.Tensor, query_ids: Sequence[str],
          product_ids: Sequence[str], k: int) -> dict[str, list[str]]:
     """Top-k product ids per query by inner product."""

@@ -303,26 +303,21 @@ def index(version: str, catalog_uri: str, config_name: str = "default",
     return {**verified, "written": written}
 
 
-def _test_queries(catalog_uri: str, config: RunConfig):
+def _test_evaluator(catalog_uri: str, config: RunConfig):
     from fusion_model.data.catalog import load_catalog
-    from fusion_model.evaluation.evaluator import query_segments
-    from fusion_model.training.data import build_data
+    from fusion_model.evaluation.evaluator import Evaluator
 
     catalog = load_catalog(catalog_uri)
     config = config.for_catalog(catalog.max_grade)
-    test = build_data(catalog, config.train.min_positive_grade).splits["test"]
-    segments = query_segments(catalog.queries, catalog.products, catalog.judgments,
-                              config.eval.segments)
-    return catalog, test, segments, config
+    return catalog, Evaluator.for_split(catalog, config, "test"), config
 
 
-def _evaluate_version(version: str, collection: str, test, segments, config: RunConfig):
+def _evaluate_version(version: str, collection: str, evaluator, config: RunConfig):
     from fusion_model.gate import evaluate_collection
 
     model = load_registered_model(config.registry.model_name, version)
-    vectors = model.embed_queries(test.texts).numpy()
-    return evaluate_collection(config.index, collection, vectors, test.ids, test.qrels,
-                               config.eval.ks, config.eval.min_relevant_grade, segments)
+    vectors = model.embed_queries(evaluator.query_texts).numpy()
+    return evaluate_collection(config.index, collection, vectors, evaluator)
 
 
 def gate(version: str, catalog_uri: str, config_name: str = "default",
@@ -338,23 +333,23 @@ def gate(version: str, catalog_uri: str, config_name: str = "default",
     config = _config(config_name, overrides)
     _mlflow(config)
     name = config.registry.model_name
-    catalog, test, segments, config = _test_queries(catalog_uri, config)
+    catalog, test, config = _test_evaluator(catalog_uri, config)
     tags = version_tags(Candidate(name, version, version))
     challenger, challenger_ranks = _evaluate_version(version, tags["milvus_collection"], test,
-                                                     segments, config)
+                                                     config)
     champion = get_alias(name, CHAMPION)
     rankings = {f"challenger v{version}": challenger_ranks}
     if champion is not None and champion.version != version:
         champion_tags = version_tags(champion)
         baseline, champion_ranks = _evaluate_version(champion.version,
                                                      champion_tags["milvus_collection"], test,
-                                                     segments, config)
+                                                     config)
         baseline_name = f"champion v{champion.version}"
         rankings[baseline_name] = champion_ranks
     else:
         baseline, baseline_name = zero_shot_text(catalog, config), "zero_shot_text"
     decision = decide(challenger, baseline, baseline_name, config.gate, force_promote)
-    gallery = build_gallery(dict(zip(test.ids, test.texts)), rankings, test.qrels,
+    gallery = build_gallery(dict(zip(test.query_ids, test.query_texts)), rankings, test.qrels,
                             catalog.products, f"{name} v{version} vs {baseline_name}")
     with mlflow.start_run(run_id=tags["run_id"]):
         mlflow.log_text(gallery, "review/gallery.html")

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from fusion_model.config import RunConfig, StageConfig
 from fusion_model.data.catalog import Catalog
-from fusion_model.evaluation.evaluator import EvaluationResult, evaluate_vectors, query_segments
+from fusion_model.evaluation.evaluator import EvaluationResult, Evaluator
 from fusion_model.features import (
     image_batch,
     image_bottom_features,
@@ -113,6 +113,7 @@ class Trainer:
         self.image_present: torch.Tensor | None = None
         self.query_pooled: dict[str, torch.Tensor] | None = None
         self.negatives: list[np.ndarray] | None = None
+        self.evaluators: dict[str, Evaluator] = {}
         self._started = 0.0
 
     # orchestration ------------------------------------------------------------------------
@@ -463,14 +464,11 @@ class Trainer:
     def evaluate_split(self, split: str,
                        products: torch.Tensor | None = None) -> EvaluationResult:
         """Exact-search metrics of the current model on one split."""
-        queries = self.data.splits[split]
-        cfg = self.config.eval
-        segments = query_segments(self.catalog.queries, self.catalog.products,
-                                  self.catalog.judgments, cfg.segments) if split == "test" else None
+        if split not in self.evaluators:
+            self.evaluators[split] = Evaluator.for_split(self.catalog, self.config, split,
+                                                         self.data)
         products = self.product_vectors() if products is None else products
-        return evaluate_vectors(self.query_vectors(split), products, queries.ids,
-                                self.data.product_ids, queries.qrels, cfg.ks,
-                                cfg.min_relevant_grade, segments)
+        return self.evaluators[split].score_vectors(self.query_vectors(split), products)
 
 
 @dataclass

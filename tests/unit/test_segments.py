@@ -49,3 +49,22 @@ def test_the_gate_reports_a_guarded_segment_absent_from_the_catalog():
     assert any("guarded segment text_only_attribute: no test query" in r
                for r in decision.reasons)
     assert not any("visual_query: no test query" in r for r in decision.reasons)
+
+
+def test_one_evaluator_binds_a_split_and_scores_vectors_and_rankings(synthetic_catalog):
+    import torch
+
+    from fusion_model.data.catalog import load_catalog
+    from fusion_model.evaluation.evaluator import Evaluator
+
+    catalog = load_catalog(str(synthetic_catalog))
+    config = load_config("default", ["eval.segments=['coloured=any:colour']"])
+    evaluator = Evaluator.for_split(catalog, config, "test")
+    assert set(evaluator.segments) == {"coloured"} and evaluator.segments["coloured"]
+    perfect = {q: sorted(evaluator.qrels[q], key=evaluator.qrels[q].get, reverse=True)
+               for q in evaluator.query_ids if q in evaluator.qrels}
+    result = evaluator.score_rankings(perfect)
+    assert result.metrics["ndcg@10"] == pytest.approx(1.0) and "coloured" in result.segments
+    queries = torch.nn.functional.normalize(torch.randn(len(evaluator.query_ids), 8), dim=-1)
+    products = torch.nn.functional.normalize(torch.randn(len(evaluator.product_ids), 8), dim=-1)
+    assert evaluator.score_vectors(queries, products).metrics["ndcg@10"] < 0.5
