@@ -24,7 +24,7 @@ from fusion_model.benchmark import average_results
 from fusion_model.config import load_config
 from fusion_model.data.catalog import load_catalog
 from fusion_model.evaluation.bootstrap import paired_bootstrap_difference
-from fusion_model.training.trainer import train
+from fusion_model.training.trainer import RESULT_FILE, TrainResult, train
 
 log = logging.getLogger("ablation")
 METRIC = "ndcg@10"
@@ -47,7 +47,9 @@ def run(args: argparse.Namespace) -> dict:
             config = load_config(args.config, [*args.overrides, *overrides,
                                                f"train.seed={seed}"])
             work = Path(args.work_dir) / name / f"seed{seed}"
-            result = train(catalog, config, work, progress=False, stage1_from=args.stage1_from)
+            finished = work / RESULT_FILE
+            result = TrainResult.load(finished) if args.reuse and finished.is_file() else \
+                train(catalog, config, work, progress=False, stage1_from=args.stage1_from)
             tests.append(result.test)
             vals.append(result.val.metrics[METRIC])
             log.info("%s seed %d: val %.4f test %.4f", name, seed, vals[-1],
@@ -89,6 +91,9 @@ def main() -> None:
     parser.add_argument("--config", default="default")
     parser.add_argument("--work-dir", default="runs/ablation")
     parser.add_argument("--output", help="JSON file for the per-variant numbers")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take a variant's finished run from the work dir (same command "
+                        "rerun after a stop, or to rebuild the table)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="applied to every variant")
     args = parser.parse_args()
