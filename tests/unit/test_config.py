@@ -57,7 +57,7 @@ def test_unknown_config_name_lists_packaged_ones():
 
 
 def test_precision_auto_uses_bf16_only_where_the_cpu_has_it(monkeypatch):
-    from fusion_model.models import precision
+    from fusion_model import runtime as precision
 
     assert load_config("default").train.precision == "auto"
     for native in (True, False):
