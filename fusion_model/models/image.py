@@ -175,8 +175,8 @@ def build_image_encoder(model: str, trainable_blocks: int, image_size: int,
     if model == EFFICIENTNET:
         return EfficientNetEncoder(trainable_blocks, image_size, colour_tokens=colour_tokens)
     if colour_tokens:
-        raise FusionModelError(f"image.colour_tokens is for {EFFICIENTNET}; {model} gives "
-                               "patch tokens of its own (set image.colour_tokens=false)")
+        log.warning("image.colour_tokens ignored for %s: colour histograms extend %s region "
+                    "tokens only", model, EFFICIENTNET)
     if trainable_blocks:
         log.warning("image.trainable_blocks=%d ignored for %s: transformers vision towers are "
                     "used frozen", trainable_blocks, model)

@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
-from fusion_model.errors import FusionModelError
 from fusion_model.features import image_bottom_features
 from fusion_model.models.image import (
     COLOUR_LEVELS,
@@ -47,8 +45,16 @@ def test_colour_tokens_extend_every_region_token():
     assert torch.allclose(with_colour[..., : plain.dim], tokens, atol=1e-5)
     assert with_colour[0, 0, plain.dim + RED] == 1.0          # top-left region is red
     assert colour.fingerprint() != plain.fingerprint() == colour.fingerprint(colour=False)
-    with pytest.raises(FusionModelError, match="colour_tokens"):
-        build_image_encoder("some/vit", 0, 224, colour_tokens=True)
+
+
+
+def test_colour_tokens_are_ignored_with_a_warning_for_transformers_towers(tmp_path, caplog):
+    from fusion_model.models.image import save_tiny_vit
+
+    vit = save_tiny_vit(tmp_path / "vit")
+    with caplog.at_level(logging.WARNING, logger="fusion_model.models.image"):
+        encoder = build_image_encoder(vit, 0, 32, colour_tokens=True)
+    assert "colour_tokens ignored" in caplog.text and encoder.dim == 32
 
 
 def test_switching_colour_tokens_on_reuses_the_cached_cnn_maps(tmp_path, caplog):
