@@ -202,7 +202,7 @@ def _without_secrets(node) -> Any:
 
 
 def load_config(name_or_path: str = "default", overrides: list[str] | tuple = ()) -> RunConfig:
-    """Packaged config by name (``default``, ``fast``, ``tiny``) or a YAML file path."""
+    """Packaged config by name (``default``, ``fast``) or a YAML file path."""
     path = Path(name_or_path)
     if not path.suffix:
         path = CONFIG_DIR / f"{name_or_path}.yaml"
