@@ -56,7 +56,7 @@ class ModelConfig:
     fusion_heads: int = 4
     dropout: float = 0.1
     modality_dropout: float = 0.05   # chance to hide one modality of a product in training
-    gated_fusion: bool = True        # fusion: zero-initialised tanh gates on cross-attention
+    gated_fusion: bool = False       # fusion: zero-initialised tanh gates on cross-attention
     guided_pooling: bool = True      # fusion: photo regions pooled by the product's text
 
 

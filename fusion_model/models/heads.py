@@ -45,7 +45,7 @@ class HeadSettings:
     embed_dim: int
     heads: int = 4
     dropout: float = 0.1
-    gated: bool = True       # fusion: cross-attention updates behind zero-initialised tanh gates
+    gated: bool = False      # fusion: cross-attention updates behind zero-initialised tanh gates
     guided_pooling: bool = True  # fusion: the product's text picks the photo's regions
 
 

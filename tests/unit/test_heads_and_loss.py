@@ -157,7 +157,7 @@ def test_fusion_starts_as_a_gated_weighted_sum_of_mean_pooled_modalities():
     """Zero-initialised update gates and region keys: at initialisation the fusion network
     is exactly the per-product gate over mean-pooled text and image."""
     torch.manual_seed(0)
-    fusion = head("fusion").eval()
+    fusion = build_product_head("fusion", DT, DI, HeadSettings(D, 4, 0.1, True, True)).eval()
     plain = build_product_head("fusion", DT, DI, HeadSettings(D, 4, 0.1, False, False)).eval()
     plain.load_state_dict(fusion.state_dict(), strict=False)
     text, mask, image, present = inputs()
