@@ -57,31 +57,31 @@ def main() -> None:
     query_vectors = embed(encoder, [q["text"] for q in queries])
     uri = args.uri or str(Path(tempfile.mkdtemp()) / "milvus.db")
     ids = products["product_id"].tolist()
-    with milvus.open_client(uri) as client:
+    with milvus.MilvusIndex.open(uri) as index:
         name = "bench_m1_index"
-        if client.has_collection(name):
-            client.drop_collection(name)
-        milvus.create_collection(client, name, vectors.shape[1], ["category"])
+        if index.has_collection(name):
+            index.drop_collection(name)
+        index.create_collection(name, vectors.shape[1], ["category"])
         started = time.perf_counter()
         for start in range(0, len(ids), 2000):
             stop = start + 2000
-            milvus.upsert_rows(client, name, ids[start:stop], vectors[start:stop],
-                               ["x"] * len(ids[start:stop]),
-                               {"category": products["category"].iloc[start:stop].tolist()})
-        count = milvus.count(client, name)
+            index.upsert_rows(name, ids[start:stop], vectors[start:stop],
+                              ["x"] * len(ids[start:stop]),
+                              {"category": products["category"].iloc[start:stop].tolist()})
+        count = index.count(name)
         index_seconds = time.perf_counter() - started
-        milvus.search(client, name, query_vectors[:8], k=10)  # warm up
+        index.search(name, query_vectors[:8], k=10)  # warm up
         single = []
         for vector in query_vectors[:300]:
             tick = time.perf_counter()
-            milvus.search(client, name, vector[None, :], k=10)
+            index.search(name, vector[None, :], k=10)
             single.append(time.perf_counter() - tick)
         batched = []
         for start in range(0, len(query_vectors), 64):
             tick = time.perf_counter()
-            milvus.search(client, name, query_vectors[start:start + 64], k=10, batch_size=64)
+            index.search(name, query_vectors[start:start + 64], k=10, batch_size=64)
             batched.append(time.perf_counter() - tick)
-        hits = milvus.search(client, name, query_vectors, k=10)
+        hits = index.search(name, query_vectors, k=10)
     _, exact = exact_top_k(torch.from_numpy(query_vectors), torch.from_numpy(vectors), 10)
     recalls = [len({h["product_id"] for h in row} & {ids[j] for j in truth}) / 10
                for row, truth in zip(hits, exact.tolist())]

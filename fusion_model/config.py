@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from fusion_model.errors import BadInputError
-from fusion_model.index.milvus import SUPPORTED_INDEXES, SUPPORTED_METRICS
+from fusion_model.index.base import BACKENDS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 SCHEDULES = ("constant", "cosine")
@@ -104,6 +104,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
+    backend: str = "milvus"             # a VectorIndex in fusion_model.index.base.BACKENDS
     uri: str = "runs/milvus.db"         # Milvus Lite file, or http://host:19530 for a server
     # Secret: never serialised (params, artifacts, saved model configs, the config hash);
     # "" reads $FUSION_MILVUS_TOKEN when a client opens.
@@ -322,12 +323,7 @@ def validate(config: RunConfig) -> None:
          "eval.min_relevant_grade must be 1..3, or 0 for the catalog's highest grade"),
         (0 <= config.index.max_delete_share <= 1, "index.max_delete_share must be in [0, 1]"),
         (all(k > 0 for k in config.eval.ks), "eval.ks must be positive integers"),
-        (config.index.index_type.upper() in SUPPORTED_INDEXES,
-         f"index.index_type={config.index.index_type!r}: Milvus Lite 3.2 builds "
-         f"{', '.join(SUPPORTED_INDEXES)} (others silently fall back)"),
-        (config.index.metric in SUPPORTED_METRICS,
-         f"index.metric={config.index.metric!r}: choose {' or '.join(SUPPORTED_METRICS)} "
-         "(scores must be similarities: verification and the gate rank by them)"),
+        *_index_rules(config.index),
         (config.index.keep_collections >= 1, "index.keep_collections must be >= 1"),
         (_metric_known(config.gate.primary_metric, config.eval.ks),
          f"gate.primary_metric={config.gate.primary_metric!r}: use mrr or recall@K, "
@@ -353,6 +349,20 @@ def validate(config: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _index_rules(index: IndexConfig) -> list[tuple[bool, str]]:
+    """The backend exists and builds the index type and metric asked for."""
+    backend = BACKENDS.get(index.backend)
+    if backend is None:
+        return [(False, f"index.backend={index.backend!r}: choose one of "
+                        f"{', '.join(BACKENDS)}")]
+    return [(index.index_type.upper() in backend.INDEX_TYPES,
+             f"index.index_type={index.index_type!r}: the {index.backend} backend builds "
+             f"{', '.join(backend.INDEX_TYPES)} (others silently fall back)"),
+            (index.metric in backend.METRICS,
+             f"index.metric={index.metric!r}: choose {' or '.join(backend.METRICS)} "
+             "(scores must be similarities: verification and the gate rank by them)")]
 
 
 def _metric_known(metric: str, ks: tuple[int, ...]) -> bool:

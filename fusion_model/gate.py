@@ -11,7 +11,7 @@ import numpy as np
 from fusion_model.config import GateConfig, IndexConfig
 from fusion_model.evaluation.bootstrap import paired_bootstrap_difference
 from fusion_model.evaluation.evaluator import EvaluationResult, Evaluator
-from fusion_model.index import milvus
+from fusion_model.index.base import open_index
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ class Decision:
 def ann_rankings(config: IndexConfig, collection: str, query_vectors: np.ndarray,
                  query_ids: list[str], k: int) -> dict[str, list[str]]:
     """Top-k product ids per query through the collection's ANN index."""
-    with milvus.open_client(config.uri, config.resolved_token()) as client:
-        hits = milvus.search(client, collection, query_vectors, k)
+    with open_index(config) as index:
+        hits = index.search(collection, query_vectors, k)
     return {qid: [h["product_id"] for h in row] for qid, row in zip(query_ids, hits)}
 
 

@@ -14,6 +14,7 @@ from fusion_model.config import IndexConfig
 from fusion_model.data.catalog import Catalog
 from fusion_model.errors import BadInputError
 from fusion_model.index import milvus
+from fusion_model.index.base import VectorIndex, open_index
 from fusion_model.inference import embed_catalog
 from fusion_model.models.towers import TwoTower
 
@@ -46,7 +47,8 @@ def attribute_fields(catalog: Catalog, config: IndexConfig) -> list[str]:
     return [f for f in config.attribute_fields if f in catalog.products.columns]
 
 
-def write_catalog(model: TwoTower, catalog: Catalog, client, name: str, config: IndexConfig,
+def write_catalog(model: TwoTower, catalog: Catalog, index: VectorIndex, name: str,
+                  config: IndexConfig,
                   cache_dir: str | None = None, progress: bool = True,
                   delete_missing: bool = False, hashes: list[str] | None = None
                   ) -> IndexResult:
@@ -58,10 +60,10 @@ def write_catalog(model: TwoTower, catalog: Catalog, client, name: str, config: 
     the products' content hashes when the caller has them already.
     """
     fields = attribute_fields(catalog, config)
-    milvus.create_collection(client, name, model.embedding_dim, fields, config.index_type,
-                             config.metric)
+    index.create_collection(name, model.embedding_dim, fields, config.index_type,
+                            config.metric)
     hashes = hashes or product_hashes(catalog, fields)
-    existing = milvus.existing_hashes(client, name)
+    existing = index.existing_hashes(name)
     ids = catalog.products["product_id"].tolist()
     todo = [i for i, pid in enumerate(ids) if existing.get(pid) != hashes[i]]
     removed = sorted(set(existing) - set(ids)) if delete_missing else []
@@ -74,19 +76,19 @@ def write_catalog(model: TwoTower, catalog: Catalog, client, name: str, config: 
         vectors = embed_catalog(model, subset, cache_dir, progress=False).numpy()
         for b in range(0, len(chunk), config.batch_size):
             rows = chunk[b:b + config.batch_size]
-            milvus.upsert_rows(client, name, [ids[i] for i in rows],
-                               vectors[b:b + len(rows)], [hashes[i] for i in rows],
-                               {f: catalog.products[f].iloc[rows].tolist() for f in fields})
+            index.upsert_rows(name, [ids[i] for i in rows], vectors[b:b + len(rows)],
+                              [hashes[i] for i in rows],
+                              {f: catalog.products[f].iloc[rows].tolist() for f in fields})
             bar.update(len(rows))
     bar.close()
-    milvus.delete_ids(client, name, removed)
-    return IndexResult(name, len(todo), len(ids) - len(todo), len(removed),
-                       milvus.count(client, name))
+    index.delete_ids(name, removed)
+    return IndexResult(name, len(todo), len(ids) - len(todo), len(removed), index.count(name))
 
 
-def verify(client, name: str, expected_ids: list[str], samples: int, seed: int = 0) -> None:
+def verify(index: VectorIndex, name: str, expected_ids: list[str], samples: int,
+           seed: int = 0) -> None:
     """Count equals the catalog and sampled products retrieve themselves at rank 1."""
-    found = milvus.count(client, name)
+    found = index.count(name)
     if found != len(expected_ids):
         raise milvus.MilvusIndexError(f"{name}: holds {found} products, the catalog has "
                                       f"{len(expected_ids)}; not safe to serve")
@@ -94,25 +96,24 @@ def verify(client, name: str, expected_ids: list[str], samples: int, seed: int =
     picked = [expected_ids[i] for i in rng.choice(len(expected_ids),
                                                   min(samples, len(expected_ids)),
                                                   replace=False)]
-    rows = client.get(name, ids=picked, output_fields=["product_id", "vector"])
-    vectors = np.array([r["vector"] for r in rows], dtype=np.float32)
-    hits = milvus.search(client, name, vectors, k=1)
-    for row, vector, best in zip(rows, vectors, hits):
+    found_ids, vectors = index.vectors_of(name, picked)
+    hits = index.search(name, vectors, k=1)
+    for product_id, vector, best in zip(found_ids, vectors, hits):
         own = float(vector @ vector)
-        if best[0]["product_id"] != row["product_id"] and best[0]["score"] < own - 1e-3:
+        if best[0]["product_id"] != product_id and best[0]["score"] < own - 1e-3:
             raise milvus.MilvusIndexError(
-                f"{name}: product {row['product_id']} does not retrieve itself at rank 1 "
+                f"{name}: product {product_id} does not retrieve itself at rank 1 "
                 f"(got {best[0]['product_id']}); not safe to serve")
     log.info("verified %s: %d products, %d/%d samples retrieve themselves", name, found,
-             len(rows), len(picked))
+             len(found_ids), len(picked))
 
 
 def build_collection(model: TwoTower, catalog: Catalog, config: IndexConfig, name: str,
                      cache_dir: str | None = None, progress: bool = True) -> IndexResult:
     """Write ``catalog`` into collection ``name`` (new or partly written) and verify it."""
-    with milvus.open_client(config.uri, config.resolved_token()) as client:
-        result = write_catalog(model, catalog, client, name, config, cache_dir, progress)
-        verify(client, name, catalog.products["product_id"].tolist(), config.verify_samples)
+    with open_index(config) as index:
+        result = write_catalog(model, catalog, index, name, config, cache_dir, progress)
+        verify(index, name, catalog.products["product_id"].tolist(), config.verify_samples)
     result.verified = True
     return result
 
@@ -129,13 +130,13 @@ def refresh_serving(model: TwoTower, catalog: Catalog, config: IndexConfig, vers
     left out; verified before returning. The serving collection is never modified, and the
     caller moves the alias. Refuses to drop more than ``config.max_delete_share`` of the
     serving products unless ``allow_deletions``."""
-    with milvus.open_client(config.uri, config.resolved_token()) as client:
-        serving = milvus.resolve_alias(client, config.alias)
+    with open_index(config) as index:
+        serving = index.resolve_alias(config.alias)
         if serving == config.alias:
             raise milvus.MilvusIndexError(f"alias {config.alias!r} does not exist yet; "
                                           "promote a model before refreshing")
         ids = catalog.products["product_id"].tolist()
-        existing = milvus.existing_hashes(client, serving)
+        existing = index.existing_hashes(serving)
         removed = len(set(existing) - set(ids))
         check_deletions(serving, removed, len(existing), config.max_delete_share,
                         allow_deletions)
@@ -145,17 +146,17 @@ def refresh_serving(model: TwoTower, catalog: Catalog, config: IndexConfig, vers
             return IndexResult(serving, 0, len(ids), 0, len(existing), verified=True)
         fields = attribute_fields(catalog, config)
         hashes = product_hashes(catalog, fields)
-        milvus.create_collection(client, target, model.embedding_dim, fields,
-                                 config.index_type, config.metric)
-        done = milvus.existing_hashes(client, target)  # a rerun continues a half-done target
+        index.create_collection(target, model.embedding_dim, fields, config.index_type,
+                                config.metric)
+        done = index.existing_hashes(target)  # a rerun continues a half-done target
         unchanged = {pid for pid, h in zip(ids, hashes)
                      if existing.get(pid) == h and done.get(pid) != h}
-        copied = milvus.copy_rows(client, serving, target, unchanged, fields)
+        copied = index.copy_rows(serving, target, unchanged, fields)
         log.info("refresh %s -> %s: %d unchanged rows copied, %d products dropped", serving,
                  target, copied, removed)
-        result = write_catalog(model, catalog, client, target, config, cache_dir, progress,
+        result = write_catalog(model, catalog, index, target, config, cache_dir, progress,
                                hashes=hashes)
-        verify(client, target, ids, config.verify_samples)
+        verify(index, target, ids, config.verify_samples)
     return dataclasses.replace(result, deleted=removed, verified=True)
 
 

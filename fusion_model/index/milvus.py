@@ -2,8 +2,9 @@
 
 One collection per (model version, catalog fingerprint). Vectors are written into a NEW
 collection, verified, and only then pointed at by the serving alias; old collections are
-kept for rollback and never dropped while an alias points at them. Clients are opened
-and closed per call (``open_client``). Milvus Lite serves a data file from a server inside
+kept for rollback and never dropped while an alias points at them. ``MilvusIndex`` is the
+``VectorIndex`` (``index/base.py``) over one client, opened and closed per call
+(``MilvusIndex.open``). Milvus Lite serves a data file from a server inside
 the first process that opens it and holds the file's lock until that process exits (or
 ``release_lite``); other processes get a named "locked" error and should share the file
 through ``milvus-lite server``.
@@ -15,29 +16,21 @@ import contextlib
 import hashlib
 import logging
 import re
-import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from fusion_model.errors import FusionModelError, IndexUnavailableError
+from fusion_model.errors import FusionModelError, IndexUnavailableError, InvalidFilterError
 
 log = logging.getLogger(__name__)
 
-# Milvus Lite 3.2 builds these; others silently fall back to FLAT, so they are rejected.
-SUPPORTED_INDEXES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ")
-# Scores are similarities of unit vectors (higher is better), as verification, the gate
-# and exact evaluation assume; a distance metric (L2) would invert them.
-SUPPORTED_METRICS = ("IP", "COSINE")
 DEFAULT_INDEX_PARAMS = {"HNSW": {"M": 16, "efConstruction": 200}, "HNSW_SQ": {
     "M": 16, "efConstruction": 200, "sq_type": "SQ8"}, "IVF_FLAT": {"nlist": 128},
     "IVF_SQ8": {"nlist": 128}, "FLAT": {}}
 DEFAULT_SEARCH_PARAMS = {"HNSW": {"ef": 128}, "HNSW_SQ": {"ef": 128}, "IVF_FLAT": {"nprobe": 16},
                          "IVF_SQ8": {"nprobe": 16}, "FLAT": {}}
 MAX_VARCHAR = 512
-# Per-client search preparation (load state, search params), dropped with the client.
-_PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 QUERY_PAGE = 16384
 
 
@@ -148,184 +141,225 @@ def content_hash(*parts: object) -> str:
                         ).hexdigest()
 
 
-def create_collection(client, name: str, dim: int, attribute_fields: list[str],
-                      index_type: str = "HNSW", metric: str = "IP",
-                      index_params: dict | None = None) -> None:
-    """Create ``name`` (if absent) with product_id, vector, content_hash and attributes."""
-    from pymilvus import DataType
+class MilvusIndex:
+    """A ``VectorIndex`` over one MilvusClient (Milvus Lite file, ``milvus-lite server``,
+    standalone or cluster). Per-connection state (load state and search params checked
+    once per collection) lives on the instance and ends with it."""
 
-    index_type = index_type.upper()
-    if index_type not in SUPPORTED_INDEXES:
-        raise MilvusIndexError(f"index type {index_type!r} is not built by Milvus Lite 3.2 "
-                               f"(it would silently fall back); use one of "
-                               f"{', '.join(SUPPORTED_INDEXES)}")
-    if client.has_collection(name):
-        return
-    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
-    schema.add_field("product_id", DataType.VARCHAR, is_primary=True, max_length=MAX_VARCHAR)
-    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-    schema.add_field("content_hash", DataType.VARCHAR, max_length=64)
-    for field in attribute_fields:
-        schema.add_field(field, DataType.VARCHAR, max_length=MAX_VARCHAR)
-    params = client.prepare_index_params()
-    params.add_index(field_name="vector", index_type=index_type, metric_type=metric,
-                     params=index_params if index_params is not None
-                     else DEFAULT_INDEX_PARAMS[index_type])
-    client.create_collection(name, schema=schema, index_params=params)
-    log.info("created collection %s (dim %d, %s/%s, attributes %s)", name, dim, index_type,
-             metric, attribute_fields)
+    # Milvus Lite 3.2 builds these; others silently fall back to FLAT, so they are rejected.
+    INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ")
+    # Scores are similarities of unit vectors (higher is better), as verification, the
+    # gate and exact evaluation assume; a distance metric (L2) would invert them.
+    METRICS = ("IP", "COSINE")
 
+    def __init__(self, client) -> None:
+        self.client = client
+        self._prepared: dict[str, dict] = {}
 
-def ensure_loaded(client, name: str) -> None:
-    """Collections opened by a new process start 'released'; load before reading."""
-    state = str(client.get_load_state(resolve_alias(client, name)).get("state", ""))
-    if "Loaded" not in state:
-        client.load_collection(resolve_alias(client, name))
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, uri: str, token: str = "") -> Iterator[MilvusIndex]:
+        """The index at ``uri``, its client closed on exit (IndexUnavailableError when it
+        cannot open)."""
+        with open_client(uri, token) as client:
+            yield cls(client)
 
+    def create_collection(self, name: str, dim: int, attribute_fields: list[str],
+                          index_type: str = "HNSW", metric: str = "IP",
+                          index_params: dict | None = None) -> None:
+        """Create ``name`` (if absent) with product_id, vector, content_hash and attributes."""
+        from pymilvus import DataType
 
-def existing_hashes(client, name: str) -> dict[str, str]:
-    """product_id -> content_hash of every row in the collection."""
-    ensure_loaded(client, name)
-    found: dict[str, str] = {}
-    iterator = client.query_iterator(name, batch_size=QUERY_PAGE, filter="",
-                                     output_fields=["product_id", "content_hash"])
-    try:
-        while batch := iterator.next():
-            found.update({row["product_id"]: row["content_hash"] for row in batch})
-    finally:
-        iterator.close()
-    return found
+        index_type = index_type.upper()
+        if index_type not in self.INDEX_TYPES:
+            raise MilvusIndexError(f"index type {index_type!r} is not built by Milvus Lite "
+                                   f"3.2 (it would silently fall back); use one of "
+                                   f"{', '.join(self.INDEX_TYPES)}")
+        if metric not in self.METRICS:
+            raise MilvusIndexError(f"metric {metric!r}: use {' or '.join(self.METRICS)} "
+                                   "(scores must be similarities)")
+        if self.client.has_collection(name):
+            return
+        schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("product_id", DataType.VARCHAR, is_primary=True,
+                         max_length=MAX_VARCHAR)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("content_hash", DataType.VARCHAR, max_length=64)
+        for field in attribute_fields:
+            schema.add_field(field, DataType.VARCHAR, max_length=MAX_VARCHAR)
+        params = self.client.prepare_index_params()
+        params.add_index(field_name="vector", index_type=index_type, metric_type=metric,
+                         params=index_params if index_params is not None
+                         else DEFAULT_INDEX_PARAMS[index_type])
+        self.client.create_collection(name, schema=schema, index_params=params)
+        log.info("created collection %s (dim %d, %s/%s, attributes %s)", name, dim,
+                 index_type, metric, attribute_fields)
 
+    def has_collection(self, name: str) -> bool:
+        return bool(self.client.has_collection(name))
 
-def copy_rows(client, source: str, target: str, keep_ids: set[str], fields: list[str]) -> int:
-    """Copy the rows of ``keep_ids`` (vector, content hash, ``fields``) from ``source``
-    into ``target``; returns how many were copied. Idempotent (upserts)."""
-    ensure_loaded(client, source)
-    available = {f["name"] for f in client.describe_collection(source)["fields"]}
-    wanted = ["product_id", "vector", "content_hash", *[f for f in fields if f in available]]
-    iterator = client.query_iterator(source, batch_size=QUERY_PAGE // 4, filter="",
-                                     output_fields=wanted)
-    copied = 0
-    try:
-        while batch := iterator.next():
-            rows = [{**{f: "" for f in fields}, **{k: row[k] for k in wanted},
-                     "vector": [float(x) for x in row["vector"]]}
-                    for row in batch if row["product_id"] in keep_ids]
-            if rows:
-                client.upsert(target, rows)
-                copied += len(rows)
-    finally:
-        iterator.close()
-    return copied
+    def list_collections(self) -> list[str]:
+        return list(self.client.list_collections())
 
+    def fields(self, name: str) -> list[str]:
+        """Field names of the collection (or of the one an alias points at)."""
+        return [f["name"] for f in self.client.describe_collection(name)["fields"]]
 
-def upsert_rows(client, name: str, ids: list[str], vectors: np.ndarray, hashes: list[str],
-                attributes: dict[str, list[str]]) -> None:
-    rows = [{"product_id": pid, "vector": vectors[i].astype(np.float32).tolist(),
-             "content_hash": hashes[i],
-             **{field: _text(values[i]) for field, values in attributes.items()}}
-            for i, pid in enumerate(ids)]
-    client.upsert(name, rows)
+    def ensure_loaded(self, name: str) -> None:
+        """Collections opened by a new process start 'released'; load before reading."""
+        target = self.resolve_alias(name)
+        state = str(self.client.get_load_state(target).get("state", ""))
+        if "Loaded" not in state:
+            self.client.load_collection(target)
+
+    def existing_hashes(self, name: str) -> dict[str, str]:
+        """product_id -> content_hash of every row in the collection."""
+        self.ensure_loaded(name)
+        found: dict[str, str] = {}
+        iterator = self.client.query_iterator(name, batch_size=QUERY_PAGE, filter="",
+                                              output_fields=["product_id", "content_hash"])
+        try:
+            while batch := iterator.next():
+                found.update({row["product_id"]: row["content_hash"] for row in batch})
+        finally:
+            iterator.close()
+        return found
+
+    def copy_rows(self, source: str, target: str, keep_ids: set[str],
+                  fields: list[str]) -> int:
+        """Copy the rows of ``keep_ids`` (vector, content hash, ``fields``) from ``source``
+        into ``target``; returns how many were copied. Idempotent (upserts)."""
+        self.ensure_loaded(source)
+        available = set(self.fields(source))
+        wanted = ["product_id", "vector", "content_hash",
+                  *[f for f in fields if f in available]]
+        iterator = self.client.query_iterator(source, batch_size=QUERY_PAGE // 4, filter="",
+                                              output_fields=wanted)
+        copied = 0
+        try:
+            while batch := iterator.next():
+                rows = [{**{f: "" for f in fields}, **{k: row[k] for k in wanted},
+                         "vector": [float(x) for x in row["vector"]]}
+                        for row in batch if row["product_id"] in keep_ids]
+                if rows:
+                    self.client.upsert(target, rows)
+                    copied += len(rows)
+        finally:
+            iterator.close()
+        return copied
+
+    def upsert_rows(self, name: str, ids: list[str], vectors: np.ndarray, hashes: list[str],
+                    attributes: dict[str, list[str]]) -> None:
+        rows = [{"product_id": pid, "vector": vectors[i].astype(np.float32).tolist(),
+                 "content_hash": hashes[i],
+                 **{field: _text(values[i]) for field, values in attributes.items()}}
+                for i, pid in enumerate(ids)]
+        self.client.upsert(name, rows)
+
+    def delete_ids(self, name: str, ids: list[str]) -> None:
+        if ids:
+            self.client.delete(name, ids=ids)
+
+    def count(self, name: str) -> int:
+        self.client.flush(name)
+        self.ensure_loaded(name)
+        return int(self.client.query(name, filter="", output_fields=["count(*)"])[0][
+            "count(*)"])
+
+    def vectors_of(self, name: str, ids: list[str]) -> tuple[list[str], np.ndarray]:
+        """The stored vectors of ``ids`` (those found), with their ids in the same order."""
+        self.ensure_loaded(name)
+        rows = self.client.get(name, ids=ids, output_fields=["product_id", "vector"])
+        return ([r["product_id"] for r in rows],
+                np.array([r["vector"] for r in rows], dtype=np.float32))
+
+    def search(self, name: str, vectors: np.ndarray, k: int, filter_expr: str = "",
+               output_fields: list[str] | None = None, search_params: dict | None = None,
+               batch_size: int = 256) -> list[list[dict]]:
+        """Top-k hits per query vector: [{"product_id", "score", **fields}], best first.
+        InvalidFilterError when Milvus rejects ``filter_expr``."""
+        from pymilvus.exceptions import MilvusException
+
+        params = search_params if search_params is not None else self._prepare(name)
+        results: list[list[dict]] = []
+        for start in range(0, len(vectors), batch_size):
+            batch = [v.astype(np.float32).tolist() for v in vectors[start:start + batch_size]]
+            try:
+                hits = self.client.search(name, data=batch, limit=k, filter=filter_expr,
+                                          output_fields=output_fields or [],
+                                          search_params={"params": params})
+            except MilvusException as exc:
+                if not filter_expr:
+                    raise
+                raise InvalidFilterError(filter_expr, getattr(exc, "message", str(exc)),
+                                         ["product_id", *(output_fields or [])]) from exc
+            results += [[{"product_id": h["product_id"] if "product_id" in h else h["id"],
+                          "score": float(h["distance"]), **h.get("entity", {})} for h in row]
+                        for row in hits]
+        return results
+
+    def _prepare(self, name: str) -> dict:
+        """Load state and search params checked once per collection (saves ~4 RPCs per
+        single-query search); ``point_alias`` clears them."""
+        if name not in self._prepared:
+            self.ensure_loaded(name)
+            index = self.client.describe_index(self.resolve_alias(name), "vector")
+            self._prepared[name] = dict(DEFAULT_SEARCH_PARAMS.get(
+                index.get("index_type", "FLAT"), {}))
+        return self._prepared[name]
+
+    def resolve_alias(self, name: str) -> str:
+        """The collection an alias points at (``name`` itself if it is not an alias)."""
+        if name not in self.client.list_aliases().get("aliases", []):
+            return name
+        return self.client.describe_alias(name)["collection_name"]
+
+    def aliases_of(self, name: str) -> list[str]:
+        return list(self.client.list_aliases(name).get("aliases", []))
+
+    def point_alias(self, alias: str, name: str) -> str | None:
+        """Point ``alias`` at ``name``; return the collection it pointed at before."""
+        self._prepared.clear()
+        previous = self.resolve_alias(alias)
+        if previous == alias:
+            self.client.create_alias(name, alias)
+            previous = None
+        else:
+            self.client.alter_alias(name, alias)
+        log.info("alias %s -> %s (was %s)", alias, name, previous)
+        return previous
+
+    def drop_alias(self, alias: str) -> None:
+        self._prepared.clear()
+        self.client.drop_alias(alias)
+
+    def drop_collection(self, name: str) -> None:
+        """Drop a collection unless an alias points at it (Milvus Lite would allow it)."""
+        aliases = self.aliases_of(name)
+        if aliases:
+            raise MilvusIndexError(f"refusing to drop {name}: alias(es) {', '.join(aliases)} "
+                                   "point at it; point them elsewhere first")
+        self._prepared.pop(name, None)
+        self.client.drop_collection(name)
+        log.info("dropped collection %s", name)
+
+    def prune(self, prefix: str, keep: int) -> list[str]:
+        """Drop the oldest ``prefix`` collections beyond the newest ``keep``, never an
+        aliased one. Age is the model version in the name (``<prefix>_m<version>_...``)."""
+        ours = [n for n in self.list_collections() if n.startswith(f"{prefix}_m")]
+        ours.sort(key=_version_of, reverse=True)
+        dropped = []
+        for name in ours[keep:]:
+            if not self.aliases_of(name):
+                self.drop_collection(name)
+                dropped.append(name)
+        return dropped
 
 
 def _text(value) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return ""
     return str(value)[:MAX_VARCHAR]
-
-
-def delete_ids(client, name: str, ids: list[str]) -> None:
-    if ids:
-        client.delete(name, ids=ids)
-
-
-def count(client, name: str) -> int:
-    client.flush(name)
-    ensure_loaded(client, name)
-    return int(client.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"])
-
-
-def search(client, name: str, vectors: np.ndarray, k: int, filter_expr: str = "",
-           output_fields: list[str] | None = None, search_params: dict | None = None,
-           batch_size: int = 256) -> list[list[dict]]:
-    """Top-k hits per query vector: [{"product_id", "score", **fields}], best first."""
-    prepared = _prepared(client, name)
-    params = search_params if search_params is not None else prepared
-    results: list[list[dict]] = []
-    for start in range(0, len(vectors), batch_size):
-        batch = [v.astype(np.float32).tolist() for v in vectors[start:start + batch_size]]
-        hits = client.search(name, data=batch, limit=k, filter=filter_expr,
-                             output_fields=output_fields or [],
-                             search_params={"params": params})
-        results += [[{"product_id": h["product_id"] if "product_id" in h else h["id"],
-                      "score": float(h["distance"]), **h.get("entity", {})} for h in row]
-                    for row in hits]
-    return results
-
-
-def _prepared(client, name: str) -> dict:
-    """Load state and search params checked once per client and name (saves ~4 RPCs per
-    single-query search); ``point_alias`` clears it."""
-    cache = _PREPARED.setdefault(client, {})
-    if name not in cache:
-        ensure_loaded(client, name)
-        cache[name] = _search_params(client, name)
-    return cache[name]
-
-
-def _search_params(client, name: str) -> dict:
-    target = resolve_alias(client, name)
-    index = client.describe_index(target, "vector")
-    return dict(DEFAULT_SEARCH_PARAMS.get(index.get("index_type", "FLAT"), {}))
-
-
-def resolve_alias(client, name: str) -> str:
-    """The collection an alias points at (``name`` itself if it is not an alias)."""
-    if name not in client.list_aliases().get("aliases", []):
-        return name
-    return client.describe_alias(name)["collection_name"]
-
-
-def aliases_of(client, name: str) -> list[str]:
-    return list(client.list_aliases(name).get("aliases", []))
-
-
-def point_alias(client, alias: str, name: str) -> str | None:
-    """Point ``alias`` at ``name``; return the collection it pointed at before."""
-    _PREPARED.pop(client, None)
-    previous = resolve_alias(client, alias)
-    if previous == alias:
-        client.create_alias(name, alias)
-        previous = None
-    else:
-        client.alter_alias(name, alias)
-    log.info("alias %s -> %s (was %s)", alias, name, previous)
-    return previous
-
-
-def drop_collection(client, name: str) -> None:
-    """Drop a collection unless an alias points at it (Milvus Lite would allow it)."""
-    aliases = aliases_of(client, name)
-    if aliases:
-        raise MilvusIndexError(f"refusing to drop {name}: alias(es) {', '.join(aliases)} "
-                               "point at it; point them elsewhere first")
-    client.drop_collection(name)
-    log.info("dropped collection %s", name)
-
-
-def prune(client, prefix: str, keep: int) -> list[str]:
-    """Drop the oldest ``prefix`` collections beyond the newest ``keep``, never an aliased one.
-
-    Age is the model version in the name (``<prefix>_m<version>_...``).
-    """
-    ours = [n for n in client.list_collections() if n.startswith(f"{prefix}_m")]
-    ours.sort(key=_version_of, reverse=True)
-    dropped = []
-    for name in ours[keep:]:
-        if not aliases_of(client, name):
-            drop_collection(client, name)
-            dropped.append(name)
-    return dropped
 
 
 def _version_of(name: str) -> tuple[int, str]:

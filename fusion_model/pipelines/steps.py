@@ -14,6 +14,8 @@ from pathlib import Path
 
 from fusion_model.config import RunConfig, load_config
 from fusion_model.errors import BadInputError, NoChampionError
+from fusion_model.index import milvus
+from fusion_model.index.base import VectorIndex, open_index
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +237,6 @@ def plan_index(version: str, catalog_uri: str, shards: int = 1, config_name: str
                overrides: list[str] | tuple = ()) -> list[dict]:
     """Create the version's NEW collection and describe one indexing job per shard."""
     from fusion_model.data.catalog import load_catalog
-    from fusion_model.index import milvus
     from fusion_model.index.build import attribute_fields
 
     config = _config(config_name, overrides)
@@ -244,9 +245,9 @@ def plan_index(version: str, catalog_uri: str, shards: int = 1, config_name: str
     name = milvus.collection_name(config.index.collection_prefix, version,
                                   catalog.fingerprint)
     dim = load_registered_model(config.registry.model_name, version).embedding_dim
-    with milvus.open_client(config.index.uri, config.index.resolved_token()) as client:
-        milvus.create_collection(client, name, dim, attribute_fields(catalog, config.index),
-                                 config.index.index_type, config.index.metric)
+    with open_index(config.index) as index:
+        index.create_collection(name, dim, attribute_fields(catalog, config.index),
+                                config.index.index_type, config.index.metric)
     return [{"version": version, "catalog_uri": catalog_uri, "collection": name,
              "shard": shard, "shards": shards} for shard in range(shards)]
 
@@ -258,7 +259,6 @@ def index_shard(version: str, catalog_uri: str, collection: str, shard: int, sha
     import zlib
 
     from fusion_model.data.catalog import load_catalog
-    from fusion_model.index import milvus
     from fusion_model.index.build import write_catalog
 
     config = _config(config_name, overrides)
@@ -269,8 +269,8 @@ def index_shard(version: str, catalog_uri: str, collection: str, shard: int, sha
     subset = dataclasses.replace(catalog, products=catalog.products[mine.to_numpy()])
     model = load_registered_model(config.registry.model_name, version)
     cache = str(Path(config.train.cache_dir).expanduser())
-    with milvus.open_client(config.index.uri, config.index.resolved_token()) as client:
-        result = write_catalog(model, subset, client, collection, config.index, cache)
+    with open_index(config.index) as index:
+        result = write_catalog(model, subset, index, collection, config.index, cache)
     return {"shard": shard, "written": result.written, "skipped": result.skipped}
 
 
@@ -278,15 +278,14 @@ def verify_index(version: str, catalog_uri: str, collection: str,
                  config_name: str = "default", overrides: list[str] | tuple = ()) -> dict:
     """Count and self-retrieval checks; only then is the collection tagged on the version."""
     from fusion_model.data.catalog import load_catalog
-    from fusion_model.index import milvus
     from fusion_model.index.build import verify
     from fusion_model.registry.registry import candidate_for, tag_version
 
     config = _config(config_name, overrides)
     _mlflow(config)
     ids = load_catalog(catalog_uri).products["product_id"].tolist()
-    with milvus.open_client(config.index.uri, config.index.resolved_token()) as client:
-        verify(client, collection, ids, config.index.verify_samples)
+    with open_index(config.index) as index:
+        verify(index, collection, ids, config.index.verify_samples)
     candidate, _ = candidate_for(config.registry.model_name, version)
     tag_version(candidate, {"milvus_collection": collection, "milvus_uri": config.index.uri})
     return {"collection": collection, "count": len(ids), "verified": True}
@@ -363,7 +362,6 @@ def promote_or_reject(version: str, decision: dict, config_name: str = "default"
     """Apply a gate decision. Promote: serving alias -> the verified collection, then
     ``champion`` -> version and the audit record (the alias moves back if MLflow fails).
     Reject: nothing changes but the audit record."""
-    from fusion_model.index import milvus
     from fusion_model.registry.registry import audit_experiment, candidate_for, record_decision
 
     config = _config(config_name, overrides)
@@ -375,9 +373,8 @@ def promote_or_reject(version: str, decision: dict, config_name: str = "default"
         record_decision(candidate, entry, audit)
         return {"promoted": False, "version": version, "reasons": decision["reasons"]}
     previous = _switch_serving(config, candidate, tags["milvus_collection"], entry)
-    with milvus.open_client(config.index.uri, config.index.resolved_token()) as client:
-        dropped = milvus.prune(client, config.index.collection_prefix,
-                               config.index.keep_collections)
+    with open_index(config.index) as index:
+        dropped = index.prune(config.index.collection_prefix, config.index.keep_collections)
     return {"promoted": True, "version": version, "collection": tags["milvus_collection"],
             "previous_collection": previous, "dropped": dropped}
 
@@ -388,7 +385,6 @@ def _switch_serving(config: RunConfig, candidate, collection: str, entry: dict,
     ``candidate`` and the audit record. If any MLflow write fails, the serving alias and the
     champion alias are put back as they were and a ServingSwitchError says so."""
     from fusion_model.errors import ServingSwitchError
-    from fusion_model.index import milvus
     from fusion_model.registry.registry import (
         CHAMPION,
         audit_experiment,
@@ -399,8 +395,8 @@ def _switch_serving(config: RunConfig, candidate, collection: str, entry: dict,
     )
 
     before = get_alias(config.registry.model_name, CHAMPION)
-    with milvus.open_client(config.index.uri, config.index.resolved_token()) as client:
-        previous = milvus.point_alias(client, config.index.alias, collection)
+    with open_index(config.index) as index:
+        previous = index.point_alias(config.index.alias, collection)
         try:
             if version_tags:
                 tag_version(candidate, version_tags)
@@ -408,7 +404,7 @@ def _switch_serving(config: RunConfig, candidate, collection: str, entry: dict,
             record_decision(candidate, {**entry, "previous_collection": previous},
                             audit_experiment(config.registry.experiment))
         except Exception as exc:
-            restored = _undo_switch(client, config, previous, before, candidate, version_tags)
+            restored = _undo_switch(index, config, previous, before, candidate, version_tags)
             raise ServingSwitchError(
                 f"recording v{candidate.version} as champion in MLflow failed "
                 f"({type(exc).__name__}: {exc}); {restored}. Fix the tracking server and "
@@ -416,17 +412,16 @@ def _switch_serving(config: RunConfig, candidate, collection: str, entry: dict,
     return previous
 
 
-def _undo_switch(client, config: RunConfig, previous: str | None, before, candidate,
+def _undo_switch(index: VectorIndex, config: RunConfig, previous: str | None, before, candidate,
                  version_tags: dict | None) -> str:
     """Put the serving alias (and, where possible, champion and tags) back; say what."""
-    from fusion_model.index import milvus
     from fusion_model.registry.registry import CHAMPION, set_alias, tag_version
 
     if previous is None:
-        client.drop_alias(config.index.alias)
+        index.drop_alias(config.index.alias)
         said = f"serving alias {config.index.alias} removed again (it did not exist before)"
     else:
-        milvus.point_alias(client, config.index.alias, previous)
+        index.point_alias(config.index.alias, previous)
         said = f"serving alias {config.index.alias} restored to {previous}"
     try:
         if before is not None and before.version != candidate.version:
@@ -441,15 +436,14 @@ def _undo_switch(client, config: RunConfig, previous: str | None, before, candid
 def rollback(version: str, config_name: str = "default", overrides: list[str] | tuple = (),
              reason: str = "manual rollback") -> dict:
     """Point the serving alias and ``champion`` back at an earlier version's collection."""
-    from fusion_model.index import milvus
     from fusion_model.registry.registry import candidate_for
 
     config = _config(config_name, overrides)
     _mlflow(config)
     candidate, tags = candidate_for(config.registry.model_name, version)
     collection = tags.get("milvus_collection")
-    with milvus.open_client(config.index.uri, config.index.resolved_token()) as client:
-        if not collection or not client.has_collection(collection):
+    with open_index(config.index) as index:
+        if not collection or not index.has_collection(collection):
             raise milvus.MilvusIndexError(f"version {version} has no kept collection "
                                           f"({collection}); re-index it before rolling back")
     previous = _switch_serving(config, candidate, collection, {
@@ -507,7 +501,6 @@ def search(text: str | list[str], k: int = 10, filter_expr: str = "",
     import pandas as pd
 
     from fusion_model.errors import ServingMismatchError
-    from fusion_model.index import milvus
     from fusion_model.registry.registry import CHAMPION, get_alias, query_model_name
 
     texts = [text] if isinstance(text, str) else list(text)
@@ -522,8 +515,8 @@ def search(text: str | list[str], k: int = 10, filter_expr: str = "",
         raise NoChampionError(config.registry.model_name)
     _, tags = _champion_tags(config, champion)
     fields = list(config.index.attribute_fields)
-    with milvus.open_client(config.index.uri, config.index.resolved_token()) as client:
-        target = milvus.resolve_alias(client, config.index.alias)
+    with open_index(config.index) as index:
+        target = index.resolve_alias(config.index.alias)
         if target != tags.get("milvus_collection"):
             raise ServingMismatchError(
                 f"serving alias {config.index.alias} -> {target}, but champion "
@@ -533,9 +526,9 @@ def search(text: str | list[str], k: int = 10, filter_expr: str = "",
         encoder = mlflow.pyfunc.load_model(
             f"models:/{query_model_name(config.registry.model_name)}/{champion.query_version}")
         vectors = encoder.predict(pd.DataFrame({"text": texts}))
-        available = {f["name"] for f in client.describe_collection(config.index.alias)["fields"]}
-        hits = _search_filtered(client, config.index.alias, vectors, k, filter_expr,
-                                [f for f in fields if f in available])
+        available = set(index.fields(config.index.alias))
+        hits = index.search(config.index.alias, vectors, k, filter_expr,
+                            [f for f in fields if f in available])
     return hits[0] if isinstance(text, str) else hits
 
 
@@ -544,7 +537,6 @@ def status(config_name: str = "default", overrides: list[str] | tuple = (),
     """Champion, challenger, serving alias target, orphaned collections (ours, neither
     served, nor recorded on a version, nor named by an audit decision: a crashed or still
     running index job, which a rerun resumes) and the last ``last`` decisions."""
-    from fusion_model.index import milvus
     from fusion_model.registry import registry
 
     config = _config(config_name, overrides)
@@ -556,32 +548,15 @@ def status(config_name: str = "default", overrides: list[str] | tuple = (),
                                          registry.audit_experiment(config.registry.experiment))
     recorded = registry.recorded_collections(name) | {
         entry.get(key) for entry in history for key in ("collection", "previous_collection")}
-    with milvus.open_client(config.index.uri, config.index.resolved_token()) as client:
-        target = milvus.resolve_alias(client, config.index.alias)
-        ours = [c for c in client.list_collections()
+    with open_index(config.index) as index:
+        target = index.resolve_alias(config.index.alias)
+        ours = [c for c in index.list_collections()
                 if c.startswith(f"{config.index.collection_prefix}_m")]
-        orphans = [c for c in ours if c not in recorded and not milvus.aliases_of(client, c)]
+        orphans = [c for c in ours if c not in recorded and not index.aliases_of(c)]
     return {"model": name, "aliases": aliases, "alias": config.index.alias,
             "serving": None if target == config.index.alias else target,
             "collections": sorted(ours), "orphans": orphans,
             "history": history[-last:]}
-
-
-def _search_filtered(client, alias: str, vectors, k: int, filter_expr: str,
-                     fields: list[str]) -> list:
-    """milvus.search, with a filter Milvus rejects reported as InvalidFilterError."""
-    from pymilvus.exceptions import MilvusException
-
-    from fusion_model.errors import InvalidFilterError
-    from fusion_model.index import milvus
-
-    try:
-        return milvus.search(client, alias, vectors, k, filter_expr, fields)
-    except MilvusException as exc:
-        if not filter_expr:
-            raise
-        raise InvalidFilterError(filter_expr, getattr(exc, "message", str(exc)),
-                                 ["product_id", *fields]) from exc
 
 
 def _champion_tags(config: RunConfig, champion) -> tuple:

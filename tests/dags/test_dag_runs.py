@@ -53,9 +53,9 @@ def platform_state(airflow_home) -> dict:
 
     mlflow.set_tracking_uri(f"sqlite:///{airflow_home / 'fusion' / 'mlflow.db'}")
     champion = registry.get_alias("fusion_products", "champion")
-    with milvus.open_client(str(airflow_home / "fusion" / "milvus.db")) as client:
-        alias = milvus.resolve_alias(client, "products_serving")
-        count = milvus.count(client, alias) if alias != "products_serving" else 0
+    with milvus.MilvusIndex.open(str(airflow_home / "fusion" / "milvus.db")) as index:
+        alias = index.resolve_alias("products_serving")
+        count = index.count(alias) if alias != "products_serving" else 0
     versions = mlflow.MlflowClient().search_model_versions("name='fusion_products'")
     return {"champion": champion and champion.version, "alias": alias, "count": count,
             "versions": len(versions)}

@@ -76,9 +76,9 @@ def platform(tiny_models, tmp_path_factory) -> Platform:
 
 def state(platform: Platform) -> dict:
     """Everything a bad input must leave alone."""
-    with milvus.open_client(platform.index_uri) as client:
-        collections = {name: milvus.count(client, name) for name in client.list_collections()}
-        serving = milvus.resolve_alias(client, "products_serving")
+    with milvus.MilvusIndex.open(platform.index_uri) as index:
+        collections = {name: index.count(name) for name in index.list_collections()}
+        serving = index.resolve_alias("products_serving")
     configure(platform.tracking_uri)
     found = mlflow.MlflowClient().search_model_versions("")
     versions = sorted((v.name, str(v.version), v.tags.get("milvus_collection", ""))
@@ -273,20 +273,20 @@ def test_search_before_any_promotion(platform, tmp_path, capsys):
 
 
 def test_search_refuses_an_alias_that_disagrees_with_the_champion(platform, capsys):
-    with milvus.open_client(platform.index_uri) as client:
-        served = milvus.resolve_alias(client, "products_serving")
-        dim = client.describe_collection(served)["fields"]
+    with milvus.MilvusIndex.open(platform.index_uri) as index:
+        served = index.resolve_alias("products_serving")
+        dim = index.client.describe_collection(served)["fields"]
         vector = next(f for f in dim if f["name"] == "vector")["params"]["dim"]
-        milvus.create_collection(client, "other_m9_x", vector, [])
-        milvus.point_alias(client, "products_serving", "other_m9_x")
+        index.create_collection("other_m9_x", vector, [])
+        index.point_alias("products_serving", "other_m9_x")
     try:
         fails(platform, ["search", "shirt", *platform.overrides],
               r"serving alias products_serving -> other_m9_x.*refusing to mix encoders",
               capsys)
     finally:
-        with milvus.open_client(platform.index_uri) as client:
-            milvus.point_alias(client, "products_serving", served)
-            client.drop_collection("other_m9_x")
+        with milvus.MilvusIndex.open(platform.index_uri) as index:
+            index.point_alias("products_serving", served)
+            index.drop_collection("other_m9_x")
 
 
 # -- rollback and status -----------------------------------------------------------------
@@ -523,13 +523,13 @@ KILL_DURING_INDEXING = """
 import os, signal, sys
 from fusion_model.index import milvus
 from fusion_model.cli import main
-original, written = milvus.upsert_rows, []
+original, written = milvus.MilvusIndex.upsert_rows, []
 def upsert_then_die(*args, **kwargs):
     original(*args, **kwargs)
     written.append(1)
     if len(written) == 2:
         os.kill(os.getpid(), signal.SIGKILL)
-milvus.upsert_rows = upsert_then_die
+milvus.MilvusIndex.upsert_rows = upsert_then_die
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -549,17 +549,17 @@ def test_sigkill_during_indexing_then_rerun_resumes_the_same_version(tiny_models
                              str(root / "batches"), *argv], capture_output=True, text=True,
                             timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    with milvus.open_client(str(root / "milvus.db")) as client:
-        (partial,) = client.list_collections()
-        assert milvus.count(client, partial) < 120
+    with milvus.MilvusIndex.open(str(root / "milvus.db")) as index:
+        (partial,) = index.list_collections()
+        assert index.count(partial) < 120
     assert main(argv) == 0
     configure(f"sqlite:///{root / 'mlflow.db'}")
     versions = mlflow.MlflowClient().search_model_versions(f"name = '{MODEL}'")
     assert [str(v.version) for v in versions] == ["1"]
-    with milvus.open_client(str(root / "milvus.db")) as client:
-        assert client.list_collections() == [partial]
-        assert milvus.resolve_alias(client, "products_serving") == partial
-        assert milvus.count(client, partial) == 120
+    with milvus.MilvusIndex.open(str(root / "milvus.db")) as index:
+        assert index.list_collections() == [partial]
+        assert index.resolve_alias("products_serving") == partial
+        assert index.count(partial) == 120
 
 
 def test_a_poisoned_training_checkpoint_is_refused(platform, tmp_path, capsys):

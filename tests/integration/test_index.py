@@ -43,12 +43,12 @@ def test_build_verify_and_search_with_a_filter(model, catalog, tmp_path):
     config = index_config(tmp_path)
     result = build_collection(model, catalog, config, "products_m1_abc", progress=False)
     assert result.verified and result.count == result.written == 300
-    with milvus.open_client(config.uri) as client:
-        index = client.describe_index("products_m1_abc", "vector")
-        assert index["index_type"] == "HNSW" and index["metric_type"] == "IP"
+    with milvus.MilvusIndex.open(config.uri) as index:
+        described = index.client.describe_index("products_m1_abc", "vector")
+        assert described["index_type"] == "HNSW" and described["metric_type"] == "IP"
         vectors = model.embed_queries(["red striped shirt"]).numpy()
-        hits = milvus.search(client, "products_m1_abc", vectors, k=10,
-                             filter_expr='category == "shirt"', output_fields=["category"])
+        hits = index.search("products_m1_abc", vectors, k=10,
+                            filter_expr='category == "shirt"', output_fields=["category"])
         assert len(hits[0]) == 10 and {h["category"] for h in hits[0]} == {"shirt"}
 
 
@@ -61,7 +61,7 @@ def test_unsupported_index_types_are_rejected(model, catalog, tmp_path):
 
 def test_crash_mid_indexing_resumes_without_duplicates(model, catalog, tmp_path, monkeypatch):
     config = index_config(tmp_path)
-    original, calls = milvus.upsert_rows, {"n": 0}
+    original, calls = milvus.MilvusIndex.upsert_rows, {"n": 0}
 
     def crash_after_two_batches(*args, **kwargs):
         calls["n"] += 1
@@ -69,14 +69,14 @@ def test_crash_mid_indexing_resumes_without_duplicates(model, catalog, tmp_path,
             raise RuntimeError("simulated crash")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(milvus, "upsert_rows", crash_after_two_batches)
+    monkeypatch.setattr(milvus.MilvusIndex, "upsert_rows", crash_after_two_batches)
     with pytest.raises(RuntimeError, match="simulated crash"):
         build_collection(model, catalog, config, "products_m2_abc", progress=False)
-    monkeypatch.setattr(milvus, "upsert_rows", original)
+    monkeypatch.setattr(milvus.MilvusIndex, "upsert_rows", original)
     result = build_collection(model, catalog, config, "products_m2_abc", progress=False)
     assert result.skipped == 100 and result.written == 200 and result.count == 300
-    with milvus.open_client(config.uri) as client:
-        ids = list(milvus.existing_hashes(client, "products_m2_abc"))
+    with milvus.MilvusIndex.open(config.uri) as index:
+        ids = list(index.existing_hashes("products_m2_abc"))
     assert len(ids) == len(set(ids)) == 300
 
 
@@ -85,23 +85,23 @@ def test_alias_swap_guarded_drop_and_prune(model, catalog, tmp_path):
     small = dataclasses.replace(catalog, products=catalog.products.head(40))
     for version in (1, 2, 3, 4):
         build_collection(model, small, config, f"products_m{version}_abc", progress=False)
-    with milvus.open_client(config.uri) as client:
-        assert milvus.point_alias(client, "products_serving", "products_m1_abc") is None
-        assert milvus.point_alias(client, "products_serving", "products_m2_abc") == \
+    with milvus.MilvusIndex.open(config.uri) as index:
+        assert index.point_alias("products_serving", "products_m1_abc") is None
+        assert index.point_alias("products_serving", "products_m2_abc") == \
             "products_m1_abc"
-        assert milvus.resolve_alias(client, "products_serving") == "products_m2_abc"
+        assert index.resolve_alias("products_serving") == "products_m2_abc"
         with pytest.raises(milvus.MilvusIndexError, match="refusing to drop products_m2_abc"):
-            milvus.drop_collection(client, "products_m2_abc")
-        dropped = milvus.prune(client, "products", keep=1)
+            index.drop_collection("products_m2_abc")
+        dropped = index.prune("products", keep=1)
         assert dropped == ["products_m3_abc", "products_m1_abc"]
-        assert sorted(client.list_collections()) == ["products_m2_abc", "products_m4_abc"]
+        assert sorted(index.list_collections()) == ["products_m2_abc", "products_m4_abc"]
 
 
 def test_incremental_refresh_writes_a_new_collection(model, catalog, tmp_path):
     config = index_config(tmp_path)
     build_collection(model, catalog, config, "products_m5_abc", progress=False)
-    with milvus.open_client(config.uri) as client:
-        milvus.point_alias(client, config.alias, "products_m5_abc")
+    with milvus.MilvusIndex.open(config.uri) as index:
+        index.point_alias(config.alias, "products_m5_abc")
     products = catalog.products.copy()
     products.loc[3, "title"] = "Brand New Title Shirt"
     removed = products.loc[7, "product_id"]
@@ -112,10 +112,10 @@ def test_incremental_refresh_writes_a_new_collection(model, catalog, tmp_path):
     result = refresh_serving(model, snapshot, config, "6", progress=False)
     assert (result.written, result.deleted, result.count) == (2, 1, 300)
     assert result.collection.startswith("products_m6_") and result.verified
-    with milvus.open_client(config.uri) as client:
-        fresh = milvus.existing_hashes(client, result.collection)
-        served = milvus.existing_hashes(client, config.alias)
-        assert milvus.resolve_alias(client, config.alias) == "products_m5_abc"
+    with milvus.MilvusIndex.open(config.uri) as index:
+        fresh = index.existing_hashes(result.collection)
+        served = index.existing_hashes(config.alias)
+        assert index.resolve_alias(config.alias) == "products_m5_abc"
     assert removed not in fresh and "NEW1" in fresh
     assert removed in served and "NEW1" not in served and len(served) == 300
 
@@ -124,25 +124,25 @@ def test_refresh_refuses_a_snapshot_that_drops_too_many_products(model, catalog,
     config = index_config(tmp_path, max_delete_share=0.05)
     small = dataclasses.replace(catalog, products=catalog.products.head(60))
     build_collection(model, small, config, "products_m7_abc", progress=False)
-    with milvus.open_client(config.uri) as client:
-        milvus.point_alias(client, config.alias, "products_m7_abc")
+    with milvus.MilvusIndex.open(config.uri) as index:
+        index.point_alias(config.alias, "products_m7_abc")
     truncated = dataclasses.replace(catalog, products=catalog.products.head(50))
     with pytest.raises(RefreshRefusedError, match=r"drops 10 of the 60 products.*allow-deletions"):
         refresh_serving(model, truncated, config, "8", progress=False)
-    with milvus.open_client(config.uri) as client:
-        assert client.list_collections() == ["products_m7_abc"]
-        assert milvus.count(client, config.alias) == 60
+    with milvus.MilvusIndex.open(config.uri) as index:
+        assert index.list_collections() == ["products_m7_abc"]
+        assert index.count(config.alias) == 60
     allowed = refresh_serving(model, truncated, config, "8", progress=False,
                               allow_deletions=True)
     assert (allowed.deleted, allowed.count) == (10, 50)
 
 
 def search_in_other_process(uri: str, queue) -> None:
-    with milvus.open_client(uri) as client:
+    with milvus.MilvusIndex.open(uri) as index:
         found = 0
         for _ in range(20):
-            if client.has_collection("shared_m1_abc") and milvus.count(client, "shared_m1_abc"):
-                hits = milvus.search(client, "shared_m1_abc",
+            if index.has_collection("shared_m1_abc") and index.count("shared_m1_abc"):
+                hits = index.search("shared_m1_abc",
                                      np.ones((1, 16), dtype=np.float32), k=5)
                 found = max(found, len(hits[0]))
             import time
@@ -174,10 +174,10 @@ def test_a_process_reconnects_after_idling_longer_than_the_servers_ping_policy(
 
     uri = (request.getfixturevalue("milvus_server") if mode == "server"
            else str(tmp_path / "idle.db"))
-    with milvus.open_client(uri) as held:
-        with milvus.open_client(uri) as client:
-            client.list_collections()
+    with milvus.MilvusIndex.open(uri) as held:
+        with milvus.MilvusIndex.open(uri) as index:
+            index.list_collections()
         time.sleep(90)
-        with milvus.open_client(uri) as client:
-            assert isinstance(client.list_collections(), list)
+        with milvus.MilvusIndex.open(uri) as index:
+            assert isinstance(index.list_collections(), list)
         assert isinstance(held.list_collections(), list)

@@ -43,8 +43,8 @@ def candidate(platform, name: str, *extra: str) -> dict:
 
 
 def serving_target(platform) -> str:
-    with milvus.open_client(str(platform["root"] / "milvus.db")) as client:
-        return milvus.resolve_alias(client, "products_serving")
+    with milvus.MilvusIndex.open(str(platform["root"] / "milvus.db")) as index:
+        return index.resolve_alias("products_serving")
 
 
 @pytest.fixture(scope="module")

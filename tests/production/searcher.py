@@ -30,13 +30,13 @@ def main() -> None:
     mlflow.set_tracking_uri(args.tracking_uri)
     encoder = mlflow.pyfunc.load_model(f"models:/{query_model_name(args.model_name)}@champion")
     vectors = encoder.predict(pd.DataFrame({"text": QUERIES}))
-    with milvus.open_client(args.milvus_uri) as client, args.out.open("w") as out:
+    with milvus.MilvusIndex.open(args.milvus_uri) as index, args.out.open("w") as out:
         while not args.stop.exists():
             record = {"start": time.time()}
             try:
-                hits = milvus.search(client, args.alias, vectors, 5)
+                hits = index.search(args.alias, vectors, 5)
                 record["hits"] = [len(h) for h in hits]
-                record["collection"] = milvus.resolve_alias(client, args.alias)
+                record["collection"] = index.resolve_alias(args.alias)
             except Exception as error:  # noqa: BLE001 - every failure is the test's evidence
                 record["error"] = f"{type(error).__name__}: {error}"
             record["end"] = time.time()

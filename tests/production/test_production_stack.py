@@ -73,9 +73,9 @@ def test_training_dag_promotes_on_the_production_stack(first_run, mlflow_server,
     assert len(first_run["index_shard"]) == 2
     champion = registry_state(mlflow_server)
     assert champion["champion"] == "1"
-    with milvus.open_client(milvus_server) as client:
-        serving = milvus.resolve_alias(client, "products_serving")
-        assert serving.startswith("products_m1_") and milvus.count(client, serving) == PRODUCTS
+    with milvus.MilvusIndex.open(milvus_server) as index:
+        serving = index.resolve_alias("products_serving")
+        assert serving.startswith("products_m1_") and index.count(serving) == PRODUCTS
     assert sql(postgres["airflow"], "SELECT count(*) FROM dag_run WHERE dag_id = %s",
                TRAINING_DAG) == 1
     assert sql(postgres["mlflow"], "SELECT count(*) FROM model_versions") >= 2
@@ -109,8 +109,8 @@ def test_serving_keeps_answering_while_the_next_run_re_embeds(
     assert len(during) >= 5, "no searches overlapped the re-embedding shards"
     print(f"\nserving during re-embedding: {latency_summary(during)}; "
           f"whole run: {latency_summary(searches)}")
-    with milvus.open_client(milvus_server) as client:
-        assert milvus.resolve_alias(client, "products_serving").startswith("products_m2_")
+    with milvus.MilvusIndex.open(milvus_server) as index:
+        assert index.resolve_alias("products_serving").startswith("products_m2_")
     assert {s["collection"].split("_")[1] for s in searches} == {"m1", "m2"}
 
 

@@ -1,0 +1,68 @@
+"""The vector index seam: what the platform needs from a store of product vectors.
+
+Indexing, verification, the gate, promotion, refresh and search talk to a ``VectorIndex``
+opened by ``open_index(config)``; the backend (``index.backend``, today Milvus) owns its
+index types, its metrics and any per-connection state. Scores are similarities of unit
+vectors (higher is better): verification, the gate and exact evaluation rank by them, so a
+backend offers only metrics with that meaning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from fusion_model.index.milvus import MilvusIndex
+
+if TYPE_CHECKING:
+    from fusion_model.config import IndexConfig
+
+
+class VectorIndex(Protocol):
+    """Named collections of (product_id, vector, content_hash, attributes) behind aliases."""
+
+    INDEX_TYPES: tuple[str, ...]   # index types the backend really builds
+    METRICS: tuple[str, ...]       # similarity metrics (higher score = closer)
+
+    def create_collection(self, name: str, dim: int, attribute_fields: list[str],
+                          index_type: str, metric: str) -> None: ...
+    def has_collection(self, name: str) -> bool: ...
+    def list_collections(self) -> list[str]: ...
+    def fields(self, name: str) -> list[str]: ...
+    def existing_hashes(self, name: str) -> dict[str, str]: ...
+    def copy_rows(self, source: str, target: str, keep_ids: set[str],
+                  fields: list[str]) -> int: ...
+    def upsert_rows(self, name: str, ids: list[str], vectors: np.ndarray, hashes: list[str],
+                    attributes: dict[str, list[str]]) -> None: ...
+    def delete_ids(self, name: str, ids: list[str]) -> None: ...
+    def count(self, name: str) -> int: ...
+    def vectors_of(self, name: str, ids: list[str]) -> tuple[list[str], np.ndarray]: ...
+    def search(self, name: str, vectors: np.ndarray, k: int, filter_expr: str = "",
+               output_fields: list[str] | None = None) -> list[list[dict]]: ...
+    def resolve_alias(self, name: str) -> str: ...
+    def aliases_of(self, name: str) -> list[str]: ...
+    def point_alias(self, alias: str, name: str) -> str | None: ...
+    def drop_alias(self, alias: str) -> None: ...
+    def drop_collection(self, name: str) -> None: ...
+    def prune(self, prefix: str, keep: int) -> list[str]: ...
+
+
+BACKENDS: dict[str, type] = {"milvus": MilvusIndex}
+
+
+def backend_class(name: str) -> type:
+    """The VectorIndex implementation registered as ``name`` (KeyError names the choices)."""
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise KeyError(f"index.backend={name!r}: choose one of {', '.join(BACKENDS)}") from None
+
+
+@contextlib.contextmanager
+def open_index(config: IndexConfig) -> Iterator[VectorIndex]:
+    """The configured backend connected to ``config.uri``, closed on exit."""
+    with backend_class(config.backend).open(config.uri, config.resolved_token()) as index:
+        yield index
