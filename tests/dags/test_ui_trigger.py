@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.airflow_api import AirflowApi, airflow_environment
-from tests.conftest import free_port, http_ok, stop_process_tree, tiny_overrides, wait_for
+from tests.conftest import free_port, http_ok, stop_process_tree, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,14 +35,12 @@ def standalone(tmp_path):
         log.close()
 
 
-def test_trigger_training_dag_through_the_rest_api(standalone, synthetic_catalog,
-                                                   tiny_models):
+def test_trigger_training_dag_through_the_rest_api(standalone, synthetic_catalog):
     base, home, tmp_path = standalone
     api = AirflowApi(base, home)
     api.wait_until_parsed(180)
-    extra = [o for o in tiny_overrides(tiny_models, tmp_path / "cache")
-             if not o.startswith(("train.stage1.epochs", "train.stage2.epochs"))]
-    conf = {"catalog_uri": str(synthetic_catalog), "config_name": "default",
+    extra = [f"train.cache_dir={tmp_path / 'cache'}"]
+    conf = {"catalog_uri": str(synthetic_catalog), "config_name": "tiny",
             "epochs_stage1": 1, "epochs_stage2": 1, "shards": 1, "force_promote": True,
             "extra_overrides": extra}
     tasks = api.wait(api.trigger(conf), 900)

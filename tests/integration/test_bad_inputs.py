@@ -31,7 +31,7 @@ from fusion_model.data.synthetic import generate_synthetic_catalog
 from fusion_model.index import milvus
 from fusion_model.registry import registry
 from fusion_model.registry.tracking import configure
-from tests.conftest import free_port, tiny_overrides
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,12 @@ SECRET = "root:s3cr3t-token-do-not-log"
 class Platform:
     root: Path
     catalog: str
-    overrides: list[str]
+    overrides: list[str]  # on the packaged ``tiny`` config
+
+    @property
+    def argv(self) -> list[str]:
+        """The CLI's config options for this platform."""
+        return ["--config", "tiny", *self.overrides]
 
     @property
     def index_uri(self) -> str:
@@ -56,19 +61,20 @@ class Platform:
 
 
 @pytest.fixture(scope="module")
-def platform(tiny_models, tmp_path_factory) -> Platform:
+def platform(tmp_path_factory) -> Platform:
     """A catalog of 120 products and a promoted champion (v1), the token set in the env."""
     root = tmp_path_factory.mktemp("bad-inputs")
     catalog = generate_synthetic_catalog(str(root / "catalog"), n_products=120, n_queries=60,
                                          seed=3, progress=False)
-    overrides = tiny_overrides(tiny_models, root / "cache", "train.stage1.epochs=1",
-                               "train.stage2.epochs=1", f"index.uri={root / 'milvus.db'}",
-                               f"registry.tracking_uri=sqlite:///{root / 'mlflow.db'}",
-                               f"registry.artifact_location={root / 'artifacts'}")
+    overrides = [f"train.cache_dir={root / 'cache'}", "train.stage1.epochs=1",
+                 "train.stage2.epochs=1", f"index.uri={root / 'milvus.db'}",
+                 f"registry.tracking_uri=sqlite:///{root / 'mlflow.db'}",
+                 f"registry.artifact_location={root / 'artifacts'}"]
     os.environ["FUSION_MILVUS_TOKEN"] = SECRET
     try:
         assert main(["lifecycle", "--catalog", catalog, "--work-dir", str(root / "run"),
-                     "--force-promote", *overrides, f"index.token={SECRET}"]) == 0
+                     "--force-promote", "--config", "tiny", *overrides,
+                     f"index.token={SECRET}"]) == 0
     finally:
         del os.environ["FUSION_MILVUS_TOKEN"]
     return Platform(root, catalog, overrides)
@@ -109,7 +115,7 @@ def fails(platform: Platform, argv: list[str], match: str, capsys, code: int = 2
 
 
 def with_platform(platform: Platform, *extra: str) -> list[str]:
-    return [*platform.overrides, *extra]
+    return [*platform.argv, *extra]
 
 
 # -- snapshots a user might upload -------------------------------------------------------
@@ -191,7 +197,7 @@ def test_refresh_refuses_a_bad_snapshot(case, platform, tmp_path, capsys):
     changes, match = BAD_SNAPSHOTS[case]
     bad = snapshot(platform, tmp_path / "snapshot", **changes)
     fails(platform, ["refresh", "--catalog", bad, "--report-dir", str(tmp_path / "report"),
-                     *platform.overrides], match, capsys)
+                     *platform.argv], match, capsys)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_PHOTOS))
@@ -210,7 +216,7 @@ def test_train_names_the_product_of_a_bomb_photo(platform, tmp_path, capsys):
     bad = snapshot(platform, tmp_path / "snapshot", images={7: bomb()})
     product = load_catalog(bad).products.iloc[7].product_id
     fails(platform, ["train", "--catalog", bad, "--out", str(tmp_path / "run"),
-                     *platform.overrides], rf"product {product}: .*pixels",
+                     *platform.argv], rf"product {product}: .*pixels",
           capsys)
 
 
@@ -218,7 +224,7 @@ def test_refresh_of_an_empty_snapshot_with_deletions_allowed_still_fails(platfor
                                                                          capsys):
     bad = snapshot(platform, tmp_path / "snapshot", products=lambda p: p.head(0),
                    judgments=lambda j: j.head(0))
-    fails(platform, ["refresh", "--catalog", bad, "--allow-deletions", *platform.overrides],
+    fails(platform, ["refresh", "--catalog", bad, "--allow-deletions", *platform.argv],
           r"products", capsys)
 
 
@@ -233,7 +239,7 @@ def test_refresh_refuses_a_truncated_snapshot(platform, tmp_path, capsys):
                    queries=lambda q: q[q["query_id"].isin(queries)],
                    judgments=lambda j: j[j["product_id"].isin(kept)
                                          & j["query_id"].isin(queries)])
-    fails(platform, ["refresh", "--catalog", bad, *platform.overrides],
+    fails(platform, ["refresh", "--catalog", bad, *platform.argv],
           r"drops 48 of the 120 products .*max_delete_share=5%.*--allow-deletions", capsys)
 
 
@@ -263,7 +269,7 @@ def test_refresh_with_an_http_photo_says_http_is_unsupported(platform, tmp_path,
 ], ids=["empty", "blank", "k0", "k-negative", "k-text", "filter-syntax", "filter-dangling",
         "filter-unknown-field", "filter-open-quote"])
 def test_search_rejects_bad_arguments(argv, match, platform, capsys):
-    fails(platform, [*argv, *platform.overrides], match, capsys)
+    fails(platform, [*argv, *platform.argv], match, capsys)
 
 
 def test_search_before_any_promotion(platform, tmp_path, capsys):
@@ -280,7 +286,7 @@ def test_search_refuses_an_alias_that_disagrees_with_the_champion(platform, caps
         index.create_collection("other_m9_x", vector, [])
         index.point_alias("products_serving", "other_m9_x")
     try:
-        fails(platform, ["search", "shirt", *platform.overrides],
+        fails(platform, ["search", "shirt", *platform.argv],
               r"serving alias products_serving -> other_m9_x.*refusing to mix encoders",
               capsys)
     finally:
@@ -292,7 +298,7 @@ def test_search_refuses_an_alias_that_disagrees_with_the_champion(platform, caps
 # -- rollback and status -----------------------------------------------------------------
 
 def test_rollback_to_an_unknown_version(platform, capsys):
-    fails(platform, ["rollback", "99", *platform.overrides],
+    fails(platform, ["rollback", "99", *platform.argv],
           r"fusion_products has no version 99 in the registry \(versions: 1", capsys)
 
 
@@ -347,7 +353,7 @@ def test_two_processes_on_one_milvus_lite_file(platform, capsys):
         err = None
         for argv in (["search", "shirt"], ["status"]):
             capsys.readouterr()
-            returned = main([*argv, *platform.overrides])
+            returned = main([*argv, *platform.argv])
             err = capsys.readouterr().err
             assert returned == 2 and "Traceback" not in err
             assert re.search(r"locked by another process.*milvus-lite server --data-dir", err)
@@ -364,7 +370,7 @@ def test_benchmark_of_a_catalog_without_test_queries(platform, tmp_path, capsys)
     bad = snapshot(platform, tmp_path / "snapshot", queries=lambda q: q.assign(
         split=q["split"].replace("test", "val")))
     fails(platform, ["benchmark", "--catalog", bad, "--models", "text_only", "--work-dir",
-                     str(tmp_path / "bench"), *platform.overrides], r"no .*test.* queries",
+                     str(tmp_path / "bench"), *platform.argv], r"no .*test.* queries",
           capsys)
 
 
@@ -377,7 +383,7 @@ def test_benchmark_of_a_catalog_without_test_queries(platform, tmp_path, capsys)
 ], ids=["fusion", "unknown-key", "grade", "delete-share", "epochs"])
 def test_bad_config_overrides(extra, match, platform, tmp_path, capsys):
     fails(platform, ["train", "--catalog", platform.catalog, "--out", str(tmp_path / "r"),
-                     *platform.overrides, *extra], match, capsys)
+                     *platform.argv, *extra], match, capsys)
 
 
 def test_a_config_file_that_is_not_yaml(platform, tmp_path, capsys):
@@ -388,7 +394,7 @@ def test_a_config_file_that_is_not_yaml(platform, tmp_path, capsys):
 
 
 def test_a_catalog_that_does_not_exist(platform, tmp_path, capsys):
-    fails(platform, ["refresh", "--catalog", str(tmp_path / "nowhere"), *platform.overrides],
+    fails(platform, ["refresh", "--catalog", str(tmp_path / "nowhere"), *platform.argv],
           r"nowhere", capsys)
 
 
@@ -433,7 +439,7 @@ def test_a_catalog_graded_0_to_2_trains_with_the_threshold_it_has(platform, tmp_
         grade=j["grade"].clip(upper=2)))
     caplog.set_level("INFO")
     assert main(["train", "--catalog", graded, "--out", str(tmp_path / "run"),
-                 *platform.overrides]) == 0
+                 *platform.argv]) == 0
     assert "test)" in capsys.readouterr().out
     assert re.search(r"highest grade 2: train.min_positive_grade=2, eval.min_relevant_grade=2",
                      caplog.text)
@@ -469,7 +475,7 @@ def test_mlflow_failing_between_the_alias_moves_puts_serving_back(failing, platf
     before = state(platform)
     monkeypatch.setattr(registry, failing, broken)
     with pytest.raises(Exception) as raised:
-        steps.refresh(str(tmp_snapshot_with_one_change(platform)), "default",
+        steps.refresh(str(tmp_snapshot_with_one_change(platform)), "tiny",
                       platform.overrides)
     monkeypatch.undo()
     assert type(raised.value).__name__ == "ServingSwitchError"
@@ -480,7 +486,7 @@ def test_mlflow_failing_between_the_alias_moves_puts_serving_back(failing, platf
     assert [v[:2] for v in after["versions"]] == [v[:2] for v in before["versions"]]
     assert after["versions"] == before["versions"]
     capsys.readouterr()
-    assert main(["search", "shirt", "-k", "2", *platform.overrides]) == 0
+    assert main(["search", "shirt", "-k", "2", *platform.argv]) == 0
 
 
 def tmp_snapshot_with_one_change(platform: Platform) -> Path:
@@ -503,20 +509,20 @@ def test_a_refresh_left_half_done_is_reported_by_status(platform, monkeypatch, c
 
     monkeypatch.setattr(registry, "record_decision", broken)
     with pytest.raises(Exception, match="restored to"):
-        steps.refresh(str(tmp_snapshot_with_one_change(platform)), "default",
+        steps.refresh(str(tmp_snapshot_with_one_change(platform)), "tiny",
                       platform.overrides)
     monkeypatch.undo()
     capsys.readouterr()
-    assert main(["status", *platform.overrides]) == 0
+    assert main(["status", *platform.argv]) == 0
     assert re.search(r"orphaned\s+products_m1_\w+: on no version", capsys.readouterr().out)
     # the rerun takes over the half-written collection and completes the switch
     assert main(["refresh", "--catalog", str(tmp_snapshot_with_one_change(platform)),
-                 *platform.overrides]) == 0
+                 *platform.argv]) == 0
     out = capsys.readouterr().out
     assert "0 embedded, 0 deleted, 120 unchanged" in out and "serving alias ->" in out
-    assert main(["status", *platform.overrides]) == 0
+    assert main(["status", *platform.argv]) == 0
     assert "orphaned" not in capsys.readouterr().out
-    assert main(["search", "new title", "-k", "1", *platform.overrides]) == 0
+    assert main(["search", "new title", "-k", "1", *platform.argv]) == 0
 
 
 KILL_DURING_INDEXING = """
@@ -534,17 +540,17 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def test_sigkill_during_indexing_then_rerun_resumes_the_same_version(tiny_models, tmp_path):
+def test_sigkill_during_indexing_then_rerun_resumes_the_same_version(tmp_path):
     root = tmp_path
     catalog = generate_synthetic_catalog(str(root / "catalog"), n_products=120, n_queries=60,
                                          seed=4, progress=False)
-    overrides = tiny_overrides(tiny_models, root / "cache", "train.stage1.epochs=1",
-                               "train.stage2.epochs=1", "index.batch_size=40",
-                               f"index.uri={root / 'milvus.db'}",
-                               f"registry.tracking_uri=sqlite:///{root / 'mlflow.db'}",
-                               f"registry.artifact_location={root / 'artifacts'}")
+    overrides = [f"train.cache_dir={root / 'cache'}", "train.stage1.epochs=1",
+                 "train.stage2.epochs=1", "index.batch_size=40",
+                 f"index.uri={root / 'milvus.db'}",
+                 f"registry.tracking_uri=sqlite:///{root / 'mlflow.db'}",
+                 f"registry.artifact_location={root / 'artifacts'}"]
     argv = ["lifecycle", "--catalog", catalog, "--work-dir", str(root / "run"),
-            "--force-promote", *overrides]
+            "--force-promote", "--config", "tiny", *overrides]
     killed = subprocess.run([sys.executable, "-c", KILL_DURING_INDEXING,
                              str(root / "batches"), *argv], capture_output=True, text=True,
                             timeout=600)
@@ -579,7 +585,7 @@ def test_a_poisoned_training_checkpoint_is_refused(platform, tmp_path, capsys):
     torch.save({"run_key": Payload()}, target)
     (work / "result.json").unlink(missing_ok=True)
     fails(platform, ["train", "--catalog", platform.catalog, "--out", str(work),
-                     *platform.overrides], r"refusing to unpickle", capsys)
+                     *platform.argv], r"refusing to unpickle", capsys)
     assert not marker.exists()
 
 
@@ -592,7 +598,7 @@ def test_bad_photo_bytes_never_reach_the_index_through_a_validated_dag_run(platf
     bad = snapshot(platform, tmp_path / "snapshot", images={9: TRUNCATED})
     before = state(platform)
     with pytest.raises(Exception, match=r"cannot use this photo"):
-        steps.refresh(bad, "default", platform.overrides, validated=True)
+        steps.refresh(bad, "tiny", platform.overrides, validated=True)
     after = state(platform)
     assert after["serving"] == before["serving"] and after["aliases"] == before["aliases"]
     assert after["versions"] == before["versions"]

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fusion_model.models.text import save_tiny_bert
-from tests.conftest import tiny_overrides
+from fusion_model.models.tiny import save_tiny_bert
 
 pytestmark = pytest.mark.integration
 
@@ -19,18 +18,19 @@ pytestmark = pytest.mark.integration
 def run_training(command: list[str], out: Path, overrides: list[str]) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([*command, "train", "--catalog", str(out.parent / "catalog"),
-                    "--out", str(out), "--output", str(out / "metrics.json"), *overrides],
+                    "--out", str(out), "--output", str(out / "metrics.json"), "--config", "tiny",
+                    *overrides],
                    check=True, env=env, capture_output=True, text=True, timeout=600)
     return json.loads((out / "metrics.json").read_text())
 
 
-def test_two_processes_train_the_same_model_as_one(synthetic_catalog, tiny_models, tmp_path):
+def test_two_processes_train_the_same_model_as_one(synthetic_catalog, tmp_path):
     os.symlink(synthetic_catalog, tmp_path / "catalog")
     bert = save_tiny_bert(tmp_path / "bert-no-dropout", dropout=0.0)
-    overrides = tiny_overrides({**tiny_models, "text": bert}, tmp_path / "cache",
-                               "model.dropout=0.0", "model.modality_dropout=0.0",
-                               "train.stage1.epochs=2", "train.stage2.epochs=2",
-                               "train.stage1.patience=5", "train.stage2.patience=5")
+    overrides = [f"train.cache_dir={tmp_path / 'cache'}", f"text.model={bert}",
+                 "model.dropout=0.0", "model.modality_dropout=0.0",
+                 "train.stage1.epochs=2", "train.stage2.epochs=2",
+                 "train.stage1.patience=5", "train.stage2.patience=5"]
     single = run_training([sys.executable, "-m", "fusion_model.cli"], tmp_path / "one",
                           overrides)
     torchrun = Path(sys.executable).with_name("torchrun")

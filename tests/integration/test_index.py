@@ -14,15 +14,14 @@ from fusion_model.data.catalog import load_catalog
 from fusion_model.index import milvus
 from fusion_model.index.build import RefreshRefusedError, build_collection, refresh_serving
 from fusion_model.models.towers import TwoTower
-from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def model(tiny_models, tmp_path_factory):
+def model(tmp_path_factory):
     cache = tmp_path_factory.mktemp("index-cache")
-    torch_seeded = load_config("default", tiny_overrides(tiny_models, cache))
+    torch_seeded = load_config("tiny", [f"train.cache_dir={cache}"])
     import torch
 
     torch.manual_seed(0)

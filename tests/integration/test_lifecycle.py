@@ -14,7 +14,6 @@ from fusion_model.data.synthetic import generate_synthetic_catalog
 from fusion_model.index import milvus
 from fusion_model.pipelines import steps
 from fusion_model.registry import registry
-from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.integration
 
@@ -27,9 +26,10 @@ def platform(tmp_path_factory):
     overrides = [f"train.cache_dir={root / 'cache'}", f"index.uri={root / 'milvus.db'}",
                  f"registry.tracking_uri=sqlite:///{root / 'mlflow.db'}",
                  f"registry.artifact_location={root / 'artifacts'}",
-                 "train.stage1.epochs=3", "train.stage2.epochs=3", "gate.primary_metric=ndcg@10",
-                 "train.stage1.positives_per_query=4", "train.stage2.positives_per_query=4",
-                 "index.keep_collections=5"]
+                 "train.stage1.epochs=3", "train.stage2.epochs=3",
+                 "gate.primary_metric=ndcg@10",
+                 "train.stage1.positives_per_query=4",
+                 "train.stage2.positives_per_query=4", "index.keep_collections=5"]
     return {"root": root, "catalog": str(root / "catalog"), "overrides": overrides}
 
 
@@ -137,16 +137,16 @@ def test_incremental_refresh_of_the_serving_collection(promoted, platform, tmp_p
     assert (result["written"], result["deleted"], result["count"]) == (1, 1, 499)
 
 
-def test_registry_with_s3_artifacts(tiny_models, synthetic_catalog, s3_bucket, s3_server,
+def test_registry_with_s3_artifacts(synthetic_catalog, s3_bucket, s3_server,
                                     tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_server)
-    overrides = tiny_overrides(tiny_models, tmp_path / "cache", "train.stage1.epochs=1",
-                               "train.stage2.epochs=1",
-                               f"registry.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-                               f"registry.artifact_location=s3://{s3_bucket}/mlflow",
-                               "registry.experiment=s3-artifacts", "registry.model_name=s3m")
-    steps.train(str(synthetic_catalog), str(tmp_path / "work"), "default", overrides)
-    registered = steps.register(str(tmp_path / "work"), str(synthetic_catalog), "default",
+    overrides = [f"train.cache_dir={tmp_path / 'cache'}", "train.stage1.epochs=1",
+                 "train.stage2.epochs=1",
+                 f"registry.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                 f"registry.artifact_location=s3://{s3_bucket}/mlflow",
+                 "registry.experiment=s3-artifacts", "registry.model_name=s3m"]
+    steps.train(str(synthetic_catalog), str(tmp_path / "work"), "tiny", overrides)
+    registered = steps.register(str(tmp_path / "work"), str(synthetic_catalog), "tiny",
                                 overrides)
     model = mlflow.pyfunc.load_model(f"models:/s3m/{registered['version']}")
     assert model.predict(pd.DataFrame({"title": ["x"], "description": [""],

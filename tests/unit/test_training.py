@@ -14,7 +14,6 @@ from fusion_model.inference import evaluate_model
 from fusion_model.models.heads import HEADS
 from fusion_model.models.towers import load_model
 from fusion_model.training.trainer import Trainer, train
-from tests.conftest import tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +21,10 @@ def catalog(synthetic_catalog):
     return load_catalog(str(synthetic_catalog))
 
 
-def test_two_stages_learn_and_the_saved_model_reproduces_the_metrics(catalog, tiny_models,
+def test_two_stages_learn_and_the_saved_model_reproduces_the_metrics(catalog,
                                                                      tmp_path):
-    config = load_config("default", tiny_overrides(tiny_models, tmp_path / "cache",
-                                                   "train.stage1.epochs=3"))
+    config = load_config("tiny", [f"train.cache_dir={tmp_path / 'cache'}",
+                                  "train.stage1.epochs=3"])
     result = train(catalog, config, tmp_path / "run", progress=False)
     stage1 = [h["loss"] for h in result.history if h["stage"] == "stage1"]
     stage2 = [h["loss"] for h in result.history if h["stage"] == "stage2"]
@@ -41,32 +40,32 @@ def test_two_stages_learn_and_the_saved_model_reproduces_the_metrics(catalog, ti
 
 
 @pytest.mark.parametrize("kind", sorted(HEADS))
-def test_every_fusion_kind_trains_through_both_stages(catalog, tiny_models, tmp_path, kind):
-    config = load_config("default", tiny_overrides(
-        tiny_models, tmp_path / "cache", f"model.fusion={kind}", "train.stage1.epochs=1",
-        "train.stage2.epochs=1"))
+def test_every_fusion_kind_trains_through_both_stages(catalog, tmp_path, kind):
+    config = load_config("tiny", [f"train.cache_dir={tmp_path / 'cache'}", f"model.fusion={kind}",
+                                  "train.stage1.epochs=1",
+                                  "train.stage2.epochs=1"])
     result = train(catalog, config, tmp_path / kind, progress=False)
     stages = {h["stage"] for h in result.history}
     assert stages == ({"stage1"} if kind == "text_only" else {"stage1", "stage2"})
     assert torch.isfinite(torch.tensor(list(result.test.metrics.values()))).all()
 
 
-def test_second_run_reuses_cached_frozen_features(catalog, tiny_models, tmp_path, caplog):
-    overrides = tiny_overrides(tiny_models, tmp_path / "cache", "train.stage1.epochs=1",
-                               "train.stage2.epochs=1")
-    train(catalog, load_config("default", overrides), tmp_path / "a", progress=False)
+def test_second_run_reuses_cached_frozen_features(catalog, tmp_path, caplog):
+    overrides = [f"train.cache_dir={tmp_path / 'cache'}", "train.stage1.epochs=1",
+                 "train.stage2.epochs=1"]
+    train(catalog, load_config("tiny", overrides), tmp_path / "a", progress=False)
     files = sorted(p.name for p in (tmp_path / "cache").rglob("*"))
     with caplog.at_level(logging.INFO, logger="fusion_model.features"):
-        train(catalog, load_config("default", overrides + ["model.fusion=concat"]),
+        train(catalog, load_config("tiny", overrides + ["model.fusion=concat"]),
               tmp_path / "b", progress=False)
     assert sorted(p.name for p in (tmp_path / "cache").rglob("*")) == files
     assert "image features: 295 cached, 0 computed" in caplog.text
     assert "product text features: 300 cached, 0 computed" in caplog.text
 
 
-def test_crash_mid_stage2_resumes_to_the_same_model(catalog, tiny_models, tmp_path,
+def test_crash_mid_stage2_resumes_to_the_same_model(catalog, tmp_path,
                                                     monkeypatch):
-    config = load_config("default", tiny_overrides(tiny_models, tmp_path / "cache"))
+    config = load_config("tiny", [f"train.cache_dir={tmp_path / 'cache'}"])
     reference = train(catalog, config, tmp_path / "clean", progress=False)
 
     original = Trainer._train_epoch
@@ -86,18 +85,19 @@ def test_crash_mid_stage2_resumes_to_the_same_model(catalog, tiny_models, tmp_pa
     assert resumed.test.metrics == pytest.approx(reference.test.metrics, abs=1e-6)
 
 
-def test_training_is_deterministic(catalog, tiny_models, tmp_path):
-    overrides = tiny_overrides(tiny_models, tmp_path / "cache", "train.stage1.epochs=1",
-                               "train.stage2.epochs=1")
-    runs = [train(catalog, load_config("default", overrides), tmp_path / name, progress=False)
+def test_training_is_deterministic(catalog, tmp_path):
+    overrides = [f"train.cache_dir={tmp_path / 'cache'}", "train.stage1.epochs=1",
+                 "train.stage2.epochs=1"]
+    runs = [train(catalog, load_config("tiny", overrides), tmp_path / name, progress=False)
             for name in ("a", "b")]
     assert runs[0].test.metrics == runs[1].test.metrics
 
 
-def test_frozen_text_encoder_without_domain_finetuning(catalog, tiny_models, tmp_path):
-    config = load_config("default", tiny_overrides(
-        tiny_models, tmp_path / "cache", "train.domain_finetune=false", "model.fusion=text_only",
-        "train.stage1.epochs=1"))
+def test_frozen_text_encoder_without_domain_finetuning(catalog, tmp_path):
+    config = load_config("tiny", [f"train.cache_dir={tmp_path / 'cache'}",
+                                  "train.domain_finetune=false",
+                                  "model.fusion=text_only",
+                                  "train.stage1.epochs=1"])
     trainer = Trainer(catalog, config, tmp_path / "run", progress=False)
     before = {k: v.clone() for k, v in trainer_model_text_state(trainer).items()}
     trainer.run()
@@ -111,13 +111,14 @@ def trainer_model_text_state(trainer: Trainer) -> dict[str, torch.Tensor]:
     return TwoTower(trainer.config).text.state_dict()
 
 
-def test_a_stage_that_cannot_beat_its_starting_point_changes_nothing(catalog, tiny_models,
+def test_a_stage_that_cannot_beat_its_starting_point_changes_nothing(catalog,
                                                                      tmp_path, monkeypatch):
     from fusion_model.evaluation.evaluator import EvaluationResult
 
-    config = load_config("default", tiny_overrides(
-        tiny_models, tmp_path / "cache", "model.fusion=text_only", "train.stage1.epochs=5",
-        "train.stage1.patience=2"))
+    config = load_config("tiny", [f"train.cache_dir={tmp_path / 'cache'}",
+                                  "model.fusion=text_only",
+                                  "train.stage1.epochs=5",
+                                  "train.stage1.patience=2"])
     scores = iter([0.9, 0.5, 0.4])  # before training, then two worse epochs
 
     def scripted(self, split, products=None):
@@ -143,11 +144,13 @@ def test_a_stage_that_cannot_beat_its_starting_point_changes_nothing(catalog, ti
     assert all(torch.equal(started[k], final[k]) for k in started)
 
 
-def test_mined_hard_negatives_are_unjudged_and_join_the_batch(catalog, tiny_models, tmp_path,
+def test_mined_hard_negatives_are_unjudged_and_join_the_batch(catalog, tmp_path,
                                                               monkeypatch):
-    config = load_config("default", tiny_overrides(
-        tiny_models, tmp_path / "cache", "train.stage1.hard_negatives=3",
-        "train.stage2.hard_negatives=2", "train.stage1.epochs=1", "train.stage2.epochs=1"))
+    config = load_config("tiny", [f"train.cache_dir={tmp_path / 'cache'}",
+                                  "train.stage1.hard_negatives=3",
+                                  "train.stage2.hard_negatives=2",
+                                  "train.stage1.epochs=1",
+                                  "train.stage2.epochs=1"])
     sizes = []
     original = Trainer._batch_negatives
 
@@ -181,7 +184,7 @@ def test_missing_val_split_is_carved_from_train(catalog):
         int((queries["split"] == "train").sum())
 
 
-def test_product_tokens_of_distinct_texts_equal_the_padded_batch(catalog, tiny_models,
+def test_product_tokens_of_distinct_texts_equal_the_padded_batch(catalog,
                                                                  tmp_path):
     """Running the text top once per distinct title, trimmed to the batch's longest text,
     gives the same pooled vectors as running it on every padded row."""
@@ -189,7 +192,7 @@ def test_product_tokens_of_distinct_texts_equal_the_padded_batch(catalog, tiny_m
     from fusion_model.models.towers import TwoTower
     from fusion_model.training.data import build_data
 
-    config = load_config("default", tiny_overrides(tiny_models, tmp_path / "cache"))
+    config = load_config("tiny", [f"train.cache_dir={tmp_path / 'cache'}"])
     trainer = Trainer(catalog, config, tmp_path / "run", progress=False)
     trainer.data = build_data(catalog, trainer.config.train.min_positive_grade)
     trainer.model = TwoTower(trainer.config).eval()
@@ -218,14 +221,13 @@ def test_learning_rate_schedule_warms_up_then_decays_to_zero():
     assert {LearningRateSchedule(constant, 1, 10).factor(s) for s in range(10)} == {1.0}
 
 
-def test_stages_as_two_tasks_give_the_one_process_model(catalog, tiny_models, tmp_path):
+def test_stages_as_two_tasks_give_the_one_process_model(catalog, tmp_path):
     """The DAG trains stage 1 and stage 2 in two tasks; `lifecycle` in one process. Both
     build the config's own model, so they end at the same metrics."""
     from fusion_model.training.trainer import train_stage1
 
-    config = load_config("default", tiny_overrides(tiny_models, tmp_path / "cache",
-                                                   "train.stage1.epochs=1",
-                                                   "train.stage2.epochs=1"))
+    config = load_config("tiny", [f"train.cache_dir={tmp_path / 'cache'}", "train.stage1.epochs=1",
+                                  "train.stage2.epochs=1"])
     whole = train(catalog, config, tmp_path / "whole", progress=False)
     stage1 = train_stage1(catalog, config, tmp_path / "stage1", progress=False)
     assert {h["stage"] for h in stage1.history} == {"stage1"}
@@ -234,14 +236,14 @@ def test_stages_as_two_tasks_give_the_one_process_model(catalog, tiny_models, tm
     assert split.test.metrics == pytest.approx(whole.test.metrics, abs=1e-4)
 
 
-def test_stage2_refuses_a_stage1_model_of_another_shape(catalog, tiny_models, tmp_path):
+def test_stage2_refuses_a_stage1_model_of_another_shape(catalog, tmp_path):
     from fusion_model.models.towers import StageCheckpointError
     from fusion_model.training.trainer import train_stage1
 
-    overrides = tiny_overrides(tiny_models, tmp_path / "cache", "train.stage1.epochs=1",
-                               "train.stage2.epochs=1")
-    stage1 = train_stage1(catalog, load_config("default", overrides), tmp_path / "s1",
+    overrides = [f"train.cache_dir={tmp_path / 'cache'}", "train.stage1.epochs=1",
+                 "train.stage2.epochs=1"]
+    stage1 = train_stage1(catalog, load_config("tiny", overrides), tmp_path / "s1",
                           progress=False)
-    wider = load_config("default", [*overrides, "model.embed_dim=32"])
+    wider = load_config("tiny", [*overrides, "model.embed_dim=32"])
     with pytest.raises(StageCheckpointError, match="with another shape, e.g. .*proj.weight"):
         train(catalog, wider, tmp_path / "s2", progress=False, stage1_from=stage1.model_dir)
