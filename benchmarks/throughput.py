@@ -1,6 +1,7 @@
 """Catalog embedding throughput: naive per-product loop vs the batched path, side by side.
 
     python benchmarks/throughput.py --catalog CATALOG_DIR [--products 512] [--batch 128]
+        [--repeats 3] [--allow-busy]
 
 Both paths embed the same products end to end from files (read + decode the photo,
 tokenize, text encoder, image encoder, fusion head) with the default fusion model:
@@ -9,8 +10,13 @@ tokenize, text encoder, image encoder, fusion head) with the default fusion mode
 - batched: batches of products, photos decoded in threads and prefetched, bf16 autocast,
            channels_last CNN chunks of 16 (fusion_model.inference.embed_catalog)
 
-It also measures the machine's matmul FLOP/s (fp32 and bf16) and reports the share of it
-that the image encoder reaches in the batched path.
+The paths run interleaved, ``--repeats`` rounds, and the table gives min and median. It
+also reports single-query encoding latency (p50, p95) of the query tower, the machine's
+matmul FLOP/s and the share of it the image encoder reaches. The benchmark refuses to
+start when other processes keep the CPU busy, and marks its table INVALID (exit status 3)
+when they used more than 10% of it during the run (``fusion_model.timing.CpuShare``):
+contention slows the naive loop and the batched path differently, so a ratio taken beside
+another job is not a property of the code. ``--allow-busy`` runs and prints anyway.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
 import time
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -28,7 +36,11 @@ from fusion_model.data.catalog import load_catalog
 from fusion_model.features import decode_image, product_text
 from fusion_model.inference import embed_catalog
 from fusion_model.models.towers import TwoTower
+from fusion_model.runtime import autocast, native_bf16
 from fusion_model.storage import read_bytes
+from fusion_model.timing import CpuShare, interleaved, latencies, summary
+
+log = logging.getLogger("throughput")
 
 
 def matmul_flops(dtype: torch.dtype, size: int = 2048, seconds: float = 2.0) -> float:
@@ -79,14 +91,43 @@ def batched(model: TwoTower, catalog, batch_size: int) -> float:
 
 
 def image_only_rate(model: TwoTower, count: int = 64, chunk: int = 16) -> float:
-    """Images/s of the CNN alone in the batched configuration (bf16, channels_last)."""
+    """Images/s of the CNN alone in the batched configuration (the config's autocast:
+    bf16 where native, else fp32; channels_last)."""
     pixels = torch.randn(chunk, 3, 224, 224).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), autocast(model.config.train.precision):
         model.image.top(model.image.bottom(pixels))
         start = time.perf_counter()
         for _ in range(count // chunk):
             model.image.top(model.image.bottom(pixels))
     return count / (time.perf_counter() - start)
+
+
+def refuse_if_busy(allow_busy: bool, seconds: float = 3.0) -> None:
+    """Exit 2 when other processes use the CPU right now (unless ``allow_busy``)."""
+    with CpuShare() as idle:
+        time.sleep(seconds)
+    if idle.others is not None and idle.others > 0.10 and not allow_busy:
+        sys.exit(f"the machine is busy: other processes used {idle.others:.0%} of the CPU "
+                 f"over {seconds:.0f} s (load average {idle.load_after:.2f}); run on an "
+                 "idle machine, or pass --allow-busy to run and mark the results")
+
+
+def query_latency_ms(model: TwoTower, queries: list[str]) -> tuple[float, float]:
+    """p50 and p95 of encoding one query at a time, in milliseconds."""
+    texts = iter(queries * 3)
+    with torch.no_grad():
+        samples = latencies(lambda: model.embed_queries([next(texts)]), len(queries))
+    p50, p95 = np.percentile(np.array(samples) * 1000, [50, 95])
+    return float(p50), float(p95)
+
+
+def print_rates(rates: dict[str, list[float]]) -> None:
+    base = summary(next(iter(rates.values())))[1]
+    print(f"{'path':<58}{'min/s':>9}{'median/s':>10}{'speed-up':>10}")
+    for name, values in rates.items():
+        low, median = summary(values)
+        print(f"{name:<58}{low:>9.1f}{median:>10.1f}{median / base:>9.1f}x")
+    print("products/s over interleaved rounds; speed-up = median / the first row's median")
 
 
 def main() -> None:
@@ -95,8 +136,12 @@ def main() -> None:
     parser.add_argument("--products", type=int, default=512)
     parser.add_argument("--naive-products", type=int, default=128)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--allow-busy", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    refuse_if_busy(args.allow_busy)
     torch.manual_seed(0)
     catalog = load_catalog(args.catalog)
     subset = dataclasses.replace(catalog, products=catalog.products.head(args.products))
@@ -104,25 +149,36 @@ def main() -> None:
     fp32 = TwoTower(load_config("default", ["train.precision=fp32"])).eval()
     bf16 = TwoTower(load_config("default")).eval()
     bf16.load_state_dict(fp32.state_dict())
-    rows = {
-        "naive (1 product, fp32, NCHW)": naive(fp32, small),
-        f"batched ({args.batch}/batch, bf16, channels_last, prefetch)":
-            batched(bf16, subset, args.batch),
-    }
-    flops_per_image = image_encoder_flops(bf16)
-    peak = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
-    cnn_rate = image_only_rate(bf16)
-    base = next(iter(rows.values()))
-    print(f"threads={torch.get_num_threads()}  catalog={args.catalog}")
-    print(f"{'path':<58}{'products/s':>12}{'speed-up':>10}")
-    for name, rate in rows.items():
-        print(f"{name:<58}{rate:>12.1f}{rate / base:>9.1f}x")
+    queries = catalog.queries["text"].head(args.queries).tolist()
+    with CpuShare() as share:
+        rates = interleaved({
+            "naive (1 product, fp32, NCHW)": lambda: naive(fp32, small),
+            f"batched ({args.batch}/batch, autocast, channels_last, prefetch)":
+                lambda: batched(bf16, subset, args.batch),
+        }, args.repeats)
+        latency = {"fp32": query_latency_ms(fp32, queries),
+                   "autocast": query_latency_ms(bf16, queries)}
+        flops_per_image = image_encoder_flops(bf16)
+        peak = {"fp32": matmul_flops(torch.float32)}
+        if native_bf16():  # emulated bf16 matmul takes minutes on AVX2 and means nothing
+            peak["bf16"] = matmul_flops(torch.bfloat16)
+        cnn_rate = image_only_rate(bf16)
+    print(f"threads={torch.get_num_threads()}  catalog={args.catalog}  "
+          f"repeats={args.repeats}  load average {share.load_before:.2f} -> "
+          f"{share.load_after:.2f}")
+    print_rates(rates)
+    for name, (p50, p95) in latency.items():
+        print(f"query tower, one query ({name}): p50 {p50:.1f} ms, p95 {p95:.1f} ms")
     achieved = flops_per_image * cnn_rate
     print(f"\nimage encoder: {flops_per_image / 1e9:.2f} GFLOP/image, {cnn_rate:.1f} images/s "
           f"-> {achieved / 1e9:.1f} GFLOP/s")
-    print(f"matmul peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} "
-          f"GFLOP/s -> image encoder reaches {achieved / peak['bf16']:.1%} of bf16 matmul, "
-          f"{achieved / peak['fp32']:.1%} of fp32 matmul")
+    for dtype, rate in peak.items():
+        print(f"matmul peak {dtype}: {rate / 1e9:.0f} GFLOP/s -> the image encoder reaches "
+              f"{achieved / rate:.1%} of it")
+    verdict = share.verdict()
+    print(f"\n{verdict}")
+    if verdict.startswith("INVALID") and not args.allow_busy:
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,34 @@
+"""Benchmark timing: interleaved rounds, and CPU used by other processes is detected."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fusion_model.timing import CpuShare, interleaved, latencies, summary
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs /proc/stat")
+
+
+def test_rounds_interleave_the_runs():
+    calls = []
+    results = interleaved({"a": lambda: calls.append("a") or 1.0,
+                           "b": lambda: calls.append("b") or 2.0}, repeats=3)
+    assert calls == ["a", "b"] * 3 and results == {"a": [1.0] * 3, "b": [2.0] * 3}
+    assert summary([3.0, 1.0, 2.0]) == (1.0, 2.0)
+    assert len(latencies(lambda: None, 7, warmup=2)) == 7
+
+
+def test_another_process_spinning_marks_the_timings_invalid():
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        with CpuShare() as share:
+            time.sleep(1.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert share.others >= 0.6 / os.cpu_count()
+    assert share.verdict(limit=0.5 / os.cpu_count()).startswith("INVALID")
