@@ -1,18 +1,22 @@
-"""Catalog embedding throughput: naive per-product loop vs the batched path, side by side.
+"""Catalog embedding throughput: naive loop, PyTorch batched and OpenVINO batched, side by side.
 
     python benchmarks/throughput.py --catalog CATALOG_DIR [--products 512] [--batch 128]
         [--repeats 3] [--allow-busy]
 
-Both paths embed the same products end to end from files (read + decode the photo,
+Every path embeds the same products end to end from files (read + decode the photo,
 tokenize, text encoder, image encoder, fusion head) with the default fusion model:
 
-- naive:   one product at a time, fp32, NCHW (what a first implementation does)
-- batched: batches of products, photos decoded in threads and prefetched, bf16 autocast,
-           channels_last CNN chunks of 16 (fusion_model.inference.embed_catalog)
+- naive:    one product at a time, fp32, NCHW (what a first implementation does)
+- torch:    batches of products, photos decoded in threads and prefetched, the config's
+            autocast (bf16 where native), channels_last CNN chunks of 16
+            (fusion_model.inference.embed_catalog with runtime.engine=torch)
+- openvino: the same batches through the product tower converted with OpenVINO
+            (runtime.engine=openvino; converted before timing, as a registered model is)
 
-The paths run interleaved, ``--repeats`` rounds, and the table gives min and median. It
-also reports single-query encoding latency (p50, p95) of the query tower, the machine's
-matmul FLOP/s and the share of it the image encoder reaches. The benchmark refuses to
+A second table times filling an empty feature cache (text and image bottoms, what the
+first training run over a catalog does) on each engine. The paths run interleaved,
+``--repeats`` rounds, and the tables give min and median. It also reports single-query encoding latency (p50, p95) of the query tower on each engine,
+the machine's matmul FLOP/s and the share of it the image encoder reaches. The benchmark refuses to
 start when other processes keep the CPU busy, and marks its table INVALID (exit status 3)
 when they used more than 10% of it during the run (``fusion_model.timing.CpuShare``):
 contention slows the naive loop and the batched path differently, so a ratio taken beside
@@ -25,6 +29,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -33,7 +38,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fusion_model.config import load_config
 from fusion_model.data.catalog import load_catalog
-from fusion_model.features import decode_image, product_text
+from fusion_model.engines import towers_for
+from fusion_model.features import (
+    decode_image,
+    image_bottom_features,
+    product_text,
+    text_bottom_features,
+)
 from fusion_model.inference import embed_catalog
 from fusion_model.models.towers import TwoTower
 from fusion_model.runtime import autocast, native_bf16
@@ -84,10 +95,27 @@ def naive(model: TwoTower, catalog) -> float:
     return len(products) / (time.perf_counter() - start)
 
 
-def batched(model: TwoTower, catalog, batch_size: int) -> float:
+def batched(model: TwoTower, catalog, batch_size: int, engine: str) -> float:
     start = time.perf_counter()
-    embed_catalog(model, catalog, cache_dir=None, batch_size=batch_size, progress=False)
+    embed_catalog(model, catalog, cache_dir=None, batch_size=batch_size, progress=False,
+                  engine=engine)
     return len(catalog.products) / (time.perf_counter() - start)
+
+
+def cache_fill(model: TwoTower, catalog, engine: str) -> float:
+    """Products/s filling an empty feature cache (text and image bottoms), as training's
+    first run over a catalog does."""
+    texts = [product_text(t, d) for t, d in zip(catalog.products["title"],
+                                                catalog.products["description"])]
+    uris = catalog.products["image_uri"].tolist()
+    precision = model.config.train.precision
+    with tempfile.TemporaryDirectory() as cache:
+        start = time.perf_counter()
+        text_bottom_features(model.text, texts, model.config.text.max_length, cache,
+                             precision, progress=False, engine=engine)
+        image_bottom_features(model.image, uris, cache, precision, progress=False,
+                              engine=engine)
+        return len(texts) / (time.perf_counter() - start)
 
 
 def image_only_rate(model: TwoTower, count: int = 64, chunk: int = 16) -> float:
@@ -112,21 +140,23 @@ def refuse_if_busy(allow_busy: bool, seconds: float = 3.0) -> None:
                  "idle machine, or pass --allow-busy to run and mark the results")
 
 
-def query_latency_ms(model: TwoTower, queries: list[str]) -> tuple[float, float]:
-    """p50 and p95 of encoding one query at a time, in milliseconds."""
+def query_latency_ms(model: TwoTower, queries: list[str], engine: str
+                     ) -> tuple[float, float]:
+    """p50 and p95 of encoding one query at a time on ``engine``, in milliseconds."""
     texts = iter(queries * 3)
+    towers = towers_for(model, engine)
     with torch.no_grad():
-        samples = latencies(lambda: model.embed_queries([next(texts)]), len(queries))
+        samples = latencies(lambda: towers.embed_queries([next(texts)]), len(queries))
     p50, p95 = np.percentile(np.array(samples) * 1000, [50, 95])
     return float(p50), float(p95)
 
 
 def print_rates(rates: dict[str, list[float]]) -> None:
     base = summary(next(iter(rates.values())))[1]
-    print(f"{'path':<58}{'min/s':>9}{'median/s':>10}{'speed-up':>10}")
+    print(f"{'path':<64}{'min/s':>9}{'median/s':>10}{'speed-up':>10}")
     for name, values in rates.items():
         low, median = summary(values)
-        print(f"{name:<58}{low:>9.1f}{median:>10.1f}{median / base:>9.1f}x")
+        print(f"{name:<64}{low:>9.1f}{median:>10.1f}{median / base:>9.1f}x")
     print("products/s over interleaved rounds; speed-up = median / the first row's median")
 
 
@@ -150,14 +180,23 @@ def main() -> None:
     bf16 = TwoTower(load_config("default")).eval()
     bf16.load_state_dict(fp32.state_dict())
     queries = catalog.queries["text"].head(args.queries).tolist()
+    converted = towers_for(bf16, "openvino")
+    converted.query_tower(), converted.product_tower()  # what a registered model carries
     with CpuShare() as share:
         rates = interleaved({
             "naive (1 product, fp32, NCHW)": lambda: naive(fp32, small),
-            f"batched ({args.batch}/batch, autocast, channels_last, prefetch)":
-                lambda: batched(bf16, subset, args.batch),
+            f"torch batched ({args.batch}/batch, autocast, channels_last, prefetch)":
+                lambda: batched(bf16, subset, args.batch, "torch"),
+            f"openvino batched ({args.batch}/batch, prefetch)":
+                lambda: batched(bf16, subset, args.batch, "openvino"),
         }, args.repeats)
-        latency = {"fp32": query_latency_ms(fp32, queries),
-                   "autocast": query_latency_ms(bf16, queries)}
+        fills = interleaved({
+            f"feature cache fill, {engine}": lambda engine=engine: cache_fill(bf16, subset,
+                                                                              engine)
+            for engine in ("torch", "openvino")}, args.repeats)
+        latency = {"torch fp32": query_latency_ms(fp32, queries, "torch"),
+                   "torch autocast": query_latency_ms(bf16, queries, "torch"),
+                   "openvino": query_latency_ms(bf16, queries, "openvino")}
         flops_per_image = image_encoder_flops(bf16)
         peak = {"fp32": matmul_flops(torch.float32)}
         if native_bf16():  # emulated bf16 matmul takes minutes on AVX2 and means nothing
@@ -167,6 +206,8 @@ def main() -> None:
           f"repeats={args.repeats}  load average {share.load_before:.2f} -> "
           f"{share.load_after:.2f}")
     print_rates(rates)
+    print()
+    print_rates(fills)
     for name, (p50, p95) in latency.items():
         print(f"query tower, one query ({name}): p50 {p50:.1f} ms, p95 {p95:.1f} ms")
     achieved = flops_per_image * cnn_rate

@@ -47,7 +47,7 @@ def zero_shot_text(catalog: Catalog, config: RunConfig) -> EvaluationResult:
 
     def vectors(texts: list[str], length: int) -> torch.Tensor:
         feats = text_bottom_features(encoder, texts, length, cache, config.train.precision,
-                                     desc="zero-shot text")
+                                     desc="zero-shot text", engine=config.runtime.engine)
         return l2(mean_pool(feats["hidden"].float(), feats["mask"]))
 
     return evaluator.score_vectors(vectors(evaluator.query_texts, config.text.query_max_length),

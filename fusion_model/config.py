@@ -26,6 +26,7 @@ from fusion_model.index.base import BACKENDS
 CONFIG_DIR = Path(__file__).parent / "configs"
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")  # fusion_model.runtime
+ENGINES = ("auto", "torch", "openvino")  # fusion_model.engines
 TOKEN_ENV = "FUSION_MILVUS_TOKEN"
 
 
@@ -152,6 +153,13 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    # where frozen encoders and trained towers run at inference time (fusion_model.engines):
+    # "auto" = openvino when installed, else torch (the reference)
+    engine: str = "auto"
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "default"
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -162,6 +170,7 @@ class RunConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting but the secrets (what params, artifacts and the hash see)."""
@@ -316,6 +325,8 @@ def validate(config: RunConfig) -> None:
         *((0 <= stage.warmup < 1 and stage.grad_clip >= 0 and stage.weight_decay >= 0,
            f"train.{name}: warmup must be in [0, 1), grad_clip and weight_decay >= 0")
           for name, stage in (("stage1", config.train.stage1), ("stage2", config.train.stage2))),
+        (config.runtime.engine in ENGINES,
+         f"runtime.engine={config.runtime.engine!r}: choose one of {', '.join(ENGINES)}"),
         (config.train.precision in PRECISIONS,
          f"train.precision={config.train.precision!r}: choose one of {', '.join(PRECISIONS)}"),
         (0 <= config.train.min_positive_grade <= 3,

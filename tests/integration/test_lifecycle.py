@@ -9,6 +9,7 @@ import mlflow
 import pandas as pd
 import pytest
 
+from fusion_model import engines
 from fusion_model.data.catalog import load_catalog, write_catalog
 from fusion_model.data.synthetic import generate_synthetic_catalog
 from fusion_model.index import milvus
@@ -73,10 +74,18 @@ def test_first_candidate_beats_zero_shot_and_is_promoted(promoted, platform):
             "review/segments.html", "review/config.yaml"} <= artifacts
 
 
-def test_champion_encoders_load_from_the_registry_alone(promoted):
+def test_champion_encoders_load_from_the_registry_alone(promoted, monkeypatch, tmp_path):
+    """On the OpenVINO engine (the default where installed) each encoder carries its
+    tower's IR: loading it elsewhere compiles without converting, and agrees with torch."""
+    monkeypatch.setattr(engines, "engine_cache_root", lambda _: tmp_path / "no-cache")
+    monkeypatch.setattr(engines, "convert_graph", pytest.fail)
     query = mlflow.pyfunc.load_model("models:/fusion_products_query@champion")
-    vectors = query.predict(pd.DataFrame({"text": ["red striped shirt", "navy boots"]}))
+    texts = ["red striped shirt", "navy boots"]
+    vectors = query.predict(pd.DataFrame({"text": texts}))
     assert vectors.shape == (2, 256)
+    assert query.unwrap_python_model().towers.engine == "openvino"
+    reference = engines.towers_for(query.unwrap_python_model().model, "torch")
+    assert (vectors * reference.embed_queries(texts).numpy()).sum(1).min() >= 0.999
     product = mlflow.pyfunc.load_model("models:/fusion_products@champion")
     vectors = product.predict(pd.DataFrame({"title": ["Red Shirt"], "description": [""],
                                             "image_uri": [""]}))

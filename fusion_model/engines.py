@@ -1,0 +1,363 @@
+"""Inference engines for everything that runs frozen: the encoder bottoms that fill the
+feature cache, and a trained model's query and product towers.
+
+``torch`` runs the modules as they are (the reference). ``openvino`` converts each one
+once with ``ov.convert_model`` (dynamic batch and sequence length), keeps the IR on disk
+keyed by the weights' fingerprint, and compiles it for the CPU (bf16 inference precision
+where the CPU computes bf16 natively, f32 elsewhere: ``train.precision`` decides, as for
+torch autocast). ``auto`` picks OpenVINO when it is installed.
+
+A registered model directory can carry its towers' IR (``export_towers``), so serving
+loads them instead of converting on every start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fusion_model.config import ENGINES
+from fusion_model.errors import FusionModelError
+from fusion_model.runtime import autocast, uses_bf16, weights_fingerprint
+
+log = logging.getLogger(__name__)
+
+ENGINE_DIR = "engines"                  # under the model directory and the cache root
+IR_FILE = "model.xml"
+PRODUCT_CHUNK = 16                      # products per call of the product tower
+
+Inputs = dict[str, torch.Tensor]
+Frozen = Callable[[Inputs], torch.Tensor]
+
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_engine(engine: str) -> str:
+    """``auto`` -> ``openvino`` when installed, else ``torch``; a named error for an
+    engine that is asked for but missing."""
+    if engine not in ENGINES:
+        raise FusionModelError(f"runtime.engine={engine!r}: choose one of "
+                               f"{', '.join(ENGINES)}")
+    if engine == "auto":
+        return "openvino" if openvino_available() else "torch"
+    if engine == "openvino" and not openvino_available():
+        raise FusionModelError("runtime.engine=openvino: the openvino package is not "
+                               "installed; `pip install openvino` or use runtime.engine=torch")
+    return engine
+
+
+def engine_cache_root(cache_dir: str) -> Path:
+    return Path(cache_dir).expanduser() / ENGINE_DIR
+
+
+# graphs: frozen modules with tensor-only inputs -------------------------------------------
+class TextBottomGraph(nn.Module):
+    """Token ids -> hidden states after the text encoder's frozen layers."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        return self.encoder.bottom_from_ids(input_ids, attention_mask, token_type_ids)
+
+
+class ImageBottomGraph(nn.Module):
+    """Preprocessed pixels -> the image encoder's frozen feature map (CNN part only)."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.forward_fn = getattr(encoder, "cnn_bottom", encoder.bottom)
+
+    def forward(self, pixels):
+        return self.forward_fn(pixels)
+
+
+class QueryTowerGraph(nn.Module):
+    """Query token ids -> query vectors (B, E)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        hidden = self.model.query_text.bottom_from_ids(input_ids, attention_mask,
+                                                       token_type_ids)
+        return self.model.queries_from_hidden(hidden, attention_mask.bool())
+
+
+class ProductTowerGraph(nn.Module):
+    """Product token ids (+ preprocessed pixels and which products have a photo) ->
+    product vectors (B, E)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, pixels=None,
+                present=None):
+        model = self.model
+        mask = attention_mask.bool()
+        hidden = model.text.bottom_from_ids(input_ids, attention_mask, token_type_ids)
+        tokens = model.text.top(hidden, mask)
+        features = model.image.bottom(pixels) if model.image is not None else None
+        if present is None:
+            present = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        return model.products_from_features(tokens, mask, features, present)
+
+
+# engines -----------------------------------------------------------------------------------
+def torch_frozen(graph: nn.Module, precision: str) -> Frozen:
+    """The reference: the module itself, without gradients, under the run's autocast."""
+    graph.eval()
+
+    def run(inputs: Inputs) -> torch.Tensor:
+        with torch.no_grad(), autocast(precision):
+            return graph(**inputs).float()
+
+    return run
+
+
+@dataclass
+class OpenVinoFrozen:
+    """A compiled OpenVINO model called with the same named tensors as its graph."""
+
+    compiled: object
+    names: tuple[str, ...]
+
+    def __call__(self, inputs: Inputs) -> torch.Tensor:
+        feed = {name: _numpy(inputs[name]) for name in self.names if name in inputs}
+        return torch.from_numpy(np.asarray(self.compiled(feed)[0])).float()
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().contiguous().numpy()
+
+
+def openvino_frozen(graph: nn.Module, example: Inputs, key: str, cache_root: Path,
+                    precision: str, carried: Path | None = None) -> OpenVinoFrozen:
+    """``graph`` through OpenVINO: the IR from ``carried`` (a model directory's engines
+    folder) or the cache at ``cache_root/openvino/<key>``, else converted and stored."""
+    import openvino as ov
+
+    ir = _find_ir(key, [carried, cache_root]) or convert_graph(graph, example, key,
+                                                              cache_root)
+    core = ov.Core()
+    model = core.read_model(ir)
+    hint = "bf16" if uses_bf16(precision) else "f32"
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint,
+                                                 "PERFORMANCE_HINT": "LATENCY"})
+    names = tuple(name for port in model.inputs for name in port.get_names())
+    return OpenVinoFrozen(compiled, names)
+
+
+def _find_ir(key: str, roots: list[Path | None]) -> Path | None:
+    for root in roots:
+        if root is not None and (root / "openvino" / key / IR_FILE).is_file():
+            return root / "openvino" / key / IR_FILE
+    return None
+
+
+def convert_graph(graph: nn.Module, example: Inputs, key: str, cache_root: Path) -> Path:
+    """Convert once and write the IR atomically (a directory renamed into place)."""
+    import openvino as ov
+
+    target = cache_root / "openvino" / key
+    started = time.perf_counter()
+    graph.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        # tracing warns about shape-dependent Python branches; the agreement tests cover
+        # batches of one and of many (tests/unit/test_engines.py)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        converted = ov.convert_model(graph, example_input=example)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    ov.save_model(converted, staging / IR_FILE, compress_to_fp16=False)
+    try:
+        os.rename(staging, target)
+    except OSError:  # another process stored the same key first
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("openvino: converted %s in %.1f s", key, time.perf_counter() - started)
+    return target / IR_FILE
+
+
+def architecture(config) -> str:
+    """The settings a converted tower depends on besides its weights."""
+    import hashlib
+    import json
+
+    sections = {name: config.to_dict()[name] for name in ("text", "image", "model")}
+    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def graph_key(kind: str, modules: list[nn.Module], label: str = "") -> str:
+    """``kind`` + the weights' fingerprint (+ the openvino version)."""
+    import openvino
+
+    version = openvino.__version__.split("-")[0]
+    return f"{kind}-{weights_fingerprint(f'{kind}|{label}|ov{version}', modules)}"
+
+
+def frozen(graph: nn.Module, example: Inputs, kind: str, engine: str, precision: str,
+           cache_dir: str, label: str = "", carried: Path | None = None) -> Frozen:
+    """``graph`` on ``engine`` (resolved), ready to call with named tensors."""
+    if resolve_engine(engine) == "torch":
+        return torch_frozen(graph, precision)
+    key = graph_key(kind, [graph], label)
+    return openvino_frozen(graph, example, key, engine_cache_root(cache_dir), precision,
+                           carried)
+
+
+# encoder bottoms (feature cache fill) ------------------------------------------------------
+def text_bottom(encoder: nn.Module, engine: str, precision: str, cache_dir: str) -> Frozen:
+    example = dict(encoder.tokenize(["a red shirt", "blue"], 8))
+    return frozen(TextBottomGraph(encoder), example, "text-bottom", engine, precision,
+                  cache_dir, label=encoder.fingerprint())
+
+
+def image_bottom(encoder: nn.Module, engine: str, precision: str, cache_dir: str) -> Frozen:
+    size = encoder.image_size
+    example = {"pixels": torch.zeros(2, 3, size, size)}
+    label = encoder.fingerprint(colour=False) if hasattr(encoder, "cnn_bottom") \
+        else encoder.fingerprint()
+    return frozen(ImageBottomGraph(encoder), example, "image-bottom", engine, precision,
+                  cache_dir, label=label)
+
+
+# trained towers (indexing, pyfunc models, search) ------------------------------------------
+class FrozenTowers:
+    """A trained model's query and product towers on one engine, for inference only.
+
+    ``embed_queries`` and ``embed_products`` take what ``TwoTower``'s methods of the same
+    names take and return the same vectors (within the engine's precision).
+    """
+
+    def __init__(self, model: nn.Module, engine: str, carried: Path | None = None):
+        self.model = model.eval()
+        self.engine = resolve_engine(engine)
+        self.carried = carried
+        self._query: Frozen | None = None
+        self._product: Frozen | None = None
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.model.embedding_dim
+
+    @property
+    def image_size(self) -> int:
+        return self.model.image.image_size if self.model.image is not None else 0
+
+    def query_tower(self) -> Frozen:
+        if self._query is None:
+            self._query = self._frozen(QueryTowerGraph(self.model), self._query_example(),
+                                       "query-tower")
+        return self._query
+
+    def product_tower(self) -> Frozen:
+        if self._product is None:
+            self._product = self._frozen(ProductTowerGraph(self.model),
+                                         self._product_example([None, None]),
+                                         "product-tower")
+        return self._product
+
+    def _frozen(self, graph: nn.Module, example: Inputs, kind: str) -> Frozen:
+        config = self.model.config
+        return frozen(graph, example, kind, self.engine, config.train.precision,
+                      config.train.cache_dir, label=architecture(config),
+                      carried=self.carried)
+
+    def _query_example(self) -> Inputs:
+        return dict(self.model.query_text.tokenize(["red shirt", "blue"],
+                                                   self.config.text.query_max_length))
+
+    def _product_example(self, images: list) -> Inputs:
+        return self._product_inputs(["a red cotton shirt", "blue"], images)
+
+    def _product_inputs(self, texts: list[str], images: list) -> Inputs:
+        inputs = dict(self.model.text.tokenize(texts))
+        image = self.model.image
+        if image is not None:
+            size = image.image_size
+            filled = [img if img is not None else np.zeros((size, size, 3), np.uint8)
+                      for img in images]
+            inputs["pixels"] = image.preprocess(filled).contiguous()
+            inputs["present"] = torch.tensor([img is not None for img in images])
+        return inputs
+
+    @torch.no_grad()
+    def embed_queries(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        if self.engine == "torch":
+            return self.model.embed_queries(texts, batch_size)
+        tower = self.query_tower()
+        out = [tower(dict(self.model.query_text.tokenize(
+            texts[start:start + batch_size], self.config.text.query_max_length)))
+            for start in range(0, len(texts), batch_size)]
+        return torch.cat(out) if out else torch.empty(0, self.embedding_dim)
+
+    @torch.no_grad()
+    def embed_products(self, texts: list[str], images: list[np.ndarray | None]
+                       ) -> torch.Tensor:
+        if self.engine == "torch":
+            return self.model.embed_products(texts, images)
+        tower = self.product_tower()
+        out = [tower(self._product_inputs(texts[start:start + PRODUCT_CHUNK],
+                                          images[start:start + PRODUCT_CHUNK]))
+               for start in range(0, len(texts), PRODUCT_CHUNK)]
+        return torch.cat(out) if out else torch.empty(0, self.embedding_dim)
+
+
+def towers_for(model: nn.Module, engine: str | None = None,
+               carried: Path | None = None) -> FrozenTowers:
+    """The model's frozen towers (``engine`` default: the model's ``runtime.engine``),
+    kept on the model so that repeated calls convert and compile once."""
+    engine = resolve_engine(engine or model.config.runtime.engine)
+    cached = model.__dict__.get("_frozen_towers")
+    if cached is not None and cached.engine == engine:
+        return cached
+    towers = FrozenTowers(model, engine, carried)
+    model.__dict__["_frozen_towers"] = towers
+    return towers
+
+
+TOWERS = ("query-tower", "product-tower")
+
+
+def export_towers(model: nn.Module, directory: str | Path) -> dict[str, Path]:
+    """Write each tower's OpenVINO IR under ``directory/<tower>`` (what a registered model
+    carries, passed back as ``carried``, so that serving compiles without converting);
+    empty when the model's engine is not OpenVINO."""
+    if resolve_engine(model.config.runtime.engine) != "openvino":
+        return {}
+    towers = FrozenTowers(model, "openvino")
+    towers.query_tower()
+    towers.product_tower()
+    root = engine_cache_root(model.config.train.cache_dir) / "openvino"
+    written = {}
+    for kind, graph in zip(TOWERS, (QueryTowerGraph(model), ProductTowerGraph(model))):
+        key = graph_key(kind, [graph], architecture(model.config))
+        target = Path(directory) / kind
+        shutil.copytree(root / key, target / "openvino" / key, dirs_exist_ok=True)
+        written[kind] = target
+    return written

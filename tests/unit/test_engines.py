@@ -1,0 +1,152 @@
+"""Inference engines: OpenVINO agrees with the PyTorch reference, converts once per weights,
+and retrieves the same products."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from fusion_model import engines
+from fusion_model.config import load_config
+from fusion_model.data.catalog import load_catalog
+from fusion_model.engines import FrozenTowers, export_towers, resolve_engine, towers_for
+from fusion_model.errors import FusionModelError
+from fusion_model.evaluation.evaluator import Evaluator
+from fusion_model.features import image_bottom_features, text_bottom_features
+from fusion_model.inference import embed_catalog
+from fusion_model.models.image import EfficientNetEncoder
+from fusion_model.models.towers import TwoTower, load_model
+from fusion_model.training.trainer import train
+
+pytest.importorskip("openvino")
+
+QUERIES = ["red cotton shirt for men", "blue jeans", "shirt",
+           "a long query about floral printed summer dresses for women in size m"]
+TEXTS = ["red shirt", "blue denim jeans with a long description of the wash and the fit",
+         "floral dress", "shoes without a photo"]
+
+
+def photos(size: int, count: int = 3) -> list[np.ndarray | None]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(count)] \
+        + [None]
+
+
+def tiny_model(tmp_path, *overrides: str) -> TwoTower:
+    torch.manual_seed(0)
+    return TwoTower(load_config("tiny", [f"train.cache_dir={tmp_path / 'cache'}",
+                                         *overrides])).eval()
+
+
+def min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(F.cosine_similarity(a.flatten(1), b.flatten(1)).min())
+
+
+def test_engine_resolution_and_named_errors(monkeypatch):
+    assert resolve_engine("auto") == "openvino"
+    assert resolve_engine("torch") == "torch"
+    with pytest.raises(FusionModelError, match="runtime.engine='onnx'"):
+        resolve_engine("onnx")
+    monkeypatch.setattr(engines, "openvino_available", lambda: False)
+    assert resolve_engine("auto") == "torch"
+    with pytest.raises(FusionModelError, match="pip install openvino"):
+        resolve_engine("openvino")
+
+
+@pytest.mark.parametrize("precision,floor", [("fp32", 0.999), ("bf16", 0.99)])
+def test_towers_agree_with_pytorch(tmp_path, precision, floor):
+    model = tiny_model(tmp_path, f"train.precision={precision}")
+    reference, converted = FrozenTowers(model, "torch"), FrozenTowers(model, "openvino")
+    assert min_cosine(converted.embed_queries(QUERIES),
+                      reference.embed_queries(QUERIES)) >= floor
+    single = QUERIES[:1]  # a batch of one traces differently in attention
+    assert min_cosine(converted.embed_queries(single),
+                      reference.embed_queries(single)) >= floor
+    images = photos(model.image.image_size)
+    assert min_cosine(converted.embed_products(TEXTS, images),
+                      reference.embed_products(TEXTS, images)) >= floor
+    assert min_cosine(converted.embed_products(TEXTS[:1], images[:1]),
+                      reference.embed_products(TEXTS[:1], images[:1])) >= floor
+
+
+def test_packaged_encoders_agree_with_pytorch(tmp_path):
+    """The default product tower (MiniLM + EfficientNet-Lite0 with colour tokens)."""
+    torch.manual_seed(0)
+    model = TwoTower(load_config("default", [f"train.cache_dir={tmp_path}",
+                                             "train.precision=fp32"])).eval()
+    images = photos(224)
+    reference = FrozenTowers(model, "torch").embed_products(TEXTS, images)
+    assert min_cosine(FrozenTowers(model, "openvino").embed_products(TEXTS, images),
+                      reference) >= 0.999
+
+
+def test_a_conversion_is_cached_by_weights(tmp_path, monkeypatch):
+    model = tiny_model(tmp_path)
+    first = FrozenTowers(model, "openvino").embed_queries(QUERIES)
+    calls = []
+    convert = engines.convert_graph
+    monkeypatch.setattr(engines, "convert_graph",
+                        lambda *args: calls.append(args[2]) or convert(*args))
+    again = FrozenTowers(tiny_model(tmp_path), "openvino").embed_queries(QUERIES)
+    assert not calls and torch.allclose(first, again)
+    changed = tiny_model(tmp_path)
+    with torch.no_grad():
+        changed.query_head.proj.weight.mul_(2)
+    FrozenTowers(changed, "openvino").embed_queries(QUERIES)
+    assert len(calls) == 1 and calls[0].startswith("query-tower-")
+
+
+def test_exported_towers_load_without_converting(tmp_path, monkeypatch):
+    model = tiny_model(tmp_path, "runtime.engine=openvino")
+    carried = export_towers(model, tmp_path / "export")
+    assert set(carried) == {"query-tower", "product-tower"}
+    expected = FrozenTowers(model, "torch").embed_queries(QUERIES)
+    monkeypatch.setattr(engines, "engine_cache_root", lambda _: tmp_path / "empty")
+    monkeypatch.setattr(engines, "convert_graph", pytest.fail)
+    towers = towers_for(tiny_model(tmp_path), "openvino", carried=carried["query-tower"])
+    assert min_cosine(towers.embed_queries(QUERIES), expected) >= 0.999
+    assert export_towers(tiny_model(tmp_path, "runtime.engine=torch"), tmp_path / "t") == {}
+
+
+def test_feature_cache_fill_agrees_across_engines(tmp_path):
+    encoder = EfficientNetEncoder(colour_tokens=True)
+    uris = []
+    for i, image in enumerate(photos(64)[:3]):
+        from PIL import Image
+
+        path = tmp_path / f"p{i}.png"
+        Image.fromarray(image).save(path)
+        uris.append(str(path))
+    by_engine = {engine: image_bottom_features(encoder, [*uris, None],
+                                               str(tmp_path / engine), "fp32", engine=engine)
+                 for engine in ("torch", "openvino")}
+    torch_features, ov_features = by_engine["torch"], by_engine["openvino"]
+    assert torch.equal(torch_features["present"], ov_features["present"])
+    assert min_cosine(ov_features["features"][:3].float(),
+                      torch_features["features"][:3].float()) >= 0.999
+    model = tiny_model(tmp_path)
+    text = {engine: text_bottom_features(model.text, TEXTS, 16, str(tmp_path / engine),
+                                         "fp32", progress=False, engine=engine)
+            for engine in ("torch", "openvino")}
+    assert torch.equal(text["torch"]["mask"], text["openvino"]["mask"])
+    real = text["torch"]["mask"]
+    assert min_cosine(text["openvino"]["hidden"][real].float(),
+                      text["torch"]["hidden"][real].float()) >= 0.999
+
+
+def test_top10_retrieval_overlaps_on_the_synthetic_catalog(synthetic_catalog, tmp_path):
+    catalog = load_catalog(str(synthetic_catalog))
+    config = load_config("tiny", [f"train.cache_dir={tmp_path / 'cache'}"])
+    model = load_model(train(catalog, config, tmp_path / "run", progress=False).model_dir)
+    evaluator = Evaluator.for_split(catalog, model.config.for_catalog(catalog.max_grade),
+                                    "test")
+    top = {}
+    for engine in ("torch", "openvino"):
+        products = embed_catalog(model, catalog, progress=False, engine=engine)
+        queries = towers_for(model, engine).embed_queries(evaluator.query_texts)
+        top[engine] = (queries @ products.T).topk(10, dim=1).indices.tolist()
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top["torch"],
+                                                                 top["openvino"])])
+    assert overlap >= 0.98
