@@ -212,16 +212,22 @@ def _cached_bottoms(encoder, uris: list[str], keys: list[str], cache_root: str,
                     precision: str, batch_size: int, progress: bool,
                     engine: str) -> torch.Tensor:
     """Bottom features of photos; colour histograms (when the encoder adds them) are cached
-    apart from the CNN maps, so switching them on does not re-run the CNN."""
+    apart from the CNN maps, so switching them on does not re-run the CNN. A photo is
+    decoded once: histograms of photos the CNN pass decodes are kept for the colour pass."""
     colour = getattr(encoder, "colour_tokens", False)
     fingerprint = encoder.fingerprint(colour=False) if colour else encoder.fingerprint()
     cache = FeatureCache(cache_root, "image", fingerprint)
     bottom = functools.cache(
         lambda: engines.image_bottom(encoder, engine, precision, cache_root))
+    histograms_seen: dict[str, torch.Tensor] = {}
 
     def compute(indices: list[int]) -> Batch:
-        arrays = load_images([uris[i] for i in indices], encoder.image_size)
-        features = bottom()({"pixels": encoder.preprocess(arrays)})
+        pixels = encoder.preprocess(load_images([uris[i] for i in indices],
+                                                encoder.image_size))
+        features = bottom()({"pixels": pixels})
+        if colour:
+            histograms = encoder.colour_bottom(pixels, tuple(features.shape[-2:]))
+            histograms_seen.update(zip([keys[i] for i in indices], histograms))
         return {"features": features.to(torch.bfloat16).contiguous()}
 
     features = cache.get(keys, compute, batch_size, "image features", progress)["features"]
@@ -233,6 +239,8 @@ def _cached_bottoms(encoder, uris: list[str], keys: list[str], cache_root: str,
     colours = FeatureCache(cache_root, "colour", encoder.fingerprint(colour=True))
 
     def compute_colour(indices: list[int]) -> Batch:
+        if all(keys[i] in histograms_seen for i in indices):
+            return {"colour": torch.stack([histograms_seen[keys[i]] for i in indices])}
         arrays = load_images([uris[i] for i in indices], encoder.image_size)
         return {"colour": encoder.colour_bottom(encoder.preprocess(arrays), grid)}
 

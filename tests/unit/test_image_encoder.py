@@ -81,6 +81,30 @@ def test_switching_colour_tokens_on_reuses_the_cached_cnn_maps(tmp_path, caplog)
                           atol=1e-2)
 
 
+def test_an_empty_cache_decodes_each_photo_once_for_maps_and_colours(tmp_path,
+                                                                      monkeypatch):
+    from fusion_model import features
+
+    uris = []
+    for i in range(3):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.roll(half_red_photo(), 40 * i, axis=0)).save(path)
+        uris.append(str(path))
+    decoded = []
+    decode = features.decode_image
+    monkeypatch.setattr(features, "decode_image",
+                        lambda data, size, **kw: decoded.append(kw["uri"]) or
+                        decode(data, size, **kw))
+    colour = EfficientNetEncoder(trainable_blocks=1, colour_tokens=True).eval()
+    both = image_bottom_features(colour, uris, str(tmp_path / "cache"), "fp32",
+                                 progress=False)
+    assert sorted(decoded) == sorted(uris)
+    channels = both["features"].shape[1] - COLOUR_LEVELS ** 3
+    direct = colour.bottom(colour.preprocess([np.asarray(Image.open(uris[2]))]))
+    assert torch.allclose(both["features"][2, channels:].float(), direct[0, channels:],
+                          atol=1e-2)
+
+
 def test_larger_efficientnet_lite_variants_load_their_packaged_weights():
     photo = [half_red_photo()]
     tokens = {}
