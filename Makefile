@@ -14,7 +14,7 @@ DEMO_PRODUCTS ?= 2000
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-production bench lint lock clean
+.PHONY: help setup demo test test-e2e test-production bench lint lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ demo: setup ## the whole platform end to end on embedded defaults (catalog, DAG,
 
 test: setup ## run the default test suite (unit + integration on local backends)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-e2e: setup ## whole-platform runs: DAGs, airflow standalone, lifecycle, CLI, DDP, bad inputs
+	$(PY) -m pytest -m e2e tests/integration tests/dags $(PYTEST_ARGS)
 
 BENCH_DIR ?= runs/bench
 bench: setup ## tests marked slow, throughput benchmark + ablation table (see benchmarks/RESULTS.md)

@@ -13,7 +13,7 @@ from fusion_model import storage
 from fusion_model.data.synthetic import generate_synthetic_catalog
 from fusion_model.index import milvus
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 COMMON = {"config_name": "fast", "primary_metric": "ndcg@10", "shards": 2,
           "extra_overrides": ["train.stage1.positives_per_query=4",

@@ -13,7 +13,7 @@ import pytest
 from tests.airflow_api import AirflowApi, airflow_environment
 from tests.conftest import free_port, http_ok, stop_process_tree, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 
 @pytest.fixture()

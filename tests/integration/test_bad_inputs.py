@@ -33,7 +33,7 @@ from fusion_model.registry import registry
 from fusion_model.registry.tracking import configure
 from tests.conftest import free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 MODEL = "fusion_products"
 AUDIT = "fusion-model-promotion-audit"

@@ -6,7 +6,7 @@ import pytest
 
 from fusion_model.cli import main
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 
 def test_lifecycle_search_refresh_rollback(synthetic_catalog, tmp_path, capsys):

@@ -12,7 +12,7 @@ import pytest
 
 from fusion_model.models.tiny import save_tiny_bert
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 
 def run_training(command: list[str], out: Path, overrides: list[str]) -> dict:

@@ -16,7 +16,7 @@ from fusion_model.index import milvus
 from fusion_model.pipelines import steps
 from fusion_model.registry import registry
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from fusion_model.data.catalog import load_catalog
 from fusion_model.data.synthetic import generate_synthetic_catalog
 from fusion_model.training.trainer import train
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")
