@@ -28,12 +28,14 @@ $(STAMP): requirements.lock pyproject.toml
 	$(VENV)/bin/uv pip install --python $(PY) --no-deps --compile-bytecode -e .
 	@touch $(STAMP)
 
-lock: ## re-resolve requirements.lock (and infra/requirements.lock, its runtime subset) from pyproject.toml
+lock: ## re-resolve requirements.lock (and infra/requirements.lock and infra/mlflow.lock, the images' subsets) from pyproject.toml
 	@test -x $(VENV)/bin/uv || $(MAKE) setup
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra deploy --python-version 3.11 \
 		$(FIND_LINKS) -o requirements.lock
 	$(VENV)/bin/uv pip compile pyproject.toml --extra deploy --python-version 3.11 \
 		$(FIND_LINKS) -c requirements.lock -o infra/requirements.lock
+	$(VENV)/bin/uv pip compile infra/mlflow.in --python-version 3.11 -c requirements.lock \
+		-o infra/mlflow.lock
 
 demo: setup ## the whole platform end to end on embedded defaults (catalog, DAG, gate, ablation, search)
 	DEMO_DIR=$(DEMO_DIR) DEMO_PRODUCTS=$(DEMO_PRODUCTS) bash scripts/demo.sh

@@ -1,7 +1,9 @@
 # MLflow tracking server: PostgreSQL backend store, artifacts proxied to S3 (MinIO).
-# Versions match requirements.lock (a test checks they do).
+# Installs infra/mlflow.lock: the tracking server's closure of requirements.lock, same
+# versions (`make lock` writes it; a test checks it against the tested lock).
 FROM python:3.11-slim-bookworm
-RUN pip install --no-cache-dir mlflow==3.17.2 psycopg2-binary==2.9.13 boto3==1.44.5 \
+COPY infra/mlflow.lock /opt/mlflow/requirements.lock
+RUN pip install --no-cache-dir -r /opt/mlflow/requirements.lock \
  && useradd --create-home --uid 10001 mlflow
 USER mlflow
 WORKDIR /home/mlflow

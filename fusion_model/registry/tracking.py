@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -96,11 +97,13 @@ def flatten(data: dict, prefix: str = "") -> dict[str, str]:
 
 
 def git_commit() -> str:
+    """The source checkout's commit; in an image without .git, the ``FUSION_GIT_COMMIT``
+    it was built with (infra/Dockerfile's GIT_COMMIT); else "unknown"."""
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                               check=True, cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("FUSION_GIT_COMMIT") or "unknown"
 
 
 def log_training_run(result: TrainResult, config: RunConfig, catalog: Catalog,

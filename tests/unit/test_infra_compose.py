@@ -223,9 +223,9 @@ def test_the_image_lock_is_the_runtime_subset_of_the_tested_lock():
 
 
 def dockerfile_copies() -> set[str]:
-    """The repository paths infra/Dockerfile COPYs into the image."""
-    sources = re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", (INFRA / "Dockerfile").read_text(),
-                         flags=re.M)
+    """The repository paths infra/Dockerfile and infra/mlflow.Dockerfile COPY."""
+    text = "\n".join((INFRA / name).read_text() for name in ("Dockerfile", "mlflow.Dockerfile"))
+    sources = re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", text, flags=re.M)
     return {path for source in sources for path in source.split()}
 
 
@@ -236,9 +236,11 @@ def test_images_pin_the_versions_the_tests_ran_against():
     assert "ARG PYTHON_VERSION=3.11" in airflow
     for path in dockerfile_copies():
         assert (REPO / path).exists(), f"Dockerfile copies missing {path}"
-    mlflow = (INFRA / "mlflow.Dockerfile").read_text()
-    for package in ("mlflow", "psycopg2-binary", "boto3"):
-        assert f"{package}=={lock[package]}" in mlflow, f"mlflow.Dockerfile: {package}"
+    mlflow_image = lock_versions(INFRA / "mlflow.lock")
+    assert {"mlflow", "psycopg2-binary", "boto3", "sqlalchemy"} <= set(mlflow_image)
+    assert {name: (version, lock.get(name)) for name, version in mlflow_image.items()
+            if lock.get(name) != version} == {}, "infra/mlflow.lock strays from the lock"
+    assert "-r /opt/mlflow/requirements.lock" in (INFRA / "mlflow.Dockerfile").read_text()
 
 
 def test_the_build_context_sends_only_what_the_images_copy():
@@ -287,3 +289,103 @@ fi
     else:
         assert not any(c.startswith("mb") for c in calls)
         assert "refused the credentials 30 times" in result.stderr
+
+
+def dockerfile_run(pattern: str) -> str:
+    """The shell text of the Airflow image's RUN instruction matching ``pattern``."""
+    runs = re.findall(r"^RUN ((?:.*\\\n)*.*)$", (INFRA / "Dockerfile").read_text(), flags=re.M)
+    found = [run.replace("\\\n", " ") for run in runs if re.search(pattern, run)]
+    assert len(found) == 1, (pattern, runs)
+    return found[0]
+
+
+def test_a_gpu_image_installs_torch_from_its_index_then_the_lock_without_it(tmp_path):
+    """The lock pins torch's +cpu build, which no CUDA index serves: torch comes from
+    TORCH_INDEX_URL alone, then the lock runs with its torch line removed."""
+    install = dockerfile_run(r"TORCH_INDEX_URL")
+    assert re.search(r'--index-url "\$\{TORCH_INDEX_URL\}" "torch==\$\{TORCH_VERSION\}"',
+                     install)
+    assert "--extra-index-url" not in install
+    torch_version = lock_versions(INFRA / "requirements.lock")["torch"].split("+")[0]
+    assert f"ARG TORCH_VERSION={torch_version}" in (INFRA / "Dockerfile").read_text()
+    strip = re.search(r"(grep -v \S+) /opt/fusion/requirements.lock", install).group(1)
+    stripped = subprocess.run(f"{strip} {INFRA / 'requirements.lock'}", shell=True,
+                              capture_output=True, text=True, check=True).stdout
+    kept = lock_versions_text(stripped)
+    assert "torch" not in kept
+    assert kept == {k: v for k, v in lock_versions(INFRA / "requirements.lock").items()
+                    if k != "torch"}
+
+
+def lock_versions_text(text: str) -> dict[str, str]:
+    return dict(line.split("==", 1) for line in text.splitlines()
+                if "==" in line and line[0].isalpha())
+
+
+def test_any_airflow_uid_can_write_the_work_dir_and_the_password_file(compose):
+    """Compose runs as ${AIRFLOW_UID}:0; the mount points are group-root writable."""
+    prepare = dockerfile_run(r"mkdir -p /opt/fusion/work")
+    assert "chown -R airflow:0 /opt/fusion /opt/airflow/auth" in prepare
+    assert "chmod -R g+rwX /opt/fusion /opt/airflow/auth" in prepare
+    for name, spec in airflow_services(compose).items():
+        assert spec["user"].endswith(":0"), name
+    init = " ".join(compose["services"]["airflow-init"]["command"])
+    assert re.search(r"umask 0?0[0-7]7", init), "the group (root) must read the file"
+
+
+def test_mlflow_accepts_the_host_names_the_deployment_configures():
+    env = {**env_example(), "MLFLOW_ALLOWED_HOSTS": "mlflow,search.example.com"}
+    mlflow = yaml.safe_load(interpolate(COMPOSE.read_text(), env))["services"]["mlflow"]
+    assert "--allowed-hosts=mlflow,search.example.com" in mlflow["command"]
+    assert "MLFLOW_ALLOWED_HOSTS" in env_example()
+
+
+def test_the_milvus_server_matches_the_client_version(compose):
+    """pymilvus's compatibility table pairs server and client by major.minor."""
+    client = lock_versions(INFRA / "requirements.lock")["pymilvus"]
+    image = compose["services"]["milvus"]["image"]
+    server = re.search(r":v(\d+\.\d+)\.\d+", image).group(1)
+    assert server == ".".join(client.split(".")[:2]), (image, client)
+
+
+def test_postgres_health_redis_licence_and_startup_order(compose):
+    services = compose["services"]
+    postgres = services["postgres"]
+    health = " ".join(postgres["healthcheck"]["test"])
+    assert health.count("pg_isready -h 127.0.0.1") == 2, "over TCP, not the init socket"
+    production = (REPO / "tests" / "production" / "conftest.py").read_text()
+    connections = re.search(r"max_connections=(\d+)", production).group(1)
+    assert postgres["command"] == ["postgres", "-c", f"max_connections={connections}"]
+    assert re.match(r"redis:7\.2[.-]", services["redis"]["image"]), "BSD-licensed Redis"
+    for name in ("airflow-worker", "airflow-worker-training", "airflow-dag-processor",
+                 "airflow-triggerer"):
+        assert services[name]["depends_on"]["airflow-apiserver"]["condition"] == \
+            "service_healthy", name
+
+
+def test_the_training_queue_worker_consumes_only_that_queue(compose):
+    worker = compose["services"]["airflow-worker-training"]
+    assert worker["profiles"] == ["training-queue"]
+    assert worker["command"][-2:] == ["--queues", "training"]
+
+
+def test_images_record_the_commit_they_were_built_from(compose, monkeypatch):
+    from fusion_model.registry import tracking
+
+    args = compose["services"]["airflow-scheduler"]["build"]["args"]
+    assert "GIT_COMMIT" in args and "TORCH_INDEX_URL" in args
+    assert "ENV FUSION_GIT_COMMIT=${GIT_COMMIT}" in (INFRA / "Dockerfile").read_text()
+
+    def no_git(*args, **kwargs):
+        raise OSError("git: not found")
+
+    monkeypatch.setattr(tracking.subprocess, "run", no_git)
+    monkeypatch.setenv("FUSION_GIT_COMMIT", "abc123")
+    assert tracking.git_commit() == "abc123"
+    monkeypatch.delenv("FUSION_GIT_COMMIT")
+    assert tracking.git_commit() == "unknown"
+
+
+def test_the_readme_states_the_memory_the_stack_needs():
+    readme = (INFRA / "README.md").read_text()
+    assert re.search(r"12.16 GB of RAM", readme)
