@@ -32,6 +32,10 @@ DEFAULT_SEARCH_PARAMS = {"HNSW": {"ef": 128}, "HNSW_SQ": {"ef": 128}, "IVF_FLAT"
                          "IVF_SQ8": {"nprobe": 16}, "FLAT": {}}
 MAX_VARCHAR = 512
 QUERY_PAGE = 16384
+# Reads that verify or diff what was just written see every acknowledged write. A Milvus
+# server is Bounded by default (reads may lag writes by a few seconds; Milvus Lite never
+# showed it); searches keep the collection's default.
+STRONG = {"consistency_level": "Strong"}
 
 
 # A connection of our own, closed on exit, and no keepalive pings while idle. pymilvus
@@ -214,10 +218,11 @@ class MilvusIndex:
 
     def existing_hashes(self, name: str) -> dict[str, str]:
         """product_id -> content_hash of every row in the collection."""
-        self.ensure_loaded(name)
+        self._catch_up(name)
         found: dict[str, str] = {}
         iterator = self.client.query_iterator(name, batch_size=QUERY_PAGE, filter="",
-                                              output_fields=["product_id", "content_hash"])
+                                              output_fields=["product_id", "content_hash"],
+                                              **STRONG)
         try:
             while batch := iterator.next():
                 found.update({row["product_id"]: row["content_hash"] for row in batch})
@@ -229,12 +234,12 @@ class MilvusIndex:
                   fields: list[str]) -> int:
         """Copy the rows of ``keep_ids`` (vector, content hash, ``fields``) from ``source``
         into ``target``; returns how many were copied. Idempotent (upserts)."""
-        self.ensure_loaded(source)
+        self._catch_up(source)
         available = set(self.fields(source))
         wanted = ["product_id", "vector", "content_hash",
                   *[f for f in fields if f in available]]
         iterator = self.client.query_iterator(source, batch_size=QUERY_PAGE // 4, filter="",
-                                              output_fields=wanted)
+                                              output_fields=wanted, **STRONG)
         copied = 0
         try:
             while batch := iterator.next():
@@ -262,14 +267,21 @@ class MilvusIndex:
 
     def count(self, name: str) -> int:
         self.client.flush(name)
+        return self._catch_up(name)
+
+    def _catch_up(self, name: str) -> int:
+        """Load ``name`` and wait until its query view holds every acknowledged write (a
+        Strong read); returns the row count. The query iterator reads at a client-side
+        timestamp with bounded staleness: on a Milvus server it saw none of the rows
+        upserted a moment before, and a resumed build would have rewritten them all."""
         self.ensure_loaded(name)
-        return int(self.client.query(name, filter="", output_fields=["count(*)"])[0][
-            "count(*)"])
+        return int(self.client.query(name, filter="", output_fields=["count(*)"],
+                                     **STRONG)[0]["count(*)"])
 
     def vectors_of(self, name: str, ids: list[str]) -> tuple[list[str], np.ndarray]:
         """The stored vectors of ``ids`` (those found), with their ids in the same order."""
         self.ensure_loaded(name)
-        rows = self.client.get(name, ids=ids, output_fields=["product_id", "vector"])
+        rows = self.client.get(name, ids=ids, output_fields=["product_id", "vector"], **STRONG)
         return ([r["product_id"] for r in rows],
                 np.array([r["vector"] for r in rows], dtype=np.float32))
 

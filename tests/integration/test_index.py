@@ -33,13 +33,18 @@ def catalog(synthetic_catalog):
     return load_catalog(str(synthetic_catalog))
 
 
-def index_config(tmp_path, **changes) -> IndexConfig:
-    return dataclasses.replace(IndexConfig(uri=str(tmp_path / "milvus.db"), batch_size=50),
-                               **changes)
+@pytest.fixture()
+def index_uri(tmp_path) -> str:
+    """A fresh Milvus Lite file per test (tests/production runs these on a real server)."""
+    return str(tmp_path / "milvus.db")
 
 
-def test_build_verify_and_search_with_a_filter(model, catalog, tmp_path):
-    config = index_config(tmp_path)
+def index_config(uri: str, **changes) -> IndexConfig:
+    return dataclasses.replace(IndexConfig(uri=uri, batch_size=50), **changes)
+
+
+def test_build_verify_and_search_with_a_filter(model, catalog, index_uri):
+    config = index_config(index_uri)
     result = build_collection(model, catalog, config, "products_m1_abc", progress=False)
     assert result.verified and result.count == result.written == 300
     with milvus.MilvusIndex.open(config.uri) as index:
@@ -51,15 +56,15 @@ def test_build_verify_and_search_with_a_filter(model, catalog, tmp_path):
         assert len(hits[0]) == 10 and {h["category"] for h in hits[0]} == {"shirt"}
 
 
-def test_unsupported_index_types_are_rejected(model, catalog, tmp_path):
+def test_unsupported_index_types_are_rejected(model, catalog, index_uri):
     with pytest.raises(milvus.MilvusIndexError, match="DISKANN.*silently fall back"):
-        build_collection(model, catalog, index_config(tmp_path, index_type="DISKANN"), "x_m1_a")
+        build_collection(model, catalog, index_config(index_uri, index_type="DISKANN"), "x_m1_a")
     with pytest.raises(Exception, match="index.index_type='SCANN'"):
         load_config("default", ["index.index_type=SCANN"])
 
 
-def test_crash_mid_indexing_resumes_without_duplicates(model, catalog, tmp_path, monkeypatch):
-    config = index_config(tmp_path)
+def test_crash_mid_indexing_resumes_without_duplicates(model, catalog, index_uri, monkeypatch):
+    config = index_config(index_uri)
     original, calls = milvus.MilvusIndex.upsert_rows, {"n": 0}
 
     def crash_after_two_batches(*args, **kwargs):
@@ -79,8 +84,8 @@ def test_crash_mid_indexing_resumes_without_duplicates(model, catalog, tmp_path,
     assert len(ids) == len(set(ids)) == 300
 
 
-def test_alias_swap_guarded_drop_and_prune(model, catalog, tmp_path):
-    config = index_config(tmp_path)
+def test_alias_swap_guarded_drop_and_prune(model, catalog, index_uri):
+    config = index_config(index_uri)
     small = dataclasses.replace(catalog, products=catalog.products.head(40))
     for version in (1, 2, 3, 4):
         build_collection(model, small, config, f"products_m{version}_abc", progress=False)
@@ -96,8 +101,8 @@ def test_alias_swap_guarded_drop_and_prune(model, catalog, tmp_path):
         assert sorted(index.list_collections()) == ["products_m2_abc", "products_m4_abc"]
 
 
-def test_incremental_refresh_writes_a_new_collection(model, catalog, tmp_path):
-    config = index_config(tmp_path)
+def test_incremental_refresh_writes_a_new_collection(model, catalog, index_uri):
+    config = index_config(index_uri)
     build_collection(model, catalog, config, "products_m5_abc", progress=False)
     with milvus.MilvusIndex.open(config.uri) as index:
         index.point_alias(config.alias, "products_m5_abc")
@@ -119,8 +124,8 @@ def test_incremental_refresh_writes_a_new_collection(model, catalog, tmp_path):
     assert removed in served and "NEW1" not in served and len(served) == 300
 
 
-def test_refresh_refuses_a_snapshot_that_drops_too_many_products(model, catalog, tmp_path):
-    config = index_config(tmp_path, max_delete_share=0.05)
+def test_refresh_refuses_a_snapshot_that_drops_too_many_products(model, catalog, index_uri):
+    config = index_config(index_uri, max_delete_share=0.05)
     small = dataclasses.replace(catalog, products=catalog.products.head(60))
     build_collection(model, small, config, "products_m7_abc", progress=False)
     with milvus.MilvusIndex.open(config.uri) as index:

@@ -1,10 +1,11 @@
 """The production shape without Docker: real servers on 127.0.0.1, started per session.
 
 PostgreSQL (Debian's binaries; Airflow metadata + MLflow backend store), a moto S3 server
-(catalog, photos, MLflow artifacts), ``mlflow server`` proxying artifacts to S3,
-``milvus-lite server`` (a network URI, like Milvus standalone) and Airflow 3 with the
-LocalExecutor on PostgreSQL as separate api-server / scheduler / dag-processor processes,
-configured only through environment variables, as infra/compose.yaml configures it.
+(catalog, photos, MLflow artifacts), ``mlflow server`` proxying artifacts to S3, the real
+Milvus standalone server (``milvus-server`` from the ``milvus`` package: embedded etcd,
+local storage) and Airflow 3 with the LocalExecutor on PostgreSQL as separate api-server,
+scheduler and dag-processor processes, configured only through environment variables, as
+infra/compose.yaml configures it.
 """
 
 from __future__ import annotations
@@ -80,6 +81,57 @@ def _init_databases(bindir: Path, root: Path, port: int, log: Path) -> dict[str,
                    check=True, capture_output=True, timeout=60)
     return {name: f"postgresql+psycopg2://{name}:{passwords[f'{name.upper()}_DB_PASSWORD']}"
                   f"@127.0.0.1:{port}/{name}" for name in ("airflow", "mlflow")}
+
+
+MILVUS_PORT_FLAGS = ("etcd", "root-coord", "proxy", "proxy-internal", "query-coord",
+                     "query-node", "index-coord", "index-node", "data-coord", "data-node")
+ETCD_PEER_PORT = 2380  # not configurable from milvus-server's command line
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """The real Milvus standalone server (``milvus-server``), every port chosen free; yields
+    its URI. Its gRPC ports listen on all interfaces (Milvus 2.3 has no listen-address
+    setting); clients here use 127.0.0.1 only. Stopping it stops its child ``milvus run
+    standalone`` too (the wrapper alone would leave it running)."""
+    if not _port_free(ETCD_PEER_PORT):
+        pytest.fail(f"127.0.0.1:{ETCD_PEER_PORT} is in use: milvus 2.3.5's embedded etcd "
+                    "binds that peer port unconditionally, so another Milvus standalone "
+                    "server (`milvus run standalone`) is probably running; stop it")
+    data = tmp_path_factory.mktemp("milvus-standalone")
+    ports = {flag: free_port() for flag in MILVUS_PORT_FLAGS}
+    command = [str(BIN / "milvus-server"), "--data", str(data)]
+    for flag, port in ports.items():
+        command += [f"--{flag}-port", str(port)]
+    log = data / "milvus-server.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    uri = f"http://127.0.0.1:{ports['proxy']}"
+    try:
+        wait_for(lambda: _milvus_answers(uri), 240, "the Milvus standalone server",
+                 every=2, logs=(log, data / "logs" / "milvus-stdout.log"))
+        yield uri
+    finally:
+        stop_process_tree(process)
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _milvus_answers(uri: str) -> bool:
+    from fusion_model.index.milvus import MilvusIndex
+
+    try:
+        with MilvusIndex.open(uri) as index:
+            index.list_collections()
+        return True
+    except Exception:  # noqa: BLE001 - not up yet, whatever the client says
+        return False
 
 
 def s3_environment(endpoint: str) -> dict[str, str]:

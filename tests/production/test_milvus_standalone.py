@@ -1,0 +1,52 @@
+"""The index life cycle of tests/integration/test_index.py on the real Milvus standalone
+server (``milvus-server``): build and verify, filtered search, resume after a crash,
+alias create and switch, guarded drop and prune, incremental refresh and its deletion
+guard, and two processes sharing the server. Reads after writes use strong consistency
+(a server is Bounded by default)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fusion_model.index import milvus
+from tests.integration.test_index import (  # noqa: F401 - fixtures and tests run here too
+    catalog,
+    model,
+    test_alias_swap_guarded_drop_and_prune,
+    test_build_verify_and_search_with_a_filter,
+    test_crash_mid_indexing_resumes_without_duplicates,
+    test_incremental_refresh_writes_a_new_collection,
+    test_refresh_refuses_a_snapshot_that_drops_too_many_products,
+    test_two_processes_share_a_milvus_lite_server,
+    test_unsupported_index_types_are_rejected,
+)
+
+pytestmark = pytest.mark.production
+
+
+@pytest.fixture()
+def index_uri(milvus_server) -> str:
+    """The server, emptied: every test starts without aliases or collections."""
+    with milvus.MilvusIndex.open(milvus_server) as index:
+        for alias in index.client.list_aliases().get("aliases", []):
+            index.drop_alias(alias)
+        for name in index.list_collections():
+            index.drop_collection(name)
+    return milvus_server
+
+
+def test_a_count_right_after_a_write_sees_every_row(index_uri):
+    """Bounded staleness would under-count rows written a moment ago; verification
+    (count == written) must never fail, nor pass on a stale view."""
+    with milvus.MilvusIndex.open(index_uri) as index:
+        index.create_collection("fresh_m1_abc", 8, ["colour"], index_type="FLAT")
+        for round_ in range(3):
+            ids = [f"p{round_}-{i}" for i in range(500)]
+            vectors = np.random.default_rng(round_).normal(size=(500, 8)).astype(np.float32)
+            index.upsert_rows("fresh_m1_abc", ids, vectors, ["h"] * 500,
+                              {"colour": ["red"] * 500})
+            assert index.count("fresh_m1_abc") == 500 * (round_ + 1)
+            assert len(index.existing_hashes("fresh_m1_abc")) == 500 * (round_ + 1)
+        index.delete_ids("fresh_m1_abc", [f"p0-{i}" for i in range(100)])
+        assert index.count("fresh_m1_abc") == 1400
