@@ -51,7 +51,7 @@ bench: setup ## tests marked slow, throughput benchmark + ablation table (see be
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 	$(VENV)/bin/fusion-model catalog synthetic --products 3000 --out $(BENCH_DIR)/synthetic
 	$(PY) benchmarks/throughput.py --catalog $(BENCH_DIR)/synthetic
-	$(PY) benchmarks/index_bench.py --products 100000 --uri $(BENCH_DIR)/milvus.db
+	$(PY) benchmarks/index_bench.py --products 100000 --lite-uri $(BENCH_DIR)/milvus.db
 	$(VENV)/bin/fusion-model benchmark --catalog $(BENCH_DIR)/synthetic \
 		--output $(BENCH_DIR)/synthetic.json --work-dir $(BENCH_DIR)/work \
 		--models core,concat_no_ft,fusion_no_ft \
@@ -63,6 +63,7 @@ lint: setup ## ruff
 clean: ## remove the venv and generated demo data
 	rm -rf $(VENV) $(DEMO_DIR)
 
-test-production: setup ## production-mode tests: PostgreSQL, mlflow server, S3, Milvus URI, Airflow LocalExecutor
+test-production: setup ## production-mode tests: PostgreSQL, Redis + Celery workers, mlflow server, S3, Milvus standalone
 	bash infra/local/install-postgres.sh
+	bash infra/local/install-redis.sh
 	$(PY) -m pytest -m production tests/production $(PYTEST_ARGS)

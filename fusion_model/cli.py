@@ -339,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     search = steps.add_parser("search", help="search the serving index with the champion")
     search.add_argument("query")
     search.add_argument("-k", type=_positive_int, default=10, help="number of hits")
-    search.add_argument("--filter", help='Milvus filter, e.g. \'gender == "Women"\'')
+    search.add_argument("--filter", help="attribute conditions joined by and/or, e.g. "
+                        "'gender == Women and colour in [red, \"navy blue\"]'")
     search.add_argument("--config", default="default")
     search.add_argument("overrides", nargs="*", metavar="key=value")
     search.set_defaults(func=_cmd_search)

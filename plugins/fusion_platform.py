@@ -13,6 +13,8 @@ local files).
 - variable   ``fusion_work_dir``:          where runs, caches and reports go
 - environment ``FUSION_CATALOG_URI``:      the catalog scheduled and asset-triggered runs
                                           use (the trigger form's default)
+- environment ``FUSION_CONFIG_NAME``:      the packaged config scheduled and asset-triggered
+                                          runs use (the trigger form's default; ``default``)
 - environment ``FUSION_TRAINING_QUEUE``:   Celery queue of the two training tasks (e.g.
                                           ``gpu`` workers); unset: the default queue
 """
@@ -150,10 +152,21 @@ def packaged_configs() -> list[str]:
         "configs").iterdir() if p.name.endswith(".yaml"))
 
 
+def default_config_name() -> str:
+    """The deployment's config (``$FUSION_CONFIG_NAME``) for runs nobody filled a form
+    for (scheduled, asset-triggered); ``default`` otherwise. A name that is not packaged
+    fails the DAG import, naming the choices."""
+    name = os.environ.get("FUSION_CONFIG_NAME") or "default"
+    if name not in packaged_configs():
+        raise ValueError(f"FUSION_CONFIG_NAME={name!r} is not a packaged config; choose "
+                         f"from {', '.join(packaged_configs())}")
+    return name
+
+
 def config_name_param():
     from airflow.sdk import Param
 
-    return Param("default", type="string", enum=packaged_configs(),
+    return Param(default_config_name(), type="string", enum=packaged_configs(),
                  description="Packaged config (fusion_model/configs); params left empty "
                  "take their values from it")
 

@@ -495,7 +495,9 @@ def refresh(catalog_uri: str, config_name: str = "default",
 
 def search(text: str | list[str], k: int = 10, filter_expr: str = "",
            config_name: str = "default", overrides: list[str] | tuple = ()) -> list:
-    """Champion query encoder + ANN search of the serving alias.
+    """Champion query encoder + ANN search of the serving alias. ``filter_expr`` is a
+    people's filter (``index/filters.py``: conditions on attribute fields joined by
+    and/or), parsed and quoted here.
 
     Refuses to answer when the serving alias does not point at the collection recorded on
     the champion (a query encoder must only search vectors of its own product encoder)."""
@@ -503,6 +505,7 @@ def search(text: str | list[str], k: int = 10, filter_expr: str = "",
     import pandas as pd
 
     from fusion_model.errors import ServingMismatchError
+    from fusion_model.index.filters import to_milvus
     from fusion_model.registry.registry import CHAMPION, get_alias, query_model_name
 
     texts = [text] if isinstance(text, str) else list(text)
@@ -527,10 +530,11 @@ def search(text: str | list[str], k: int = 10, filter_expr: str = "",
                 "to re-align them")
         encoder = mlflow.pyfunc.load_model(
             f"models:/{query_model_name(config.registry.model_name)}/{champion.query_version}")
-        vectors = encoder.predict(pd.DataFrame({"text": texts}))
         available = set(index.fields(config.index.alias))
-        hits = index.search(config.index.alias, vectors, k, filter_expr,
-                            [f for f in fields if f in available])
+        fields = [f for f in fields if f in available]
+        expression = to_milvus(filter_expr, fields)  # a bad filter fails before encoding
+        vectors = encoder.predict(pd.DataFrame({"text": texts}))
+        hits = index.search(config.index.alias, vectors, k, expression, fields)
     return hits[0] if isinstance(text, str) else hits
 
 

@@ -56,6 +56,22 @@ def test_build_verify_and_search_with_a_filter(model, catalog, index_uri):
         assert len(hits[0]) == 10 and {h["category"] for h in hits[0]} == {"shirt"}
 
 
+def test_a_users_filter_matches_values_with_quotes_exactly(index_uri):
+    """Values holding quotes, backslashes or expression syntax are matched as text."""
+    from fusion_model.index.filters import to_milvus
+
+    values = ['say "hi"', "a\\", "x' or category != 'y", "plain"]
+    with milvus.MilvusIndex.open(index_uri) as index:
+        index.create_collection("quotes_m1_abc", 4, ["category"], index_type="FLAT")
+        index.upsert_rows("quotes_m1_abc", [f"p{i}" for i in range(4)],
+                          np.eye(4, dtype=np.float32), ["h"] * 4, {"category": values})
+        for value in values:
+            typed = "category == '" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+            hits = index.search("quotes_m1_abc", np.ones((1, 4), np.float32), 4,
+                                to_milvus(typed, ["category"]), ["category"])
+            assert [h["category"] for h in hits[0]] == [value], typed
+
+
 def test_unsupported_index_types_are_rejected(model, catalog, index_uri):
     with pytest.raises(milvus.MilvusIndexError, match="DISKANN.*silently fall back"):
         build_collection(model, catalog, index_config(index_uri, index_type="DISKANN"), "x_m1_a")

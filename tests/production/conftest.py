@@ -1,11 +1,12 @@
 """The production shape without Docker: real servers on 127.0.0.1, started per session.
 
-PostgreSQL (Debian's binaries; Airflow metadata + MLflow backend store), a moto S3 server
-(catalog, photos, MLflow artifacts), ``mlflow server`` proxying artifacts to S3, the real
-Milvus standalone server (``milvus-server`` from the ``milvus`` package: embedded etcd,
-local storage) and Airflow 3 with the LocalExecutor on PostgreSQL as separate api-server,
-scheduler and dag-processor processes, configured only through environment variables, as
-infra/compose.yaml configures it.
+PostgreSQL (Debian's binaries; Airflow metadata, Celery results, MLflow backend store),
+Redis (Debian's binary; the Celery broker), a moto S3 server (catalog, photos, MLflow
+artifacts), ``mlflow server`` proxying artifacts to S3, the real Milvus standalone server
+(``milvus-server`` from the ``milvus`` package: embedded etcd, local storage) and Airflow 3
+with the CeleryExecutor as separate api-server, scheduler and dag-processor processes and
+two ``airflow celery worker`` processes, one on the default queue and one on the training
+queue, configured only through environment variables, as infra/compose.yaml configures it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ from tests.conftest import REPO, free_port, http_ok, stop_process_tree, wait_for
 
 BIN = Path(sys.executable).parent
 INSTALL_HINT = "run `bash infra/local/install-postgres.sh` (Debian's postgresql package)"
+TRAINING_QUEUE = "training"
+# Which worker ran a task: each reports its own name as the task instance's hostname
+# (Airflow's [core] hostname_callable), both run on this one host.
+WORKER_IDENTITY = """import os
+
+
+def name() -> str:
+    return os.environ["FUSION_TEST_WORKER"]
+"""
 
 
 def postgres_bin() -> Path:
@@ -83,55 +93,17 @@ def _init_databases(bindir: Path, root: Path, port: int, log: Path) -> dict[str,
                   f"@127.0.0.1:{port}/{name}" for name in ("airflow", "mlflow")}
 
 
-MILVUS_PORT_FLAGS = ("etcd", "root-coord", "proxy", "proxy-internal", "query-coord",
-                     "query-node", "index-coord", "index-node", "data-coord", "data-node")
-ETCD_PEER_PORT = 2380  # not configurable from milvus-server's command line
-
-
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory):
-    """The real Milvus standalone server (``milvus-server``), every port chosen free; yields
-    its URI. Its gRPC ports listen on all interfaces (Milvus 2.3 has no listen-address
-    setting); clients here use 127.0.0.1 only. Stopping it stops its child ``milvus run
-    standalone`` too (the wrapper alone would leave it running)."""
-    if not _port_free(ETCD_PEER_PORT):
-        pytest.fail(f"127.0.0.1:{ETCD_PEER_PORT} is in use: milvus 2.3.5's embedded etcd "
-                    "binds that peer port unconditionally, so another Milvus standalone "
-                    "server (`milvus run standalone`) is probably running; stop it")
-    data = tmp_path_factory.mktemp("milvus-standalone")
-    ports = {flag: free_port() for flag in MILVUS_PORT_FLAGS}
-    command = [str(BIN / "milvus-server"), "--data", str(data)]
-    for flag, port in ports.items():
-        command += [f"--{flag}-port", str(port)]
-    log = data / "milvus-server.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    uri = f"http://127.0.0.1:{ports['proxy']}"
-    try:
-        wait_for(lambda: _milvus_answers(uri), 240, "the Milvus standalone server",
-                 every=2, logs=(log, data / "logs" / "milvus-stdout.log"))
-        yield uri
-    finally:
-        stop_process_tree(process)
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
-
-
-def _milvus_answers(uri: str) -> bool:
-    from fusion_model.index.milvus import MilvusIndex
+    """The real Milvus standalone server (``milvus-server``, fusion_model.index.standalone)
+    on free ports; yields its URI."""
+    from fusion_model.index.standalone import StandaloneServerError, standalone_server
 
     try:
-        with MilvusIndex.open(uri) as index:
-            index.list_collections()
-        return True
-    except Exception:  # noqa: BLE001 - not up yet, whatever the client says
-        return False
+        with standalone_server(tmp_path_factory.mktemp("milvus-standalone")) as uri:
+            yield uri
+    except StandaloneServerError as error:
+        pytest.fail(str(error))
 
 
 def s3_environment(endpoint: str) -> dict[str, str]:
@@ -185,18 +157,57 @@ def mlflow_server(postgres, s3_server, buckets, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def airflow_stack(postgres, mlflow_server, milvus_server, s3_server, buckets,
+def redis_server(tmp_path_factory) -> str:
+    """redis-server on 127.0.0.1 without persistence; yields its URL (database 0)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("no redis-server on PATH; run `bash infra/local/install-redis.sh`")
+    root, port = tmp_path_factory.mktemp("redis"), free_port()
+    log = root / "redis.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port),
+                                    "--save", "", "--appendonly", "no", "--dir", str(root)],
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        wait_for(lambda: _redis_answers(url), 60, "redis-server", logs=(log,))
+        yield url
+    finally:
+        stop_process_tree(process)
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=2).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def airflow_stack(postgres, redis_server, mlflow_server, milvus_server, s3_server, buckets,
                   tmp_path_factory):
-    """Airflow 3 on PostgreSQL with the LocalExecutor: api-server, scheduler and
-    dag-processor as separate processes; the platform's settings come only from
-    connections and variables in the environment."""
+    """Airflow 3 on PostgreSQL with the CeleryExecutor (Redis broker): api-server,
+    scheduler and dag-processor as separate processes, a Celery worker on the default
+    queue and one on the training queue; the platform's settings come only from
+    connections, variables and the environment."""
     root = tmp_path_factory.mktemp("airflow-prod")
     port = free_port()
     milvus_host, milvus_port = milvus_server.removeprefix("http://").split(":")
     mlflow_host, mlflow_port = mlflow_server.removeprefix("http://").split(":")
     env = {**airflow_environment(clean_environment(), root / "home", port, root / "work"),
            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres["airflow"],
-           "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+           "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+           "AIRFLOW__CELERY__BROKER_URL": redis_server,
+           "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + postgres["airflow"].replace(
+               "postgresql+psycopg2://", "postgresql://"),
+           "FUSION_TRAINING_QUEUE": TRAINING_QUEUE,
+           # scheduled and asset-triggered runs: the short schedule
+           "FUSION_CONFIG_NAME": "fast",
+           # the scheduler creates asset-triggered runs only with its job schedule on (the
+           # cron schedules of the DAGs fire at midnight and Monday 03:00 UTC at the soonest)
+           "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "True",
            "AIRFLOW__CORE__FERNET_KEY": _fernet_key(),
            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
            "AIRFLOW__API__WORKERS": "1",
@@ -213,20 +224,34 @@ def airflow_stack(postgres, mlflow_server, milvus_server, s3_server, buckets,
     airflow = str(BIN / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True,
                    timeout=600)
-    processes, logs = [], []
-    for component in ("api-server", "scheduler", "dag-processor"):
-        log = root / f"{component}.log"
-        logs.append(log)
-        with log.open("w") as out:
-            processes.append(subprocess.Popen([airflow, component], env=env, stdout=out,
+    (root / "identity").mkdir()
+    (root / "identity" / "fusion_test_worker.py").write_text(WORKER_IDENTITY)
+    worker_env = {**env, "PYTHONPATH": str(root / "identity"),
+                  "AIRFLOW__CORE__HOSTNAME_CALLABLE": "fusion_test_worker.name"}
+    components = {name: ([airflow, name], env)
+                  for name in ("api-server", "scheduler", "dag-processor")}
+    for queue, slots in (("default", 2), (TRAINING_QUEUE, 1)):
+        components[f"worker-{queue}"] = (
+            [airflow, "celery", "worker", "--queues", queue, "--concurrency", str(slots),
+             "--celery-hostname", f"{queue}@%h", "--skip-serve-logs"],
+            {**worker_env, "FUSION_TEST_WORKER": f"{queue}-worker"})
+    processes, logs = [], {}
+    for name, (command, component_env) in components.items():
+        logs[name] = root / f"{name}.log"
+        with logs[name].open("w") as out:
+            processes.append(subprocess.Popen(command, env=component_env, stdout=out,
                                               stderr=subprocess.STDOUT,
                                               start_new_session=True))
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: http_ok(f"{base}/api/v2/version"), 300, "the Airflow API server",
-                 logs=tuple(logs))
-        yield {"base": base, "home": root / "home", "logs": logs,
-               "catalog_uri": env["FUSION_CATALOG_URI"]}
+                 logs=tuple(logs.values()))
+        for queue in ("default", TRAINING_QUEUE):
+            log = logs[f"worker-{queue}"]
+            wait_for(lambda log=log: " ready." in log.read_text(errors="replace"), 180,
+                     f"the Celery worker on queue {queue}", logs=(log,))
+        yield {"base": base, "home": root / "home", "logs": list(logs.values()),
+               "catalog_uri": env["FUSION_CATALOG_URI"], "training_queue": TRAINING_QUEUE}
     finally:
         for process in processes:
             stop_process_tree(process)

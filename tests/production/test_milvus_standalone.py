@@ -13,6 +13,7 @@ from fusion_model.index import milvus
 from tests.integration.test_index import (  # noqa: F401 - fixtures and tests run here too
     catalog,
     model,
+    test_a_users_filter_matches_values_with_quotes_exactly,
     test_alias_swap_guarded_drop_and_prune,
     test_build_verify_and_search_with_a_filter,
     test_crash_mid_indexing_resumes_without_duplicates,

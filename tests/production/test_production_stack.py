@@ -1,12 +1,17 @@
 """Production mode, no Docker: the training DAG triggered through Airflow's REST API runs
-on the LocalExecutor with its metadata in PostgreSQL, reads the catalog and photos from
-S3, tracks and registers in an ``mlflow server`` (PostgreSQL backend, artifacts on S3),
-indexes into a Milvus server URI, and promotes. A second run re-embeds the catalog while
-a separate serving process keeps searching the serving alias without a single failure."""
+on the CeleryExecutor (Redis broker, a default-queue and a training-queue worker) with its
+metadata in PostgreSQL, reads the catalog and photos from S3, tracks and registers in an
+``mlflow server`` (PostgreSQL backend, artifacts on S3), indexes into the real Milvus
+standalone server, and promotes. A second run re-embeds the catalog while a separate
+serving process keeps searching the serving alias without a single failure; then
+``catalog_refresh`` on a new snapshot updates the ``catalog`` asset, and the scheduler
+starts a training run on exactly that snapshot."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import subprocess
 import sys
 from datetime import datetime
@@ -18,7 +23,7 @@ from fusion_model import storage
 from fusion_model.data.synthetic import generate_synthetic_catalog
 from tests.airflow_api import TRAINING_DAG, AirflowApi
 from tests.conftest import wait_for
-from tests.production.conftest import s3_client, s3_environment
+from tests.production.conftest import TRAINING_QUEUE, s3_client, s3_environment
 
 pytestmark = pytest.mark.production
 
@@ -27,14 +32,19 @@ RUN_TIMEOUT = 1200  # seconds for one DAG run
 
 
 @pytest.fixture(scope="module")
-def catalog_on_s3(s3_server, airflow_stack, monkeypatch_module, tmp_path_factory) -> str:
-    """A 400-product catalog where the deployment's ``FUSION_CATALOG_URI`` says it is."""
-    for key, value in s3_environment(s3_server).items():
-        monkeypatch_module.setenv(key, value)
+def local_catalog(tmp_path_factory) -> Path:
     local = tmp_path_factory.mktemp("prod-catalog") / "catalog"
     generate_synthetic_catalog(str(local), n_products=PRODUCTS, n_queries=500, seed=9,
                                progress=False)
-    storage.copy_tree(str(local), airflow_stack["catalog_uri"], progress=False)
+    return local
+
+
+@pytest.fixture(scope="module")
+def catalog_on_s3(s3_server, airflow_stack, local_catalog, monkeypatch_module) -> str:
+    """A 400-product catalog where the deployment's ``FUSION_CATALOG_URI`` says it is."""
+    for key, value in s3_environment(s3_server).items():
+        monkeypatch_module.setenv(key, value)
+    storage.copy_tree(str(local_catalog), airflow_stack["catalog_uri"], progress=False)
     return airflow_stack["catalog_uri"]
 
 
@@ -71,6 +81,7 @@ def test_training_dag_promotes_on_the_production_stack(first_run, mlflow_server,
 
     assert first_run["promote_or_reject"][0]["state"] == "success"
     assert len(first_run["index_shard"]) == 2
+    assert_ran_on_the_right_workers(first_run)
     champion = registry_state(mlflow_server)
     assert champion["champion"] == "1"
     with milvus.MilvusIndex.open(milvus_server) as index:
@@ -88,24 +99,12 @@ def test_serving_keeps_answering_while_the_next_run_re_embeds(
         milvus_server, tmp_path):
     from fusion_model.index import milvus
 
-    out, stop_file = tmp_path / "searches.jsonl", tmp_path / "stop"
-    searcher = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("searcher.py")), "--tracking-uri",
-         mlflow_server, "--milvus-uri", milvus_server, "--out", str(out),
-         "--stop", str(stop_file)], cwd=Path(__file__).parents[2])
-    try:
-        wait_for(lambda: out.exists() and out.read_text().count("\n") >= 3, 180,
-                 "the serving process to answer")
+    with serving_client(mlflow_server, milvus_server, tmp_path) as out:
         # one stage-2 epoch fewer: a different model (training is deterministic, so the
         # same settings would give the same weights and register as the same version)
         run_id = api.trigger(run_conf(force_promote=True, epochs_stage2=2))
         tasks = api.wait(run_id, RUN_TIMEOUT, tuple(airflow_stack["logs"]))
-    finally:
-        stop_file.touch()
-        searcher.wait(timeout=60)
-    searches = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [s for s in searches if "error" in s] == []
-    assert all(hits == [5, 5, 5] for s in searches for hits in [s["hits"]])
+    searches = searches_of(out)
     shards = [(_epoch(ti["start_date"]), _epoch(ti["end_date"])) for ti in tasks["index_shard"]]
     during = [s for s in searches if any(a <= s["start"] and s["end"] <= b for a, b in shards)]
     assert len(during) >= 5, "no searches overlapped the re-embedding shards"
@@ -114,6 +113,99 @@ def test_serving_keeps_answering_while_the_next_run_re_embeds(
     with milvus.MilvusIndex.open(milvus_server) as index:
         assert index.resolve_alias("products_serving").startswith("products_m2_")
     assert {s["collection"].split("_")[1] for s in searches} == {"m1", "m2"}
+
+
+def test_a_refreshed_snapshot_triggers_retraining_on_exactly_that_snapshot(
+        first_run, api, airflow_stack, local_catalog, catalog_on_s3, mlflow_server,
+        milvus_server, tmp_path):
+    """catalog_refresh re-embeds the changed products into a new collection and moves the
+    alias (serving keeps answering), then its ``catalog`` asset event makes the scheduler
+    start the training DAG, which trains the snapshot the event names."""
+    snapshot_uri = catalog_on_s3.rsplit("/", 1)[0] + "/snapshot-2"
+    storage.copy_tree(str(retitled_snapshot(local_catalog, tmp_path / "snapshot-2")),
+                      snapshot_uri, progress=False)
+    before = {run["dag_run_id"] for run in training_runs(api)}
+    with serving_client(mlflow_server, milvus_server, tmp_path) as out:
+        refresh_id = api.trigger({"catalog_uri": snapshot_uri}, dag_id="catalog_refresh")
+        refresh = api.wait(refresh_id, RUN_TIMEOUT, tuple(airflow_stack["logs"]),
+                           dag_id="catalog_refresh")
+    searches_of(out)
+    refreshed = refresh["refresh"][0]
+    assert refreshed["state"] == "success"
+    triggered = wait_for(lambda: [r for r in training_runs(api)
+                                  if r["dag_run_id"] not in before], 180,
+                         "the asset-triggered training run", every=3)
+    assert [r["run_type"] for r in triggered] == ["asset_triggered"]
+    tasks = api.wait(triggered[0]["dag_run_id"], RUN_TIMEOUT, tuple(airflow_stack["logs"]))
+    assert_ran_on_the_right_workers(tasks)
+    registered = latest_version(mlflow_server)
+    assert registered.tags["catalog_uri"] == snapshot_uri
+    from fusion_model.data.catalog import load_catalog
+
+    assert registered.tags["catalog_fingerprint"] == load_catalog(snapshot_uri).fingerprint
+
+
+def retitled_snapshot(source: Path, out: Path) -> Path:
+    """The catalog with ten products retitled (photos and judgments unchanged)."""
+    from fusion_model.data.catalog import load_catalog, write_catalog
+
+    catalog = load_catalog(str(source))
+    products = catalog.products.copy()
+    products.loc[:9, "title"] = [f"Retitled product {i}" for i in range(10)]
+    shutil.copytree(source / "images", out / "images")
+    write_catalog(str(out), products, catalog.queries, catalog.judgments)
+    return out
+
+
+def training_runs(api: AirflowApi) -> list[dict]:
+    return api.get(f"/dags/{TRAINING_DAG}/dagRuns?limit=100")["dag_runs"]
+
+
+def latest_version(tracking_uri: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    versions = client.search_model_versions("name = 'fusion_products'")
+    return max(versions, key=lambda v: int(v.version))
+
+
+def assert_ran_on_the_right_workers(tasks: dict[str, list[dict]]) -> None:
+    """Both training stages on the training-queue worker, everything else on the default
+    one, and the index shards side by side (the default worker has two slots)."""
+    for task_id, instances in tasks.items():
+        training = task_id in ("train_stage1", "train_stage2")
+        for ti in (ti for ti in instances if ti["state"] == "success"):
+            assert ti["queue"] == (TRAINING_QUEUE if training else "default"), ti
+            assert ti["hostname"] == (f"{TRAINING_QUEUE}-worker" if training
+                                      else "default-worker"), (task_id, ti["hostname"])
+    shards = [(_epoch(ti["start_date"]), _epoch(ti["end_date"])) for ti in tasks["index_shard"]]
+    assert max(start for start, _ in shards) < min(end for _, end in shards), \
+        f"index shards ran one after the other: {shards}"
+
+
+@contextlib.contextmanager
+def serving_client(mlflow_server: str, milvus_server: str, out_dir: Path):
+    """A separate serving process searching the serving alias in a loop; yields the
+    JSONL file of its searches (each with start, end, hits, collection or error)."""
+    out, stop_file = out_dir / "searches.jsonl", out_dir / "stop"
+    searcher = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("searcher.py")), "--tracking-uri",
+         mlflow_server, "--milvus-uri", milvus_server, "--out", str(out),
+         "--stop", str(stop_file)], cwd=Path(__file__).parents[2])
+    try:
+        wait_for(lambda: out.exists() and out.read_text().count("\n") >= 3, 180,
+                 "the serving process to answer")
+        yield out
+    finally:
+        stop_file.touch()
+        searcher.wait(timeout=60)
+
+
+def searches_of(out: Path) -> list[dict]:
+    searches = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [s for s in searches if "error" in s] == []
+    assert all(s["hits"] == [5, 5, 5] for s in searches)
+    return searches
 
 
 def latency_summary(searches: list[dict]) -> str:

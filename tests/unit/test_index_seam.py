@@ -48,3 +48,15 @@ def test_an_unknown_backend_is_named():
     with pytest.raises(KeyError, match="choose one of milvus"):
         backend_class("faiss")
 
+
+
+def test_a_second_standalone_server_is_refused_with_the_reason(tmp_path, monkeypatch):
+    """milvus-server cannot move its embedded etcd's peer port: when it is taken, the
+    helper says so instead of waiting minutes for a server that cannot start."""
+    from fusion_model.index import standalone
+
+    monkeypatch.setattr(standalone, "_listening", lambda port: port == 2380)
+    server = standalone.standalone_server(tmp_path)
+    with pytest.raises(standalone.StandaloneServerError, match=r"2380 is in use.*stop it"):
+        server.__enter__()
+    assert not (tmp_path / "milvus-server.log").exists()

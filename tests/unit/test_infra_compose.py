@@ -389,3 +389,11 @@ def test_images_record_the_commit_they_were_built_from(compose, monkeypatch):
 def test_the_readme_states_the_memory_the_stack_needs():
     readme = (INFRA / "README.md").read_text()
     assert re.search(r"12.16 GB of RAM", readme)
+
+
+def test_the_locked_celery_provider_imports_with_the_locked_celery():
+    """apache-airflow-providers-celery 3.26 imports celery.backends.database.retry, which
+    celery 5.7 removed: with both in the lock no Celery worker could start."""
+    from airflow.providers.celery.executors import celery_executor_utils
+
+    assert callable(celery_executor_utils.execute_workload)

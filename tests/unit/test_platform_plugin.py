@@ -18,7 +18,7 @@ AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3",
 def platform(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(REPO / "plugins"))
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
-    for key in (*AWS_KEYS, "FUSION_CATALOG_URI", "FUSION_TRAINING_QUEUE",
+    for key in (*AWS_KEYS, "FUSION_CATALOG_URI", "FUSION_TRAINING_QUEUE", "FUSION_CONFIG_NAME",
                 "AIRFLOW_CONN_FUSION_MILVUS",
                 "AIRFLOW_CONN_FUSION_MLFLOW", "AIRFLOW_CONN_FUSION_S3",
                 "AIRFLOW_VAR_FUSION_WORK_DIR", "AIRFLOW_VAR_FUSION_ARTIFACT_LOCATION"):
@@ -78,6 +78,15 @@ def test_training_tasks_go_to_the_configured_queue_only_when_one_is_set(platform
     assert platform.training_task_args() == {}
     monkeypatch.setenv("FUSION_TRAINING_QUEUE", "gpu")
     assert platform.training_task_args() == {"queue": "gpu"}
+
+
+def test_runs_nobody_filled_a_form_for_use_the_deployments_config(platform, monkeypatch):
+    assert platform.config_name_param().value == "default"
+    monkeypatch.setenv("FUSION_CONFIG_NAME", "fast")
+    assert platform.config_name_param().value == "fast"
+    monkeypatch.setenv("FUSION_CONFIG_NAME", "fastest")
+    with pytest.raises(ValueError, match=r"FUSION_CONFIG_NAME='fastest'.*default, fast, tiny"):
+        platform.config_name_param()
 
 
 def test_bad_input_fails_a_task_at_once_and_other_errors_keep_retries(platform):
