@@ -64,6 +64,5 @@ clean: ## remove the venv and generated demo data
 	rm -rf $(VENV) $(DEMO_DIR)
 
 test-production: setup ## production-mode tests: PostgreSQL, Redis + Celery workers, mlflow server, S3, Milvus standalone
-	bash infra/local/install-postgres.sh
-	bash infra/local/install-redis.sh
+	bash infra/local/install-services.sh
 	$(PY) -m pytest -m production tests/production $(PYTEST_ARGS)

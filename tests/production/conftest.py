@@ -27,7 +27,7 @@ from tests.airflow_api import airflow_environment
 from tests.conftest import REPO, free_port, http_ok, stop_process_tree, wait_for
 
 BIN = Path(sys.executable).parent
-INSTALL_HINT = "run `bash infra/local/install-postgres.sh` (Debian's postgresql package)"
+INSTALL_HINT = "run `bash infra/local/install-services.sh` (Debian's packages)"
 TRAINING_QUEUE = "training"
 # Which worker ran a task: each reports its own name as the task instance's hostname
 # (Airflow's [core] hostname_callable), both run on this one host.
@@ -161,7 +161,7 @@ def redis_server(tmp_path_factory) -> str:
     """redis-server on 127.0.0.1 without persistence; yields its URL (database 0)."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.fail("no redis-server on PATH; run `bash infra/local/install-redis.sh`")
+        pytest.fail(f"no redis-server on PATH; {INSTALL_HINT}")
     root, port = tmp_path_factory.mktemp("redis"), free_port()
     log = root / "redis.log"
     with log.open("w") as out:
