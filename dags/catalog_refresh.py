@@ -1,9 +1,10 @@
 """
 ### Catalog refresh
 
-Daily: validate the new catalog snapshot, then re-embed new and changed products (content
-hash) with the current champion into a NEW collection (unchanged vectors copied, removed
-products left out), verify it and move the serving alias. The collection that serving
+Daily (`FUSION_REFRESH_CRON`; `none`: on demand only): validate the new catalog
+snapshot, then re-embed new and changed products (content hash) with the current
+champion into a NEW collection (unchanged vectors copied, removed products left out),
+verify it and move the serving alias. The collection that serving
 reads is never modified. A snapshot dropping more than `index.max_delete_share` (5%) of the
 serving products is refused unless the run sets `allow_deletions`. Updates the `catalog`
 asset with the snapshot's URI and fingerprint, which triggers
@@ -19,6 +20,7 @@ from fusion_platform import (
     announce_snapshot,
     catalog_uri_param,
     config_name_param,
+    cron_schedule,
     default_args,
     platform_overrides,
     step_task,
@@ -28,7 +30,7 @@ from fusion_platform import (
 
 @dag(
     dag_id="catalog_refresh",
-    schedule="@daily",
+    schedule=cron_schedule("FUSION_REFRESH_CRON", "@daily"),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

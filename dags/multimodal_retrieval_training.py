@@ -6,9 +6,10 @@ Validate the catalog, run both training stages, evaluate, register the candidate
 shards), gate challenger vs champion through their real collections, then promote (alias
 swap + `champion`) or reject (nothing changes).
 
-Runs weekly (Monday 03:00 UTC) **and** whenever the `catalog` asset is updated (the
-`catalog_refresh` DAG updates it): an asset-triggered run trains the snapshot named by the
-event (URI + fingerprint; a URI that holds another catalog by then fails the run). All
+Runs weekly (Monday 03:00 UTC; `FUSION_TRAINING_CRON`, `none` for no cron) **and**
+whenever the `catalog` asset is updated (the `catalog_refresh` DAG updates it): an
+asset-triggered run trains the snapshot named by the event (URI + fingerprint; a URI that
+holds another catalog by then fails the run). All
 logic lives in `fusion_model.pipelines.steps`.
 """
 
@@ -22,6 +23,7 @@ from fusion_platform import (
     catalog_uri_param,
     chosen_overrides,
     config_name_param,
+    cron_schedule,
     default_args,
     platform_overrides,
     step_task,
@@ -40,10 +42,19 @@ def _overrides(params: dict) -> list[str]:
             *params["extra_overrides"]]
 
 
+def _schedule():
+    """The cron schedule (``$FUSION_TRAINING_CRON``, Monday 03:00 UTC) or the catalog
+    asset, whichever comes first; the asset alone when the cron is ``none``."""
+    cron = cron_schedule("FUSION_TRAINING_CRON", "0 3 * * 1")
+    if cron is None:
+        return CATALOG_ASSET
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"),
+                               assets=CATALOG_ASSET)
+
+
 @dag(
     dag_id="multimodal_retrieval_training",
-    schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 3 * * 1", timezone="UTC"), assets=CATALOG_ASSET),
+    schedule=_schedule(),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

@@ -15,6 +15,11 @@ local files).
                                           use (the trigger form's default)
 - environment ``FUSION_CONFIG_NAME``:      the packaged config scheduled and asset-triggered
                                           runs use (the trigger form's default; ``default``)
+- environment ``FUSION_TRAINING_CRON``,
+              ``FUSION_REFRESH_CRON``:     cron schedules of training (default Monday 03:00
+                                          UTC) and catalog refresh (default daily);
+                                          ``none`` turns the cron schedule off (training
+                                          then runs on catalog asset events only)
 - environment ``FUSION_TRAINING_QUEUE``:   Celery queue of the two training tasks (e.g.
                                           ``gpu`` workers); unset: the default queue
 """
@@ -69,6 +74,20 @@ def catalog_uri_param(description: str):
     from airflow.sdk import Param
 
     return Param(default_catalog_uri(), type="string", minLength=1, description=description)
+
+
+def cron_schedule(variable: str, default: str) -> str | None:
+    """A DAG's cron expression from ``$variable`` (``default`` when unset); ``none`` or
+    ``off``: no cron schedule. An invalid expression fails the DAG import, naming it."""
+    value = (os.environ.get(variable) or default).strip()
+    if value.lower() in ("none", "off"):
+        return None
+    from croniter import croniter
+
+    if not croniter.is_valid(value) and not value.startswith("@"):
+        raise ValueError(f"{variable}={value!r} is not a cron expression (e.g. '0 3 * * 1', "
+                         "'@daily') nor 'none'")
+    return value
 
 
 def training_task_args() -> dict:

@@ -123,3 +123,21 @@ def test_deployment_environment_sets_catalog_default_and_training_queue(airflow_
     queues = {t.task_id: t.queue for t in dag.tasks}
     assert queues.pop("train_stage1") == queues.pop("train_stage2") == "gpu"
     assert "gpu" not in queues.values()
+
+
+def test_cron_schedules_can_be_turned_off_leaving_the_asset_trigger(airflow_home,
+                                                                    monkeypatch):
+    """FUSION_TRAINING_CRON=none: training runs on catalog asset events only;
+    FUSION_REFRESH_CRON=none: the refresh runs when triggered."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("FUSION_TRAINING_CRON", "none")
+    monkeypatch.setenv("FUSION_REFRESH_CRON", "none")
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {}
+    training = bag.dags["multimodal_retrieval_training"]
+    assert not hasattr(training.timetable, "timetable"), "no cron part"
+    assert type(bag.dags["catalog_refresh"].timetable).__name__ == "NullTimetable"
+    monkeypatch.setenv("FUSION_TRAINING_CRON", "15 4 * * *")
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.dags["multimodal_retrieval_training"].timetable.timetable.expression == "15 4 * * *"

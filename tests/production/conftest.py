@@ -205,9 +205,10 @@ def airflow_stack(postgres, redis_server, mlflow_server, milvus_server, s3_serve
            "FUSION_TRAINING_QUEUE": TRAINING_QUEUE,
            # scheduled and asset-triggered runs: the short schedule
            "FUSION_CONFIG_NAME": "fast",
-           # the scheduler creates asset-triggered runs only with its job schedule on (the
-           # cron schedules of the DAGs fire at midnight and Monday 03:00 UTC at the soonest)
+           # the scheduler creates asset-triggered runs only with its job schedule on; no
+           # cron runs (catchup=False would start the latest missed one of each at once)
            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "True",
+           "FUSION_TRAINING_CRON": "none", "FUSION_REFRESH_CRON": "none",
            "AIRFLOW__CORE__FERNET_KEY": _fernet_key(),
            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
            "AIRFLOW__API__WORKERS": "1",

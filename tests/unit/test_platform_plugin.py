@@ -19,6 +19,7 @@ def platform(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(REPO / "plugins"))
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
     for key in (*AWS_KEYS, "FUSION_CATALOG_URI", "FUSION_TRAINING_QUEUE", "FUSION_CONFIG_NAME",
+                "FUSION_TRAINING_CRON",
                 "AIRFLOW_CONN_FUSION_MILVUS",
                 "AIRFLOW_CONN_FUSION_MLFLOW", "AIRFLOW_CONN_FUSION_S3",
                 "AIRFLOW_VAR_FUSION_WORK_DIR", "AIRFLOW_VAR_FUSION_ARTIFACT_LOCATION"):
@@ -87,6 +88,17 @@ def test_runs_nobody_filled_a_form_for_use_the_deployments_config(platform, monk
     monkeypatch.setenv("FUSION_CONFIG_NAME", "fastest")
     with pytest.raises(ValueError, match=r"FUSION_CONFIG_NAME='fastest'.*default, fast, tiny"):
         platform.config_name_param()
+
+
+def test_cron_schedules_come_from_the_environment(platform, monkeypatch):
+    assert platform.cron_schedule("FUSION_TRAINING_CRON", "0 3 * * 1") == "0 3 * * 1"
+    monkeypatch.setenv("FUSION_TRAINING_CRON", "30 2 * * *")
+    assert platform.cron_schedule("FUSION_TRAINING_CRON", "0 3 * * 1") == "30 2 * * *"
+    monkeypatch.setenv("FUSION_TRAINING_CRON", "None")
+    assert platform.cron_schedule("FUSION_TRAINING_CRON", "0 3 * * 1") is None
+    monkeypatch.setenv("FUSION_TRAINING_CRON", "every monday")
+    with pytest.raises(ValueError, match=r"FUSION_TRAINING_CRON='every monday' is not a cron"):
+        platform.cron_schedule("FUSION_TRAINING_CRON", "0 3 * * 1")
 
 
 def test_bad_input_fails_a_task_at_once_and_other_errors_keep_retries(platform):
