@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from fusion_model import engines, storage
 from fusion_model.errors import BadInputError
+from fusion_model.progress import progress_bar
 from fusion_model.tensor_files import load_tensors
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class FeatureCache:
     def _compute_and_store(self, keys, todo, compute, batch_size, desc, progress) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         shard_size = max(batch_size, 2048)
-        bar = tqdm(total=len(todo), desc=desc, unit="item", disable=not progress)
+        bar = progress_bar(total=len(todo), desc=desc, unit="item", show=progress)
         for start in range(0, len(todo), shard_size):
             chunk = todo[start:start + shard_size]
             parts = []

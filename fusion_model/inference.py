@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from fusion_model.data.catalog import Catalog
 from fusion_model.engines import FrozenTowers, towers_for
@@ -23,6 +22,7 @@ from fusion_model.features import (
     text_bottom_features,
 )
 from fusion_model.models.towers import TwoTower
+from fusion_model.progress import progress_bar
 from fusion_model.runtime import autocast
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,8 @@ def _embed_uncached(towers: FrozenTowers, texts: list[str], uris: list[str | Non
     out = []
     with ThreadPoolExecutor(max_workers=1) as prefetch:
         pending = prefetch.submit(decode, starts[0]) if starts else None
-        for i, start in enumerate(tqdm(starts, desc="embed products", unit="batch",
-                                       disable=not progress)):
+        for i, start in enumerate(progress_bar(starts, desc="embed products", unit="batch",
+                                               show=progress)):
             images = pending.result()
             if i + 1 < len(starts):
                 pending = prefetch.submit(decode, starts[i + 1])

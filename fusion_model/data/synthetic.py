@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
 
 from fusion_model import storage
 from fusion_model.data.catalog import write_catalog
 from fusion_model.data.judging import assign_splits, judgments_for, queries_frame
+from fusion_model.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +302,6 @@ def _write_photos(root: str, products: pd.DataFrame, seed: int, progress: bool) 
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         jobs = pool.map(write_one, with_image.itertuples(index=False))
-        for _ in tqdm(jobs, total=len(with_image), desc="render photos", unit="img",
-                      disable=not progress):
+        for _ in progress_bar(jobs, total=len(with_image), desc="render photos", unit="img",
+                              show=progress):
             pass

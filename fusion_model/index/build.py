@@ -7,7 +7,6 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from fusion_model import storage
 from fusion_model.config import IndexConfig
@@ -17,6 +16,7 @@ from fusion_model.index import milvus
 from fusion_model.index.base import VectorIndex, open_index
 from fusion_model.inference import embed_catalog
 from fusion_model.models.towers import TwoTower
+from fusion_model.progress import progress_bar
 
 log = logging.getLogger(__name__)
 CHUNK = 2048
@@ -69,7 +69,7 @@ def write_catalog(model: TwoTower, catalog: Catalog, index: VectorIndex, name: s
     removed = sorted(set(existing) - set(ids)) if delete_missing else []
     log.info("%s: %d products to embed, %d unchanged, %d to delete", name, len(todo),
              len(ids) - len(todo), len(removed))
-    bar = tqdm(total=len(todo), desc=f"index {name}", unit="product", disable=not progress)
+    bar = progress_bar(total=len(todo), desc=f"index {name}", unit="product", show=progress)
     for start in range(0, len(todo), CHUNK):
         chunk = todo[start:start + CHUNK]
         subset = dataclasses.replace(catalog, products=catalog.products.iloc[chunk])

@@ -13,9 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from tqdm.auto import tqdm
-
 from fusion_model.errors import StorageError, UnsupportedURIError
+from fusion_model.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +243,7 @@ def copy_tree(src: str, dst: str, *, progress: bool = True) -> int:
         relative = uri[len(src_root):].lstrip("/").replace(os.sep, "/")
         write_bytes(join(dst, relative), read_bytes(uri))
 
-    for _ in tqdm(parallel_map_iter(copy_one, files), total=len(files), disable=not progress,
+    for _ in progress_bar(parallel_map_iter(copy_one, files), total=len(files), show=progress,
                   desc=f"copy -> {dst}", unit="file"):
         pass
     return len(files)

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from fusion_model.config import RunConfig, StageConfig
 from fusion_model.data.catalog import Catalog
@@ -35,6 +34,7 @@ from fusion_model.features import (
 )
 from fusion_model.models.text import mean_pool
 from fusion_model.models.towers import TwoTower
+from fusion_model.progress import progress_bar
 from fusion_model.runtime import autocast
 from fusion_model.tensor_files import load_tensors
 from fusion_model.training.data import (
@@ -355,8 +355,8 @@ class Trainer:
         """One pass over ``batches``; under torchrun each process embeds its slice."""
         self.model.train()
         losses = []
-        bar = tqdm(batches, desc=f"{name} epoch {epoch + 1}/{epochs}", unit="batch",
-                   disable=not self.progress or self.rank != 0)
+        bar = progress_bar(batches, desc=f"{name} epoch {epoch + 1}/{epochs}", unit="batch",
+                           show=self.progress and self.rank == 0)
         query_fn, product_fn = batch_vectors
         for step, (q_idx, p_idx) in enumerate(bar):
             schedule.apply(optimizer, step)

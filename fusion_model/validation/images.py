@@ -8,10 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
 
 from fusion_model import storage
 from fusion_model.errors import StorageError, UnsupportedURIError
+from fusion_model.progress import progress_bar
 
 STATUSES = ("ok", "no_image", "not_found", "unsupported_uri", "empty_file", "undecodable",
             "truncated", "too_small", "too_many_pixels", "unsupported_mode")
@@ -59,8 +59,8 @@ def check_images(products: pd.DataFrame, min_side: int, max_pixels: int, workers
 
     uris = products["image_uri"].tolist()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(tqdm(pool.map(check, uris), total=len(uris), desc="check images",
-                            unit="img", disable=not progress))
+        results = list(progress_bar(pool.map(check, uris), total=len(uris),
+                                    desc="check images", unit="img", show=progress))
     return pd.DataFrame({"product_id": products["product_id"].astype(str).to_numpy(),
                          "image_uri": uris, "status": [s for s, _ in results],
                          "detail": [d for _, d in results]})
