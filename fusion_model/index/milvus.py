@@ -58,6 +58,12 @@ def open_client(uri: str, token: str = "") -> Iterator:
     from pymilvus import MilvusClient
     from pymilvus.exceptions import MilvusException
 
+    # Milvus Lite and Milvus 2.3 cannot allocate the iterator's snapshot timestamp; pymilvus
+    # then warns on every iterator and reads at a client-side one. Harmless here: every
+    # iterator runs after a Strong read (``MilvusIndex._catch_up``). Set after pymilvus's
+    # own logging set-up, which runs at its import.
+    logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
+    _quiet_lite_unimplemented()
     if not is_remote(uri):
         uri = _prepare_lite_path(uri)
     try:
@@ -68,6 +74,18 @@ def open_client(uri: str, token: str = "") -> Iterator:
         yield client
     finally:
         client.close()
+
+
+def _drop_unimplemented(record: logging.LogRecord) -> bool:
+    """False for a traceback of a call the in-process Milvus Lite server does not implement
+    (the iterator's AllocTimestamp); pymilvus falls back by itself."""
+    return not (record.exc_info and isinstance(record.exc_info[1], NotImplementedError))
+
+
+def _quiet_lite_unimplemented() -> None:
+    server_log = logging.getLogger("grpc._server")
+    if _drop_unimplemented not in server_log.filters:
+        server_log.addFilter(_drop_unimplemented)
 
 
 def release_lite(uri: str) -> None:

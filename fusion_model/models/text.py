@@ -43,7 +43,9 @@ class TextEncoder(nn.Module):
     def __init__(self, model_name: str, max_length: int, trainable_layers: int):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # "Loading weights" bars: library internals
         path = resolve_text_model(model_name)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)

@@ -72,6 +72,22 @@ def test_a_users_filter_matches_values_with_quotes_exactly(index_uri):
             assert [h["category"] for h in hits[0]] == [value], typed
 
 
+def test_reading_an_index_logs_nothing_for_people_to_worry_about(index_uri, caplog):
+    """Milvus Lite's in-process server logged a NotImplementedError traceback and pymilvus
+    a warning on every query iterator; both are harmless fallbacks and now silent."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    with milvus.MilvusIndex.open(index_uri) as index:
+        index.create_collection("quiet_m1_abc", 4, ["category"], index_type="FLAT")
+        index.upsert_rows("quiet_m1_abc", ["a"], np.ones((1, 4), np.float32), ["h"],
+                          {"category": ["x"]})
+        assert index.existing_hashes("quiet_m1_abc") == {"a": "h"}
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    iterator_log = logging.getLogger("pymilvus.client.iterator.query_iterator")
+    assert not iterator_log.isEnabledFor(logging.WARNING)
+
+
 def test_unsupported_index_types_are_rejected(model, catalog, index_uri):
     with pytest.raises(milvus.MilvusIndexError, match="DISKANN.*silently fall back"):
         build_collection(model, catalog, index_config(index_uri, index_type="DISKANN"), "x_m1_a")

@@ -18,6 +18,7 @@ from tests.integration.test_index import (  # noqa: F401 - fixtures and tests ru
     test_build_verify_and_search_with_a_filter,
     test_crash_mid_indexing_resumes_without_duplicates,
     test_incremental_refresh_writes_a_new_collection,
+    test_reading_an_index_logs_nothing_for_people_to_worry_about,
     test_refresh_refuses_a_snapshot_that_drops_too_many_products,
     test_two_processes_share_a_milvus_lite_server,
     test_unsupported_index_types_are_rejected,
