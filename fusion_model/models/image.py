@@ -11,6 +11,8 @@ and adapted through the projection and the fusion network).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from pathlib import Path
 
@@ -74,7 +76,8 @@ class EfficientNetEncoder(nn.Module):
         from efficientnet_lite_pytorch import EfficientNet
 
         weights = weights or efficientnet_weights(variant)
-        self.net = EfficientNet.from_pretrained(variant, weights_path=weights)
+        with contextlib.redirect_stdout(io.StringIO()):  # "Loaded pretrained weights" print
+            self.net = EfficientNet.from_pretrained(variant, weights_path=weights)
         self.net._fc = nn.Identity()
         blocks = len(self.net._blocks)
         if trainable_blocks > blocks:

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -28,6 +29,8 @@ def configure(tracking_uri: str | None) -> None:
     seconds with RegistryUnavailableError instead of after minutes of client retries."""
     import mlflow
 
+    if not sys.stderr.isatty():  # artifact transfer bars: a terminal's only
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if tracking_uri:
         if tracking_uri.startswith("sqlite:///"):
             _make_parent(Path(tracking_uri.removeprefix("sqlite:///")), tracking_uri)
