@@ -95,18 +95,18 @@ class _Parser:
         raise ValueError(f"expected {wanted}, found {where}")
 
     def _or(self) -> str:
-        parts = [self._and()]
-        while self._keyword() == "or":
-            self.pos += 1
-            parts.append(self._and())
-        return parts[0] if len(parts) == 1 else "(" + " or ".join(parts) + ")"
+        return self._joined("or", self._and)
 
     def _and(self) -> str:
-        parts = [self._factor()]
-        while self._keyword() == "and":
+        return self._joined("and", self._factor)
+
+    def _joined(self, keyword: str, operand) -> str:
+        """``operand (keyword operand)*``, parenthesised when there are several."""
+        parts = [operand()]
+        while self._keyword() == keyword:
             self.pos += 1
-            parts.append(self._factor())
-        return parts[0] if len(parts) == 1 else "(" + " and ".join(parts) + ")"
+            parts.append(operand())
+        return parts[0] if len(parts) == 1 else "(" + f" {keyword} ".join(parts) + ")"
 
     def _factor(self) -> str:
         token = self._peek()

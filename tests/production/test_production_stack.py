@@ -123,7 +123,7 @@ def test_a_refreshed_snapshot_retrains_while_serving_keeps_answering(
 
     assert registered.tags["catalog_fingerprint"] == load_catalog(snapshot_uri).fingerprint
     searches = searches_of(out)
-    shards = [(_epoch(ti["start_date"]), _epoch(ti["end_date"])) for ti in tasks["index_shard"]]
+    shards = shard_windows(tasks)
     during = [s for s in searches if any(a <= s["start"] and s["end"] <= b for a, b in shards)]
     assert len(during) >= 5, "no searches overlapped the re-embedding shards"
     served = {s["collection"] for s in searches}
@@ -156,6 +156,11 @@ def latest_version(tracking_uri: str):
     return max(versions, key=lambda v: int(v.version))
 
 
+def shard_windows(tasks: dict[str, list[dict]]) -> list[tuple[float, float]]:
+    """(start, end) in epoch seconds of each index shard task instance."""
+    return [(_epoch(ti["start_date"]), _epoch(ti["end_date"])) for ti in tasks["index_shard"]]
+
+
 def assert_ran_on_the_right_workers(tasks: dict[str, list[dict]]) -> None:
     """Both training stages on the training-queue worker, everything else on the default
     one, and the index shards side by side (the default worker has two slots)."""
@@ -165,7 +170,7 @@ def assert_ran_on_the_right_workers(tasks: dict[str, list[dict]]) -> None:
             assert ti["queue"] == (TRAINING_QUEUE if training else "default"), ti
             assert ti["hostname"] == (f"{TRAINING_QUEUE}-worker" if training
                                       else "default-worker"), (task_id, ti["hostname"])
-    shards = [(_epoch(ti["start_date"]), _epoch(ti["end_date"])) for ti in tasks["index_shard"]]
+    shards = shard_windows(tasks)
     assert max(start for start, _ in shards) < min(end for _, end in shards), \
         f"index shards ran one after the other: {shards}"
 

@@ -209,8 +209,12 @@ def test_stores_point_at_the_services_and_buckets_that_exist(compose):
 
 
 def lock_versions(path: Path = REPO / "requirements.lock") -> dict[str, str]:
-    lines = path.read_text().splitlines()
-    return dict(line.split("==", 1) for line in lines if "==" in line and line[0].isalpha())
+    return lock_versions_text(path.read_text())
+
+
+def lock_versions_text(text: str) -> dict[str, str]:
+    return dict(line.split("==", 1) for line in text.splitlines()
+                if "==" in line and line[0].isalpha())
 
 
 def test_the_image_lock_is_the_runtime_subset_of_the_tested_lock():
@@ -315,11 +319,6 @@ def test_a_gpu_image_installs_torch_from_its_index_then_the_lock_without_it(tmp_
     assert "torch" not in kept
     assert kept == {k: v for k, v in lock_versions(INFRA / "requirements.lock").items()
                     if k != "torch"}
-
-
-def lock_versions_text(text: str) -> dict[str, str]:
-    return dict(line.split("==", 1) for line in text.splitlines()
-                if "==" in line and line[0].isalpha())
 
 
 def test_any_airflow_uid_can_write_the_work_dir_and_the_password_file(compose):
