@@ -142,10 +142,34 @@ def _cmd_search(args: argparse.Namespace) -> int:
     hits = steps.search(args.query, k=args.k, filter_expr=args.filter or "",
                         config_name=args.config, overrides=args.overrides)
     for rank, hit in enumerate(hits, start=1):
-        extras = "  ".join(f"{k}={v}" for k, v in hit.items() if k not in ("product_id",
-                                                                             "score"))
-        print(f"{rank:>3}. {hit['product_id']:<16} {hit['score']:.4f}  {extras}")
+        print(format_hit(rank, hit))
+    if not hits:
+        print("no products matched" + (" the filter" if args.filter else ""))
     return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """The token comes from the environment, never the command line (ps shows that)."""
+    from fusion_model.config import load_config
+    from fusion_model.serving.app import TOKEN_ENV, serve
+
+    token = os.environ.get(TOKEN_ENV) or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
+        logging.getLogger(__name__).warning(
+            "serving on %s without a bearer token: anyone who reaches it can search; "
+            "set %s", args.host, TOKEN_ENV)
+    serve(load_config(args.config, list(args.overrides)), args.host, args.port,
+          args.follow_interval, token, access_log=not args.no_access_log)
+    return 0
+
+
+def format_hit(rank: int, hit: dict) -> str:
+    """Two lines per hit: rank, id, score and title; then attributes and the photo."""
+    shown = ("product_id", "score", "title", "image_uri")
+    attributes = "  ".join(f"{k}={v}" for k, v in hit.items() if k not in shown)
+    photo = f"photo: {hit['image_uri']}" if hit.get("image_uri") else "no photo"
+    return (f"{rank:>3}. {hit['product_id']:<16} {hit['score']:.4f}  {hit.get('title', '')}\n"
+            f"     {attributes}{'  ' if attributes else ''}{photo}")
 
 
 def _cmd_lifecycle(args: argparse.Namespace) -> int:
@@ -345,6 +369,18 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("overrides", nargs="*", metavar="key=value")
     search.set_defaults(func=_cmd_search)
 
+    serve = steps.add_parser("serve", help="serve search over HTTP (JSON API, review page at "
+                             "/, /metrics) with the champion, following promotions")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="interface to bind (default loopback only; 0.0.0.0 for all)")
+    serve.add_argument("--port", type=_positive_int, default=8080)
+    serve.add_argument("--follow-interval", type=float, default=5.0,
+                       help="seconds between checks for a new champion (0: never)")
+    serve.add_argument("--no-access-log", action="store_true", help="no line per request")
+    serve.add_argument("--config", default="default")
+    serve.add_argument("overrides", nargs="*", metavar="key=value")
+    serve.set_defaults(func=_cmd_serve)
+
     lifecycle = steps.add_parser("lifecycle", help="validate, train, register, index, gate "
                                  "and promote in one go (what the training DAG runs)")
     lifecycle.add_argument("--catalog", required=True)
@@ -395,6 +431,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Libraries' own start-up chatter: faiss (in Milvus Lite) logs a ModuleNotFoundError for
+# every CPU flavour it does not find, Milvus Lite a line per server start and stop.
+QUIET_LOGGERS = ("faiss.loader", "milvus_lite.server_manager")
+
+
+def quiet_library_loggers() -> None:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -404,6 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        quiet_library_loggers()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -34,6 +34,30 @@ def myntra_source() -> Path:
     return MYNTRA_SOURCE
 
 
+def tiny_overrides(root: Path) -> list[str]:
+    """Overrides on the packaged ``tiny`` config keeping every store under ``root``: one
+    epoch per stage, Milvus Lite, MLflow on SQLite with local artifacts."""
+    return [f"train.cache_dir={root / 'cache'}", "train.stage1.epochs=1",
+            "train.stage2.epochs=1", f"index.uri={root / 'milvus.db'}",
+            f"registry.tracking_uri=sqlite:///{root / 'mlflow.db'}",
+            f"registry.artifact_location={root / 'artifacts'}"]
+
+
+def promote_tiny(root: Path, products: int, queries: int, seed: int,
+                 *extra: str) -> tuple[str, list[str]]:
+    """A synthetic catalog under ``root`` and its champion v1 (``fusion-model lifecycle
+    --force-promote`` on the tiny config); returns the catalog and the overrides."""
+    from fusion_model.cli import main
+    from fusion_model.data.synthetic import generate_synthetic_catalog
+
+    catalog = generate_synthetic_catalog(str(root / "catalog"), n_products=products,
+                                         n_queries=queries, seed=seed, progress=False)
+    overrides = tiny_overrides(root)
+    assert main(["lifecycle", "--catalog", catalog, "--work-dir", str(root / "run"),
+                 "--force-promote", "--config", "tiny", *overrides, *extra]) == 0
+    return catalog, overrides
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -43,8 +43,14 @@ def product_hashes(catalog: Catalog, fields: list[str]) -> list[str]:
                                               uris))]
 
 
-def attribute_fields(catalog: Catalog, config: IndexConfig) -> list[str]:
-    return [f for f in config.attribute_fields if f in catalog.products.columns]
+DISPLAY_FIELDS = ("title", "image_uri")  # stored for search results, not filterable
+
+
+def stored_fields(catalog: Catalog, config: IndexConfig) -> list[str]:
+    """The product columns a collection stores beside the vector: the filterable
+    attributes, then what a search result shows (title, photo URI)."""
+    wanted = [*config.attribute_fields, *DISPLAY_FIELDS]
+    return [f for f in dict.fromkeys(wanted) if f in catalog.products.columns]
 
 
 def write_catalog(model: TwoTower, catalog: Catalog, index: VectorIndex, name: str,
@@ -59,7 +65,7 @@ def write_catalog(model: TwoTower, catalog: Catalog, index: VectorIndex, name: s
     With ``delete_missing`` products no longer in the catalog are deleted. ``hashes``:
     the products' content hashes when the caller has them already.
     """
-    fields = attribute_fields(catalog, config)
+    fields = stored_fields(catalog, config)
     index.create_collection(name, model.embedding_dim, fields, config.index_type,
                             config.metric)
     hashes = hashes or product_hashes(catalog, fields)
@@ -144,7 +150,7 @@ def refresh_serving(model: TwoTower, catalog: Catalog, config: IndexConfig, vers
         if target == serving:
             log.info("%s already holds this snapshot; nothing to refresh", serving)
             return IndexResult(serving, 0, len(ids), 0, len(existing), verified=True)
-        fields = attribute_fields(catalog, config)
+        fields = stored_fields(catalog, config)
         hashes = product_hashes(catalog, fields)
         index.create_collection(target, model.embedding_dim, fields, config.index_type,
                                 config.metric)

@@ -303,6 +303,15 @@ class MilvusIndex:
         return ([r["product_id"] for r in rows],
                 np.array([r["vector"] for r in rows], dtype=np.float32))
 
+    def rows_of(self, name: str, ids: list[str], fields: list[str]) -> dict[str, dict]:
+        """product_id -> {field: value} of the ``ids`` found (fields absent from the
+        collection are left out)."""
+        self.ensure_loaded(name)
+        available = set(self.fields(name))
+        wanted = ["product_id", *[f for f in fields if f in available]]
+        rows = self.client.get(name, ids=ids, output_fields=wanted)
+        return {row["product_id"]: {f: row[f] for f in wanted[1:]} for row in rows}
+
     def search(self, name: str, vectors: np.ndarray, k: int, filter_expr: str = "",
                output_fields: list[str] | None = None, search_params: dict | None = None,
                batch_size: int = 256) -> list[list[dict]]:
@@ -387,9 +396,10 @@ class MilvusIndex:
 
 
 def _text(value) -> str:
+    """A VARCHAR value: '' for missing, cut to MAX_VARCHAR bytes of UTF-8."""
     if value is None or (isinstance(value, float) and value != value):
         return ""
-    return str(value)[:MAX_VARCHAR]
+    return str(value).encode()[:MAX_VARCHAR].decode(errors="ignore")
 
 
 def _version_of(name: str) -> tuple[int, str]:

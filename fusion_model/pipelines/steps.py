@@ -238,7 +238,7 @@ def plan_index(version: str, catalog_uri: str, shards: int = 1, config_name: str
                overrides: list[str] | tuple = ()) -> list[dict]:
     """Create the version's NEW collection and describe one indexing job per shard."""
     from fusion_model.data.catalog import load_catalog
-    from fusion_model.index.build import attribute_fields
+    from fusion_model.index.build import stored_fields
 
     config = _config(config_name, overrides)
     _mlflow(config)
@@ -247,7 +247,7 @@ def plan_index(version: str, catalog_uri: str, shards: int = 1, config_name: str
                                   catalog.fingerprint)
     dim = load_registered_model(config.registry.model_name, version).embedding_dim
     with open_index(config.index) as index:
-        index.create_collection(name, dim, attribute_fields(catalog, config.index),
+        index.create_collection(name, dim, stored_fields(catalog, config.index),
                                 config.index.index_type, config.index.metric)
     return [{"version": version, "catalog_uri": catalog_uri, "collection": name,
              "shard": shard, "shards": shards} for shard in range(shards)]
@@ -495,46 +495,22 @@ def refresh(catalog_uri: str, config_name: str = "default",
 
 def search(text: str | list[str], k: int = 10, filter_expr: str = "",
            config_name: str = "default", overrides: list[str] | tuple = ()) -> list:
-    """Champion query encoder + ANN search of the serving alias. ``filter_expr`` is a
-    people's filter (``index/filters.py``: conditions on attribute fields joined by
-    and/or), parsed and quoted here.
+    """Champion query encoder + ANN search of the champion's collection: hits with
+    product_id, score, title, image_uri and attributes (``serving.searcher``, the path
+    ``fusion-model serve`` takes). ``filter_expr`` is a people's filter
+    (``index/filters.py``: conditions on attribute fields joined by and/or), parsed and
+    quoted there.
 
     Refuses to answer when the serving alias does not point at the collection recorded on
     the champion (a query encoder must only search vectors of its own product encoder)."""
-    import mlflow
-    import pandas as pd
-
-    from fusion_model.errors import ServingMismatchError
-    from fusion_model.index.filters import to_milvus
-    from fusion_model.registry.registry import CHAMPION, get_alias, query_model_name
+    from fusion_model.serving.searcher import ChampionSearcher, check_request
 
     texts = [text] if isinstance(text, str) else list(text)
-    if not texts or any(not t.strip() for t in texts):
-        raise ValueError("search query must not be empty")
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    config = _config(config_name, overrides)
-    _mlflow(config)
-    champion = get_alias(config.registry.model_name, CHAMPION)
-    if champion is None:
-        raise NoChampionError(config.registry.model_name)
-    _, tags = _champion_tags(config, champion)
-    fields = list(config.index.attribute_fields)
-    with open_index(config.index) as index:
-        target = index.resolve_alias(config.index.alias)
-        if target != tags.get("milvus_collection"):
-            raise ServingMismatchError(
-                f"serving alias {config.index.alias} -> {target}, but champion "
-                f"v{champion.version} was indexed into {tags.get('milvus_collection')}; "
-                f"refusing to mix encoders. Run `fusion-model rollback {champion.version}` "
-                "to re-align them")
-        encoder = mlflow.pyfunc.load_model(
-            f"models:/{query_model_name(config.registry.model_name)}/{champion.query_version}")
-        available = set(index.fields(config.index.alias))
-        fields = [f for f in fields if f in available]
-        expression = to_milvus(filter_expr, fields)  # a bad filter fails before encoding
-        vectors = encoder.predict(pd.DataFrame({"text": texts}))
-        hits = index.search(config.index.alias, vectors, k, expression, fields)
+    for query in texts or [""]:
+        check_request(query, k)
+    with ChampionSearcher.open(_config(config_name, overrides)) as searcher:
+        results = searcher.search_many(texts, k, filter_expr)
+    hits = [result.hits for result in results]
     return hits[0] if isinstance(text, str) else hits
 
 

@@ -31,7 +31,7 @@ from fusion_model.data.synthetic import generate_synthetic_catalog
 from fusion_model.index import milvus
 from fusion_model.registry import registry
 from fusion_model.registry.tracking import configure
-from tests.conftest import free_port
+from tests.conftest import free_port, promote_tiny
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -64,17 +64,9 @@ class Platform:
 def platform(tmp_path_factory) -> Platform:
     """A catalog of 120 products and a promoted champion (v1), the token set in the env."""
     root = tmp_path_factory.mktemp("bad-inputs")
-    catalog = generate_synthetic_catalog(str(root / "catalog"), n_products=120, n_queries=60,
-                                         seed=3, progress=False)
-    overrides = [f"train.cache_dir={root / 'cache'}", "train.stage1.epochs=1",
-                 "train.stage2.epochs=1", f"index.uri={root / 'milvus.db'}",
-                 f"registry.tracking_uri=sqlite:///{root / 'mlflow.db'}",
-                 f"registry.artifact_location={root / 'artifacts'}"]
     os.environ["FUSION_MILVUS_TOKEN"] = SECRET
     try:
-        assert main(["lifecycle", "--catalog", catalog, "--work-dir", str(root / "run"),
-                     "--force-promote", "--config", "tiny", *overrides,
-                     f"index.token={SECRET}"]) == 0
+        catalog, overrides = promote_tiny(root, 120, 60, 3, f"index.token={SECRET}")
     finally:
         del os.environ["FUSION_MILVUS_TOKEN"]
     return Platform(root, catalog, overrides)

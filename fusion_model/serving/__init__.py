@@ -1,0 +1,1 @@
+"""Search serving: the champion searcher, the HTTP service and its review page."""

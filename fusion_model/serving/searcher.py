@@ -1,0 +1,235 @@
+"""The champion's searcher: one query encoder and one index connection for many searches.
+
+``ChampionSearcher`` is what ``fusion-model search`` and ``fusion-model serve`` share. It
+loads the champion's query encoder once and searches the collection recorded on that
+champion (by name, not through the alias), so a query vector only ever meets vectors of
+its own product encoder. ``follow()`` notices a promotion or rollback (the champion
+alias moved and the serving alias points at its collection), loads the new encoder and
+swaps it in; searches in flight finish on the state they started with, so no request
+fails during the swap. While the champion's recorded collection is not the serving
+alias target (mid-promotion, or a broken registry), it keeps what it serves and says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fusion_model.config import RunConfig
+from fusion_model.errors import BadInputError, NoChampionError, ServingMismatchError
+from fusion_model.index.base import VectorIndex, open_index
+from fusion_model.index.build import DISPLAY_FIELDS
+from fusion_model.index.filters import to_milvus
+
+log = logging.getLogger(__name__)
+MAX_K = 100
+MAX_QUERY_CHARS = 512
+KEEP_OTHERS = 3  # versions other than the champion kept loaded for reviews
+
+
+class SearchRequestError(BadInputError):
+    """An empty query, a ``k`` out of range or a bad filter: the caller's to fix."""
+
+
+@dataclass(frozen=True)
+class Served:
+    """What one champion serves: its versions, its collection and its query encoder."""
+
+    version: str
+    query_version: str
+    collection: str
+    encode: object  # list[str] -> (N, dim) float32
+    filter_fields: tuple[str, ...]
+    display_fields: tuple[str, ...]
+    loaded_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[dict]
+    version: str
+    collection: str
+    filter_expr: str
+
+
+def check_request(query: str, k: int) -> str:
+    """The stripped query, or SearchRequestError naming what is wrong."""
+    text = (query or "").strip()
+    if not text:
+        raise SearchRequestError("the search query must not be empty: type what you are "
+                                 "looking for")
+    if len(text) > MAX_QUERY_CHARS:
+        raise SearchRequestError(f"the query has {len(text)} characters; at most "
+                                 f"{MAX_QUERY_CHARS}")
+    if not 1 <= k <= MAX_K:
+        raise SearchRequestError(f"k must be between 1 and {MAX_K}, got {k}")
+    return text
+
+
+def load_query_encoder(model_name: str, query_version: str):
+    """The registered query encoder as a function of a list of texts."""
+    import mlflow
+    import pandas as pd
+
+    from fusion_model.registry.registry import query_model_name
+
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{query_model_name(model_name)}/{query_version}")
+    try:
+        towers = pyfunc.unwrap_python_model().towers  # skips the DataFrame schema checks
+    except (AttributeError, ValueError):
+        return lambda texts: pyfunc.predict(pd.DataFrame({"text": texts}))
+    return lambda texts: towers.embed_queries(texts).numpy().astype(np.float32)
+
+
+class ChampionSearcher:
+    """Searches the champion's collection with its query encoder; follows promotions."""
+
+    def __init__(self, config: RunConfig, index: VectorIndex):
+        self.config = config
+        self.index = index
+        self.served: Served | None = None
+        self.problem: str | None = None  # why the last follow() kept (or has) nothing
+        self._encoders: dict[str, object] = {}
+        self._others: dict[str, Served] = {}
+        self._encode_lock = threading.Lock()
+        self._follow_lock = threading.Lock()
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, config: RunConfig, strict: bool = True):
+        """A searcher with its own index connection, loaded (``strict``: raises when there
+        is no champion or it is not the one being served; else it waits for one)."""
+        from fusion_model.registry.tracking import configure
+
+        configure(config.registry.resolved_tracking_uri())
+        with open_index(config.index) as index:
+            searcher = cls(config, index)
+            searcher.follow(strict=strict)
+            yield searcher
+
+    def follow(self, strict: bool = False) -> bool:
+        """Load the champion if it changed; True when it swapped. A champion that is not
+        (yet) served keeps the current one; with ``strict`` it raises instead."""
+        with self._follow_lock:
+            try:
+                wanted = self._wanted()
+            except (NoChampionError, ServingMismatchError) as error:
+                self.problem = str(error)
+                if strict:
+                    raise
+                log.warning("keeping %s: %s", self._describe(), error)
+                return False
+            self.problem = None
+            if self.served and (wanted[0], wanted[2]) == (self.served.version,
+                                                          self.served.collection):
+                return False
+            self.served = self._load(*wanted)
+            log.info("serving v%s (query encoder v%s) from %s", self.served.version,
+                     self.served.query_version, self.served.collection)
+            return True
+
+    def _wanted(self) -> tuple[str, str, str]:
+        """(version, query version, collection) of the champion, checked against the
+        serving alias."""
+        from fusion_model.registry.registry import CHAMPION, candidate_for, get_alias
+
+        name = self.config.registry.model_name
+        champion = get_alias(name, CHAMPION)
+        if champion is None:
+            raise NoChampionError(name)
+        candidate, tags = candidate_for(name, champion.version)
+        recorded = tags.get("milvus_collection")
+        target = self.index.resolve_alias(self.config.index.alias)
+        if target != recorded:
+            raise ServingMismatchError(
+                f"serving alias {self.config.index.alias} -> {target}, but champion "
+                f"v{champion.version} was indexed into {recorded}; refusing to mix "
+                f"encoders. Run `fusion-model rollback {champion.version}` to re-align them")
+        return champion.version, candidate.query_version, recorded
+
+    def _load(self, version: str, query_version: str, collection: str) -> Served:
+        encode = self._encoders.get(query_version)
+        if encode is None:
+            encode = load_query_encoder(self.config.registry.model_name, query_version)
+            # the champion's and the reviewed versions' encoders; older ones end with
+            # their last search
+            self._encoders = {**dict(list(self._encoders.items())[-KEEP_OTHERS:]),
+                              query_version: encode}
+        available = set(self.index.fields(collection))
+        return Served(version, query_version, collection, encode,
+                      tuple(f for f in self.config.index.attribute_fields if f in available),
+                      tuple(f for f in DISPLAY_FIELDS if f in available))
+
+    def _describe(self) -> str:
+        return f"v{self.served.version}" if self.served else "nothing"
+
+    def current(self) -> Served:
+        if self.served is None:
+            raise NoChampionError(self.config.registry.model_name) if not self.problem \
+                else ServingMismatchError(self.problem)
+        return self.served
+
+    def for_model(self, model: str | None = None) -> Served:
+        """``champion`` (or nothing), ``challenger`` or a version number: what that model
+        serves, its own collection searched with its own query encoder. Versions other
+        than the champion are for reviews; they are loaded on first use."""
+        from fusion_model.registry.registry import candidate_for, get_alias
+
+        reference = (model or "champion").strip().lower().removeprefix("v")
+        if reference == "champion":
+            return self.current()
+        name = self.config.registry.model_name
+        if reference.isalpha():
+            found = get_alias(name, reference)
+            if found is None:
+                raise SearchRequestError(f"model {model!r}: {name} has no {reference!r} alias")
+            reference = found.version
+        if not reference.isdigit():
+            raise SearchRequestError(f"model {model!r}: give champion, challenger or a "
+                                     "version number")
+        if self.served and reference == self.served.version:
+            return self.served
+        if reference not in self._others:
+            candidate, tags = candidate_for(name, reference)
+            collection = tags.get("milvus_collection", "")
+            if not collection or not self.index.has_collection(collection):
+                raise SearchRequestError(f"{name} v{reference} has no collection to search "
+                                         f"({collection or 'never indexed'}"
+                                         f"{' was pruned' if collection else ''})")
+            others = dict(list(self._others.items())[-(KEEP_OTHERS - 1):])
+            self._others = {**others, reference: self._load(
+                reference, candidate.query_version, collection)}
+        return self._others[reference]
+
+    def search(self, query: str, k: int = 10, filter_text: str = "",
+               model: str | None = None) -> SearchResult:
+        """Top-``k`` products for ``query``: product_id, score, title, image_uri and the
+        attribute fields. SearchRequestError for an empty query, ``k`` out of range or a
+        bad filter (checked before any encoding)."""
+        return self.search_many([query], k, filter_text, model)[0]
+
+    def search_many(self, queries: list[str], k: int = 10, filter_text: str = "",
+                    model: str | None = None) -> list[SearchResult]:
+        served = self.for_model(model)
+        texts = [check_request(q, k) for q in queries]
+        expression = to_milvus(filter_text, list(served.filter_fields))
+        with self._encode_lock:
+            vectors = served.encode(texts)
+        rows = self.index.search(served.collection, vectors, k, expression,
+                                 [*served.filter_fields, *served.display_fields])
+        return [SearchResult(hits, served.version, served.collection, expression)
+                for hits in rows]
+
+    def image_uri(self, product_id: str, model: str | None = None) -> str | None:
+        """The photo URI stored for ``product_id`` in the model's collection (None when
+        the product is unknown or has no photo)."""
+        served = self.for_model(model)
+        if "image_uri" not in served.display_fields:
+            return None
+        row = self.index.rows_of(served.collection, [product_id], ["image_uri"])
+        return (row.get(product_id) or {}).get("image_uri") or None

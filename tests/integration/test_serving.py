@@ -1,0 +1,257 @@
+"""``fusion-model serve`` and ``fusion-model search`` on a real champion (MLflow on SQLite,
+Milvus Lite): JSON hits with titles and photos, 400s for bad requests, the bearer token,
+metrics, and following a promotion and a rollback under load without a failed request."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fusion_model.cli import main
+from fusion_model.config import load_config
+from fusion_model.errors import ServingMismatchError
+from fusion_model.index.base import open_index
+from fusion_model.pipelines import steps
+from fusion_model.serving.app import create_app
+from fusion_model.serving.searcher import ChampionSearcher
+from tests.conftest import free_port, promote_tiny
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "serve-t0ken-do-not-log"
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory) -> dict:
+    """v1 promoted (champion), v2 trained, registered and indexed (challenger)."""
+    root = tmp_path_factory.mktemp("serving")
+    catalog, overrides = promote_tiny(root, products=150, queries=40, seed=11)
+    second = [*overrides, "train.seed=2"]
+    steps.train(catalog, str(root / "v2"), "tiny", second)
+    version = steps.register(str(root / "v2"), catalog, "tiny", second)["version"]
+    collection = steps.index(version, catalog, "tiny", second)["collection"]
+    return {"root": root, "catalog": Path(catalog), "overrides": overrides,
+            "config": load_config("tiny", overrides), "v2": version, "v2_collection": collection}
+
+
+@pytest.fixture(scope="module")
+def searcher(platform):
+    with ChampionSearcher.open(platform["config"]) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def client(searcher):
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(searcher, follow_interval=0)) as test_client:
+        yield test_client
+
+
+def test_search_returns_titles_attributes_and_photos(client, platform):
+    body = client.get("/search", params={"q": "red striped shirt", "k": 8}).json()
+    assert body["version"] == "1" and body["collection"].startswith("products_m1_")
+    assert len(body["hits"]) == 8
+    assert [h["score"] for h in body["hits"]] == sorted((h["score"] for h in body["hits"]),
+                                                        reverse=True)
+    for hit in body["hits"]:
+        assert hit["title"] and {"category", "colour", "gender"} <= set(hit)
+    with_photo = [h for h in body["hits"] if h["image_url"]]
+    assert with_photo, body
+    photo = client.get(with_photo[0]["image_url"])
+    assert photo.status_code == 200 and photo.headers["content-type"] == "image/jpeg"
+    product = with_photo[0]["product_id"]
+    assert photo.content == (platform["catalog"] / "images" / f"{product}.jpg").read_bytes()
+
+
+def test_filters_are_applied_and_quoted(client):
+    hits = client.get("/search", params={"q": "shirt", "k": 20,
+                                         "filter": "gender == women and colour in [red, blue]"}
+                      ).json()["hits"]
+    assert hits and all(h["gender"] == "women" and h["colour"] in ("red", "blue")
+                        for h in hits)
+    injected = client.get("/search", params={"q": "shirt", "filter":
+                                             "colour == 'x\" or colour != \"'"})
+    assert injected.status_code == 200 and injected.json()["hits"] == []
+
+
+@pytest.mark.parametrize(("params", "match"), [
+    ({"q": ""}, r"query must not be empty"),
+    ({"q": "   "}, r"query must not be empty"),
+    ({"q": "shirt", "k": 0}, r"k: .*greater than or equal to 1"),
+    ({"q": "shirt", "k": 101}, r"k: .*less than or equal to 100"),
+    ({"q": "shirt", "k": "ten"}, r"k: .*integer"),
+    ({"q": "shirt", "filter": "colour =="}, r"invalid --filter.*Filterable fields"),
+    ({"q": "shirt", "filter": "price == 3"}, r"invalid --filter.*price"),
+    ({"q": "shirt", "filter": "colour == red or"}, r"invalid --filter"),
+    ({"q": "x" * 600}, r"600 characters"),
+    ({"q": "shirt", "model": "99"}, r"99"),
+    ({"q": "shirt", "model": "newest"}, r"no 'newest' alias"),
+])
+def test_bad_requests_are_400_with_a_message(client, params, match):
+    response = client.get("/search", params=params)
+    assert response.status_code == 400, response.text
+    assert re.search(match, response.json()["error"]), response.json()
+
+
+def test_photos_of_unknown_or_photo_less_products_are_404(client, platform):
+    assert client.get("/products/NOPE/image").status_code == 404
+    hits = client.get("/search", params={"q": "shirt", "k": 100}).json()["hits"]
+    without = [h for h in hits if not h["image_url"]]
+    if without:  # the synthetic catalog leaves a few products without a photo
+        response = client.get(f"/products/{without[0]['product_id']}/image")
+        assert response.status_code == 404 and "no photo" in response.json()["error"]
+
+
+def test_challenger_and_versions_are_searchable_side_by_side(client, platform):
+    versions = client.get("/versions").json()
+    assert versions["champion"] == "1" and versions["challenger"] == platform["v2"]
+    assert versions["filter_fields"] == ["category", "colour", "gender"]
+    left = client.get("/search", params={"q": "blue jeans", "model": "champion"}).json()
+    right = client.get("/search", params={"q": "blue jeans", "model": "challenger"}).json()
+    assert right["version"] == platform["v2"] and right["collection"] == platform[
+        "v2_collection"] != left["collection"]
+    by_number = client.get("/search", params={"q": "blue jeans", "model": platform["v2"]})
+    assert by_number.json()["hits"] == right["hits"]
+
+
+def test_health_readiness_metrics_and_the_review_page(client):
+    client.get("/search", params={"q": "shirt"})
+    client.get("/search", params={"q": ""})
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["ready"] and ready["version"] == "1"
+    metrics = client.get("/metrics").text
+    assert re.search(r'fusion_search_requests_total\{endpoint="/search",status="200"\} [1-9]',
+                     metrics)
+    assert re.search(r'fusion_search_requests_total\{endpoint="/search",status="400"\} [1-9]',
+                     metrics)
+    assert 'fusion_search_latency_seconds_bucket{endpoint="/search",le="0.015"}' in metrics
+    assert "fusion_champion_version 1.0" in metrics
+    assert re.search(r'fusion_serving_info\{collection="products_m1_\w+"', metrics)
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="search-form"' in page.text
+
+
+def test_a_bearer_token_guards_everything_but_health(searcher, caplog):
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(searcher, follow_interval=0, token=TOKEN)) as guarded:
+        assert guarded.get("/search", params={"q": "shirt"}).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert guarded.get("/search", params={"q": "shirt"}, headers=wrong).status_code == 401
+        right = {"Authorization": f"Bearer {TOKEN}"}
+        assert guarded.get("/search", params={"q": "shirt"}, headers=right).status_code == 200
+        assert guarded.get("/metrics", headers=right).status_code == 200
+        assert guarded.get("/healthz").status_code == 200
+        assert guarded.get("/readyz").status_code == 200
+        assert TOKEN not in guarded.get("/metrics", headers=right).text
+    assert TOKEN not in caplog.text
+
+
+def test_cli_search_shows_titles_and_photo_paths(platform, capsys):
+    capsys.readouterr()
+    assert main(["search", "red shirt", "-k", "3", "--config", "tiny",
+                 *platform["overrides"]]) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert len(lines) == 6, out
+    assert re.match(r"\s*1\. P\d+\s+\d\.\d{4}\s+\S", lines[0])
+    assert re.search(r"category=\w+.*(photo: /\S+\.jpg|no photo)", lines[1])
+    assert "photo: " in out
+
+
+def test_a_champion_that_is_not_served_is_refused(platform, searcher):
+    """The serving alias moved without the champion (a half-done manual change): a new
+    searcher refuses to start, a running one keeps serving its champion and says why."""
+    config = platform["config"]
+    with open_index(config.index) as index:
+        served = index.resolve_alias(config.index.alias)
+        index.point_alias(config.index.alias, platform["v2_collection"])
+    try:
+        with (pytest.raises(ServingMismatchError, match="refusing to mix encoders"),
+              ChampionSearcher.open(config)):
+            pass
+        assert searcher.follow() is False
+        assert "refusing to mix" in searcher.problem
+        assert searcher.search("shirt").collection == served
+    finally:
+        with open_index(config.index) as index:
+            index.point_alias(config.index.alias, served)
+    assert searcher.follow() is False and searcher.problem is None
+
+
+class Uvicorn:
+    """The app on a real uvicorn server in a thread, on a free loopback port."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+def hammer(url: str, stop: threading.Event, seen: list) -> None:
+    with httpx.Client(base_url=url, timeout=30) as http:
+        while not stop.is_set():
+            response = http.get("/search", params={"q": "red shirt", "k": 5})
+            body = response.json()
+            seen.append((response.status_code, body.get("version"), body.get("collection"),
+                         body.get("error")))
+
+
+def test_promotion_and_rollback_are_followed_without_a_failed_request(platform):
+    config = platform["config"]
+    with ChampionSearcher.open(config) as searcher:
+        v1_collection = searcher.served.collection
+        with Uvicorn(create_app(searcher, follow_interval=0.2)) as url:
+            stop, seen = threading.Event(), []
+            clients = [threading.Thread(target=hammer, args=(url, stop, seen))
+                       for _ in range(4)]
+            for thread in clients:
+                thread.start()
+            try:
+                time.sleep(1)
+                steps.promote_or_reject(platform["v2"], {
+                    "decision": "promote", "reasons": ["serving test"], "metrics": {}},
+                    "tiny", platform["overrides"])
+                wait_for_version(seen, platform["v2"])
+                steps.rollback("1", "tiny", platform["overrides"], reason="serving test")
+                wait_for_version(seen, "1")
+            finally:
+                stop.set()
+                for thread in clients:
+                    thread.join(timeout=30)
+            metrics = httpx.get(f"{url}/metrics").text
+    failed = [s for s in seen if s[0] != 200]
+    assert not failed, failed[:5]
+    pairs = {(version, collection) for _, version, collection, _ in seen}
+    assert pairs == {("1", v1_collection), (platform["v2"], platform["v2_collection"])}
+    assert re.search(r"fusion_champion_swaps_total [2-9]", metrics)
+
+
+def wait_for_version(seen: list, version: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    start = len(seen)
+    while not any(s[1] == version for s in seen[start:]):
+        assert time.time() < deadline, f"the service never served v{version}"
+        time.sleep(0.1)
