@@ -43,7 +43,8 @@ demo: setup ## the whole platform end to end on embedded defaults (catalog, DAG,
 test: setup ## run the default test suite (unit + integration on local backends)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-e2e: setup ## whole-platform runs: DAGs, airflow standalone, lifecycle, CLI, DDP, bad inputs
+test-e2e: setup ## whole-platform runs: DAGs, airflow standalone, lifecycle, CLI, DDP, bad inputs, review page in Chromium
+	bash infra/local/install-services.sh chromium
 	$(PY) -m pytest -m e2e tests/integration tests/dags $(PYTEST_ARGS)
 
 BENCH_DIR ?= runs/bench
@@ -64,5 +65,5 @@ clean: ## remove the venv and generated demo data
 	rm -rf $(VENV) $(DEMO_DIR)
 
 test-production: setup ## production-mode tests: PostgreSQL, Redis + Celery workers, mlflow server, S3, Milvus standalone
-	bash infra/local/install-services.sh
+	bash infra/local/install-services.sh postgres redis
 	$(PY) -m pytest -m production tests/production $(PYTEST_ARGS)

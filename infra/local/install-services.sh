@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
-# Installs the servers make test-production runs, from Debian's packages, when missing:
-# PostgreSQL (Airflow metadata, Celery results, MLflow backend store) and Redis (the
-# Celery broker). The tests start their own throw-away servers on 127.0.0.1 from these
-# binaries; nothing is started or enabled here.
+# Installs what the test suites run outside Python, from Debian's packages, when missing:
+#   postgres  PostgreSQL (Airflow metadata, Celery results, MLflow backend store)
+#   redis     Redis (the Celery broker)
+#   chromium  headless Chromium (the review page's browser test)
+# Usage: install-services.sh [postgres] [redis] [chromium]   (no argument: all three)
+# The tests start their own throw-away servers on 127.0.0.1 from these binaries; nothing
+# is started or enabled here.
 set -euo pipefail
+wanted=("$@")
+if [ ${#wanted[@]} -eq 0 ]; then wanted=(postgres redis chromium); fi
 missing=()
-if ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; then
-    missing+=(postgresql postgresql-client)
-fi
-if ! command -v redis-server >/dev/null; then
-    missing+=(redis-server)
-fi
+for component in "${wanted[@]}"; do
+    case "$component" in
+        postgres) compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null \
+                      || missing+=(postgresql postgresql-client) ;;
+        redis) command -v redis-server >/dev/null || missing+=(redis-server) ;;
+        chromium) command -v chromium >/dev/null || missing+=(chromium fonts-dejavu-core) ;;
+        *) echo "unknown component $component (postgres, redis, chromium)" >&2; exit 2 ;;
+    esac
+done
 if [ ${#missing[@]} -gt 0 ]; then
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -26,5 +34,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
     $SUDO service redis-server stop >/dev/null 2>&1 || true
 fi
-echo "PostgreSQL: $(compgen -G '/usr/lib/postgresql/*/bin/postgres' | sort -V | tail -1)"
-echo "Redis: $(redis-server --version | cut -d' ' -f3)"
+for component in "${wanted[@]}"; do
+    case "$component" in
+        postgres) echo "PostgreSQL: $(compgen -G '/usr/lib/postgresql/*/bin/postgres' \
+                                      | sort -V | tail -1)" ;;
+        redis) echo "Redis: $(redis-server --version | cut -d' ' -f3)" ;;
+        chromium) echo "Chromium: $(chromium --version 2>/dev/null)" ;;
+    esac
+done

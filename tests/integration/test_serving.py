@@ -4,6 +4,7 @@ metrics, and following a promotion and a rollback under load without a failed re
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from fusion_model.cli import main
 from fusion_model.config import load_config
@@ -19,6 +21,7 @@ from fusion_model.index.base import open_index
 from fusion_model.pipelines import steps
 from fusion_model.serving.app import create_app
 from fusion_model.serving.searcher import ChampionSearcher
+from tests.browser import Browser
 from tests.conftest import free_port, promote_tiny
 
 pytestmark = pytest.mark.integration
@@ -255,3 +258,52 @@ def wait_for_version(seen: list, version: str, timeout: float = 60) -> None:
     while not any(s[1] == version for s in seen[start:]):
         assert time.time() < deadline, f"the service never served v{version}"
         time.sleep(0.1)
+
+
+ARTIFACTS = Path(os.environ.get("FUSION_TEST_ARTIFACTS", "runs/test-artifacts"))
+
+
+@pytest.mark.e2e
+def test_review_page_in_headless_chromium(platform, tmp_path):
+    """Load the review page, type a query, search: two photo grids (champion and v2) whose
+    photos decode in the browser, placeholders where a product has none, and a named error
+    for a bad filter. The screenshot is kept as a test artifact."""
+    config = platform["config"]
+    with ChampionSearcher.open(config) as searcher, Uvicorn(
+            create_app(searcher, follow_interval=0)) as url:
+        browser = Browser(tmp_path / "chromium")
+        try:
+            browser.goto(f"{url}/?left=champion&right={platform['v2']}&k=12")
+            browser.wait_until("document.getElementById('meta').textContent"
+                               ".includes('champion v1')", "the versions header")
+            browser.evaluate("document.getElementById('q').focus()")
+            browser.call("Input.insertText", text="red striped shirt")
+            browser.evaluate("document.getElementById('go').click()")
+            browser.wait_until("document.body.dataset.state === 'done'", "the results")
+            browser.wait_until("[...document.querySelectorAll('.card img')]"
+                               ".every(i => i.complete)", "the photos")
+            page = browser.evaluate("""(() => {
+                const columns = [...document.querySelectorAll('.column')];
+                return columns.map(c => ({
+                    heading: c.querySelector('h2').textContent,
+                    cards: c.querySelectorAll('.card').length,
+                    titles: [...c.querySelectorAll('.card .title')].map(t => t.textContent),
+                    photos: [...c.querySelectorAll('.card img')].map(i => i.naturalWidth),
+                    placeholders: c.querySelectorAll('.card .placeholder').length}));
+            })()""")
+            shot = browser.screenshot(ARTIFACTS / "review-page.png")
+            browser.evaluate("document.getElementById('filter').value = 'price == 3'")
+            browser.evaluate("document.getElementById('go').click()")
+            browser.wait_until("document.body.dataset.state === 'error'", "the filter error")
+            error = browser.evaluate("document.getElementById('error').textContent")
+        finally:
+            browser.close()
+    assert [c["heading"].split(" ")[0:2] for c in page] == [
+        ["champion:", "v1"], [f"{platform['v2']}:", f"v{platform['v2']}"]]
+    for column in page:
+        assert column["cards"] == 12 and all(column["titles"])
+        assert column["photos"] and all(width > 0 for width in column["photos"]), column
+        assert len(column["photos"]) + column["placeholders"] == 12
+    assert "invalid --filter" in error and "price" in error
+    with Image.open(shot) as image:
+        assert image.width >= 1000 and image.height >= 600
