@@ -14,7 +14,7 @@ asset with the snapshot's URI and fingerprint, which triggers
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, dag
+from airflow.sdk import dag
 from fusion_platform import (
     CATALOG_ASSET,
     announce_snapshot,
@@ -22,6 +22,7 @@ from fusion_platform import (
     config_name_param,
     cron_schedule,
     default_args,
+    flag_param,
     platform_overrides,
     step_task,
     work_dir,
@@ -39,9 +40,8 @@ from fusion_platform import (
     default_args=default_args(retries=2),
     params={"catalog_uri": catalog_uri_param("The new snapshot: directory or s3:// prefix"),
             "config_name": config_name_param(),
-            "allow_deletions": Param(False, type="boolean",
-                                     description="Accept a snapshot that drops more than "
-                                     "index.max_delete_share of the serving products")},
+            "allow_deletions": flag_param("Accept a snapshot that drops more than "
+                                          "index.max_delete_share of the serving products")},
 )
 def catalog_refresh():
     @step_task(doc_md="Validate the snapshot; a failure stops the refresh (index untouched).")
@@ -61,7 +61,7 @@ def catalog_refresh():
 
         refreshed = steps.refresh(params["catalog_uri"], params["config_name"],
                                   platform_overrides(),
-                                  allow_deletions=params["allow_deletions"],
+                                  allow_deletions=bool(params.get("allow_deletions")),
                                   validated=report["success"])
         announce_snapshot(outlet_events, refreshed)
         return refreshed

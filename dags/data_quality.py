@@ -8,11 +8,12 @@ and publish the report (JSON + Data Docs) to MLflow under the `data-quality` exp
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, dag
+from airflow.sdk import dag
 from fusion_platform import (
     catalog_uri_param,
     config_name_param,
     default_args,
+    flag_param,
     platform_overrides,
     step_task,
     work_dir,
@@ -29,8 +30,7 @@ from fusion_platform import (
     default_args=default_args(retries=1),
     params={"catalog_uri": catalog_uri_param("Catalog directory or s3:// prefix"),
             "config_name": config_name_param(),
-            "update_profile": Param(False, type="boolean",
-                                    description="Store as the last good profile if it passes")},
+            "update_profile": flag_param("Store as the last good profile if it passes")},
 )
 def data_quality():
     @step_task(doc_md="Run every check; never raises, so the report is always published.")
@@ -38,7 +38,7 @@ def data_quality():
         from fusion_model.pipelines import steps
 
         profile = str(work_dir() / "profiles" / "catalog.json") \
-            if params["update_profile"] else None
+            if params.get("update_profile") else None
         return steps.validate_report(params["catalog_uri"],
                                      str(work_dir() / "quality" / run_id), profile)
 

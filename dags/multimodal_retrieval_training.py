@@ -25,7 +25,11 @@ from fusion_platform import (
     config_name_param,
     cron_schedule,
     default_args,
+    flag_param,
+    guarded_segments_param,
     platform_overrides,
+    push_links,
+    run_origin,
     step_task,
     training_task_args,
     work_dir,
@@ -39,7 +43,7 @@ FORM_KEYS = {"epochs_stage1": "train.stage1.epochs", "epochs_stage2": "train.sta
 def _overrides(params: dict) -> list[str]:
     """Deployment overrides plus what the trigger form set (empty fields: the config's)."""
     return [*platform_overrides(), *chosen_overrides(params, FORM_KEYS),
-            *params["extra_overrides"]]
+            *(params.get("extra_overrides") or [])]
 
 
 def _schedule():
@@ -77,15 +81,12 @@ def _schedule():
         "min_improvement": Param(None, type=["null", "number"], minimum=0,
                                  description="Required absolute gain over the champion; "
                                  "empty: the config's (0)"),
-        "guarded_segments": Param(None, type=["null", "array"],
-                                  description="Segments that must not regress; empty: the "
-                                  "config's"),
-        "force_promote": Param(False, type="boolean",
-                               description="Promote even if the gate says no (audited)"),
-        "shards": Param(2, type="integer", minimum=1, maximum=64,
-                        description="Re-embedding shards (one mapped task each)"),
-        "extra_overrides": Param([], type="array",
-                                 description="More config overrides, key=value"),
+        "guarded_segments": guarded_segments_param(),
+        "force_promote": flag_param("Promote even if the gate says no (audited)"),
+        "shards": Param(2, type=["null", "integer"], minimum=1, maximum=64,
+                        description="Re-embedding shards (one mapped task each); empty: 2"),
+        "extra_overrides": Param(None, type=["null", "array"], items={"type": "string"},
+                                 description="More config overrides, one key=value per line"),
     },
 )
 def multimodal_retrieval_training():
@@ -129,20 +130,26 @@ def multimodal_retrieval_training():
 
         return steps.evaluate(trained["work_dir"])
 
-    @step_task(doc_md="Log the run to MLflow and register the candidate as `challenger`.")
-    def register(snap: dict, trained: dict, report: dict, params=None) -> dict:
+    @step_task(doc_md="Log the run to MLflow and register the candidate as `challenger`, "
+                      "tagged with this DAG run (links: MLflow model version, gate review).")
+    def register(snap: dict, trained: dict, report: dict, params=None, dag_run=None,
+                 ti=None) -> dict:
         from fusion_model.pipelines import steps
 
-        return steps.register(trained["work_dir"], snap["catalog_uri"],
-                              params["config_name"], _overrides(params),
-                              validation_report=report["report"])
+        registered = steps.register(trained["work_dir"], snap["catalog_uri"],
+                                    params["config_name"], _overrides(params),
+                                    validation_report=report["report"],
+                                    origin=run_origin(dag_run.dag_id, dag_run.run_id))
+        push_links(ti, registered)
+        return registered
 
     @step_task(doc_md="Create the candidate's new collection; one job per shard.")
     def plan_index(snap: dict, registered: dict, params=None) -> list[dict]:
         from fusion_model.pipelines import steps
 
         return steps.plan_index(registered["version"], snap["catalog_uri"],
-                                params["shards"], params["config_name"], _overrides(params))
+                                params.get("shards") or 2, params["config_name"],
+                                _overrides(params))
 
     @step_task(doc_md="Embed and upsert one shard of the catalog (resumable).",
                max_active_tis_per_dag=4)
@@ -167,7 +174,7 @@ def multimodal_retrieval_training():
 
         return steps.gate(registered["version"], snap["catalog_uri"],
                           params["config_name"], _overrides(params),
-                          force_promote=params["force_promote"])
+                          force_promote=bool(params.get("force_promote")))
 
     @step_task(doc_md="Promote (alias swap + `champion`) or reject (nothing changes); audited.")
     def promote_or_reject(registered: dict, decision: dict, params=None) -> dict:

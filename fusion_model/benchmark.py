@@ -39,6 +39,14 @@ LADDER = (("concat_no_ft", "text_only_no_ft"), ("concat", "concat_no_ft"),
 
 def zero_shot_text(catalog: Catalog, config: RunConfig) -> EvaluationResult:
     """Off-the-shelf text encoder, mean pooled, no projection, no training."""
+    return zero_shot_rankings(catalog, config)[0]
+
+
+def zero_shot_rankings(catalog: Catalog, config: RunConfig
+                       ) -> tuple[EvaluationResult, dict[str, list[str]]]:
+    """``zero_shot_text``'s result and its top-k products per test query (exact search)."""
+    from fusion_model.evaluation.evaluator import rank
+
     config = config.for_catalog(catalog.max_grade)
     encoder = TextEncoder(config.text.model, config.text.max_length, trainable_layers=0)
     data = build_data(catalog, config.train.min_positive_grade)
@@ -50,8 +58,10 @@ def zero_shot_text(catalog: Catalog, config: RunConfig) -> EvaluationResult:
                                      desc="zero-shot text", engine=config.runtime.engine)
         return l2(mean_pool(feats["hidden"].float(), feats["mask"]))
 
-    return evaluator.score_vectors(vectors(evaluator.query_texts, config.text.query_max_length),
-                                   vectors(data.product_texts, config.text.max_length))
+    rankings = rank(vectors(evaluator.query_texts, config.text.query_max_length),
+                    vectors(data.product_texts, config.text.max_length), evaluator.query_ids,
+                    evaluator.product_ids, max(evaluator.ks))
+    return evaluator.score_rankings(rankings), rankings
 
 
 def core_models() -> tuple[str, ...]:

@@ -22,6 +22,13 @@ local files).
                                           then runs on catalog asset events only)
 - environment ``FUSION_TRAINING_QUEUE``:   Celery queue of the two training tasks (e.g.
                                           ``gpu`` workers); unset: the default queue
+- environment ``FUSION_MLFLOW_UI_URL``,
+              ``FUSION_REVIEW_URL``:       the MLflow UI and ``fusion-model serve`` as people
+                                          reach them, for links (MLflow version <-> Airflow
+                                          run, the review page)
+
+The plugin adds two links to the training DAG's tasks ("MLflow model version", "Gate
+review in MLflow"); the registered version carries the Airflow DAG id, run id and URL.
 """
 
 from __future__ import annotations
@@ -190,6 +197,32 @@ def config_name_param():
                  "take their values from it")
 
 
+def segment_names() -> list[str]:
+    """The query segments of every packaged config (``eval.segments``): the choices of
+    the ``guarded_segments`` param."""
+    from fusion_model.config import load_config
+
+    names = {spec.split("=", 1)[0] for config in packaged_configs()
+             for spec in load_config(config).eval.segments}
+    return sorted(names)
+
+
+def guarded_segments_param():
+    from airflow.sdk import Param
+
+    names = segment_names()
+    return Param(None, type=["null", "array"], items={"type": "string", "enum": names},
+                 examples=names, description="Segments whose metric must not drop beyond "
+                 f"the tolerance; empty: the config's. Choices: {', '.join(names)}")
+
+
+def flag_param(description: str):
+    """An optional on/off field (empty means off)."""
+    from airflow.sdk import Param
+
+    return Param(False, type=["boolean", "null"], description=description)
+
+
 def chosen_overrides(params: dict, keys: dict[str, str]) -> list[str]:
     """``key=value`` for each param (name -> config key) the user set; params left at
     None keep the config's value. Lists become ``[a,b]``."""
@@ -256,3 +289,67 @@ def failure_callback(context) -> None:
               getattr(ti, "dag_id", "?"), getattr(ti, "task_id", "?"),
               context.get("run_id"), getattr(ti, "try_number", "?"),
               type(error).__name__ if error else "unknown", error)
+
+
+TRAINING_DAG = "multimodal_retrieval_training"
+VERSION_URL_KEY = "mlflow_version_url"
+REVIEW_URL_KEY = "mlflow_review_url"
+
+
+def run_origin(dag_id: str, run_id: str) -> dict[str, str]:
+    """Tags saying which Airflow run made a model: DAG id, run id and the run's URL
+    (from ``[api] base_url``, when set)."""
+    from urllib.parse import quote
+
+    from airflow.configuration import conf
+
+    origin = {"airflow.dag_id": dag_id, "airflow.run_id": run_id}
+    base = (conf.get("api", "base_url", fallback="") or "").rstrip("/")
+    if base:
+        origin["airflow.url"] = f"{base}/dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}"
+    return origin
+
+
+def push_links(ti, registered: dict) -> None:
+    """XComs the training DAG's extra links read: the version page and the run's review
+    artifacts (absent when MLflow has no UI, e.g. SQLite)."""
+    for key, field in ((VERSION_URL_KEY, "mlflow_url"), (REVIEW_URL_KEY, "mlflow_run_url")):
+        if registered.get(field):
+            ti.xcom_push(key=key, value=registered[field])
+
+
+def _link_from_register(ti_key, xcom_key: str) -> str:
+    """The URL the run's ``register`` task pushed under ``xcom_key`` ("" when none)."""
+    if ti_key.dag_id != TRAINING_DAG:
+        return ""
+    from airflow.serialization.definitions.operatorlink import XComOperatorLink
+
+    register = ti_key._replace(task_id="register", map_index=-1)
+    return XComOperatorLink(name=xcom_key, xcom_key=xcom_key).get_link(None, ti_key=register)
+
+
+try:
+    from airflow.plugins_manager import AirflowPlugin
+    from airflow.sdk import BaseOperatorLink
+
+    class MlflowVersionLink(BaseOperatorLink):
+        """The registered candidate's page in the MLflow UI."""
+
+        name = "MLflow model version"
+
+        def get_link(self, operator, *, ti_key) -> str:
+            return _link_from_register(ti_key, VERSION_URL_KEY)
+
+    class MlflowReviewLink(BaseOperatorLink):
+        """The training run's artifacts: gallery, gate decision, segments."""
+
+        name = "Gate review in MLflow"
+
+        def get_link(self, operator, *, ti_key) -> str:
+            return _link_from_register(ti_key, REVIEW_URL_KEY)
+
+    class FusionPlatformPlugin(AirflowPlugin):
+        name = "fusion_platform"
+        global_operator_extra_links = [MlflowVersionLink(), MlflowReviewLink()]
+except ImportError:  # imported without Airflow (a library test): no links
+    pass

@@ -66,6 +66,28 @@ def standalone_server(data_dir: Path, timeout: float = 240) -> Iterator[str]:
         _stop(process)
 
 
+@contextlib.contextmanager
+def lite_server(data_dir: Path, timeout: float = 60) -> Iterator[str]:
+    """Run ``milvus-lite server`` on 127.0.0.1 with its data under ``data_dir`` (several
+    processes share one Milvus Lite store through it); yields its URI."""
+    binary = Path(sys.executable).with_name("milvus-lite")
+    if not binary.exists():
+        raise StandaloneServerError(f"{binary} not found: install the package (make setup)")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    with (data_dir / "milvus-lite-server.log").open("w") as out:
+        process = subprocess.Popen([str(binary), "server", "--data-dir", str(data_dir),
+                                    "--host", "127.0.0.1", "--port", str(port)],
+                                   stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_answering(uri, process, timeout, data_dir)
+        yield uri
+    finally:
+        _stop(process)
+
+
 def _wait_until_answering(uri: str, process: subprocess.Popen, timeout: float,
                           data_dir: Path) -> None:
     deadline = time.monotonic() + timeout

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 from fusion_model.config import RunConfig, load_config
@@ -133,11 +134,20 @@ def _finished_training(work_dir: str, config: RunConfig, catalog):
 
 def register(work_dir: str, catalog_uri: str, config_name: str = "default",
              overrides: list[str] | tuple = (), validation_report: str | None = None,
-             parent_runs: dict | None = None) -> dict:
-    """Log the trained model as an MLflow run and register it as ``challenger``."""
+             origin: dict[str, str] | None = None) -> dict:
+    """Log the trained model as an MLflow run and register it as ``challenger``.
+
+    ``origin``: where the run came from (``airflow.dag_id``, ``airflow.run_id``,
+    ``airflow.url``), tagged on the run and the version and linked from the version's
+    description, with the review page (``$FUSION_REVIEW_URL``) when one is served."""
     from fusion_model.data.catalog import load_catalog
-    from fusion_model.registry.registry import register_candidate
-    from fusion_model.registry.tracking import git_commit, log_training_run
+    from fusion_model.registry.registry import (
+        describe_version,
+        register_candidate,
+        run_artifacts_url,
+        version_url,
+    )
+    from fusion_model.registry.tracking import git_commit, log_training_run, tag_run
     from fusion_model.training.trainer import RESULT_FILE, TrainResult
 
     config = _config(config_name, overrides)
@@ -146,17 +156,38 @@ def register(work_dir: str, catalog_uri: str, config_name: str = "default",
     key = _training_key(TrainResult.load(result_file).model_dir, config)
     existing = _registered_with_key(config.registry.model_name, key)
     if existing is not None:  # a retried task: the candidate is already registered
-        return existing
+        return {**existing, "mlflow_url": version_url(existing["name"], existing["version"]),
+                "mlflow_run_url": run_artifacts_url(existing["run_id"])}
     catalog = load_catalog(catalog_uri)
     result = TrainResult.load(result_file)
     run_id, uris = log_training_run(result, config, catalog, config.registry.experiment,
                                     validation_report, config.registry.artifact_location
                                     or None)
+    origin = origin or {}
+    tag_run(run_id, origin)
     lineage = {"catalog_fingerprint": catalog.fingerprint, "catalog_uri": catalog.uri,
                "config_hash": config.hash, "git_commit": git_commit(), "run_id": run_id,
-               "fusion": config.model.fusion, "train_result_key": key, **(parent_runs or {})}
+               "fusion": config.model.fusion, "train_result_key": key, **origin}
     candidate = register_candidate(config.registry.model_name, uris, lineage)
-    return {"name": candidate.name, "version": candidate.version, "run_id": run_id}
+    describe_version(candidate, review_description(candidate.version, origin))
+    return {"name": candidate.name, "version": candidate.version, "run_id": run_id,
+            "mlflow_url": version_url(candidate.name, candidate.version),
+            "mlflow_run_url": run_artifacts_url(run_id)}
+
+
+def review_description(version: str, origin: dict[str, str]) -> str:
+    """Markdown for the version's description: where it was trained, where to review it."""
+    lines = [f"Candidate v{version}, registered as `challenger`."]
+    if origin.get("airflow.url"):
+        lines.append(f"Trained by Airflow run [{origin.get('airflow.run_id')}]"
+                     f"({origin['airflow.url']}) of `{origin.get('airflow.dag_id')}`.")
+    review = os.environ.get("FUSION_REVIEW_URL", "").rstrip("/")
+    if review:
+        lines.append(f"Review it beside the champion: [search review page]"
+                     f"({review}/?left=champion&right={version}).")
+    lines.append("The gate's gallery, decision and segment table are in the run's "
+                 "`review/` artifacts.")
+    return "\n\n".join(lines)
 
 
 def _training_key(model_dir: str, config: RunConfig) -> str:
@@ -324,11 +355,9 @@ def _evaluate_version(version: str, collection: str, evaluator, config: RunConfi
 def gate(version: str, catalog_uri: str, config_name: str = "default",
          overrides: list[str] | tuple = (), force_promote: bool = False) -> dict:
     """Challenger vs champion (or the zero-shot text baseline) through their collections."""
-    import mlflow
 
-    from fusion_model.benchmark import zero_shot_text
+    from fusion_model.benchmark import zero_shot_rankings
     from fusion_model.gate import decide
-    from fusion_model.registry.gallery import build_gallery
     from fusion_model.registry.registry import CHAMPION, Candidate, get_alias, version_tags
 
     config = _config(config_name, overrides)
@@ -339,24 +368,43 @@ def gate(version: str, catalog_uri: str, config_name: str = "default",
     challenger, challenger_ranks = _evaluate_version(version, tags["milvus_collection"], test,
                                                      config)
     champion = get_alias(name, CHAMPION)
-    rankings = {f"challenger v{version}": challenger_ranks}
     if champion is not None and champion.version != version:
-        champion_tags = version_tags(champion)
-        baseline, champion_ranks = _evaluate_version(champion.version,
-                                                     champion_tags["milvus_collection"], test,
-                                                     config)
         baseline_name = f"champion v{champion.version}"
-        rankings[baseline_name] = champion_ranks
+        baseline, baseline_ranks = _evaluate_version(
+            champion.version, version_tags(champion)["milvus_collection"], test, config)
     else:
-        baseline, baseline_name = zero_shot_text(catalog, config), "zero_shot_text"
+        baseline_name = "zero_shot_text"
+        baseline, baseline_ranks = zero_shot_rankings(catalog, config)
     decision = decide(challenger, baseline, baseline_name, config.gate, force_promote)
-    gallery = build_gallery(dict(zip(test.query_ids, test.query_texts)), rankings, test.qrels,
-                            catalog.products, f"{name} v{version} vs {baseline_name}")
-    with mlflow.start_run(run_id=tags["run_id"]):
-        mlflow.log_text(gallery, "review/gallery.html")
-        mlflow.log_dict(decision.as_dict(), "review/gate_decision.json")
+    _log_review(tags["run_id"], f"{name} v{version} vs {baseline_name}", decision.as_dict(),
+                {f"challenger v{version}": (challenger, challenger_ranks),
+                 baseline_name: (baseline, baseline_ranks)}, test, catalog, config)
     return {**decision.as_dict(), "version": version, "collection": tags["milvus_collection"],
             "challenger": challenger.metrics, "baseline_metrics": baseline.metrics}
+
+
+def _log_review(run_id: str, title: str, decision: dict, models: dict, test, catalog,
+                config: RunConfig) -> None:
+    """The gate's review artifacts on the training run: the gallery (both models' top 10
+    for sample test queries under the decision and metrics), the segment table with the
+    baseline and the difference, and the decision with exact values."""
+    import mlflow
+
+    from fusion_model.registry.gallery import build_gallery, decision_header
+    from fusion_model.registry.tracking import segment_html, segment_table
+
+    metric = config.gate.primary_metric
+    header = decision_header(decision, {label: m[0] for label, m in models.items()}, metric)
+    gallery = build_gallery(dict(zip(test.query_ids, test.query_texts)),
+                            {label: m[1] for label, m in models.items()}, test.qrels,
+                            catalog.products, title, test.min_grade, header)
+    (challenger, _), (baseline, _) = models.values()
+    table = segment_table(challenger, baseline)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_text(gallery, "review/gallery.html")
+        mlflow.log_dict(decision, "review/gate_decision.json")
+        mlflow.log_text(table.to_csv(index=False), "review/segments.csv")
+        mlflow.log_text(segment_html(table), "review/segments.html")
 
 
 def promote_or_reject(version: str, decision: dict, config_name: str = "default",
@@ -364,15 +412,14 @@ def promote_or_reject(version: str, decision: dict, config_name: str = "default"
     """Apply a gate decision. Promote: serving alias -> the verified collection, then
     ``champion`` -> version and the audit record (the alias moves back if MLflow fails).
     Reject: nothing changes but the audit record."""
-    from fusion_model.registry.registry import audit_experiment, candidate_for, record_decision
+    from fusion_model.registry.registry import candidate_for, record_decision
 
     config = _config(config_name, overrides)
     _mlflow(config)
     candidate, tags = candidate_for(config.registry.model_name, version)
-    audit = audit_experiment(config.registry.experiment)
     entry = {**decision, "collection": tags["milvus_collection"]}
     if decision["decision"] != "promote":
-        record_decision(candidate, entry, audit)
+        record_decision(candidate, entry, config.registry)
         return {"promoted": False, "version": version, "reasons": decision["reasons"]}
     previous = _switch_serving(config, candidate, tags["milvus_collection"], entry)
     with open_index(config.index) as index:
@@ -389,7 +436,6 @@ def _switch_serving(config: RunConfig, candidate, collection: str, entry: dict,
     from fusion_model.errors import ServingSwitchError
     from fusion_model.registry.registry import (
         CHAMPION,
-        audit_experiment,
         get_alias,
         record_decision,
         set_alias,
@@ -404,7 +450,7 @@ def _switch_serving(config: RunConfig, candidate, collection: str, entry: dict,
                 tag_version(candidate, version_tags)
             set_alias(candidate, CHAMPION)
             record_decision(candidate, {**entry, "previous_collection": previous},
-                            audit_experiment(config.registry.experiment))
+                            config.registry)
         except Exception as exc:
             restored = _undo_switch(index, config, previous, before, candidate, version_tags)
             raise ServingSwitchError(

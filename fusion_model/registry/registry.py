@@ -14,8 +14,13 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
+from fusion_model import storage
 from fusion_model.errors import UnknownVersionError
+
+if TYPE_CHECKING:
+    from fusion_model.config import RegistryConfig
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,40 @@ def tag_version(candidate: Candidate, tags: dict[str, object]) -> None:
         client.set_model_version_tag(candidate.name, candidate.version, key, text)
         client.set_model_version_tag(query_model_name(candidate.name),
                                      candidate.query_version, key, text)
+
+
+def describe_version(candidate: Candidate, text: str) -> None:
+    """The description MLflow shows on both encoders' version pages (Markdown)."""
+    client = _client()
+    client.update_model_version(candidate.name, candidate.version, description=text)
+    client.update_model_version(query_model_name(candidate.name), candidate.query_version,
+                                description=text)
+
+
+def _ui_base() -> str | None:
+    """The MLflow UI: ``$FUSION_MLFLOW_UI_URL`` (the address people use), else the tracking
+    server's; None for a file or database store (no UI)."""
+    import os
+
+    import mlflow
+
+    base = os.environ.get("FUSION_MLFLOW_UI_URL") or mlflow.get_tracking_uri()
+    return base.rstrip("/") if base.startswith(("http://", "https://")) else None
+
+
+def version_url(name: str, version: str) -> str | None:
+    """The version's page in the MLflow UI (None without a UI)."""
+    base = _ui_base()
+    return f"{base}/#/models/{name}/versions/{version}" if base else None
+
+
+def run_artifacts_url(run_id: str) -> str | None:
+    """The run's artifacts page in the MLflow UI (None without a UI)."""
+    base = _ui_base()
+    if not base:
+        return None
+    experiment = _client().get_run(run_id).info.experiment_id
+    return f"{base}/#/experiments/{experiment}/runs/{run_id}/artifacts"
 
 
 def set_alias(candidate: Candidate, alias: str) -> None:
@@ -131,8 +170,10 @@ def audit_experiment(experiment: str) -> str:
     return f"{experiment}-promotion-audit"
 
 
-def record_decision(candidate: Candidate, decision: dict, experiment: str) -> str:
-    """Tag the version with the decision and log it as an audit run; returns the run id."""
+def record_decision(candidate: Candidate, decision: dict, config: RegistryConfig) -> str:
+    """Tag the version with the decision (metrics rounded for people) and log it as a run
+    of the audit experiment, in the configured artifact store, with the exact values in
+    ``decision.json``; returns the run id."""
     import mlflow
 
     from fusion_model.registry.tracking import experiment_id, log_metrics
@@ -141,8 +182,12 @@ def record_decision(candidate: Candidate, decision: dict, experiment: str) -> st
     entry = {**decision, "model": candidate.name, "version": candidate.version, "time": stamp}
     tag_version(candidate, {"gate.decision": decision["decision"],
                             "gate.reasons": "; ".join(decision.get("reasons", [])),
-                            "gate.time": stamp, "gate.metrics": decision.get("metrics", {})})
-    with mlflow.start_run(experiment_id=experiment_id(experiment),
+                            "gate.time": stamp,
+                            "gate.metrics": rounded(decision.get("metrics", {}))})
+    location = (storage.join(config.artifact_location, "promotion-audit")
+                if config.artifact_location else None)
+    audit = experiment_id(audit_experiment(config.experiment), location)
+    with mlflow.start_run(experiment_id=audit,
                           run_name=f"v{candidate.version}-{decision['decision']}") as run:
         mlflow.set_tags({"model": candidate.name, "version": candidate.version,
                          "decision": decision["decision"], "time": stamp,
@@ -151,6 +196,11 @@ def record_decision(candidate: Candidate, decision: dict, experiment: str) -> st
                      if isinstance(v, int | float)})
         mlflow.log_dict(entry, "decision.json")
     return run.info.run_id
+
+
+def rounded(values: dict, digits: int = 4) -> dict:
+    """Floats rounded for tags people read (the artifacts keep the exact values)."""
+    return {k: round(v, digits) if isinstance(v, float) else v for k, v in values.items()}
 
 
 def promotion_history(name: str, experiment: str) -> list[dict]:

@@ -109,6 +109,14 @@ def git_commit() -> str:
         return os.environ.get("FUSION_GIT_COMMIT") or "unknown"
 
 
+def tag_run(run_id: str, tags: dict[str, str]) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
 def log_training_run(result: TrainResult, config: RunConfig, catalog: Catalog,
                      experiment: str, validation_report: str | None = None,
                      artifact_location: str | None = None) -> tuple[str, dict[str, str]]:
@@ -159,16 +167,47 @@ def _embedding_dim(model_dir: str) -> int:
     return head_class(model["fusion"]).output_dim(model["embed_dim"])
 
 
-def write_segment_table(result: TrainResult, folder: Path) -> None:
+SEGMENT_METRICS = ("recall@10", "recall@100", "ndcg@10", "mrr")
+
+
+def segment_table(result, baseline=None):
+    """One row per segment ("all" first): query count and metrics; with a ``baseline``
+    EvaluationResult also its metrics and the difference (``metric vs baseline``)."""
     import pandas as pd
 
-    rows = [{"segment": "all", **result.test.metrics}]
-    rows += [{"segment": name, **values} for name, values in result.test.segments.items()]
-    table = pd.DataFrame(rows)
-    keep = ["segment", "queries", "recall@10", "recall@100", "ndcg@10", "mrr"]
-    table = table[[c for c in keep if c in table.columns]]
+    def rows_of(evaluation) -> dict[str, dict]:
+        rows = {"all": {**evaluation.metrics, "queries": len(evaluation.per_query)}}
+        return rows | {name: values for name, values in evaluation.segments.items()}
+
+    ours, theirs = rows_of(result), rows_of(baseline) if baseline is not None else {}
+    table = []
+    for segment, values in ours.items():
+        row = {"segment": segment, "queries": int(values.get("queries", 0))}
+        for metric in SEGMENT_METRICS:
+            if metric not in values:
+                continue
+            row[metric] = values[metric]
+            if baseline is not None:
+                other = theirs.get(segment, {}).get(metric)
+                row[f"{metric} baseline"] = other
+                row[f"{metric} vs baseline"] = None if other is None else values[metric] - other
+        table.append(row)
+    return pd.DataFrame(table)
+
+
+def segment_html(table) -> str:
+    """The segment table as HTML: counts as integers, metrics to 4 places, gains signed."""
+    formatters = {column: (lambda v: "-" if v != v or v is None else f"{v:+.4f}")
+                  if column.endswith("vs baseline") else
+                  (lambda v: "-" if v != v or v is None else f"{v:.4f}")
+                  for column in table.columns if column not in ("segment", "queries")}
+    return table.to_html(index=False, formatters=formatters, na_rep="-")
+
+
+def write_segment_table(result: TrainResult, folder: Path) -> None:
+    table = segment_table(result.test)
     table.to_csv(folder / "segments.csv", index=False)
-    (folder / "segments.html").write_text(table.to_html(index=False, float_format="%.4f"))
+    (folder / "segments.html").write_text(segment_html(table))
 
 
 def write_curves(history: list[dict], folder: Path, ks: tuple[int, ...]) -> None:

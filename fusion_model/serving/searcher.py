@@ -71,6 +71,55 @@ def check_request(query: str, k: int) -> str:
     return text
 
 
+class _Pending:
+    def __init__(self, texts: list[str]):
+        self.texts = texts
+        self.vectors: np.ndarray | None = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class BatchingEncoder:
+    """Encodes the queries of concurrent requests together: one encoder run at a time, and
+    whoever runs it takes every request waiting (up to ``max_batch`` texts) along. Alone,
+    a request is encoded at once; under load, one forward pass serves many requests."""
+
+    def __init__(self, encode, max_batch: int = 64):
+        self._encode, self.max_batch = encode, max_batch
+        self._run = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Pending] = []
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        mine = _Pending(texts)
+        with self._queue_lock:
+            self._queue.append(mine)
+        with self._run:
+            while not mine.done:  # a full batch ahead of it may leave it for the next run
+                self._encode_waiting()
+        if mine.error is not None:
+            raise mine.error
+        return mine.vectors
+
+    def _encode_waiting(self) -> None:
+        with self._queue_lock:
+            batch, size = [], 0
+            while self._queue and (not batch or size + len(self._queue[0].texts)
+                                   <= self.max_batch):
+                size += len(self._queue[0].texts)
+                batch.append(self._queue.pop(0))
+        try:
+            vectors = np.asarray(self._encode([t for p in batch for t in p.texts]))
+        except BaseException as error:  # every waiting request gets the error
+            for pending in batch:
+                pending.error, pending.done = error, True
+            return
+        start = 0
+        for pending in batch:
+            pending.vectors = vectors[start:start + len(pending.texts)]
+            pending.done, start = True, start + len(pending.texts)
+
+
 def load_query_encoder(model_name: str, query_version: str):
     """The registered query encoder as a function of a list of texts."""
     import mlflow
@@ -96,7 +145,6 @@ class ChampionSearcher:
         self.problem: str | None = None  # why the last follow() kept (or has) nothing
         self._encoders: dict[str, object] = {}
         self._others: dict[str, Served] = {}
-        self._encode_lock = threading.Lock()
         self._follow_lock = threading.Lock()
 
     @classmethod
@@ -155,7 +203,8 @@ class ChampionSearcher:
     def _load(self, version: str, query_version: str, collection: str) -> Served:
         encode = self._encoders.get(query_version)
         if encode is None:
-            encode = load_query_encoder(self.config.registry.model_name, query_version)
+            encode = BatchingEncoder(load_query_encoder(self.config.registry.model_name,
+                                                        query_version))
             # the champion's and the reviewed versions' encoders; older ones end with
             # their last search
             self._encoders = {**dict(list(self._encoders.items())[-KEEP_OTHERS:]),
@@ -218,8 +267,7 @@ class ChampionSearcher:
         served = self.for_model(model)
         texts = [check_request(q, k) for q in queries]
         expression = to_milvus(filter_text, list(served.filter_fields))
-        with self._encode_lock:
-            vectors = served.encode(texts)
+        vectors = served.encode(texts)
         rows = self.index.search(served.collection, vectors, k, expression,
                                  [*served.filter_fields, *served.display_fields])
         return [SearchResult(hits, served.version, served.collection, expression)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -84,6 +85,29 @@ def test_trigger_form_params_are_described_and_validated(dagbag):
         params.get_param("epochs_stage1").resolve(-1)
     with pytest.raises(ParamValidationError):
         params.get_param("primary_metric").resolve("accuracy")
+
+
+@pytest.mark.parametrize("dag_id", ["multimodal_retrieval_training", "catalog_refresh",
+                                    "data_quality"])
+def test_only_the_catalog_and_config_are_required_in_the_trigger_form(dagbag, dag_id):
+    """The form marks a field required when its type does not allow null."""
+    params = dagbag.dags[dag_id].params
+    for name in params:
+        kinds = params.get_param(name).schema["type"]
+        required = "null" not in (kinds if isinstance(kinds, list) else [kinds])
+        assert required == (name in ("catalog_uri", "config_name")), name
+
+
+def test_guarded_segments_offer_the_configs_segment_names(dagbag):
+    from airflow.sdk.exceptions import ParamValidationError
+    from fusion_platform import segment_names
+
+    param = dagbag.dags["multimodal_retrieval_training"].params.get_param("guarded_segments")
+    assert {"visual_query", "text_only_attribute"} <= set(segment_names())
+    assert param.schema["items"]["enum"] == param.schema["examples"] == segment_names()
+    assert copy.deepcopy(param).resolve(["visual_query"]) == ["visual_query"]
+    with pytest.raises(ParamValidationError):
+        copy.deepcopy(param).resolve(["visual_querry"])  # resolve() keeps the value
 
 
 def test_form_params_override_only_what_the_user_set(dagbag):

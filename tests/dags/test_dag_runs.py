@@ -61,10 +61,20 @@ def platform_state(airflow_home) -> dict:
             "versions": len(versions)}
 
 
+MLFLOW_UI = "http://mlflow.example:5000"
+AIRFLOW_UI = "http://airflow.example:8080"
+
+
 @pytest.fixture(scope="module")
 def first_run(dagbag, s3_catalog, airflow_home):
-    run, states = run_training(dagbag, catalog_uri=s3_catalog["good"], epochs_stage1=3,
-                               epochs_stage2=3)
+    os.environ.update({"FUSION_MLFLOW_UI_URL": MLFLOW_UI, "AIRFLOW__API__BASE_URL": AIRFLOW_UI,
+                       "FUSION_REVIEW_URL": "http://search.example:8080"})
+    try:
+        run, states = run_training(dagbag, catalog_uri=s3_catalog["good"], epochs_stage1=3,
+                                   epochs_stage2=3)
+    finally:
+        for name in ("FUSION_MLFLOW_UI_URL", "AIRFLOW__API__BASE_URL", "FUSION_REVIEW_URL"):
+            del os.environ[name]
     return run, states
 
 
@@ -74,6 +84,31 @@ def test_good_run_trains_registers_indexes_and_promotes(first_run, airflow_home)
     state = platform_state(airflow_home)
     assert state["champion"] == "1" and state["alias"].startswith("products_m1_")
     assert state["count"] == 400
+
+
+def test_mlflow_and_airflow_link_both_ways(first_run, airflow_home):
+    """The version names its Airflow run (tags, description with the run's URL and the
+    review page); the run's tasks link to the MLflow version and its review artifacts."""
+    import mlflow
+    from fusion_platform import MlflowReviewLink, MlflowVersionLink
+
+    run, _ = first_run
+    platform_state(airflow_home)  # points MLflow at the platform's store
+    version = mlflow.MlflowClient().get_model_version("fusion_products", "1")
+    assert version.tags["airflow.dag_id"] == "multimodal_retrieval_training"
+    assert version.tags["airflow.run_id"] == run.run_id
+    assert version.tags["airflow.url"].startswith(f"{AIRFLOW_UI}/dags/multimodal_retrieval_"
+                                                  "training/runs/")
+    assert version.tags["airflow.url"] in version.description
+    assert "http://search.example:8080/?left=champion&right=1" in version.description
+    training_run = mlflow.MlflowClient().get_run(version.tags["run_id"])
+    assert training_run.data.tags["airflow.run_id"] == run.run_id
+    gate = next(ti for ti in run.get_task_instances() if ti.task_id == "gate")
+    assert MlflowVersionLink().get_link(None, ti_key=gate.key) == \
+        f"{MLFLOW_UI}/#/models/fusion_products/versions/1"
+    review = MlflowReviewLink().get_link(None, ti_key=gate.key)
+    assert review.startswith(f"{MLFLOW_UI}/#/experiments/") and review.endswith(
+        f"/runs/{version.tags['run_id']}/artifacts")
 
 
 def test_worse_model_is_rejected_and_nothing_changes(first_run, dagbag, s3_catalog,

@@ -4,6 +4,7 @@ MLflow (SQLite + local artifacts; once with S3 artifacts on moto) and real Milvu
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import mlflow
 import pandas as pd
@@ -72,6 +73,14 @@ def test_first_candidate_beats_zero_shot_and_is_promoted(promoted, platform):
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(tags["run_id"], "review")}
     assert {"review/gallery.html", "review/loss_curve.png", "review/recall_curve.png",
             "review/segments.html", "review/config.yaml"} <= artifacts
+    gallery = mlflow.artifacts.load_text(f"runs:/{tags['run_id']}/review/gallery.html")
+    assert "class='label'>zero_shot_text<" in gallery  # the first model beside the baseline
+    assert "class='label'>challenger v1<" in gallery and "Gate decision: promote" in gallery
+    segments = mlflow.artifacts.load_text(f"runs:/{tags['run_id']}/review/segments.csv")
+    assert "ndcg@10 vs baseline" in segments.splitlines()[0]
+    audit = mlflow.get_experiment_by_name("fusion-model-promotion-audit")
+    assert str(platform["root"] / "artifacts" / "promotion-audit") in audit.artifact_location
+    assert re.fullmatch(r'\{"challenger.*"gain": -?\d\.\d{1,4},.*\}', tags["gate.metrics"])
 
 
 def test_champion_encoders_load_from_the_registry_alone(promoted, monkeypatch, tmp_path):

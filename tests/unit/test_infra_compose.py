@@ -396,3 +396,23 @@ def test_the_locked_celery_provider_imports_with_the_locked_celery():
     from airflow.providers.celery.executors import celery_executor_utils
 
     assert callable(celery_executor_utils.execute_workload)
+
+
+def test_the_search_service_serves_the_champion_of_this_stack(compose):
+    search = compose["services"]["search"]
+    command = " ".join(search["command"])
+    assert search["entrypoint"] == ["fusion-model"] and command.startswith("serve ")
+    assert "--host=0.0.0.0" in command and "index.uri=http://milvus:19530" in command
+    assert "registry.tracking_uri=http://mlflow:5000" in command
+    assert search["image"] == compose["services"]["airflow-worker"]["image"]
+    env = search["environment"]
+    assert env["FUSION_SERVE_TOKEN"] == env_example()["SEARCH_API_SECRET"]
+    assert env["AWS_ENDPOINT_URL_S3"] == env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert {"mlflow", "milvus"} <= set(search["depends_on"])
+    port = search["ports"][0]  # "127.0.0.1:8000:8000", or the CLI's resolved mapping
+    published = port if isinstance(port, str) else \
+        f"{port['host_ip']}:{port['published']}:{port['target']}"
+    assert published == "127.0.0.1:8000:8000"
+    links = compose["services"]["airflow-worker"]["environment"]
+    assert links["FUSION_REVIEW_URL"] == "http://localhost:8000"
+    assert links["FUSION_MLFLOW_UI_URL"] == "http://localhost:5000"

@@ -1,0 +1,280 @@
+"""Load test of ``fusion-model serve`` on loopback: concurrent clients, latency, errors,
+and a forced promotion in the middle of the run.
+
+    python benchmarks/serve_load.py [--products 100000] [--clients 32] [--seconds 30]
+        [--backends lite,standalone] [--work-dir DIR]
+
+Set-up (cached in ``--work-dir``): a ``fast``-config champion v1 and a second version v2
+trained on a small synthetic catalog (real MiniLM query tower, OpenVINO engine), so that
+query encoding costs what it costs in production. For each backend, 100,000 products
+(synthetic titles and attributes; vectors: the index benchmark's real MiniLM product
+vectors through a fixed random projection to the model's 256 dimensions) are written into
+one collection per version, recorded on the versions, and the serving alias points at
+v1's. ``fusion-model serve`` then runs as its own process against the backend: Milvus Lite
+through ``milvus-lite server`` (Milvus Lite allows one process per file) and the real
+Milvus standalone server. Each backend gets a 1-client run (latency without queueing),
+then ``--clients`` concurrent clients (asyncio + httpx, one process) for ``--seconds``;
+halfway through, v2 is promoted (serving alias, then the champion alias) and the service
+must follow it with 0 failed requests. Latency is measured at the client: HTTP, query
+encoding, ANN search and the product metadata (title, attributes, photo URL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from index_bench import bench_data  # noqa: E402
+
+from fusion_model.data.synthetic import (  # noqa: E402
+    TextNoise,
+    generate_synthetic_catalog,
+    sample_products,
+)
+from fusion_model.index import milvus  # noqa: E402
+from fusion_model.index.standalone import lite_server, standalone_server  # noqa: E402
+
+log = logging.getLogger("serve_load")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+BATCH = 2000
+
+
+def overrides(work: Path, uri: str) -> list[str]:
+    return [f"train.cache_dir={work / 'cache'}", f"index.uri={uri}",
+            f"registry.tracking_uri=sqlite:///{work / 'mlflow.db'}",
+            f"registry.artifact_location={work / 'artifacts'}", "index.keep_collections=20",
+            "train.stage1.epochs=1", "train.stage2.epochs=1"]
+
+
+def fusion_model(*argv: str, log_file: Path) -> None:
+    with log_file.open("a") as out:
+        subprocess.run([str(Path(sys.executable).with_name("fusion-model")), *argv],
+                       stdout=out, stderr=subprocess.STDOUT, check=True)
+
+
+def trained_versions(work: Path) -> None:
+    """v1 (champion) and v2 on a 300-product catalog, once per work dir."""
+    if (work / "versions.done").exists():
+        return
+    catalog = generate_synthetic_catalog(str(work / "catalog"), n_products=300,
+                                         n_queries=60, seed=1, progress=False)
+    lite = str(work / "setup-milvus.db")
+    for version, seed in (("v1", 0), ("v2", 1)):
+        log.info("training %s (fast config; a few minutes)", version)
+        fusion_model("lifecycle", "--catalog", catalog, "--work-dir", str(work / version),
+                     "--config", "fast", "--force-promote", *overrides(work, lite),
+                     f"train.seed={seed}", log_file=work / "setup.log")
+    (work / "versions.done").touch()
+
+
+def load_collections(work: Path, uri: str, products: int, data: dict, tag: str) -> None:
+    """100k-product collections for v1 and v2 on ``uri``, recorded on the versions; the
+    serving alias and the champion at v1."""
+    from fusion_model.config import load_config
+    from fusion_model.registry import registry
+    from fusion_model.registry.tracking import configure
+
+    config = load_config("fast", overrides(work, uri))
+    configure(config.registry.resolved_tracking_uri())
+    rng = np.random.default_rng(0)
+    frame = sample_products(products, rng, TextNoise())
+    photos = sorted(str(p) for p in (work / "catalog" / "images").glob("*.jpg"))
+    projection = np.linalg.qr(rng.standard_normal((data["vectors"].shape[1], 256)))[0]
+    vectors = data["vectors"] @ projection
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    fields = ["category", "colour", "gender", "title", "image_uri"]
+    frame["image_uri"] = [photos[i % len(photos)] for i in range(products)]
+    with milvus.MilvusIndex.open(uri) as index:
+        for version in ("1", "2"):
+            name = f"products_m{version}_load{products}_{tag}"
+            if not index.has_collection(name) or index.count(name) != products:
+                log.info("writing %s (%d products)", name, products)
+                index.create_collection(name, 256, fields, "HNSW", "IP")
+                for start in range(0, products, BATCH):
+                    rows = slice(start, start + BATCH)
+                    index.upsert_rows(name, frame["product_id"][rows].tolist(),
+                                      vectors[rows], ["load"] * len(frame[rows]),
+                                      {f: frame[f][rows].tolist() for f in fields})
+                index.count(name)
+            candidate, _ = registry.candidate_for(config.registry.model_name, version)
+            registry.tag_version(candidate, {"milvus_collection": name})
+        index.point_alias(config.index.alias, f"products_m1_load{products}_{tag}")
+    registry.set_alias(registry.candidate_for(config.registry.model_name, "1")[0],
+                       registry.CHAMPION)
+
+
+def backend(kind: str, work: Path):
+    """A Milvus URI that several processes can share."""
+    if kind == "standalone":
+        return standalone_server(work / "standalone")
+    if kind == "lite":
+        return lite_server(work / "lite")
+    raise SystemExit(f"unknown backend {kind!r}: lite or standalone")
+
+
+@contextlib.contextmanager
+def service(work: Path, uri: str, log_file: Path):
+    import httpx
+
+    port = free_port()
+    with log_file.open("w") as out:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("fusion-model")), "serve", "--port", str(port),
+             "--no-access-log", "--follow-interval", "1", "--config", "fast",
+             *overrides(work, uri)], stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"fusion-model serve did not get ready; see {log_file}")
+            time.sleep(1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+async def run_clients(url: str, queries: list[str], clients: int, seconds: float,
+                      at_half=None) -> list[tuple[float, float, int, str]]:
+    """(start, latency s, status, version) per request from ``clients`` closed loops."""
+    import httpx
+
+    records: list[tuple[float, float, int, str]] = []
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+        async def client(number: int) -> None:
+            i = number
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                try:
+                    response = await http.get("/search", params={"q": queries[i % len(queries)],
+                                                                 "k": 10})
+                    version = response.json().get("version", "") if response.status_code == 200 \
+                        else response.text[:200]
+                    status = response.status_code
+                except httpx.HTTPError as error:
+                    status, version = 0, f"{type(error).__name__}: {error}"
+                records.append((started, time.perf_counter() - started, status, version))
+                i += clients
+
+        if at_half is not None:
+            asyncio.get_running_loop().call_later(seconds / 2, lambda: threading.Thread(
+                target=at_half, daemon=True).start())
+        await asyncio.gather(*(client(n) for n in range(clients)))
+    return records
+
+
+def promote_v2(work: Path, uri: str, when: list) -> None:
+    from fusion_model.pipelines import steps
+
+    when.append(time.perf_counter())
+    steps.promote_or_reject("2", {"decision": "promote", "reasons": ["load test"],
+                                  "metrics": {}}, "fast", overrides(work, uri))
+    when.append(time.perf_counter())
+
+
+def summary(records: list, seconds: float) -> dict[str, float]:
+    latencies = np.array([r[1] for r in records]) * 1000
+    ok = [r for r in records if r[2] == 200]
+    return {"requests": len(records), "requests/s": len(records) / seconds,
+            "p50 ms": float(np.percentile(latencies, 50)),
+            "p95 ms": float(np.percentile(latencies, 95)),
+            "p99 ms": float(np.percentile(latencies, 99)),
+            "errors": len(records) - len(ok)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--products", type=int, default=100_000)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--backends", default="lite,standalone")
+    parser.add_argument("--work-dir", type=Path,
+                        default=Path.home() / ".cache" / "fusion-model" / "serve-load")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    trained_versions(args.work_dir)
+    data = bench_data(args.products, 1000, Path.home() / ".cache" / "fusion-model" /
+                      "index-bench")
+    queries = [q["text"] for q in _query_texts(args.products)]
+    rows: dict[str, dict[str, dict[str, float]]] = {}
+    load_before = os.getloadavg()[0]
+    for kind in args.backends.split(","):
+        with backend(kind, args.work_dir / "run") as uri:
+            load_collections(args.work_dir, uri, args.products, data, kind)
+            with service(args.work_dir, uri, args.work_dir / f"serve-{kind}.log") as url:
+                asyncio.run(run_clients(url, queries, 1, 3))  # warm up
+                single = asyncio.run(run_clients(url, queries, 1, 10))
+                when: list[float] = []
+                loaded = asyncio.run(run_clients(
+                    url, queries, args.clients, args.seconds,
+                    at_half=functools.partial(promote_v2, args.work_dir, uri, when)))
+        swap = [r for r in loaded if when and r[0] >= when[0]]
+        versions = {r[3] for r in loaded if r[2] == 200}
+        rows[kind] = {"1 client": summary(single, 10),
+                      f"{args.clients} clients": summary(loaded, args.seconds)}
+        rows[kind]["promotion"] = {"errors": sum(r[2] != 200 for r in swap),
+                                   "requests": len(swap),
+                                   "versions served": float(len(versions)),
+                                   "swap s": _swap_seconds(loaded, when)}
+        failed = [r for r in loaded if r[2] != 200][:3]
+        if failed:
+            log.warning("%s: failed requests, e.g. %s", kind, failed)
+    print(f"products={args.products:,} clients={args.clients} seconds={args.seconds:g} "
+          f"load before {load_before:.2f}, after {os.getloadavg()[0]:.2f}")
+    print_table(rows)
+
+
+def _swap_seconds(records: list, when: list[float]) -> float:
+    """Seconds from the start of the promotion to the first answer from v2 (nan: none)."""
+    first = [r[0] + r[1] for r in records if r[2] == 200 and r[3] == "2"]
+    return min(first) - when[0] if first and when else float("nan")
+
+
+def _query_texts(products: int) -> list[dict]:
+    from fusion_model.data.synthetic import sample_queries
+
+    rng = np.random.default_rng(0)
+    frame = sample_products(products, rng, TextNoise())
+    return sample_queries(frame, 1000, rng)
+
+
+def print_table(rows: dict[str, dict[str, dict[str, float]]]) -> None:
+    kinds = list(rows)
+    measures = [(run, m) for run in rows[kinds[0]] for m in rows[kinds[0]][run]]
+    print(f"{'run':<14}{'measure':<14}" + "".join(f"{k:>14}" for k in kinds))
+    for run, measure in measures:
+        print(f"{run:<14}{measure:<14}" + "".join(f"{rows[k][run][measure]:>14.4g}"
+                                                   for k in kinds))
+
+
+if __name__ == "__main__":
+    main()
