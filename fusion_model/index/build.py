@@ -46,11 +46,25 @@ def product_hashes(catalog: Catalog, fields: list[str]) -> list[str]:
 DISPLAY_FIELDS = ("title", "image_uri")  # stored for search results, not filterable
 
 
+def attribute_fields(catalog: Catalog, config: IndexConfig) -> list[str]:
+    """The filterable attributes the catalog has (part of the content hash)."""
+    return [f for f in config.attribute_fields if f in catalog.products.columns]
+
+
 def stored_fields(catalog: Catalog, config: IndexConfig) -> list[str]:
     """The product columns a collection stores beside the vector: the filterable
-    attributes, then what a search result shows (title, photo URI)."""
-    wanted = [*config.attribute_fields, *DISPLAY_FIELDS]
+    attributes, then what a search result shows (title, photo URI). The display fields
+    are not hashed: a snapshot in a new folder moves every photo URI, not the content."""
+    wanted = [*attribute_fields(catalog, config), *DISPLAY_FIELDS]
     return [f for f in dict.fromkeys(wanted) if f in catalog.products.columns]
+
+
+def display_values(catalog: Catalog, ids: set[str]) -> dict[str, dict[str, object]]:
+    """product_id -> this snapshot's title and photo URI, for rows copied unchanged."""
+    columns = [f for f in DISPLAY_FIELDS if f in catalog.products.columns]
+    rows = catalog.products[catalog.products["product_id"].isin(ids)]
+    return {pid: dict(zip(columns, values)) for pid, *values in
+            zip(rows["product_id"], *(rows[c] for c in columns))}
 
 
 def write_catalog(model: TwoTower, catalog: Catalog, index: VectorIndex, name: str,
@@ -68,7 +82,7 @@ def write_catalog(model: TwoTower, catalog: Catalog, index: VectorIndex, name: s
     fields = stored_fields(catalog, config)
     index.create_collection(name, model.embedding_dim, fields, config.index_type,
                             config.metric)
-    hashes = hashes or product_hashes(catalog, fields)
+    hashes = hashes or product_hashes(catalog, attribute_fields(catalog, config))
     existing = index.existing_hashes(name)
     ids = catalog.products["product_id"].tolist()
     todo = [i for i, pid in enumerate(ids) if existing.get(pid) != hashes[i]]
@@ -151,13 +165,14 @@ def refresh_serving(model: TwoTower, catalog: Catalog, config: IndexConfig, vers
             log.info("%s already holds this snapshot; nothing to refresh", serving)
             return IndexResult(serving, 0, len(ids), 0, len(existing), verified=True)
         fields = stored_fields(catalog, config)
-        hashes = product_hashes(catalog, fields)
+        hashes = product_hashes(catalog, attribute_fields(catalog, config))
         index.create_collection(target, model.embedding_dim, fields, config.index_type,
                                 config.metric)
         done = index.existing_hashes(target)  # a rerun continues a half-done target
         unchanged = {pid for pid, h in zip(ids, hashes)
                      if existing.get(pid) == h and done.get(pid) != h}
-        copied = index.copy_rows(serving, target, unchanged, fields)
+        copied = index.copy_rows(serving, target, unchanged, fields,
+                                 display_values(catalog, unchanged))
         log.info("refresh %s -> %s: %d unchanged rows copied, %d products dropped", serving,
                  target, copied, removed)
         result = write_catalog(model, catalog, index, target, config, cache_dir, progress,

@@ -249,19 +249,23 @@ class MilvusIndex:
         return found
 
     def copy_rows(self, source: str, target: str, keep_ids: set[str],
-                  fields: list[str]) -> int:
+                  fields: list[str], replace: dict[str, dict] | None = None) -> int:
         """Copy the rows of ``keep_ids`` (vector, content hash, ``fields``) from ``source``
-        into ``target``; returns how many were copied. Idempotent (upserts)."""
+        into ``target``, with the values in ``replace`` (product_id -> {field: value})
+        instead of the stored ones; returns how many were copied. Idempotent (upserts)."""
         self._catch_up(source)
         available = set(self.fields(source))
         wanted = ["product_id", "vector", "content_hash",
                   *[f for f in fields if f in available]]
         iterator = self.client.query_iterator(source, batch_size=QUERY_PAGE // 4, filter="",
                                               output_fields=wanted, **STRONG)
+        replace = replace or {}
         copied = 0
         try:
             while batch := iterator.next():
                 rows = [{**{f: "" for f in fields}, **{k: row[k] for k in wanted},
+                         **{f: _text(v) for f, v in replace.get(row["product_id"], {}).items()
+                            if f in fields},
                          "vector": [float(x) for x in row["vector"]]}
                         for row in batch if row["product_id"] in keep_ids]
                 if rows:

@@ -153,6 +153,10 @@ def test_incremental_refresh_of_the_serving_collection(promoted, platform, tmp_p
     write_catalog(str(snapshot), products, catalog.queries, kept)
     result = steps.refresh(str(snapshot), "fast", platform["overrides"])
     assert (result["written"], result["deleted"], result["count"]) == (1, 1, 499)
+    # rows copied unchanged show this snapshot's photo paths (not hashed: the folder moved)
+    hits = steps.search("red shirt", k=30, config_name="fast", overrides=platform["overrides"])
+    photos = [hit["image_uri"] for hit in hits if hit["image_uri"]]
+    assert photos and all(p.startswith(str(snapshot)) for p in photos), photos[:3]
 
 
 def test_registry_with_s3_artifacts(synthetic_catalog, s3_bucket, s3_server,
