@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from fusion_model.cli import main
@@ -23,8 +25,9 @@ def test_lifecycle_search_refresh_rollback(synthetic_catalog, tmp_path, capsys):
     assert "serving alias -> products_m2_" in out
     assert main(["search", "red striped shirt", "-k", "3", "--filter", 'category == "shirt"',
                  "--config", "tiny", *overrides]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 3 and all("category=shirt" in line for line in lines)
+    lines = capsys.readouterr().out.strip().splitlines()  # two lines per hit
+    assert len(lines) == 6 and all(re.match(r"\s*\d\. P\d+ ", line) for line in lines[::2])
+    assert all("category=shirt" in line for line in lines[1::2])
     assert main(["refresh", "--catalog", str(synthetic_catalog), "--config", "tiny",
                  *overrides]) == 0
     assert "0 embedded, 0 deleted, 300 unchanged" in capsys.readouterr().out
