@@ -65,6 +65,7 @@ def test_a_users_filter_matches_values_with_quotes_exactly(index_uri):
         index.create_collection("quotes_m1_abc", 4, ["category"], index_type="FLAT")
         index.upsert_rows("quotes_m1_abc", [f"p{i}" for i in range(4)],
                           np.eye(4, dtype=np.float32), ["h"] * 4, {"category": values})
+        assert index.count("quotes_m1_abc") == 4  # a server's searches are bounded-stale
         for value in values:
             typed = "category == '" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
             hits = index.search("quotes_m1_abc", np.ones((1, 4), np.float32), 4,
