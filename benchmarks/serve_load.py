@@ -115,6 +115,7 @@ def load_collections(work: Path, uri: str, products: int, data: dict, tag: str) 
                                       vectors[rows], ["load"] * len(frame[rows]),
                                       {f: frame[f][rows].tolist() for f in fields})
                 index.count(name)
+            index.wait_until_indexed(name, timeout=900)
             candidate, _ = registry.candidate_for(config.registry.model_name, version)
             registry.tag_version(candidate, {"milvus_collection": name})
         index.point_alias(config.index.alias, f"products_m1_load{products}_{tag}")

@@ -112,6 +112,7 @@ def verify(index: VectorIndex, name: str, expected_ids: list[str], samples: int,
     if found != len(expected_ids):
         raise milvus.MilvusIndexError(f"{name}: holds {found} products, the catalog has "
                                       f"{len(expected_ids)}; not safe to serve")
+    index.wait_until_indexed(name)  # serve it indexed, not scanned
     rng = np.random.default_rng(seed)
     picked = [expected_ids[i] for i in rng.choice(len(expected_ids),
                                                   min(samples, len(expected_ids)),

@@ -60,3 +60,32 @@ def test_a_second_standalone_server_is_refused_with_the_reason(tmp_path, monkeyp
     with pytest.raises(standalone.StandaloneServerError, match=r"2380 is in use.*stop it"):
         server.__enter__()
     assert not (tmp_path / "milvus-server.log").exists()
+
+
+class _IndexingClient:
+    """describe_index answers from a script: pending rows until the last state."""
+
+    def __init__(self, states: list[dict]):
+        self.states = states
+        self.calls = 0
+
+    def list_aliases(self, *args, **kwargs):
+        return {"aliases": []}
+
+    def describe_index(self, name, field):
+        state = self.states[min(self.calls, len(self.states) - 1)]
+        self.calls += 1
+        return state
+
+
+def test_verification_waits_for_the_vector_index_to_cover_every_row(caplog):
+    from fusion_model.index.milvus import MilvusIndex
+
+    building = {"total_rows": 100, "indexed_rows": 40, "pending_index_rows": 60}
+    done = {"total_rows": 100, "indexed_rows": 100, "pending_index_rows": 0}
+    client = _IndexingClient([building, building, done])
+    assert MilvusIndex(client).wait_until_indexed("c", timeout=5, every=0.01) is True
+    assert client.calls == 3
+    stuck = _IndexingClient([building])
+    assert MilvusIndex(stuck).wait_until_indexed("c", timeout=0.05, every=0.01) is False
+    assert "40 of 100 rows indexed" in caplog.text
