@@ -27,6 +27,7 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -125,7 +126,8 @@ def load_collections(work: Path, uri: str, products: int, data: dict, tag: str) 
 
 def backend(kind: str, work: Path):
     """A Milvus URI that several processes can share."""
-    if kind == "standalone":
+    if kind == "standalone":  # fresh: milvus-server 2.3 restarted on old data lost its
+        shutil.rmtree(work / "standalone", ignore_errors=True)  # data node (flush failed)
         return standalone_server(work / "standalone")
     if kind == "lite":
         return lite_server(work / "lite")
