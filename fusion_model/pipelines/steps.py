@@ -355,7 +355,6 @@ def _evaluate_version(version: str, collection: str, evaluator, config: RunConfi
 def gate(version: str, catalog_uri: str, config_name: str = "default",
          overrides: list[str] | tuple = (), force_promote: bool = False) -> dict:
     """Challenger vs champion (or the zero-shot text baseline) through their collections."""
-
     from fusion_model.benchmark import zero_shot_rankings
     from fusion_model.gate import decide
     from fusion_model.registry.registry import CHAMPION, Candidate, get_alias, version_tags
@@ -552,7 +551,7 @@ def search(text: str | list[str], k: int = 10, filter_expr: str = "",
     from fusion_model.serving.searcher import ChampionSearcher, check_request
 
     texts = [text] if isinstance(text, str) else list(text)
-    for query in texts or [""]:
+    for query in texts or [""]:  # before loading the encoder (seconds) for a bad request
         check_request(query, k)
     with ChampionSearcher.open(_config(config_name, overrides)) as searcher:
         results = searcher.search_many(texts, k, filter_expr)
@@ -585,9 +584,3 @@ def status(config_name: str = "default", overrides: list[str] | tuple = (),
             "serving": None if target == config.index.alias else target,
             "collections": sorted(ours), "orphans": orphans,
             "history": history[-last:]}
-
-
-def _champion_tags(config: RunConfig, champion) -> tuple:
-    from fusion_model.registry.registry import candidate_for
-
-    return candidate_for(config.registry.model_name, champion.version)

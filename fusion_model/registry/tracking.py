@@ -197,9 +197,10 @@ def segment_table(result, baseline=None):
 
 def segment_html(table) -> str:
     """The segment table as HTML: counts as integers, metrics to 4 places, gains signed."""
-    formatters = {column: (lambda v: "-" if v != v or v is None else f"{v:+.4f}")
-                  if column.endswith("vs baseline") else
-                  (lambda v: "-" if v != v or v is None else f"{v:.4f}")
+    def number(spec: str):
+        return lambda v: "-" if v is None or v != v else format(v, spec)
+
+    formatters = {column: number("+.4f" if column.endswith("vs baseline") else ".4f")
                   for column in table.columns if column not in ("segment", "queries")}
     return table.to_html(index=False, formatters=formatters, na_rep="-")
 

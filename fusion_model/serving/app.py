@@ -26,6 +26,7 @@ import time
 from importlib import resources
 from urllib.parse import quote
 
+from fusion_model import storage
 from fusion_model.errors import (
     BadInputError,
     FusionModelError,
@@ -171,7 +172,7 @@ def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
             return JSONResponse({"error": f"product {product_id!r} has no photo in "
                                           f"{searcher.for_model(model).collection}"}, 404)
         try:
-            photo = _read_photo(uri)
+            photo = storage.read_bytes(uri)
         except (OSError, StorageError) as error:
             log.warning("photo of %s: %s", product_id, error)
             return JSONResponse({"error": f"the photo of {product_id!r} cannot be read "
@@ -224,12 +225,6 @@ def _hit(hit: dict, version: str) -> dict:
     shown["image_url"] = (f"/products/{quote(hit['product_id'], safe='')}/image"
                           f"?model={version}" if hit.get("image_uri") else None)
     return shown
-
-
-def _read_photo(uri: str) -> bytes:
-    from fusion_model import storage
-
-    return storage.storage_for(uri).read_bytes(uri)
 
 
 def _versions(searcher: ChampionSearcher) -> dict:

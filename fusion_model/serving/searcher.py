@@ -15,8 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,7 +45,6 @@ class Served:
     encode: object  # list[str] -> (N, dim) float32
     filter_fields: tuple[str, ...]
     display_fields: tuple[str, ...]
-    loaded_at: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,6 @@ class SearchResult:
     hits: list[dict]
     version: str
     collection: str
-    filter_expr: str
 
 
 def check_request(query: str, k: int) -> str:
@@ -270,8 +267,7 @@ class ChampionSearcher:
         vectors = served.encode(texts)
         rows = self.index.search(served.collection, vectors, k, expression,
                                  [*served.filter_fields, *served.display_fields])
-        return [SearchResult(hits, served.version, served.collection, expression)
-                for hits in rows]
+        return [SearchResult(hits, served.version, served.collection) for hits in rows]
 
     def image_uri(self, product_id: str, model: str | None = None) -> str | None:
         """The photo URI stored for ``product_id`` in the model's collection (None when
