@@ -6,8 +6,9 @@ Endpoints (JSON unless said otherwise):
   and ``image_url``; ``model`` is ``champion`` (default), ``challenger`` or a version.
 - ``GET /products/{id}/image?model=``: the product's photo, from local disk or S3.
 - ``GET /versions``: champion, challenger and what is served, for the review page.
-- ``GET /healthz`` (the process answers), ``GET /readyz`` (a champion is loaded and is the
-  one the serving alias points at), ``GET /metrics`` (Prometheus text format).
+- ``GET /healthz`` (the process answers), ``GET /readyz`` (a champion is loaded; a later
+  champion that is not yet the alias target is reported in ``problem``), ``GET /metrics``
+  (Prometheus text format).
 - ``GET /``: the review page (a search box, photo grids, two models side by side).
 
 A bad query, ``k`` or filter is a 400 with a message; no champion, or one that is not
