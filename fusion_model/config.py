@@ -68,6 +68,8 @@ class StageConfig:
     batch_size: int = 128
     lr: float = 1e-3                 # heads, projections, fusion
     encoder_lr: float = 2e-5         # fine-tuned encoder layers
+    new_layer_lr: float = 0.0        # stage 2: layers stage 1 did not train (image projection,
+                                     # fusion network, query image half); 0 = ``lr``
     positives_per_query: int = 8     # positive products sampled per train query per epoch
     hard_negatives: int = 0          # mined hard negatives per query (0 = in-batch only)
     patience: int = 2                # epochs without val improvement before stopping
@@ -353,8 +355,8 @@ def validate(config: RunConfig) -> None:
             (stage.epochs >= 0, f"train.{stage_name}.epochs must be >= 0"),
             (stage.batch_size >= 2, f"train.{stage_name}.batch_size must be >= 2 "
                                     "(in-batch negatives need company)"),
-            (stage.lr > 0 and stage.encoder_lr >= 0, f"train.{stage_name} learning rates "
-                                                     "must be positive"),
+            (stage.lr > 0 and stage.encoder_lr >= 0 and stage.new_layer_lr >= 0,
+             f"train.{stage_name} learning rates must be positive"),
             (stage.positives_per_query >= 1, f"train.{stage_name}.positives_per_query >= 1"),
             (stage.hard_negatives >= 0, f"train.{stage_name}.hard_negatives must be >= 0"),
         ]

@@ -85,6 +85,12 @@ class TwoTower(nn.Module):
                              self.loss.log_scale]
         raise ValueError(f"stage must be 1 or 2, got {stage}")
 
+    def split_stage1_trained(self, params: list[nn.Parameter]
+                             ) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """``params`` split into (those stage 1 trains, the rest: new in stage 2)."""
+        stage1 = {id(p) for name, p in self.named_parameters() if name.startswith(STAGE1_STATE)}
+        return [p for p in params if id(p) in stage1], [p for p in params if id(p) not in stage1]
+
     def stage1_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if k.startswith(STAGE1_STATE)}
 

@@ -297,6 +297,10 @@ class Trainer:
             return
         started = time.perf_counter()
         groups = [{"params": head_params, "lr": stage.lr}]
+        if stage.new_layer_lr > 0:
+            aligned, new = self.model.split_stage1_trained(head_params)
+            groups = [g for g in ({"params": aligned, "lr": stage.lr},
+                                  {"params": new, "lr": stage.new_layer_lr}) if g["params"]]
         if encoder_params and stage.encoder_lr > 0:
             groups.append({"params": encoder_params, "lr": stage.encoder_lr})
         for group in groups:

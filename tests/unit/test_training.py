@@ -247,3 +247,30 @@ def test_stage2_refuses_a_stage1_model_of_another_shape(catalog, tmp_path):
     wider = load_config("tiny", [*overrides, "model.embed_dim=32"])
     with pytest.raises(StageCheckpointError, match="with another shape, e.g. .*proj.weight"):
         train(catalog, wider, tmp_path / "s2", progress=False, stage1_from=stage1.model_dir)
+
+
+def test_stage2_gives_the_layers_stage1_did_not_train_their_own_learning_rate(
+        catalog, tmp_path, monkeypatch):
+    optimizers = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def __init__(self, groups, **kwargs):
+            super().__init__(groups, **kwargs)
+            optimizers.append(self)
+
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    config = load_config("tiny", [f"train.cache_dir={tmp_path / 'cache'}", "train.stage1.epochs=1",
+                                  "train.stage2.epochs=1", "train.stage2.lr=0.002",
+                                  "train.stage2.new_layer_lr=0.03"])
+    trainer = Trainer(catalog, config, tmp_path / "run", progress=False)
+    trainer.prepare()
+    trainer.run_stage1()
+    trainer.run_stage2()
+    stage1, stage2 = optimizers
+    assert {g["base_lr"] for g in stage1.param_groups} == {config.train.stage1.lr,
+                                                           config.train.stage1.encoder_lr}
+    lr_of = {id(p): g["base_lr"] for g in stage2.param_groups for p in g["params"]}
+    head = trainer.model.product_head
+    assert lr_of[id(head.text_proj.weight)] == lr_of[id(trainer.model.query_head.proj.weight)] \
+        == 0.002
+    assert lr_of[id(head.image_proj.weight)] == lr_of[id(head.gate[0].weight)] == 0.03
