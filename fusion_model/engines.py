@@ -293,18 +293,20 @@ class FrozenTowers:
                                                    self.config.text.query_max_length))
 
     def _product_example(self, images: list) -> Inputs:
-        return self._product_inputs(["a red cotton shirt", "blue"], images)
+        return dict(self.model.text.tokenize(["a red cotton shirt", "blue"])) | \
+            self._image_inputs(images)
 
-    def _product_inputs(self, texts: list[str], images: list) -> Inputs:
-        inputs = dict(self.model.text.tokenize(texts))
+    def _image_inputs(self, images: list) -> Inputs:
+        """``pixels`` (preprocessed, NCHW as the converted graph takes them) and
+        ``present``."""
         image = self.model.image
-        if image is not None:
-            size = image.image_size
-            filled = [img if img is not None else np.zeros((size, size, 3), np.uint8)
-                      for img in images]
-            inputs["pixels"] = image.preprocess(filled).contiguous()
-            inputs["present"] = torch.tensor([img is not None for img in images])
-        return inputs
+        if image is None:
+            return {}
+        size = image.image_size
+        filled = [img if img is not None else np.zeros((size, size, 3), np.uint8)
+                  for img in images]
+        return {"pixels": image.preprocess(filled, channels_last=False),
+                "present": torch.tensor([img is not None for img in images])}
 
     @torch.no_grad()
     def embed_queries(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
@@ -321,11 +323,22 @@ class FrozenTowers:
                        ) -> torch.Tensor:
         if self.engine == "torch":
             return self.model.embed_products(texts, images)
+        if not texts:
+            return torch.empty(0, self.embedding_dim)
         tower = self.product_tower()
-        out = [tower(self._product_inputs(texts[start:start + PRODUCT_CHUNK],
-                                          images[start:start + PRODUCT_CHUNK]))
-               for start in range(0, len(texts), PRODUCT_CHUNK)]
-        return torch.cat(out) if out else torch.empty(0, self.embedding_dim)
+        tokens = dict(self.model.text.tokenize(texts))
+        lengths = tokens["attention_mask"].sum(dim=1)
+        # chunks of similar length, each cut to its own longest text: less padding to run
+        order = torch.argsort(lengths, descending=True, stable=True)
+        out = torch.empty(len(texts), self.embedding_dim)
+        right_padded = getattr(self.model.text.tokenizer, "padding_side", "right") == "right"
+        full = tokens["attention_mask"].shape[1]
+        for chunk in order.split(PRODUCT_CHUNK):
+            width = int(lengths[chunk].max()) if right_padded else full
+            inputs = {name: ids[chunk, :width] for name, ids in tokens.items()}
+            inputs |= self._image_inputs([images[i] for i in chunk.tolist()])
+            out[chunk] = tower(inputs)
+        return out
 
 
 def towers_for(model: nn.Module, engine: str | None = None,

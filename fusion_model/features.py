@@ -220,10 +220,11 @@ def _cached_bottoms(encoder, uris: list[str], keys: list[str], cache_root: str,
     bottom = functools.cache(
         lambda: engines.image_bottom(encoder, engine, precision, cache_root))
     histograms_seen: dict[str, torch.Tensor] = {}
+    channels_last = engines.resolve_engine(engine) == "torch"  # a converted graph: NCHW
 
     def compute(indices: list[int]) -> Batch:
         pixels = encoder.preprocess(load_images([uris[i] for i in indices],
-                                                encoder.image_size))
+                                                encoder.image_size), channels_last)
         features = bottom()({"pixels": pixels})
         if colour:
             histograms = encoder.colour_bottom(pixels, tuple(features.shape[-2:]))

@@ -69,6 +69,10 @@ def test_towers_agree_with_pytorch(tmp_path, precision, floor):
                       reference.embed_products(TEXTS, images)) >= floor
     assert min_cosine(converted.embed_products(TEXTS[:1], images[:1]),
                       reference.embed_products(TEXTS[:1], images[:1])) >= floor
+    # several chunks, sorted by text length and cut to each chunk's longest text
+    texts = [f"{text}{' and more' * (i % 7)}" for i, text in enumerate(TEXTS * 10)]
+    assert min_cosine(converted.embed_products(texts, images * 10),
+                      reference.embed_products(texts, images * 10)) >= floor
 
 
 def test_packaged_encoders_agree_with_pytorch(tmp_path):
