@@ -13,8 +13,10 @@ METRICS = ("recall@10", "recall@100", "ndcg@10", "mrr")
 
 def table(report: dict) -> str:
     base = report["models"].get("text_only", {}).get("ndcg@10")
-    lines = ["| model | " + " | ".join(METRICS) + " | nDCG@10 vs text_only | train s |",
-             "|---" * (len(METRICS) + 3) + "|"]
+    seeded = any("seeds" in entry for entry in report["models"].values())
+    extra = " nDCG@10 per seed (sd) |" if seeded else ""
+    lines = ["| model | " + " | ".join(METRICS) + f" | nDCG@10 vs text_only |{extra} train s |",
+             "|---" * (len(METRICS) + 3 + seeded) + "|"]
     for name, entry in report["models"].items():
         cells = [f"{entry[m]:.4f} [{entry['ci95'][m]['low']:.3f}, {entry['ci95'][m]['high']:.3f}]"
                  for m in METRICS]
@@ -23,7 +25,10 @@ def table(report: dict) -> str:
         if delta and base:
             star = "*" if delta["low"] > 0 else ""
             gain = f"{delta['mean']:+.4f}{star} ({delta['mean'] / base:+.1%})"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {gain} | "
+        spread = entry.get("seeds", {}).get("ndcg@10")
+        per_seed = (" ".join(f"{v:.4f}" for v in spread["values"]) + f" ({spread['std']:.4f})"
+                    if spread else "-") + " | " if seeded else ""
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {gain} | {per_seed}"
                      f"{entry['train_seconds']:.0f} |")
     catalog = report["catalog"]
     lines.append("")
