@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -283,6 +284,9 @@ def _build(cls, data: Any, prefix: str):
     return cls(**values)
 
 
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value: Any, hint, key: str):
     origin = typing.get_origin(hint)
     if origin is tuple:
@@ -295,6 +299,8 @@ def _coerce(value: Any, hint, key: str):
         raise ConfigError(f"{key} must be true or false, got {value!r}")
     if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if hint is float and isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 3e-4 (no dot) as a string
     if hint is float and (isinstance(value, bool) or not isinstance(value, int | float)):
         raise ConfigError(f"{key} must be a number, got {value!r}")
     if hint is str and not isinstance(value, str):

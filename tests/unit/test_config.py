@@ -25,6 +25,18 @@ def test_dotted_overrides_are_typed():
     assert config.replace("model.embed_dim=128").model.embed_dim == 128
 
 
+def test_numbers_in_exponent_notation_without_a_dot_are_numbers(tmp_path):
+    """YAML 1.1 reads ``3e-4`` as a string; a float setting takes it as the number."""
+    config = load_config("default", ["train.stage2.lr=3e-4", "train.stage2.new_layer_lr=1E-3"])
+    assert config.train.stage2.lr == pytest.approx(3e-4)
+    assert config.train.stage2.new_layer_lr == pytest.approx(1e-3)
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: default\ntrain:\n  stage1: {lr: 5e-4}\n")
+    assert load_config(str(path)).train.stage1.lr == pytest.approx(5e-4)
+    with pytest.raises(ConfigError, match="train.stage2.lr must be a number, got 'fast'"):
+        load_config("default", ["train.stage2.lr=fast"])
+
+
 def test_yaml_file_with_base(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("base: fast\nmodel:\n  embed_dim: 64\n  fusion_heads: 2\n")
