@@ -11,6 +11,14 @@ import sys
 METRICS = ("recall@10", "recall@100", "ndcg@10", "mrr")
 
 
+def seed_values(entry: dict) -> str:
+    """Each seed's nDCG@10 and their sd, or "-" for a model run with one seed."""
+    spread = entry.get("seeds", {}).get("ndcg@10")
+    if not spread:
+        return "-"
+    return " ".join(f"{v:.4f}" for v in spread["values"]) + f" ({spread['std']:.4f})"
+
+
 def table(report: dict) -> str:
     base = report["models"].get("text_only", {}).get("ndcg@10")
     seeded = any("seeds" in entry for entry in report["models"].values())
@@ -25,9 +33,7 @@ def table(report: dict) -> str:
         if delta and base:
             star = "*" if delta["low"] > 0 else ""
             gain = f"{delta['mean']:+.4f}{star} ({delta['mean'] / base:+.1%})"
-        spread = entry.get("seeds", {}).get("ndcg@10")
-        per_seed = (" ".join(f"{v:.4f}" for v in spread["values"]) + f" ({spread['std']:.4f})"
-                    if spread else "-") + " | " if seeded else ""
+        per_seed = f"{seed_values(entry)} | " if seeded else ""
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {gain} | {per_seed}"
                      f"{entry['train_seconds']:.0f} |")
     catalog = report["catalog"]
