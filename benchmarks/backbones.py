@@ -29,7 +29,7 @@ from fusion_model.runtime import autocast
 from fusion_model.timing import CpuShare, interleaved, summary
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from throughput import refuse_if_busy  # noqa: E402
+from throughput import exit_on_invalid, refuse_if_busy  # noqa: E402
 
 CHUNK = 16
 
@@ -96,10 +96,7 @@ def main() -> None:
               f"{f'{ov_median:.1f} (min {ov_low:.1f})':>24}"
               f"{f'{pt_median:.1f} (min {pt_low:.1f})':>18}")
     print("images/s: median over interleaved rounds (min)")
-    verdict = share.verdict()
-    print(f"\n{verdict}")
-    if verdict.startswith("INVALID") and not args.allow_busy:
-        sys.exit(3)
+    exit_on_invalid(share, args.allow_busy)
 
 
 if __name__ == "__main__":

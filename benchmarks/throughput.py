@@ -145,6 +145,14 @@ def refuse_if_busy(allow_busy: bool, seconds: float = 3.0) -> None:
                  "idle machine, or pass --allow-busy to run and mark the results")
 
 
+def exit_on_invalid(share: CpuShare, allow_busy: bool) -> None:
+    """Print the run's verdict; exit 3 when other processes made it INVALID."""
+    verdict = share.verdict()
+    print(f"\n{verdict}")
+    if verdict.startswith("INVALID") and not allow_busy:
+        sys.exit(3)
+
+
 def query_latency_ms(model: TwoTower, queries: list[str], engine: str
                      ) -> tuple[float, float]:
     """p50 and p95 of encoding one query at a time on ``engine``, in milliseconds."""
@@ -223,10 +231,7 @@ def main() -> None:
     for dtype, rate in peak.items():
         print(f"matmul peak {dtype}: {rate / 1e9:.0f} GFLOP/s -> the image encoder reaches "
               f"{achieved / rate:.1%} of it")
-    verdict = share.verdict()
-    print(f"\n{verdict}")
-    if verdict.startswith("INVALID") and not args.allow_busy:
-        sys.exit(3)
+    exit_on_invalid(share, args.allow_busy)
 
 
 if __name__ == "__main__":
