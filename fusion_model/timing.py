@@ -71,6 +71,20 @@ class CpuShare:
         return f"valid (other processes used {self.others:.1%} of the CPU)"
 
 
+def wait_until_quiet(limit: float = BUSY_LIMIT, window: float = 5.0,
+                     timeout: float = 600.0) -> float | None:
+    """Wait until other processes use at most ``limit`` of the CPU over ``window`` seconds
+    (a database server compacting after a bulk write, say); the seconds waited, or None
+    when it is still busy after ``timeout``."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        with CpuShare() as share:
+            time.sleep(window)
+        if share.others is None or share.others <= limit:
+            return time.monotonic() - started
+    return None
+
+
 def interleaved(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
     """Call every run once per round, ``repeats`` rounds, so drift hits all alike."""
     results: dict[str, list[float]] = {name: [] for name in runs}

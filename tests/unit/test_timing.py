@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fusion_model.timing import CpuShare, interleaved, latencies, summary
+from fusion_model.timing import CpuShare, interleaved, latencies, summary, wait_until_quiet
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs /proc/stat")
 
@@ -32,3 +32,15 @@ def test_another_process_spinning_marks_the_timings_invalid():
         spinner.wait()
     assert share.others >= 0.6 / os.cpu_count()
     assert share.verdict(limit=0.5 / os.cpu_count()).startswith("INVALID")
+
+
+def test_waiting_for_quiet_gives_up_while_another_process_spins():
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy = wait_until_quiet(limit=0.5 / os.cpu_count(), window=0.5, timeout=1.2)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy is None
+    assert wait_until_quiet(limit=1.0, window=0.2, timeout=5) < 1.0
