@@ -2,7 +2,7 @@
 and a forced promotion in the middle of the run.
 
     python benchmarks/serve_load.py [--products 100000] [--clients 32] [--seconds 30]
-        [--backends lite,standalone] [--work-dir DIR]
+        [--backends lite,standalone] [--query-cache N] [--work-dir DIR]
 
 Set-up (cached in ``--work-dir``): a ``fast``-config champion v1 and a second version v2
 trained on a small synthetic catalog (real MiniLM query tower, OpenVINO engine), so that
@@ -16,7 +16,9 @@ Milvus standalone server. Each backend gets a 1-client run (latency without queu
 then ``--clients`` concurrent clients (asyncio + httpx, one process) for ``--seconds``;
 halfway through, v2 is promoted (serving alias, then the champion alias) and the service
 must follow it with 0 failed requests. Latency is measured at the client: HTTP, query
-encoding, ANN search and the product metadata (title, attributes, photo URL).
+encoding, ANN search and the product metadata (title, attributes, photo URL). The service
+runs without its query cache unless ``--query-cache`` says otherwise: the clients cycle
+through 1,000 queries, so a cache would answer most of them.
 """
 
 from __future__ import annotations
@@ -167,14 +169,15 @@ def backend(kind: str, work: Path):
 
 
 @contextlib.contextmanager
-def service(work: Path, uri: str, log_file: Path):
+def service(work: Path, uri: str, log_file: Path, query_cache: int = 0):
     import httpx
 
     port = free_port()
     with log_file.open("w") as out:
         process = subprocess.Popen(
             [str(Path(sys.executable).with_name("fusion-model")), "serve", "--port", str(port),
-             "--no-access-log", "--follow-interval", "1", "--config", "fast",
+             "--no-access-log", "--follow-interval", "1", "--query-cache", str(query_cache),
+             "--config", "fast",
              *overrides(work, uri)], stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -250,6 +253,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--backends", default="lite,standalone")
+    parser.add_argument("--query-cache", type=int, default=0,
+                        help="the service's --query-cache (default 0: every query encoded; "
+                             "the 1,000 test queries repeat, so a cache answers most)")
     parser.add_argument("--work-dir", type=Path,
                         default=Path.home() / ".cache" / "fusion-model" / "serve-load")
     args = parser.parse_args()
@@ -266,7 +272,8 @@ def main() -> None:
         with backend(kind, args.work_dir / "run") as uri:
             load_collections(args.work_dir, uri, args.products, data, kind)
             settle(kind)
-            with service(args.work_dir, uri, args.work_dir / f"serve-{kind}.log") as url:
+            with service(args.work_dir, uri, args.work_dir / f"serve-{kind}.log",
+                         args.query_cache) as url:
                 asyncio.run(run_clients(url, queries, 1, 3))  # warm up
                 single = asyncio.run(run_clients(url, queries, 1, 10))
                 when: list[float] = []

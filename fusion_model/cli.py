@@ -159,7 +159,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "serving on %s without a bearer token: anyone who reaches it can search; "
             "set %s", args.host, TOKEN_ENV)
     serve(load_config(args.config, list(args.overrides)), args.host, args.port,
-          args.follow_interval, token, access_log=not args.no_access_log)
+          args.follow_interval, token, access_log=not args.no_access_log,
+          query_cache=args.query_cache)
     return 0
 
 
@@ -377,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--follow-interval", type=float, default=5.0,
                        help="seconds between checks for a new champion (0: never)")
     serve.add_argument("--no-access-log", action="store_true", help="no line per request")
+    serve.add_argument("--query-cache", type=int, default=10_000, metavar="N",
+                       help="keep the vectors of the last N distinct queries per query "
+                            "encoder (default 10000; 0: encode every query)")
     serve.add_argument("--config", default="default")
     serve.add_argument("overrides", nargs="*", metavar="key=value")
     serve.set_defaults(func=_cmd_serve)

@@ -66,8 +66,13 @@ class Metrics:
         self.served = Info("fusion_serving", "What is served", registry=self.registry)
         self.swaps = Counter("fusion_champion_swaps", "Champion changes followed",
                              registry=self.registry)
+        self.cache = Gauge("fusion_query_cache", "Query texts answered from the query-vector "
+                           "cache (hit) or encoded (miss) since the start", ["result"],
+                           registry=self.registry)
 
     def show(self, searcher: ChampionSearcher) -> None:
+        self.cache.labels("hit").set(searcher.cache_stats.hits)
+        self.cache.labels("miss").set(searcher.cache_stats.misses)
         served = searcher.served
         if served is not None:
             self.champion.set(float(served.version))
@@ -199,6 +204,7 @@ def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
 
     @app.get("/metrics")
     def prometheus():
+        metrics.show(searcher)
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
@@ -241,11 +247,12 @@ def _versions(searcher: ChampionSearcher) -> dict:
 
 
 def serve(config, host: str = "127.0.0.1", port: int = 8080, follow_interval: float = 5.0,
-          token: str | None = None, access_log: bool = True) -> None:
-    """Load the champion and serve until interrupted."""
+          token: str | None = None, access_log: bool = True, query_cache: int = 0) -> None:
+    """Load the champion and serve until interrupted (``query_cache``: query vectors kept
+    per encoder, 0 for none)."""
     import uvicorn
 
-    with ChampionSearcher.open(config, strict=False) as searcher:
+    with ChampionSearcher.open(config, strict=False, query_cache=query_cache) as searcher:
         app = create_app(searcher, follow_interval, token)
         if searcher.served is None:
             log.warning("not ready: %s; /readyz answers 503 until a champion is served "

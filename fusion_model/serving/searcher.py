@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,6 +118,49 @@ class BatchingEncoder:
             pending.done, start = True, start + len(pending.texts)
 
 
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+
+
+class QueryCache:
+    """The vectors of the last ``size`` distinct query texts of one query encoder: a shop's
+    head queries come back all day, and a repeated one skips the encoder. The misses of a
+    call are encoded together (through ``encode``, e.g. a ``BatchingEncoder``)."""
+
+    def __init__(self, encode, size: int, stats: CacheStats | None = None):
+        self._encode, self.size = encode, size
+        self.stats = stats or CacheStats()
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        found = self._lookup(texts)
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        if missing:
+            fresh = dict(zip(missing, np.asarray(self._encode(missing))))
+            self._store(fresh)
+            found |= fresh
+        with self._lock:
+            self.stats.hits += len(texts) - len(missing)
+            self.stats.misses += len(missing)
+        return np.stack([found[t] for t in texts])
+
+    def _lookup(self, texts: list[str]) -> dict[str, np.ndarray]:
+        with self._lock:
+            found = {t: self._vectors[t] for t in texts if t in self._vectors}
+            for text in found:
+                self._vectors.move_to_end(text)
+        return found
+
+    def _store(self, fresh: dict[str, np.ndarray]) -> None:
+        with self._lock:
+            self._vectors.update(fresh)
+            while len(self._vectors) > self.size:
+                self._vectors.popitem(last=False)
+
+
 def load_query_encoder(model_name: str, query_version: str):
     """The registered query encoder as a function of a list of texts."""
     import mlflow
@@ -135,9 +179,11 @@ def load_query_encoder(model_name: str, query_version: str):
 class ChampionSearcher:
     """Searches the champion's collection with its query encoder; follows promotions."""
 
-    def __init__(self, config: RunConfig, index: VectorIndex):
+    def __init__(self, config: RunConfig, index: VectorIndex, query_cache: int = 0):
         self.config = config
         self.index = index
+        self.query_cache = query_cache  # distinct query texts kept per encoder; 0: none
+        self.cache_stats = CacheStats()
         self.served: Served | None = None
         self.problem: str | None = None  # why the last follow() kept (or has) nothing
         self._encoders: dict[str, object] = {}
@@ -146,14 +192,15 @@ class ChampionSearcher:
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, config: RunConfig, strict: bool = True):
+    def open(cls, config: RunConfig, strict: bool = True, query_cache: int = 0):
         """A searcher with its own index connection, loaded (``strict``: raises when there
-        is no champion or it is not the one being served; else it waits for one)."""
+        is no champion or it is not the one being served; else it waits for one;
+        ``query_cache``: query vectors kept per encoder, see ``QueryCache``)."""
         from fusion_model.registry.tracking import configure
 
         configure(config.registry.resolved_tracking_uri())
         with open_index(config.index) as index:
-            searcher = cls(config, index)
+            searcher = cls(config, index, query_cache)
             searcher.follow(strict=strict)
             yield searcher
 
@@ -202,6 +249,8 @@ class ChampionSearcher:
         if encode is None:
             encode = BatchingEncoder(load_query_encoder(self.config.registry.model_name,
                                                         query_version))
+            if self.query_cache > 0:
+                encode = QueryCache(encode, self.query_cache, self.cache_stats)
             # the champion's and the reviewed versions' encoders; older ones end with
             # their last search
             self._encoders = {**dict(list(self._encoders.items())[-KEEP_OTHERS:]),

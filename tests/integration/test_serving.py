@@ -141,6 +141,20 @@ def test_health_readiness_metrics_and_the_review_page(client):
     assert page.status_code == 200 and 'id="search-form"' in page.text
 
 
+def test_repeated_queries_are_answered_from_the_query_cache(platform):
+    from fastapi.testclient import TestClient
+
+    with ChampionSearcher.open(platform["config"], query_cache=100) as cached, \
+            TestClient(create_app(cached, follow_interval=0)) as http:
+        first = http.get("/search", params={"q": "red shirt"}).json()["hits"]
+        again = http.get("/search", params={"q": "red shirt"}).json()["hits"]
+        metrics = http.get("/metrics").text
+    assert [(h["product_id"], h["score"]) for h in again] == \
+        [(h["product_id"], h["score"]) for h in first]
+    assert 'fusion_query_cache{result="hit"} 1.0' in metrics
+    assert 'fusion_query_cache{result="miss"} 1.0' in metrics
+
+
 def test_a_bearer_token_guards_everything_but_health(searcher, caplog):
     from fastapi.testclient import TestClient
 

@@ -1,4 +1,5 @@
-"""The serving encoder batches concurrent requests without mixing their results."""
+"""The serving encoder batches concurrent requests without mixing their results, and the
+query cache answers repeated texts without the encoder."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from fusion_model.serving.searcher import BatchingEncoder
+from fusion_model.serving.searcher import BatchingEncoder, QueryCache
 
 
 def slow_encoder(calls: list[int]):
@@ -60,3 +61,33 @@ def test_an_encoder_error_reaches_every_request_of_the_batch():
     assert all(isinstance(r, RuntimeError) for r in results)
     with pytest.raises(RuntimeError, match="encoder crashed"):
         BatchingEncoder(broken)(["a-1"])
+
+
+def counting_encoder(seen: list[str]):
+    def encode(texts: list[str]) -> np.ndarray:
+        seen.extend(texts)
+        return np.array([[float(t.split("-")[1]), len(t)] for t in texts], dtype=np.float32)
+    return encode
+
+
+def test_the_query_cache_encodes_each_text_once_and_forgets_the_oldest():
+    seen: list[str] = []
+    cache = QueryCache(counting_encoder(seen), size=2)
+    first = cache(["a-1", "a-2", "a-1"])
+    assert seen == ["a-1", "a-2"]                       # a repeat in one call: encoded once
+    assert first[:, 0].tolist() == [1.0, 2.0, 1.0]
+    assert cache(["a-2", "a-1"])[:, 0].tolist() == [2.0, 1.0] and len(seen) == 2
+    cache(["a-3"])                                      # evicts a-2, the least recently used
+    cache(["a-1", "a-2"])
+    assert seen == ["a-1", "a-2", "a-3", "a-2"]
+    assert (cache.stats.hits, cache.stats.misses) == (4, 4)
+
+
+def test_the_query_cache_is_consistent_under_concurrent_requests():
+    seen: list[str] = []
+    cache = QueryCache(BatchingEncoder(counting_encoder(seen)), size=100)
+    requests = [[f"q-{i % 5}", f"q-{(i + 1) % 5}"] for i in range(40)]
+    results = run_concurrently(cache, requests)
+    for request, vectors in zip(requests, results):
+        assert vectors[:, 0].tolist() == [float(t.split("-")[1]) for t in request]
+    assert cache.stats.hits + cache.stats.misses == 80 and len(set(seen)) == 5
