@@ -237,6 +237,19 @@ def promote_v2(work: Path, uri: str, when: list) -> None:
     when.append(time.perf_counter())
 
 
+def query_cache_counts(url: str) -> dict[str, float]:
+    """The service's query-cache hits and misses over the whole run, from /metrics."""
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    counts = {}
+    for result in ("hit", "miss"):
+        found = [line for line in text.splitlines()
+                 if line.startswith(f'fusion_query_cache{{result="{result}"}}')]
+        counts[f"{result}s"] = float(found[0].split()[-1]) if found else 0.0
+    return counts
+
+
 def summary(records: list, seconds: float) -> dict[str, float]:
     latencies = np.array([r[1] for r in records]) * 1000
     ok = [r for r in records if r[2] == 200]
@@ -280,6 +293,7 @@ def main() -> None:
                 loaded = asyncio.run(run_clients(
                     url, queries, args.clients, args.seconds,
                     at_half=functools.partial(promote_v2, args.work_dir, uri, when)))
+                cache = query_cache_counts(url)
         swap = [r for r in loaded if when and r[0] >= when[0]]
         versions = {r[3] for r in loaded if r[2] == 200}
         rows[kind] = {"1 client": summary(single, 10),
@@ -288,6 +302,7 @@ def main() -> None:
                                    "requests": len(swap),
                                    "versions served": float(len(versions)),
                                    "swap s": _swap_seconds(loaded, when)}
+        rows[kind]["query cache"] = cache
         failed = [r for r in loaded if r[2] != 200][:3]
         if failed:
             log.warning("%s: failed requests, e.g. %s", kind, failed)
