@@ -246,7 +246,8 @@ def query_cache_counts(url: str) -> dict[str, float]:
     for result in ("hit", "miss"):
         found = [line for line in text.splitlines()
                  if line.startswith(f'fusion_query_cache{{result="{result}"}}')]
-        counts[f"{result}s"] = float(found[0].split()[-1]) if found else 0.0
+        name = "hits" if result == "hit" else "misses"
+        counts[name] = float(found[0].split()[-1]) if found else 0.0
     return counts
 
 
