@@ -20,36 +20,21 @@ import time
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from fusion_model.config import load_config
 from fusion_model.engines import image_bottom
 from fusion_model.models.image import EFFICIENTNETS, build_image_encoder
-from fusion_model.runtime import autocast
 from fusion_model.timing import CpuShare, interleaved, summary
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from throughput import exit_on_invalid, refuse_if_busy  # noqa: E402
+from throughput import (  # noqa: E402
+    exit_on_invalid,
+    image_encoder_flops,
+    image_only_rate,
+    refuse_if_busy,
+)
 
 CHUNK = 16
-
-
-def gflops(encoder: nn.Module) -> float:
-    pixels = torch.zeros(1, 3, encoder.image_size, encoder.image_size)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        encoder.top(encoder.bottom(pixels))
-    return counter.get_total_flops() / 1e9
-
-
-def torch_rate(encoder: nn.Module, precision: str, images: int) -> float:
-    size = encoder.image_size
-    pixels = torch.randn(CHUNK, 3, size, size).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad(), autocast(precision):
-        encoder.top(encoder.bottom(pixels))
-        start = time.perf_counter()
-        for _ in range(images // CHUNK):
-            encoder.top(encoder.bottom(pixels))
-    return images / (time.perf_counter() - start)
 
 
 def openvino_rate(encoder: nn.Module, precision: str, cache_dir: str, images: int) -> float:
@@ -81,7 +66,7 @@ def main() -> None:
         runs[f"{name} openvino bottom"] = (
             lambda e=encoder: openvino_rate(e, precision, cache_dir, args.images))
         runs[f"{name} torch whole CNN"] = (
-            lambda e=encoder: torch_rate(e, precision, args.images))
+            lambda e=encoder: image_only_rate(e, precision, args.images, CHUNK))
     with CpuShare() as share:
         rates = interleaved(runs, args.repeats)
     print(f"precision={precision}  images={args.images}/round  repeats={args.repeats}  "
@@ -92,7 +77,7 @@ def main() -> None:
         params = sum(p.numel() for p in encoder.parameters()) / 1e6
         ov_low, ov_median = summary(rates[f"{name} openvino bottom"])
         pt_low, pt_median = summary(rates[f"{name} torch whole CNN"])
-        print(f"{name:<22}{params:>9.1f}{gflops(encoder):>7.2f}"
+        print(f"{name:<22}{params:>9.1f}{image_encoder_flops(encoder) / 1e9:>7.2f}"
               f"{f'{ov_median:.1f} (min {ov_low:.1f})':>24}"
               f"{f'{pt_median:.1f} (min {pt_low:.1f})':>18}")
     print("images/s: median over interleaved rounds (min)")

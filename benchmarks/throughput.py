@@ -35,6 +35,7 @@ import time
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fusion_model.config import load_config
@@ -65,11 +66,11 @@ def matmul_flops(dtype: torch.dtype, size: int = 2048, seconds: float = 2.0) -> 
     return 2 * size ** 3 * done / (time.perf_counter() - start)
 
 
-def image_encoder_flops(model: TwoTower) -> float:
-    """FLOPs of one 224x224 image through the whole CNN (bottom + top)."""
-    pixels = torch.zeros(1, 3, model.image.image_size, model.image.image_size)
+def image_encoder_flops(encoder: nn.Module) -> float:
+    """FLOPs of one image at the encoder's size through the whole CNN (bottom + top)."""
+    pixels = torch.zeros(1, 3, encoder.image_size, encoder.image_size)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model.image.top(model.image.bottom(pixels))
+        encoder.top(encoder.bottom(pixels))
     return float(counter.get_total_flops())
 
 
@@ -123,15 +124,17 @@ def cache_fill(model: TwoTower, catalog, engine: str) -> float:
         return len(texts) / (time.perf_counter() - start)
 
 
-def image_only_rate(model: TwoTower, count: int = 64, chunk: int = 16) -> float:
-    """Images/s of the CNN alone in the batched configuration (the config's autocast:
+def image_only_rate(encoder: nn.Module, precision: str, count: int = 64,
+                    chunk: int = 16) -> float:
+    """Images/s of the CNN alone in the batched configuration (``precision``'s autocast:
     bf16 where native, else fp32; channels_last)."""
-    pixels = torch.randn(chunk, 3, 224, 224).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad(), autocast(model.config.train.precision):
-        model.image.top(model.image.bottom(pixels))
+    size = encoder.image_size
+    pixels = torch.randn(chunk, 3, size, size).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), autocast(precision):
+        encoder.top(encoder.bottom(pixels))
         start = time.perf_counter()
         for _ in range(count // chunk):
-            model.image.top(model.image.bottom(pixels))
+            encoder.top(encoder.bottom(pixels))
     return count / (time.perf_counter() - start)
 
 
@@ -212,11 +215,11 @@ def main() -> None:
         latency = {"torch fp32": query_latency_ms(fp32, queries, "torch"),
                    "torch autocast": query_latency_ms(bf16, queries, "torch"),
                    "openvino": query_latency_ms(bf16, queries, "openvino")}
-        flops_per_image = image_encoder_flops(bf16)
+        flops_per_image = image_encoder_flops(bf16.image)
         peak = {"fp32": matmul_flops(torch.float32)}
         if native_bf16():  # emulated bf16 matmul takes minutes on AVX2 and means nothing
             peak["bf16"] = matmul_flops(torch.bfloat16)
-        cnn_rate = image_only_rate(bf16)
+        cnn_rate = image_only_rate(bf16.image, bf16.config.train.precision)
     print(f"threads={torch.get_num_threads()}  catalog={args.catalog}  "
           f"repeats={args.repeats}  load average {share.load_before:.2f} -> "
           f"{share.load_after:.2f}")
