@@ -2,7 +2,7 @@
 and a forced promotion in the middle of the run.
 
     python benchmarks/serve_load.py [--products 100000] [--clients 32] [--seconds 30]
-        [--backends lite,standalone] [--query-cache N] [--work-dir DIR]
+        [--backends lite,standalone] [--max-batch 1,32] [--query-cache 0,10000] [--work-dir DIR]
 
 Set-up (cached in ``--work-dir``): a ``fast``-config champion v1 and a second version v2
 trained on a small synthetic catalog (real MiniLM query tower, OpenVINO engine), so that
@@ -12,13 +12,15 @@ vectors through a fixed random projection to the model's 256 dimensions) are wri
 one collection per version, recorded on the versions, and the serving alias points at
 v1's. ``fusion-model serve`` then runs as its own process against the backend: Milvus Lite
 through ``milvus-lite server`` (Milvus Lite allows one process per file) and the real
-Milvus standalone server. Each backend gets a 1-client run (latency without queueing),
-then ``--clients`` concurrent clients (asyncio + httpx, one process) for ``--seconds``;
-halfway through, v2 is promoted (serving alias, then the champion alias) and the service
-must follow it with 0 failed requests. Latency is measured at the client: HTTP, query
-encoding, ANN search and the product metadata (title, attributes, photo URL). The service
-runs without its query cache unless ``--query-cache`` says otherwise: the clients cycle
-through 1,000 queries, so a cache would answer most of them.
+Milvus standalone server. Each backend and each ``--max-batch`` setting of the service (1:
+every request searched alone; 32: concurrent searches merged, ``SearchBatcher``) gets a
+fresh service, a 1-client run (latency without queueing), then ``--clients`` concurrent
+clients (aiohttp on uvloop, one process) for ``--seconds``; halfway through, v2 is
+promoted (serving alias, then the champion alias) and the service must follow it with 0
+failed requests. Latency is measured at the client: HTTP, query encoding, ANN search and
+the product metadata (title, attributes, photo URL). The service runs without its query
+cache unless ``--query-cache`` says otherwise: the clients cycle through 1,000 queries, so
+a cache would answer most of them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import shutil
@@ -38,6 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -123,6 +127,16 @@ def load_collections(work: Path, uri: str, products: int, data: dict, tag: str) 
             index.wait_until_indexed(name, timeout=900)
             candidate, _ = registry.candidate_for(config.registry.model_name, version)
             registry.tag_version(candidate, {"milvus_collection": name})
+    champion_back_to_v1(work, uri, products, tag)
+
+
+def champion_back_to_v1(work: Path, uri: str, products: int, tag: str) -> None:
+    """The serving alias and the champion at v1 (each measured run promotes v2)."""
+    from fusion_model.config import load_config
+    from fusion_model.registry import registry
+
+    config = load_config("fast", overrides(work, uri))
+    with milvus.MilvusIndex.open(uri) as index:
         index.point_alias(config.index.alias, f"products_m1_load{products}_{tag}")
     registry.set_alias(registry.candidate_for(config.registry.model_name, "1")[0],
                        registry.CHAMPION)
@@ -169,15 +183,16 @@ def backend(kind: str, work: Path):
 
 
 @contextlib.contextmanager
-def service(work: Path, uri: str, log_file: Path, query_cache: int = 0):
+def service(work: Path, uri: str, log_file: Path, setting: dict[str, int]):
     import httpx
 
     port = free_port()
     with log_file.open("w") as out:
         process = subprocess.Popen(
             [str(Path(sys.executable).with_name("fusion-model")), "serve", "--port", str(port),
-             "--no-access-log", "--follow-interval", "1", "--query-cache", str(query_cache),
-             "--config", "fast",
+             "--no-access-log", "--follow-interval", "1", "--config", "fast",
+             "--query-cache", str(setting["query_cache"]),
+             "--max-batch", str(setting["max_batch"]),
              *overrides(work, uri)], stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -199,24 +214,27 @@ def service(work: Path, uri: str, log_file: Path, query_cache: int = 0):
 
 async def run_clients(url: str, queries: list[str], clients: int, seconds: float,
                       at_half=None) -> list[tuple[float, float, int, str]]:
-    """(start, latency s, status, version) per request from ``clients`` closed loops."""
-    import httpx
+    """(start, latency s, status, version) per request from ``clients`` closed loops.
+    aiohttp, not httpx: at 215 requests/s an httpx client used 68% of a core here, CPU
+    the service and Milvus need on a 2-core machine; aiohttp on uvloop uses about 1/10."""
+    import aiohttp
 
     records: list[tuple[float, float, int, str]] = []
     deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+    async with aiohttp.ClientSession(
+            url, connector=aiohttp.TCPConnector(limit=clients),
+            timeout=aiohttp.ClientTimeout(total=30)) as http:
         async def client(number: int) -> None:
             i = number
             while time.perf_counter() < deadline:
                 started = time.perf_counter()
                 try:
-                    response = await http.get("/search", params={"q": queries[i % len(queries)],
-                                                                 "k": 10})
-                    version = response.json().get("version", "") if response.status_code == 200 \
-                        else response.text[:200]
-                    status = response.status_code
-                except httpx.HTTPError as error:
+                    async with http.get("/search", params={"q": queries[i % len(queries)],
+                                                           "k": "10"}) as response:
+                        status = response.status
+                        version = (await response.json()).get("version", "") \
+                            if status == 200 else (await response.text())[:200]
+                except (TimeoutError, aiohttp.ClientError) as error:
                     status, version = 0, f"{type(error).__name__}: {error}"
                 records.append((started, time.perf_counter() - started, status, version))
                 i += clients
@@ -237,18 +255,22 @@ def promote_v2(work: Path, uri: str, when: list) -> None:
     when.append(time.perf_counter())
 
 
-def query_cache_counts(url: str) -> dict[str, float]:
-    """The service's query-cache hits and misses over the whole run, from /metrics."""
+def service_counts(url: str) -> dict[str, float]:
+    """From the service's /metrics, over the whole run: query-cache hits and misses, and
+    the searches per batch (``SearchBatcher``)."""
     import httpx
 
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    counts = {}
-    for result in ("hit", "miss"):
-        found = [line for line in text.splitlines()
-                 if line.startswith(f'fusion_query_cache{{result="{result}"}}')]
-        name = "hits" if result == "hit" else "misses"
-        counts[name] = float(found[0].split()[-1]) if found else 0.0
-    return counts
+
+    def value(series: str) -> float:
+        found = [line for line in text.splitlines() if line.startswith(series + " ")]
+        return float(found[0].split()[-1]) if found else 0.0
+
+    batches = value('fusion_search_batching{count="batches"}')
+    return {"cache hits": value('fusion_query_cache{result="hit"}'),
+            "cache misses": value('fusion_query_cache{result="miss"}'),
+            "batches": batches,
+            "per batch": value('fusion_search_batching{count="searches"}') / max(batches, 1)}
 
 
 def summary(records: list, seconds: float) -> dict[str, float]:
@@ -267,9 +289,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--backends", default="lite,standalone")
-    parser.add_argument("--query-cache", type=int, default=0,
-                        help="the service's --query-cache (default 0: every query encoded; "
-                             "the 1,000 test queries repeat, so a cache answers most)")
+    parser.add_argument("--query-cache", type=_int_list, default=[0],
+                        help="the service's --query-cache, one run each with every "
+                             "--max-batch (default 0: every query encoded; the 1,000 test "
+                             "queries repeat, so a cache answers most)")
+    parser.add_argument("--max-batch", type=_int_list,
+                        default=[1, 32], help="the service's --max-batch, one run each "
+                        "(default 1,32: without and with merged searches)")
     parser.add_argument("--work-dir", type=Path,
                         default=Path.home() / ".cache" / "fusion-model" / "serve-load")
     args = parser.parse_args()
@@ -286,30 +312,44 @@ def main() -> None:
         with backend(kind, args.work_dir / "run") as uri:
             load_collections(args.work_dir, uri, args.products, data, kind)
             settle(kind)
-            with service(args.work_dir, uri, args.work_dir / f"serve-{kind}.log",
-                         args.query_cache) as url:
-                asyncio.run(run_clients(url, queries, 1, 3))  # warm up
-                single = asyncio.run(run_clients(url, queries, 1, 10))
-                when: list[float] = []
-                loaded = asyncio.run(run_clients(
-                    url, queries, args.clients, args.seconds,
-                    at_half=functools.partial(promote_v2, args.work_dir, uri, when)))
-                cache = query_cache_counts(url)
-        swap = [r for r in loaded if when and r[0] >= when[0]]
-        versions = {r[3] for r in loaded if r[2] == 200}
-        rows[kind] = {"1 client": summary(single, 10),
-                      f"{args.clients} clients": summary(loaded, args.seconds)}
-        rows[kind]["promotion"] = {"errors": sum(r[2] != 200 for r in swap),
-                                   "requests": len(swap),
-                                   "versions served": float(len(versions)),
-                                   "swap s": _swap_seconds(loaded, when)}
-        rows[kind]["query cache"] = cache
-        failed = [r for r in loaded if r[2] != 200][:3]
-        if failed:
-            log.warning("%s: failed requests, e.g. %s", kind, failed)
+            for max_batch, query_cache in itertools.product(args.max_batch,
+                                                            args.query_cache):
+                champion_back_to_v1(args.work_dir, uri, args.products, kind)
+                setting = {"max_batch": max_batch, "query_cache": query_cache}
+                label = f"{kind} b{max_batch}" + (f" c{query_cache}" if query_cache else "")
+                rows[label] = measure(args, uri, queries, setting,
+                                      args.work_dir / f"serve-{label.replace(' ', '-')}.log")
     print(f"products={args.products:,} clients={args.clients} seconds={args.seconds:g} "
           f"load before {load_before:.2f}, after {os.getloadavg()[0]:.2f}")
     print_table(rows)
+
+
+def measure(args: argparse.Namespace, uri: str, queries: list[str], setting: dict[str, int],
+            log_file: Path) -> dict[str, dict[str, float]]:
+    """1 client, then ``args.clients`` with v2 promoted halfway, against one service."""
+    with service(args.work_dir, uri, log_file, setting) as url:
+        uvloop.run(run_clients(url, queries, 1, 3))  # warm up
+        single = uvloop.run(run_clients(url, queries, 1, 10))
+        when: list[float] = []
+        loaded = uvloop.run(run_clients(
+            url, queries, args.clients, args.seconds,
+            at_half=functools.partial(promote_v2, args.work_dir, uri, when)))
+        counts = service_counts(url)
+    swap = [r for r in loaded if when and r[0] >= when[0]]
+    failed = [r for r in loaded if r[2] != 200][:3]
+    if failed:
+        log.warning("%s: failed requests, e.g. %s", log_file.stem, failed)
+    return {"1 client": summary(single, 10),
+            f"{args.clients} clients": summary(loaded, args.seconds),
+            "promotion": {"errors": sum(r[2] != 200 for r in swap), "requests": len(swap),
+                          "versions served": float(len({r[3] for r in loaded
+                                                        if r[2] == 200})),
+                          "swap s": _swap_seconds(loaded, when)},
+            "service": counts}
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(value) for value in text.split(",")]
 
 
 def _swap_seconds(records: list, when: list[float]) -> float:
@@ -329,9 +369,10 @@ def _query_texts(products: int) -> list[dict]:
 def print_table(rows: dict[str, dict[str, dict[str, float]]]) -> None:
     kinds = list(rows)
     measures = [(run, m) for run in rows[kinds[0]] for m in rows[kinds[0]][run]]
-    print(f"{'run':<14}{'measure':<14}" + "".join(f"{k:>14}" for k in kinds))
+    width = max(14, *(len(kind) + 2 for kind in kinds))
+    print(f"{'run':<14}{'measure':<14}" + "".join(f"{k:>{width}}" for k in kinds))
     for run, measure in measures:
-        print(f"{run:<14}{measure:<14}" + "".join(f"{rows[k][run][measure]:>14.4g}"
+        print(f"{run:<14}{measure:<14}" + "".join(f"{rows[k][run][measure]:>{width}.4g}"
                                                    for k in kinds))
 
 

@@ -160,7 +160,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "set %s", args.host, TOKEN_ENV)
     serve(load_config(args.config, list(args.overrides)), args.host, args.port,
           args.follow_interval, token, access_log=not args.no_access_log,
-          query_cache=args.query_cache)
+          query_cache=args.query_cache, max_batch=args.max_batch)
     return 0
 
 
@@ -381,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--query-cache", type=int, default=10_000, metavar="N",
                        help="keep the vectors of the last N distinct queries per query "
                             "encoder (default 10000; 0: encode every query)")
+    serve.add_argument("--max-batch", type=_positive_int, default=32, metavar="N",
+                       help="merge up to N concurrent searches (same k, filter and model) "
+                            "into one encoder pass and one index call (default 32; 1: none)")
     serve.add_argument("--config", default="default")
     serve.add_argument("overrides", nargs="*", metavar="key=value")
     serve.set_defaults(func=_cmd_serve)

@@ -37,7 +37,8 @@ from fusion_model.errors import (
     ServingMismatchError,
     StorageError,
 )
-from fusion_model.serving.searcher import MAX_K, ChampionSearcher
+from fusion_model.serving.batcher import BatchStats, SearchBatcher
+from fusion_model.serving.searcher import MAX_K, ChampionSearcher, check_request
 
 log = logging.getLogger(__name__)
 TOKEN_ENV = "FUSION_SERVE_TOKEN"
@@ -69,8 +70,14 @@ class Metrics:
         self.cache = Gauge("fusion_query_cache", "Query texts answered from the query-vector "
                            "cache (hit) or encoded (miss) since the start", ["result"],
                            registry=self.registry)
+        self.batching = Gauge("fusion_search_batching", "Searches run since the start and "
+                              "the batches they ran in (one encoder pass and one index call "
+                              "each)", ["count"], registry=self.registry)
 
-    def show(self, searcher: ChampionSearcher) -> None:
+    def show(self, searcher: ChampionSearcher, batches: BatchStats | None = None) -> None:
+        if batches is not None:
+            self.batching.labels("searches").set(batches.searches)
+            self.batching.labels("batches").set(batches.batches)
         self.cache.labels("hit").set(searcher.cache_stats.hits)
         self.cache.labels("miss").set(searcher.cache_stats.misses)
         served = searcher.served
@@ -88,8 +95,10 @@ class Metrics:
 class Follower:
     """Calls ``searcher.follow()`` every ``interval`` seconds in a daemon thread."""
 
-    def __init__(self, searcher: ChampionSearcher, metrics: Metrics, interval: float):
+    def __init__(self, searcher: ChampionSearcher, metrics: Metrics, interval: float,
+                 batches: BatchStats | None = None):
         self.searcher, self.metrics, self.interval = searcher, metrics, interval
+        self.batches = batches
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="follow-champion", daemon=True)
 
@@ -111,43 +120,33 @@ class Follower:
                 log.exception("following the champion failed; still serving %s",
                               self.searcher.served and f"v{self.searcher.served.version}")
                 self.searcher.problem = "following the champion failed (see the log)"
-            self.metrics.show(self.searcher)
+            self.metrics.show(self.searcher, self.batches)
 
 
 def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
-               token: str | None = None):
-    """The FastAPI application over a loaded ``searcher``."""
+               token: str | None = None, max_batch: int = 32):
+    """The FastAPI application over a loaded ``searcher`` (``max_batch``: concurrent
+    searches merged into one encoder pass and one index call; 1 for none)."""
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
     metrics = Metrics()
-    metrics.show(searcher)
-    follower = Follower(searcher, metrics, follow_interval)
+    batcher = SearchBatcher(searcher.search_many, max_batch)
+    metrics.show(searcher, batcher.stats)
+    follower = Follower(searcher, metrics, follow_interval, batcher.stats)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         follower.start()
         yield
         follower.stop()
+        batcher.close()
 
     app = FastAPI(title="fusion-model search", lifespan=lifespan,
                   docs_url="/docs", redoc_url=None)
 
-    @app.middleware("http")
-    async def measure_and_guard(request: Request, call_next):
-        endpoint = _endpoint_of(request.url.path)
-        started = time.perf_counter()
-        if token and request.url.path not in OPEN_PATHS and not _authorised(request, token):
-            response = JSONResponse({"error": "missing or wrong bearer token"}, 401,
-                                    headers={"WWW-Authenticate": "Bearer"})
-        else:
-            response = await call_next(request)
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        if response.status_code >= 500:
-            metrics.errors.labels(endpoint).inc()
-        return response
+    app.add_middleware(GuardAndMeasure, metrics=metrics, token=token)
 
     @app.exception_handler(FusionModelError)
     async def named_error(_request: Request, error: FusionModelError):
@@ -162,14 +161,15 @@ def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
         return JSONResponse({"error": reasons, "kind": "SearchRequestError"}, 400)
 
     @app.get("/search")
-    def search(q: str = "", k: int = Query(10, ge=1, le=MAX_K), filter: str = "",
-               model: str = "champion"):
+    async def search(q: str = "", k: int = Query(10, ge=1, le=MAX_K), filter: str = "",
+                     model: str = "champion"):
         started = time.perf_counter()
-        result = searcher.search(q, k, filter, model)
-        return {"query": q, "k": k, "filter": filter, "model": model,
-                "version": result.version, "collection": result.collection,
-                "took_ms": round((time.perf_counter() - started) * 1000, 2),
-                "hits": [_hit(hit, result.version) for hit in result.hits]}
+        check_request(q, k)  # a bad request never joins (and fails) a batch
+        result = await batcher.search(q, k, filter, model)
+        return _json({"query": q, "k": k, "filter": filter, "model": model,
+                      "version": result.version, "collection": result.collection,
+                      "took_ms": round((time.perf_counter() - started) * 1000, 2),
+                      "hits": [_hit(hit, result.version) for hit in result.hits]})
 
     @app.get("/products/{product_id}/image")
     def image(product_id: str, model: str = "champion"):
@@ -204,7 +204,7 @@ def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
 
     @app.get("/metrics")
     def prometheus():
-        metrics.show(searcher)
+        metrics.show(searcher, batcher.stats)
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
@@ -220,8 +220,57 @@ def _endpoint_of(path: str) -> str:
     return "/products/image" if path.startswith("/products/") else path
 
 
-def _authorised(request, token: str) -> bool:
-    given = request.headers.get("authorization", "")
+class GuardAndMeasure:
+    """ASGI middleware: the bearer-token check and the request metrics. (A plain ASGI
+    class: Starlette's ``BaseHTTPMiddleware`` costs a task and a stream per request.)"""
+
+    def __init__(self, app, metrics: Metrics, token: str | None):
+        self.app, self.metrics, self.token = app, metrics, token
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from starlette.datastructures import Headers
+        from starlette.responses import JSONResponse
+
+        path, started, status = scope["path"], time.perf_counter(), 500
+
+        async def send_and_note(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if self.token and path not in OPEN_PATHS and not _authorised(
+                    Headers(scope=scope), self.token):
+                await JSONResponse({"error": "missing or wrong bearer token"}, 401,
+                                   headers={"WWW-Authenticate": "Bearer"})(
+                    scope, receive, send_and_note)
+            else:
+                await self.app(scope, receive, send_and_note)
+        finally:
+            self._note(_endpoint_of(path), status, time.perf_counter() - started)
+
+    def _note(self, endpoint: str, status: int, seconds: float) -> None:
+        self.metrics.latency.labels(endpoint).observe(seconds)
+        self.metrics.requests.labels(endpoint, str(status)).inc()
+        if status >= 500:
+            self.metrics.errors.labels(endpoint).inc()
+
+
+def _json(body: dict):
+    """A JSON response through orjson (FastAPI's default encoder walks every value)."""
+    import orjson
+    from starlette.responses import Response
+
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+                    media_type="application/json")
+
+
+def _authorised(headers, token: str) -> bool:
+    given = headers.get("authorization", "")
     scheme, _, value = given.partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), token)
 
@@ -247,13 +296,14 @@ def _versions(searcher: ChampionSearcher) -> dict:
 
 
 def serve(config, host: str = "127.0.0.1", port: int = 8080, follow_interval: float = 5.0,
-          token: str | None = None, access_log: bool = True, query_cache: int = 0) -> None:
+          token: str | None = None, access_log: bool = True, query_cache: int = 0,
+          max_batch: int = 32) -> None:
     """Load the champion and serve until interrupted (``query_cache``: query vectors kept
-    per encoder, 0 for none)."""
+    per encoder, 0 for none; ``max_batch``: see ``create_app``)."""
     import uvicorn
 
     with ChampionSearcher.open(config, strict=False, query_cache=query_cache) as searcher:
-        app = create_app(searcher, follow_interval, token)
+        app = create_app(searcher, follow_interval, token, max_batch)
         if searcher.served is None:
             log.warning("not ready: %s; /readyz answers 503 until a champion is served "
                         "(checked every %.0f s)", searcher.problem, follow_interval)

@@ -266,6 +266,37 @@ def test_promotion_and_rollback_are_followed_without_a_failed_request(platform):
     assert re.search(r"fusion_champion_swaps_total [2-9]", metrics)
 
 
+def test_concurrent_requests_are_merged_and_each_gets_its_own_hits(platform):
+    """32 requests at once through real uvicorn: each answer equals the same query
+    searched alone, a bad one among them is its own 400, and the service ran fewer
+    batches than searches (one encoder pass and one Milvus call for several)."""
+    import asyncio
+
+    queries = [f"{colour} {kind}" for colour in ("red", "blue", "green", "black")
+               for kind in ("shirt", "dress", "shoes", "jeans", "bag", "scarf", "watch",
+                            "cap")]
+    with ChampionSearcher.open(platform["config"]) as searcher:
+        alone = {q: [h["product_id"] for h in searcher.search(q, 5).hits] for q in queries}
+        with Uvicorn(create_app(searcher, follow_interval=0)) as url:
+            async def all_at_once() -> list[httpx.Response]:
+                async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+                    return await asyncio.gather(
+                        *(http.get("/search", params={"q": q, "k": 5}) for q in queries),
+                        http.get("/search", params={"q": "red shirt", "k": 5,
+                                                    "filter": "colour == "}))
+            *answers, bad = asyncio.run(all_at_once())
+            metrics = httpx.get(f"{url}/metrics").text
+    for query, answer in zip(queries, answers):
+        assert answer.status_code == 200, answer.text
+        assert [h["product_id"] for h in answer.json()["hits"]] == alone[query], query
+    assert bad.status_code == 400 and "colour" in bad.json()["error"]
+    searches = float(re.search(r'fusion_search_batching\{count="searches"\} (\S+)',
+                               metrics).group(1))
+    batches = float(re.search(r'fusion_search_batching\{count="batches"\} (\S+)',
+                              metrics).group(1))
+    assert searches >= len(queries) and batches < searches
+
+
 def wait_for_version(seen: list, version: str, timeout: float = 60) -> None:
     deadline = time.time() + timeout
     start = len(seen)
