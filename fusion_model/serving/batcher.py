@@ -66,15 +66,12 @@ class SearchBatcher:
         try:
             while self._waiting:
                 key, batch = self._next_batch()
-                outcomes = await loop.run_in_executor(self._executor, self._run, key,
-                                                      [w.query for w in batch])
-                for waiting, outcome in zip(batch, outcomes):
-                    if waiting.future.done():  # the client went away
-                        continue
-                    if isinstance(outcome, BaseException):
-                        waiting.future.set_exception(outcome)
-                    else:
-                        waiting.future.set_result(outcome)
+                try:
+                    outcomes = await loop.run_in_executor(self._executor, self._run, key,
+                                                          [w.query for w in batch])
+                except Exception as error:  # noqa: BLE001 - every request of it gets it
+                    outcomes = [error] * len(batch)
+                _hand_out(batch, outcomes)
         finally:
             self._running -= 1
 
@@ -106,3 +103,18 @@ class SearchBatcher:
             return self._search_many([query], k, filter_text, model)[0]
         except Exception as error:  # noqa: BLE001 - handed to the request
             return error
+
+
+def _hand_out(batch: list[_Waiting], outcomes: list) -> None:
+    """Each waiting request its result or error; none is left waiting, even when a
+    search returned fewer results than it was given queries."""
+    missing = RuntimeError(f"the search returned {len(outcomes)} results for "
+                           f"{len(batch)} queries")
+    for i, waiting in enumerate(batch):
+        if waiting.future.done():  # the client went away
+            continue
+        outcome = outcomes[i] if i < len(outcomes) else missing
+        if isinstance(outcome, BaseException):
+            waiting.future.set_exception(outcome)
+        else:
+            waiting.future.set_result(outcome)

@@ -86,3 +86,13 @@ def test_every_request_is_answered_whatever_the_concurrency(in_flight):
     assert sorted(r.hits[0]["product_id"] for r in results) == sorted(f"q{i}@10"
                                                                        for i in range(30))
     assert batcher.stats.searches == 30 and batcher.stats.largest <= 4
+
+
+def test_no_request_is_left_waiting_when_a_search_returns_too_few_results():
+    def short(queries, k, filter_text, model):
+        time.sleep(0.02)
+        return [SearchResult([], "1", "c")][:len(queries) - 1]
+    results = run(SearchBatcher(short, in_flight=1), [(f"q{i}", 10, "", None)
+                                                      for i in range(6)])
+    assert any(isinstance(r, RuntimeError) and "results for" in str(r) for r in results)
+    assert all(isinstance(r, (RuntimeError, SearchResult)) for r in results)
