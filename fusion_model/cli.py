@@ -383,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "encoder (default 10000; 0: encode every query)")
     serve.add_argument("--max-batch", type=_positive_int, default=32, metavar="N",
                        help="merge up to N concurrent searches (same k, filter and model) "
-                            "into one encoder pass and one index call (default 32; 1: none)")
+                            "into one encoder pass and one index call; two such calls run "
+                            "at a time (default 32; 1: every search alone, for comparison)")
     serve.add_argument("--config", default="default")
     serve.add_argument("overrides", nargs="*", metavar="key=value")
     serve.set_defaults(func=_cmd_serve)

@@ -307,8 +307,9 @@ def serve(config, host: str = "127.0.0.1", port: int = 8080, follow_interval: fl
         if searcher.served is None:
             log.warning("not ready: %s; /readyz answers 503 until a champion is served "
                         "(checked every %.0f s)", searcher.problem, follow_interval)
-        log.info("serving %s of %s on http://%s:%d (review page at /)",
+        log.info("serving %s of %s on http://%s:%d (review page at /; up to %d concurrent "
+                 "searches merged, query cache %d texts)",
                  searcher.served and f"v{searcher.served.version}",
-                 config.registry.model_name, host, port)
+                 config.registry.model_name, host, port, max_batch, query_cache)
         uvicorn.run(app, host=host, port=port, access_log=access_log,
                     log_level="info", timeout_graceful_shutdown=5)
