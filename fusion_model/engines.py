@@ -17,10 +17,11 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -138,14 +139,20 @@ def torch_frozen(graph: nn.Module, precision: str) -> Frozen:
 
 @dataclass
 class OpenVinoFrozen:
-    """A compiled OpenVINO model called with the same named tensors as its graph."""
+    """A compiled OpenVINO model called with the same named tensors as its graph. Safe to
+    call from several threads: each has its own infer request (with ``streams`` > 1 the
+    calls run in parallel, one stream each)."""
 
     compiled: object
     names: tuple[str, ...]
+    _requests: threading.local = field(default_factory=threading.local, repr=False)
 
     def __call__(self, inputs: Inputs) -> torch.Tensor:
         feed = {name: _numpy(inputs[name]) for name in self.names if name in inputs}
-        return torch.from_numpy(np.asarray(self.compiled(feed)[0])).float()
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self.compiled.create_infer_request()
+        return torch.from_numpy(np.asarray(request.infer(feed)[0])).float()
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -153,9 +160,12 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 def openvino_frozen(graph: nn.Module, example: Inputs, key: str, cache_root: Path,
-                    precision: str, carried: Path | None = None) -> OpenVinoFrozen:
+                    precision: str, carried: Path | None = None,
+                    streams: int = 1) -> OpenVinoFrozen:
     """``graph`` through OpenVINO: the IR from ``carried`` (a model directory's engines
-    folder) or the cache at ``cache_root/openvino/<key>``, else converted and stored."""
+    folder) or the cache at ``cache_root/openvino/<key>``, else converted and stored.
+    ``streams`` 1: each call uses every core (latency); more: that many calls at once,
+    the cores shared out (throughput for concurrent callers)."""
     import openvino as ov
 
     ir = _find_ir(key, [carried, cache_root]) or convert_graph(graph, example, key,
@@ -163,8 +173,10 @@ def openvino_frozen(graph: nn.Module, example: Inputs, key: str, cache_root: Pat
     core = ov.Core()
     model = core.read_model(ir)
     hint = "bf16" if uses_bf16(precision) else "f32"
+    performance = {"PERFORMANCE_HINT": "LATENCY"} if streams <= 1 else \
+        {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": str(streams)}
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint,
-                                                 "PERFORMANCE_HINT": "LATENCY"})
+                                                 **performance})
     names = tuple(name for port in model.inputs for name in port.get_names())
     return OpenVinoFrozen(compiled, names)
 
@@ -217,13 +229,15 @@ def graph_key(kind: str, modules: list[nn.Module], label: str = "") -> str:
 
 
 def frozen(graph: nn.Module, example: Inputs, kind: str, engine: str, precision: str,
-           cache_dir: str, label: str = "", carried: Path | None = None) -> Frozen:
-    """``graph`` on ``engine`` (resolved), ready to call with named tensors."""
+           cache_dir: str, label: str = "", carried: Path | None = None,
+           streams: int = 1) -> Frozen:
+    """``graph`` on ``engine`` (resolved), ready to call with named tensors (``streams``:
+    see ``openvino_frozen``; PyTorch takes concurrent calls as they come)."""
     if resolve_engine(engine) == "torch":
         return torch_frozen(graph, precision)
     key = graph_key(kind, [graph], label)
     return openvino_frozen(graph, example, key, engine_cache_root(cache_dir), precision,
-                           carried)
+                           carried, streams)
 
 
 # encoder bottoms (feature cache fill) ------------------------------------------------------
@@ -254,6 +268,7 @@ class FrozenTowers:
         self.model = model.eval()
         self.engine = resolve_engine(engine)
         self.carried = carried
+        self.query_streams = 1
         self._query: Frozen | None = None
         self._product: Frozen | None = None
 
@@ -272,8 +287,16 @@ class FrozenTowers:
     def query_tower(self) -> Frozen:
         if self._query is None:
             self._query = self._frozen(QueryTowerGraph(self.model), self._query_example(),
-                                       "query-tower")
+                                       "query-tower", self.query_streams)
         return self._query
+
+    def encode_queries_concurrently(self, streams: int) -> None:
+        """Compile the query tower for ``streams`` concurrent callers (``fusion-model
+        serve --encoder-streams``). On 2 cores the encoder alone ran 1.4x the queries/s
+        with 2 streams and 2 callers in batches of 8; inside the service, sharing the
+        cores with Milvus, it measured within noise of 1 stream (benchmarks/RESULTS.md)."""
+        if streams != self.query_streams:
+            self.query_streams, self._query = streams, None
 
     def product_tower(self) -> Frozen:
         if self._product is None:
@@ -282,11 +305,12 @@ class FrozenTowers:
                                          "product-tower")
         return self._product
 
-    def _frozen(self, graph: nn.Module, example: Inputs, kind: str) -> Frozen:
+    def _frozen(self, graph: nn.Module, example: Inputs, kind: str,
+                streams: int = 1) -> Frozen:
         config = self.model.config
         return frozen(graph, example, kind, self.engine, config.train.precision,
                       config.train.cache_dir, label=architecture(config),
-                      carried=self.carried)
+                      carried=self.carried, streams=streams)
 
     def _query_example(self) -> Inputs:
         return dict(self.model.query_text.tokenize(["red shirt", "blue"],

@@ -297,12 +297,14 @@ def _versions(searcher: ChampionSearcher) -> dict:
 
 def serve(config, host: str = "127.0.0.1", port: int = 8080, follow_interval: float = 5.0,
           token: str | None = None, access_log: bool = True, query_cache: int = 0,
-          max_batch: int = 32) -> None:
+          max_batch: int = 32, encoder_streams: int = 1) -> None:
     """Load the champion and serve until interrupted (``query_cache``: query vectors kept
-    per encoder, 0 for none; ``max_batch``: see ``create_app``)."""
+    per encoder, 0 for none; ``max_batch``: see ``create_app``; ``encoder_streams``: see
+    ``ChampionSearcher.open``)."""
     import uvicorn
 
-    with ChampionSearcher.open(config, strict=False, query_cache=query_cache) as searcher:
+    with ChampionSearcher.open(config, strict=False, query_cache=query_cache,
+                               encoder_streams=encoder_streams) as searcher:
         app = create_app(searcher, follow_interval, token, max_batch)
         if searcher.served is None:
             log.warning("not ready: %s; /readyz answers 503 until a champion is served "

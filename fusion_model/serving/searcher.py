@@ -74,17 +74,27 @@ class _Pending:
         self.texts = texts
         self.vectors: np.ndarray | None = None
         self.error: BaseException | None = None
-        self.done = False
+        self.finished = threading.Event()
+
+    @property
+    def done(self) -> bool:
+        return self.finished.is_set()
+
+    def finish(self, vectors: np.ndarray | None = None,
+               error: BaseException | None = None) -> None:
+        self.vectors, self.error = vectors, error
+        self.finished.set()
 
 
 class BatchingEncoder:
-    """Encodes the queries of concurrent requests together: one encoder run at a time, and
-    whoever runs it takes every request waiting (up to ``max_batch`` texts) along. Alone,
-    a request is encoded at once; under load, one forward pass serves many requests."""
+    """Encodes the queries of concurrent requests together: up to ``concurrency`` encoder
+    runs at a time, and whoever starts one takes every request waiting (up to
+    ``max_batch`` texts) along. Alone, a request is encoded at once; under load, one
+    forward pass serves many requests."""
 
-    def __init__(self, encode, max_batch: int = 64):
+    def __init__(self, encode, max_batch: int = 64, concurrency: int = 1):
         self._encode, self.max_batch = encode, max_batch
-        self._run = threading.Lock()
+        self._runs = threading.BoundedSemaphore(concurrency)
         self._queue_lock = threading.Lock()
         self._queue: list[_Pending] = []
 
@@ -92,30 +102,37 @@ class BatchingEncoder:
         mine = _Pending(texts)
         with self._queue_lock:
             self._queue.append(mine)
-        with self._run:
+        with self._runs:
             while not mine.done:  # a full batch ahead of it may leave it for the next run
-                self._encode_waiting()
+                batch = self._take_waiting()
+                if not batch:  # another run took it along: wait for that run
+                    break
+                self._encode_batch(batch)
+        mine.finished.wait()
         if mine.error is not None:
             raise mine.error
         return mine.vectors
 
-    def _encode_waiting(self) -> None:
+    def _take_waiting(self) -> list[_Pending]:
         with self._queue_lock:
             batch, size = [], 0
             while self._queue and (not batch or size + len(self._queue[0].texts)
                                    <= self.max_batch):
                 size += len(self._queue[0].texts)
                 batch.append(self._queue.pop(0))
+        return batch
+
+    def _encode_batch(self, batch: list[_Pending]) -> None:
         try:
             vectors = np.asarray(self._encode([t for p in batch for t in p.texts]))
         except BaseException as error:  # every waiting request gets the error
             for pending in batch:
-                pending.error, pending.done = error, True
+                pending.finish(error=error)
             return
         start = 0
         for pending in batch:
-            pending.vectors = vectors[start:start + len(pending.texts)]
-            pending.done, start = True, start + len(pending.texts)
+            pending.finish(vectors[start:start + len(pending.texts)])
+            start += len(pending.texts)
 
 
 @dataclass
@@ -161,8 +178,9 @@ class QueryCache:
                 self._vectors.popitem(last=False)
 
 
-def load_query_encoder(model_name: str, query_version: str):
-    """The registered query encoder as a function of a list of texts."""
+def load_query_encoder(model_name: str, query_version: str, concurrency: int = 1):
+    """The registered query encoder as a function of a list of texts (``concurrency``:
+    callers it is compiled for, see ``FrozenTowers.encode_queries_concurrently``)."""
     import mlflow
     import pandas as pd
 
@@ -173,16 +191,19 @@ def load_query_encoder(model_name: str, query_version: str):
         towers = pyfunc.unwrap_python_model().towers  # skips the DataFrame schema checks
     except (AttributeError, ValueError):
         return lambda texts: pyfunc.predict(pd.DataFrame({"text": texts}))
+    towers.encode_queries_concurrently(concurrency)
     return lambda texts: towers.embed_queries(texts).numpy().astype(np.float32)
 
 
 class ChampionSearcher:
     """Searches the champion's collection with its query encoder; follows promotions."""
 
-    def __init__(self, config: RunConfig, index: VectorIndex, query_cache: int = 0):
+    def __init__(self, config: RunConfig, index: VectorIndex, query_cache: int = 0,
+                 encoder_streams: int = 1):
         self.config = config
         self.index = index
         self.query_cache = query_cache  # distinct query texts kept per encoder; 0: none
+        self.encoder_streams = encoder_streams  # query-encoder runs at once
         self.cache_stats = CacheStats()
         self.served: Served | None = None
         self.problem: str | None = None  # why the last follow() kept (or has) nothing
@@ -192,15 +213,17 @@ class ChampionSearcher:
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, config: RunConfig, strict: bool = True, query_cache: int = 0):
+    def open(cls, config: RunConfig, strict: bool = True, query_cache: int = 0,
+             encoder_streams: int = 1):
         """A searcher with its own index connection, loaded (``strict``: raises when there
         is no champion or it is not the one being served; else it waits for one;
-        ``query_cache``: query vectors kept per encoder, see ``QueryCache``)."""
+        ``query_cache``: query vectors kept per encoder, see ``QueryCache``;
+        ``encoder_streams``: query-encoder runs at once, each on its share of the cores)."""
         from fusion_model.registry.tracking import configure
 
         configure(config.registry.resolved_tracking_uri())
         with open_index(config.index) as index:
-            searcher = cls(config, index, query_cache)
+            searcher = cls(config, index, query_cache, encoder_streams)
             searcher.follow(strict=strict)
             yield searcher
 
@@ -247,8 +270,9 @@ class ChampionSearcher:
     def _load(self, version: str, query_version: str, collection: str) -> Served:
         encode = self._encoders.get(query_version)
         if encode is None:
-            encode = BatchingEncoder(load_query_encoder(self.config.registry.model_name,
-                                                        query_version))
+            encode = BatchingEncoder(load_query_encoder(
+                self.config.registry.model_name, query_version, self.encoder_streams),
+                concurrency=self.encoder_streams)
             if self.query_cache > 0:
                 encode = QueryCache(encode, self.query_cache, self.cache_stats)
             # the champion's and the reviewed versions' encoders; older ones end with

@@ -269,13 +269,14 @@ def test_promotion_and_rollback_are_followed_without_a_failed_request(platform):
 def test_concurrent_requests_are_merged_and_each_gets_its_own_hits(platform):
     """32 requests at once through real uvicorn: each answer equals the same query
     searched alone, a bad one among them is its own 400, and the service ran fewer
-    batches than searches (one encoder pass and one Milvus call for several)."""
+    batches than searches (one encoder pass and one Milvus call for several). The query
+    encoder runs on two OpenVINO streams here (``--encoder-streams 2``)."""
     import asyncio
 
     queries = [f"{colour} {kind}" for colour in ("red", "blue", "green", "black")
                for kind in ("shirt", "dress", "shoes", "jeans", "bag", "scarf", "watch",
                             "cap")]
-    with ChampionSearcher.open(platform["config"]) as searcher:
+    with ChampionSearcher.open(platform["config"], encoder_streams=2) as searcher:
         alone = {q: [h["product_id"] for h in searcher.search(q, 5).hits] for q in queries}
         with Uvicorn(create_app(searcher, follow_interval=0)) as url:
             async def all_at_once() -> list[httpx.Response]:

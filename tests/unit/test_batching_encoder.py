@@ -47,6 +47,26 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_vectors():
     assert len(calls) < len(requests)  # batched under load
 
 
+def test_two_encoder_runs_overlap_and_every_request_gets_its_own_vectors():
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def encode(texts: list[str]) -> np.ndarray:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return np.array([[float(t.split("-")[1])] for t in texts], dtype=np.float32)
+
+    encoder = BatchingEncoder(encode, max_batch=4, concurrency=2)
+    requests = [[f"q-{i}"] for i in range(24)]
+    results = run_concurrently(encoder, requests)
+    assert [r.tolist() for r in results] == [[[float(i)]] for i in range(24)]
+    assert most[0] == 2
+
+
 def test_a_lone_request_is_encoded_at_once():
     calls: list[int] = []
     encoder = BatchingEncoder(slow_encoder(calls))

@@ -75,6 +75,23 @@ def test_towers_agree_with_pytorch(tmp_path, precision, floor):
                       reference.embed_products(texts, images * 10)) >= floor
 
 
+def test_a_query_tower_compiled_for_two_streams_is_safe_from_two_threads(tmp_path):
+    """The search service encodes two batches at once: each thread gets its own infer
+    request, and every answer equals the PyTorch reference for its own queries."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = tiny_model(tmp_path, "train.precision=fp32")
+    reference = FrozenTowers(model, "torch")
+    served = FrozenTowers(model, "openvino")
+    served.encode_queries_concurrently(2)
+    assert served.query_tower().compiled.get_property("NUM_STREAMS") == 2
+    batches = [QUERIES[i % 4:] + QUERIES[:i % 4] for i in range(40)]
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(served.embed_queries, batches))
+    for batch, answer in zip(batches, answers):
+        assert min_cosine(answer, reference.embed_queries(batch)) >= 0.999
+
+
 def test_packaged_encoders_agree_with_pytorch(tmp_path):
     """The default product tower (MiniLM + EfficientNet-Lite0 with colour tokens)."""
     torch.manual_seed(0)
