@@ -45,6 +45,7 @@ class SearchBatcher:
         self.stats = BatchStats()
         self._waiting: dict[tuple, list[_Waiting]] = {}
         self._running = 0
+        self._drains: set[asyncio.Task] = set()  # referenced, so none is collected mid-run
         self._executor = ThreadPoolExecutor(in_flight, thread_name_prefix="search-batch")
 
     async def search(self, query: str, k: int = 10, filter_text: str = "",
@@ -54,7 +55,9 @@ class SearchBatcher:
         self._waiting.setdefault((k, filter_text, model), []).append(waiting)
         if self._running < self.in_flight:
             self._running += 1
-            loop.create_task(self._drain())
+            drain = loop.create_task(self._drain())
+            self._drains.add(drain)
+            drain.add_done_callback(self._drains.discard)
         return await waiting.future
 
     def close(self) -> None:
@@ -66,6 +69,7 @@ class SearchBatcher:
         try:
             while self._waiting:
                 key, batch = self._next_batch()
+                self._count(len(batch))
                 try:
                     outcomes = await loop.run_in_executor(self._executor, self._run, key,
                                                           [w.query for w in batch])
@@ -84,13 +88,16 @@ class SearchBatcher:
             self._waiting[key] = group[self.max_batch:]
         return key, group[:self.max_batch]
 
+    def _count(self, size: int) -> None:
+        """Batch statistics, kept on the event loop's thread only."""
+        self.stats.batches += 1
+        self.stats.searches += size
+        self.stats.largest = max(self.stats.largest, size)
+
     def _run(self, key: tuple, queries: list[str]) -> list:
         """Results (or errors) in the order of ``queries``. A failing batch is retried one
         query at a time, so a bad request gets its own error and the others their hits."""
         k, filter_text, model = key
-        self.stats.batches += 1
-        self.stats.searches += len(queries)
-        self.stats.largest = max(self.stats.largest, len(queries))
         try:
             return list(self._search_many(queries, k, filter_text, model))
         except Exception as error:  # noqa: BLE001 - handed to the requests, not swallowed
