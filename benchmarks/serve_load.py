@@ -95,8 +95,8 @@ def trained_versions(work: Path) -> None:
 
 
 def load_collections(work: Path, uri: str, products: int, data: dict, tag: str) -> None:
-    """100k-product collections for v1 and v2 on ``uri``, recorded on the versions; the
-    serving alias and the champion at v1."""
+    """100k-product collections for v1 and v2 on ``uri``, recorded on the versions (each
+    measured run then starts from ``champion_back_to_v1``)."""
     from fusion_model.config import load_config
     from fusion_model.registry import registry
     from fusion_model.registry.tracking import configure
@@ -127,7 +127,6 @@ def load_collections(work: Path, uri: str, products: int, data: dict, tag: str) 
             index.wait_until_indexed(name, timeout=900)
             candidate, _ = registry.candidate_for(config.registry.model_name, version)
             registry.tag_version(candidate, {"milvus_collection": name})
-    champion_back_to_v1(work, uri, products, tag)
 
 
 def champion_back_to_v1(work: Path, uri: str, products: int, tag: str) -> None:
@@ -259,18 +258,17 @@ def service_counts(url: str) -> dict[str, float]:
     """From the service's /metrics, over the whole run: query-cache hits and misses, and
     the searches per batch (``SearchBatcher``)."""
     import httpx
+    from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(f"{url}/metrics", timeout=10).text
-
-    def value(series: str) -> float:
-        found = [line for line in text.splitlines() if line.startswith(series + " ")]
-        return float(found[0].split()[-1]) if found else 0.0
-
-    batches = value('fusion_search_batching{count="batches"}')
-    return {"cache hits": value('fusion_query_cache{result="hit"}'),
-            "cache misses": value('fusion_query_cache{result="miss"}'),
+    value = {(sample.name, *sample.labels.values()): sample.value
+             for family in text_string_to_metric_families(text) for sample in family.samples}
+    batches = value.get(("fusion_search_batching", "batches"), 0.0)
+    return {"cache hits": value.get(("fusion_query_cache", "hit"), 0.0),
+            "cache misses": value.get(("fusion_query_cache", "miss"), 0.0),
             "batches": batches,
-            "per batch": value('fusion_search_batching{count="searches"}') / max(batches, 1)}
+            "per batch": value.get(("fusion_search_batching", "searches"), 0.0)
+            / max(batches, 1)}
 
 
 def summary(records: list, seconds: float) -> dict[str, float]:

@@ -95,10 +95,8 @@ class Metrics:
 class Follower:
     """Calls ``searcher.follow()`` every ``interval`` seconds in a daemon thread."""
 
-    def __init__(self, searcher: ChampionSearcher, metrics: Metrics, interval: float,
-                 batches: BatchStats | None = None):
+    def __init__(self, searcher: ChampionSearcher, metrics: Metrics, interval: float):
         self.searcher, self.metrics, self.interval = searcher, metrics, interval
-        self.batches = batches
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="follow-champion", daemon=True)
 
@@ -120,7 +118,7 @@ class Follower:
                 log.exception("following the champion failed; still serving %s",
                               self.searcher.served and f"v{self.searcher.served.version}")
                 self.searcher.problem = "following the champion failed (see the log)"
-            self.metrics.show(self.searcher, self.batches)
+            self.metrics.show(self.searcher)
 
 
 def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
@@ -134,7 +132,7 @@ def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
     metrics = Metrics()
     batcher = SearchBatcher(searcher.search_many, max_batch)
     metrics.show(searcher, batcher.stats)
-    follower = Follower(searcher, metrics, follow_interval, batcher.stats)
+    follower = Follower(searcher, metrics, follow_interval)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):

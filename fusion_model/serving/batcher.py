@@ -13,13 +13,10 @@ the GIL), so the event loop keeps parsing and answering HTTP meanwhile.
 from __future__ import annotations
 
 import asyncio
-import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fusion_model.serving.searcher import SearchResult
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
