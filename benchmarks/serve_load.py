@@ -2,7 +2,8 @@
 and a forced promotion in the middle of the run.
 
     python benchmarks/serve_load.py [--products 100000] [--clients 32] [--seconds 30]
-        [--backends lite,standalone] [--max-batch 1,32] [--query-cache 0,10000] [--work-dir DIR]
+        [--backends lite,standalone] [--max-batch 1,32] [--query-cache 0,10000]
+        [--sweep 2,4,8,16 [--sweep-seconds 10]] [--work-dir DIR]
 
 Set-up (cached in ``--work-dir``): a ``fast``-config champion v1 and a second version v2
 trained on a small synthetic catalog (real MiniLM query tower, OpenVINO engine), so that
@@ -20,7 +21,9 @@ promoted (serving alias, then the champion alias) and the service must follow it
 failed requests. Latency is measured at the client: HTTP, query encoding, ANN search and
 the product metadata (title, attributes, photo URL). The service runs without its query
 cache unless ``--query-cache`` says otherwise: the clients cycle through 1,000 queries, so
-a cache would answer most of them.
+a cache would answer most of them. ``--sweep`` adds a run per number of clients between
+the 1-client run and the loaded one (no promotion): the latency against concurrency curve,
+which tells up to how many clients a latency goal holds.
 """
 
 from __future__ import annotations
@@ -294,6 +297,10 @@ def main() -> None:
     parser.add_argument("--max-batch", type=_int_list,
                         default=[1, 32], help="the service's --max-batch, one run each "
                         "(default 1,32: without and with merged searches)")
+    parser.add_argument("--sweep", type=_int_list, default=[],
+                        help="also run with each of these numbers of clients, "
+                             "--sweep-seconds each, before the loaded run")
+    parser.add_argument("--sweep-seconds", type=float, default=10)
     parser.add_argument("--work-dir", type=Path,
                         default=Path.home() / ".cache" / "fusion-model" / "serve-load")
     args = parser.parse_args()
@@ -328,6 +335,9 @@ def measure(args: argparse.Namespace, uri: str, queries: list[str], setting: dic
     with service(args.work_dir, uri, log_file, setting) as url:
         uvloop.run(run_clients(url, queries, 1, 3))  # warm up
         single = uvloop.run(run_clients(url, queries, 1, 10))
+        sweep = {f"{clients} clients": summary(uvloop.run(run_clients(
+            url, queries, clients, args.sweep_seconds)), args.sweep_seconds)
+            for clients in args.sweep}
         when: list[float] = []
         loaded = uvloop.run(run_clients(
             url, queries, args.clients, args.seconds,
@@ -337,7 +347,7 @@ def measure(args: argparse.Namespace, uri: str, queries: list[str], setting: dic
     failed = [r for r in loaded if r[2] != 200][:3]
     if failed:
         log.warning("%s: failed requests, e.g. %s", log_file.stem, failed)
-    return {"1 client": summary(single, 10),
+    return {"1 client": summary(single, 10), **sweep,
             f"{args.clients} clients": summary(loaded, args.seconds),
             "promotion": {"errors": sum(r[2] != 200 for r in swap), "requests": len(swap),
                           "versions served": float(len({r[3] for r in loaded

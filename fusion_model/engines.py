@@ -271,6 +271,7 @@ class FrozenTowers:
         self.query_streams = 1
         self._query: Frozen | None = None
         self._product: Frozen | None = None
+        self._compiling = threading.Lock()  # concurrent first calls compile once
 
     @property
     def config(self):
@@ -285,10 +286,12 @@ class FrozenTowers:
         return self.model.image.image_size if self.model.image is not None else 0
 
     def query_tower(self) -> Frozen:
-        if self._query is None:
-            self._query = self._frozen(QueryTowerGraph(self.model), self._query_example(),
-                                       "query-tower", self.query_streams)
-        return self._query
+        with self._compiling:
+            if self._query is None:
+                self._query = self._frozen(QueryTowerGraph(self.model),
+                                           self._query_example(), "query-tower",
+                                           self.query_streams)
+            return self._query
 
     def encode_queries_concurrently(self, streams: int) -> None:
         """Compile the query tower for ``streams`` concurrent callers (``fusion-model
@@ -299,11 +302,12 @@ class FrozenTowers:
             self.query_streams, self._query = streams, None
 
     def product_tower(self) -> Frozen:
-        if self._product is None:
-            self._product = self._frozen(ProductTowerGraph(self.model),
-                                         self._product_example([None, None]),
-                                         "product-tower")
-        return self._product
+        with self._compiling:
+            if self._product is None:
+                self._product = self._frozen(ProductTowerGraph(self.model),
+                                             self._product_example([None, None]),
+                                             "product-tower")
+            return self._product
 
     def _frozen(self, graph: nn.Module, example: Inputs, kind: str,
                 streams: int = 1) -> Frozen:

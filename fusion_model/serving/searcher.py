@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -195,6 +196,16 @@ def load_query_encoder(model_name: str, query_version: str, concurrency: int = 1
     return lambda texts: towers.embed_queries(texts).numpy().astype(np.float32)
 
 
+def _warm_up(encode, query_version: str) -> None:
+    """Compile and run the query encoder once before it serves: otherwise the first
+    requests after a start or a promotion wait for the compilation (about a second, more
+    under load), and concurrent ones could each start it."""
+    started = time.perf_counter()
+    encode(["warm up"])
+    log.info("query encoder v%s ready in %.1f s", query_version,
+             time.perf_counter() - started)
+
+
 class ChampionSearcher:
     """Searches the champion's collection with its query encoder; follows promotions."""
 
@@ -273,6 +284,7 @@ class ChampionSearcher:
             encode = BatchingEncoder(load_query_encoder(
                 self.config.registry.model_name, query_version, self.encoder_streams),
                 concurrency=self.encoder_streams)
+            _warm_up(encode, query_version)
             if self.query_cache > 0:
                 encode = QueryCache(encode, self.query_cache, self.cache_stats)
             # the champion's and the reviewed versions' encoders; older ones end with

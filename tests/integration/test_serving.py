@@ -155,6 +155,25 @@ def test_repeated_queries_are_answered_from_the_query_cache(platform):
     assert 'fusion_query_cache{result="miss"} 1.0' in metrics
 
 
+def test_the_query_encoder_runs_once_before_it_serves(platform, monkeypatch):
+    """Loading a champion runs its query encoder once (on OpenVINO: compiles it), so the
+    first request after a start or a promotion does not wait for that."""
+    from fusion_model.serving import searcher as searcher_module
+
+    encoded = []
+    load = searcher_module.load_query_encoder
+
+    def spied(*args):
+        encode = load(*args)
+        return lambda texts: encoded.append(list(texts)) or encode(texts)
+
+    monkeypatch.setattr(searcher_module, "load_query_encoder", spied)
+    with ChampionSearcher.open(platform["config"]) as fresh:
+        assert encoded == [["warm up"]]
+        fresh.search("red shirt")
+    assert encoded == [["warm up"], ["red shirt"]]
+
+
 def test_a_bearer_token_guards_everything_but_health(searcher, caplog):
     from fastapi.testclient import TestClient
 

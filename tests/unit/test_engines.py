@@ -92,6 +92,34 @@ def test_a_query_tower_compiled_for_two_streams_is_safe_from_two_threads(tmp_pat
         assert min_cosine(answer, reference.embed_queries(batch)) >= 0.999
 
 
+def test_concurrent_first_calls_compile_a_tower_once(tmp_path, monkeypatch):
+    """The service's batch threads may all reach a new champion's encoder at once: one
+    compiles, the others wait for it and get the same compiled tower."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    compiled = []
+    original = FrozenTowers._frozen
+
+    def slow_frozen(self, *args, **kwargs):
+        compiled.append(args[2])
+        time.sleep(0.2)  # a compilation takes long enough for the others to arrive
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FrozenTowers, "_frozen", slow_frozen)
+    towers = FrozenTowers(tiny_model(tmp_path), "openvino")
+    start = threading.Barrier(4)
+
+    def first_call(_):
+        start.wait()
+        return towers.query_tower()
+
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(first_call, range(4)))
+    assert compiled == ["query-tower"] and all(tower is got[0] for tower in got)
+
+
 def test_packaged_encoders_agree_with_pytorch(tmp_path):
     """The default product tower (MiniLM + EfficientNet-Lite0 with colour tokens)."""
     torch.manual_seed(0)
