@@ -11,7 +11,9 @@ tokenize, text encoder, image encoder, fusion head) with the default fusion mode
             autocast (bf16 where native), channels_last CNN chunks of 16
             (fusion_model.inference.embed_catalog with runtime.engine=torch)
 - openvino: the same batches through the product tower converted with OpenVINO
-            (runtime.engine=openvino; converted before timing, as a registered model is)
+            (runtime.engine=openvino; converted before timing, as a registered model is),
+            run as a pipeline of throughput streams while one thread decodes and prepares
+            the next batches (FrozenTowers.embed_product_batches)
 
 A second table times filling an empty feature cache (text and image bottoms, what the
 first training run over a catalog does) on each engine. The paths run interleaved,
@@ -205,7 +207,7 @@ def main() -> None:
             "naive (1 product, fp32, NCHW)": lambda: naive(fp32, small),
             f"torch batched ({args.batch}/batch, autocast, channels_last, prefetch)":
                 lambda: batched(bf16, subset, args.batch, "torch"),
-            f"openvino batched ({args.batch}/batch, prefetch)":
+            f"openvino batched ({args.batch}/batch, prefetch, streams)":
                 lambda: batched(bf16, subset, args.batch, "openvino"),
         }, args.repeats)
         fills = interleaved({

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -76,23 +75,22 @@ def _embed_cached(model: TwoTower, texts: list[str], uris: list[str | None], cac
 
 def _embed_uncached(towers: FrozenTowers, texts: list[str], uris: list[str | None],
                     batch_size: int, progress: bool) -> torch.Tensor:
-    """Batched embedding from files; the next batch's photos decode while this one runs."""
+    """Batched embedding from files: the next batches' photos decode and their inputs are
+    prepared in a background thread while the tower runs (``embed_product_batches``)."""
     size = towers.image_size
     starts = list(range(0, len(texts), batch_size))
+    # beside OpenVINO's streams one decoding thread is fastest: more take their cores
+    workers = 1 if towers.engine == "openvino" else 8
 
-    def decode(start: int) -> list:
-        batch_uris = uris[start:start + batch_size]
-        return load_images(batch_uris, size) if size else [None] * len(batch_uris)
+    def batches():
+        for start in starts:
+            batch_uris = uris[start:start + batch_size]
+            images = load_images(batch_uris, size, workers) if size else \
+                [None] * len(batch_uris)
+            yield texts[start:start + batch_size], images
 
-    out = []
-    with ThreadPoolExecutor(max_workers=1) as prefetch:
-        pending = prefetch.submit(decode, starts[0]) if starts else None
-        for i, start in enumerate(progress_bar(starts, desc="embed products", unit="batch",
-                                               show=progress)):
-            images = pending.result()
-            if i + 1 < len(starts):
-                pending = prefetch.submit(decode, starts[i + 1])
-            out.append(towers.embed_products(texts[start:start + batch_size], images))
+    out = list(progress_bar(towers.embed_product_batches(batches()), total=len(starts),
+                            desc="embed products", unit="batch", show=progress))
     return torch.cat(out) if out else torch.empty(0, towers.embedding_dim)
 
 

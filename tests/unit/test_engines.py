@@ -120,6 +120,35 @@ def test_concurrent_first_calls_compile_a_tower_once(tmp_path, monkeypatch):
     assert compiled == ["query-tower"] and all(tower is got[0] for tower in got)
 
 
+@pytest.mark.parametrize("engine", ["torch", "openvino"])
+def test_product_batches_come_back_in_order_and_agree(tmp_path, engine):
+    """The pipelined path (catalog embedding) gives each batch the vectors the one-call
+    path gives it, in order, empty and one-product batches included."""
+    model = tiny_model(tmp_path, "train.precision=fp32")
+    images = photos(model.image.image_size)
+    batches = [(TEXTS, images), ([], []), (TEXTS[:1], images[:1]), (TEXTS[::-1], images[::-1]),
+               (TEXTS[1:], images[1:])]
+    reference = FrozenTowers(model, "torch")
+    got = list(FrozenTowers(model, engine).embed_product_batches(iter(batches)))
+    assert [len(vectors) for vectors in got] == [len(texts) for texts, _ in batches]
+    for (texts, batch_images), vectors in zip(batches, got):
+        if texts:
+            assert min_cosine(vectors, reference.embed_products(texts, batch_images)) >= 0.999
+
+
+def test_an_error_while_preparing_a_batch_reaches_the_caller(tmp_path):
+    model = tiny_model(tmp_path, "train.precision=fp32")
+    images = photos(model.image.image_size)
+
+    def batches():
+        yield TEXTS, images
+        raise ValueError("photo 7 is unreadable")
+
+    embedded = FrozenTowers(model, "openvino").embed_product_batches(batches())
+    with pytest.raises(ValueError, match="photo 7"):
+        list(embedded)
+
+
 def test_packaged_encoders_agree_with_pytorch(tmp_path):
     """The default product tower (MiniLM + EfficientNet-Lite0 with colour tokens)."""
     torch.manual_seed(0)
