@@ -30,7 +30,7 @@ from torch import nn
 
 from fusion_model.config import ENGINES
 from fusion_model.errors import FusionModelError
-from fusion_model.runtime import autocast, uses_bf16, weights_fingerprint
+from fusion_model.runtime import autocast, prefetched, uses_bf16, weights_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -395,15 +395,15 @@ class FrozenTowers:
         background thread takes the next batches (a lazy iterator decodes its photos
         there) and prepares their inputs while the tower runs. On OpenVINO the tower runs
         as a pipeline of throughput streams that goes on across batches: on 2 cores, end
-        to end from files, +9-20% products/s over one two-thread call at a time, which
+        to end from files, +13% products/s over one two-thread call at a time, which
         stalls whenever decoding holds one of the cores (benchmarks/RESULTS.md)."""
         if self.engine == "torch":
             yield from (self.embed_products(texts, images) if texts else
                         torch.empty(0, self.embedding_dim)
-                        for texts, images in _prefetched(iter(batches), lambda b: b))
+                        for texts, images in prefetched(iter(batches), lambda b: b))
             return
         prepare = _prepare_with(self._product_chunks)
-        yield from _pipelined(self.product_pipeline(), _prefetched(iter(batches), prepare),
+        yield from _pipelined(self.product_pipeline(), prefetched(iter(batches), prepare),
                               self.embedding_dim)
 
 
@@ -417,33 +417,11 @@ def _prepare_with(chunks_of):
     return prepare
 
 
-def _prefetched(items: Iterator, prepare: Callable, ahead: int = 2) -> Iterator:
-    """``prepare(item)`` for each item, computed up to ``ahead`` items in advance in one
-    background thread (which also runs the iterator); errors surface in order."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    lock = threading.Lock()
-    done = object()
-
-    def next_prepared():
-        with lock:  # one thread, but keep ``next`` on the iterator strictly sequential
-            item = next(items, done)
-        return done if item is done else prepare(item)
-
-    with ThreadPoolExecutor(1, thread_name_prefix="prepare") as worker:
-        pending = [worker.submit(next_prepared) for _ in range(ahead)]
-        while True:
-            result = pending.pop(0).result()
-            if result is done:
-                return
-            pending.append(worker.submit(next_prepared))
-            yield result
-
-
 @dataclass
 class _Batch:
-    out: torch.Tensor
+    count: int
     left: int
+    parts: list = field(default_factory=list)  # (positions, numpy vectors) per chunk
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
@@ -451,7 +429,9 @@ class _Batch:
 def _pipelined(tower: OpenVinoFrozen, prepared: Iterator[tuple[int, list]], dim: int
                ) -> Iterator[torch.Tensor]:
     """Run the chunks of each prepared batch on an ``AsyncInferQueue`` over the tower's
-    streams; a batch is handed out once its chunks are done, while the next batch's run."""
+    streams; a batch is handed out once its chunks are done, while the next batch's run.
+    The callbacks (OpenVINO's threads) only copy numpy arrays: torch work there made every
+    later torch call in the process slower (1.7-1.9x, benchmarks/RESULTS.md)."""
     import openvino as ov
 
     queue = ov.AsyncInferQueue(tower.compiled, 0)  # 0: the plugin's optimal count
@@ -460,11 +440,12 @@ def _pipelined(tower: OpenVinoFrozen, prepared: Iterator[tuple[int, list]], dim:
     def finished(request, job: tuple[_Batch, torch.Tensor]) -> None:
         batch, positions = job
         try:
-            batch.out[positions] = torch.from_numpy(
-                np.array(request.get_output_tensor(0).data)).float()
+            vectors = np.array(request.get_output_tensor(0).data, dtype=np.float32)
         except BaseException as error:  # noqa: BLE001 - handed to the consumer
             batch.error = error
         with lock:
+            if batch.error is None:
+                batch.parts.append((positions, vectors))
             batch.left -= 1
             if batch.left <= 0:
                 batch.done.set()
@@ -473,27 +454,30 @@ def _pipelined(tower: OpenVinoFrozen, prepared: Iterator[tuple[int, list]], dim:
     previous: _Batch | None = None
     try:
         for count, chunks in prepared:
-            batch = _Batch(torch.empty(count, dim), len(chunks))
+            batch = _Batch(count, len(chunks))
             if not chunks:
                 batch.done.set()
             for positions, feed in chunks:
                 queue.start_async({n: feed[n] for n in tower.names if n in feed},
                                   (batch, positions))
             if previous is not None:
-                yield _handed_out(previous)
+                yield _handed_out(previous, dim)
             previous = batch
         queue.wait_all()
         if previous is not None:
-            yield _handed_out(previous)
+            yield _handed_out(previous, dim)
     finally:
         queue.wait_all()
 
 
-def _handed_out(batch: _Batch) -> torch.Tensor:
+def _handed_out(batch: _Batch, dim: int) -> torch.Tensor:
     batch.done.wait()
     if batch.error is not None:
         raise batch.error
-    return batch.out
+    out = torch.empty(batch.count, dim)
+    for positions, vectors in batch.parts:
+        out[positions] = torch.from_numpy(vectors)
+    return out
 
 
 def towers_for(model: nn.Module, engine: str | None = None,

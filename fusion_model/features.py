@@ -30,6 +30,7 @@ from PIL import Image
 from fusion_model import engines, storage
 from fusion_model.errors import BadInputError
 from fusion_model.progress import progress_bar
+from fusion_model.runtime import prefetched
 from fusion_model.tensor_files import load_tensors
 
 log = logging.getLogger(__name__)
@@ -96,28 +97,38 @@ class FeatureCache:
             index.update({k: (meta.with_suffix(".pt").name, i) for i, k in enumerate(keys)})
         return index
 
-    def get(self, keys: list[str], compute: Callable[[list[int]], Batch], batch_size: int,
-            desc: str, progress: bool = True) -> Batch:
-        """Features for every key, computing (in batches) and storing only missing ones."""
+    def get(self, keys: list[str], compute: Callable[..., Batch], batch_size: int,
+            desc: str, progress: bool = True,
+            prepare: Callable[[list[int]], object] | None = None) -> Batch:
+        """Features for every key, computing (in batches) and storing only missing ones.
+        ``compute`` takes a batch's indices, or with ``prepare`` what ``prepare`` made of
+        them: the next batches are prepared (photos read and decoded, say) in a background
+        thread while ``compute`` runs."""
         index = self._index()
         missing = [i for i, k in enumerate(keys) if k not in index]
         unique_missing = list({keys[i]: i for i in missing}.values())
         self.stats = {"hits": len(keys) - len(missing), "computed": len(unique_missing)}
         if unique_missing:
-            self._compute_and_store(keys, unique_missing, compute, batch_size, desc, progress)
+            self._compute_and_store(keys, unique_missing, compute, batch_size, desc, progress,
+                                    prepare)
             index = self._index()
         return self._gather(keys, index)
 
-    def _compute_and_store(self, keys, todo, compute, batch_size, desc, progress) -> None:
+    def _compute_and_store(self, keys, todo, compute, batch_size, desc, progress,
+                           prepare=None) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         shard_size = max(batch_size, 2048)
+        shards = [todo[start:start + shard_size] for start in range(0, len(todo), shard_size)]
+        batches = [[chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size)]
+                   for chunk in shards]
+        everything = iter([batch for shard in batches for batch in shard])
+        inputs = prefetched(everything, prepare) if prepare else everything
         bar = progress_bar(total=len(todo), desc=desc, unit="item", show=progress)
-        for start in range(0, len(todo), shard_size):
-            chunk = todo[start:start + shard_size]
+        for chunk, shard_batches in zip(shards, batches):
             parts = []
-            for b in range(0, len(chunk), batch_size):
-                parts.append(compute(chunk[b:b + batch_size]))
-                bar.update(len(chunk[b:b + batch_size]))
+            for batch in shard_batches:
+                parts.append(compute(next(inputs)))
+                bar.update(len(batch))
             shard = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
             name = f"shard-{uuid.uuid4().hex[:12]}"
             torch.save(shard, self.dir / f"{name}.pt")
@@ -222,16 +233,25 @@ def _cached_bottoms(encoder, uris: list[str], keys: list[str], cache_root: str,
     histograms_seen: dict[str, torch.Tensor] = {}
     channels_last = engines.resolve_engine(engine) == "torch"  # a converted graph: NCHW
 
-    def compute(indices: list[int]) -> Batch:
-        pixels = encoder.preprocess(load_images([uris[i] for i in indices],
-                                                encoder.image_size), channels_last)
+    def prepare(indices: list[int], workers: int = 1) -> tuple[list[int], torch.Tensor]:
+        return indices, encoder.preprocess(load_images([uris[i] for i in indices],
+                                                       encoder.image_size, workers),
+                                           channels_last)
+
+    def compute(prepared: tuple[list[int], torch.Tensor]) -> Batch:
+        indices, pixels = prepared
         features = bottom()({"pixels": pixels})
         if colour:
             histograms = encoder.colour_bottom(pixels, tuple(features.shape[-2:]))
             histograms_seen.update(zip([keys[i] for i in indices], histograms))
         return {"features": features.to(torch.bfloat16).contiguous()}
 
-    features = cache.get(keys, compute, batch_size, "image features", progress)["features"]
+    if channels_last:  # torch: decoding beside its threads stalls them; decode first
+        features = cache.get(keys, lambda indices: compute(prepare(indices, workers=8)),
+                             batch_size, "image features", progress)["features"]
+    else:  # OpenVINO: the next photos decode in one thread while it runs (RESULTS.md)
+        features = cache.get(keys, compute, batch_size, "image features", progress,
+                             prepare)["features"]
     log.info("image features: %d cached, %d computed", cache.stats["hits"],
              cache.stats["computed"])
     if not colour:

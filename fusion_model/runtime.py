@@ -1,11 +1,14 @@
 """Where models run: CPU autocast precision (bf16 where the CPU computes it natively, fp32
 elsewhere) and the fingerprint of frozen weights that keys the feature cache. The one place
-a device and an inference runtime are chosen."""
+a device and an inference runtime are chosen; ``prefetched`` overlaps preparing inputs
+with running them."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
@@ -37,3 +40,22 @@ def weights_fingerprint(label: str, modules: list[nn.Module]) -> str:
             digest.update(name.encode())
             digest.update(tensor.detach().float().contiguous().numpy().tobytes()[:4096])
     return digest.hexdigest()[:20]
+
+
+def prefetched(items: Iterator, prepare: Callable, ahead: int = 2) -> Iterator:
+    """``prepare(item)`` for each item, computed up to ``ahead`` items in advance in one
+    background thread (which also runs the iterator); errors surface in order."""
+    done = object()
+
+    def next_prepared():  # one worker thread: the iterator is advanced in order
+        item = next(items, done)
+        return done if item is done else prepare(item)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="prepare") as worker:
+        pending = [worker.submit(next_prepared) for _ in range(ahead)]
+        while True:
+            result = pending.pop(0).result()
+            if result is done:
+                return
+            pending.append(worker.submit(next_prepared))
+            yield result

@@ -214,6 +214,38 @@ def test_feature_cache_fill_agrees_across_engines(tmp_path):
                       text["torch"]["hidden"][real].float()) >= 0.999
 
 
+def test_the_feature_cache_prepares_batches_ahead_in_order(tmp_path):
+    """``prepare`` runs ahead in a background thread across shards; ``compute`` gets each
+    batch's prepared inputs in order; an error while preparing reaches the caller and
+    stores nothing for the failed shard."""
+    from fusion_model.features import FeatureCache
+
+    keys = [f"k{i}" for i in range(2100)]  # two shards (2,048 keys each at most)
+    seen = []
+
+    def prepare(indices):
+        return [i * 10 for i in indices]
+
+    def compute(prepared):
+        seen.append(prepared)
+        return {"value": torch.tensor(prepared, dtype=torch.float32)}
+
+    got = FeatureCache(tmp_path, "demo", "v1").get(keys, compute, 100, "demo", False, prepare)
+    assert torch.equal(got["value"], torch.arange(2100, dtype=torch.float32) * 10)
+    assert [batch[0] for batch in seen] == [i * 10 for i in [*range(0, 2048, 100),
+                                                              *range(2048, 2100, 100)]]
+
+    def failing(indices):
+        if 150 in indices:
+            raise ValueError("photo 150 is unreadable")
+        return indices
+
+    broken = FeatureCache(tmp_path, "demo", "v2")
+    with pytest.raises(ValueError, match="photo 150"):
+        broken.get(keys, compute, 100, "demo", False, failing)
+    assert not list(broken.dir.glob("shard-*"))
+
+
 def test_top10_retrieval_overlaps_on_the_synthetic_catalog(synthetic_catalog, tmp_path):
     catalog = load_catalog(str(synthetic_catalog))
     config = load_config("tiny", [f"train.cache_dir={tmp_path / 'cache'}"])
