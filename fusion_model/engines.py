@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -419,65 +420,57 @@ def _prepare_with(chunks_of):
 
 @dataclass
 class _Batch:
-    count: int
+    out: torch.Tensor
     left: int
-    parts: list = field(default_factory=list)  # (positions, numpy vectors) per chunk
-    done: threading.Event = field(default_factory=threading.Event)
-    error: BaseException | None = None
 
 
 def _pipelined(tower: OpenVinoFrozen, prepared: Iterator[tuple[int, list]], dim: int
                ) -> Iterator[torch.Tensor]:
-    """Run the chunks of each prepared batch on an ``AsyncInferQueue`` over the tower's
-    streams; a batch is handed out once its chunks are done, while the next batch's run.
-    The callbacks (OpenVINO's threads) only copy numpy arrays: torch work there made every
-    later torch call in the process slower (1.7-1.9x, benchmarks/RESULTS.md)."""
-    import openvino as ov
+    """Run the chunks of each prepared batch on the tower's streams, one infer request per
+    stream, started asynchronously and collected oldest first on this thread; a batch is
+    handed out once its chunks are collected, while the next batch's run.
 
-    queue = ov.AsyncInferQueue(tower.compiled, 0)  # 0: the plugin's optimal count
-    lock = threading.Lock()
+    No ``AsyncInferQueue`` callbacks: Python work on OpenVINO's threads deadlocked when the
+    compiled model was freed (its stream threads waited for the GIL the freeing thread
+    held), and torch work there made every later torch call in the process 1.7-1.9x
+    slower (benchmarks/RESULTS.md)."""
+    compiled = tower.compiled
+    count = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    idle = deque(compiled.create_infer_request() for _ in range(max(count, 1)))
+    running: deque = deque()  # (request, batch, positions), oldest first
 
-    def finished(request, job: tuple[_Batch, torch.Tensor]) -> None:
-        batch, positions = job
-        try:
-            vectors = np.array(request.get_output_tensor(0).data, dtype=np.float32)
-        except BaseException as error:  # noqa: BLE001 - handed to the consumer
-            batch.error = error
-        with lock:
-            if batch.error is None:
-                batch.parts.append((positions, vectors))
-            batch.left -= 1
-            if batch.left <= 0:
-                batch.done.set()
+    def collect_oldest() -> None:
+        request, batch, positions = running.popleft()
+        request.wait()
+        batch.out[positions] = torch.from_numpy(
+            np.array(request.get_output_tensor(0).data, dtype=np.float32))
+        batch.left -= 1
+        idle.append(request)
 
-    queue.set_callback(finished)
     previous: _Batch | None = None
     try:
-        for count, chunks in prepared:
-            batch = _Batch(count, len(chunks))
-            if not chunks:
-                batch.done.set()
+        for size, chunks in prepared:
+            batch = _Batch(torch.empty(size, dim), len(chunks))
             for positions, feed in chunks:
-                queue.start_async({n: feed[n] for n in tower.names if n in feed},
-                                  (batch, positions))
+                if not idle:
+                    collect_oldest()
+                request = idle.popleft()
+                request.start_async({n: feed[n] for n in tower.names if n in feed})
+                running.append((request, batch, positions))
             if previous is not None:
-                yield _handed_out(previous, dim)
+                yield _collected(previous, collect_oldest)
             previous = batch
-        queue.wait_all()
         if previous is not None:
-            yield _handed_out(previous, dim)
+            yield _collected(previous, collect_oldest)
     finally:
-        queue.wait_all()
+        for request, _, _ in running:  # stopped early or failed: let the requests finish
+            request.wait()
 
 
-def _handed_out(batch: _Batch, dim: int) -> torch.Tensor:
-    batch.done.wait()
-    if batch.error is not None:
-        raise batch.error
-    out = torch.empty(batch.count, dim)
-    for positions, vectors in batch.parts:
-        out[positions] = torch.from_numpy(vectors)
-    return out
+def _collected(batch: _Batch, collect_oldest: Callable[[], None]) -> torch.Tensor:
+    while batch.left > 0:
+        collect_oldest()
+    return batch.out
 
 
 def towers_for(model: nn.Module, engine: str | None = None,
