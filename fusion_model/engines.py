@@ -167,7 +167,7 @@ def openvino_frozen(graph: nn.Module, example: Inputs, key: str, cache_root: Pat
     folder) or the cache at ``cache_root/openvino/<key>``, else converted and stored.
     ``streams`` 1: each call uses every core (latency); more: that many calls at once,
     the cores shared out (throughput for concurrent callers); 0: as many as the CPU
-    plugin finds best for throughput (``AsyncInferQueue`` pipelines)."""
+    plugin finds best for throughput (pipelines of async requests)."""
     import openvino as ov
 
     ir = _find_ir(key, [carried, cache_root]) or convert_graph(graph, example, key,
