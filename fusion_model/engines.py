@@ -149,11 +149,14 @@ class OpenVinoFrozen:
     _requests: threading.local = field(default_factory=threading.local, repr=False)
 
     def __call__(self, inputs: Inputs) -> torch.Tensor:
-        feed = {name: _numpy(inputs[name]) for name in self.names if name in inputs}
         request = getattr(self._requests, "request", None)
         if request is None:
             request = self._requests.request = self.compiled.create_infer_request()
-        return torch.from_numpy(np.asarray(request.infer(feed)[0])).float()
+        return torch.from_numpy(np.asarray(request.infer(self.feed(inputs))[0])).float()
+
+    def feed(self, inputs: Inputs) -> dict[str, np.ndarray]:
+        """The named tensors this model takes, as numpy arrays."""
+        return {name: _numpy(inputs[name]) for name in self.names if name in inputs}
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -363,6 +366,8 @@ class FrozenTowers:
     @torch.no_grad()
     def embed_products(self, texts: list[str], images: list[np.ndarray | None]
                        ) -> torch.Tensor:
+        if not texts:
+            return torch.empty(0, self.embedding_dim)
         if self.engine == "torch":
             return self.model.embed_products(texts, images)
         tower = self.product_tower()
@@ -375,8 +380,6 @@ class FrozenTowers:
                         ) -> list[tuple[torch.Tensor, Inputs]]:
         """The product tower's calls for a batch: (positions in the batch, inputs), in
         chunks of similar text length, each cut to its own longest text (less padding)."""
-        if not texts:
-            return []
         tokens = dict(self.model.text.tokenize(texts))
         lengths = tokens["attention_mask"].sum(dim=1)
         order = torch.argsort(lengths, descending=True, stable=True)
@@ -399,23 +402,18 @@ class FrozenTowers:
         to end from files, +13% products/s over one two-thread call at a time, which
         stalls whenever decoding holds one of the cores (benchmarks/RESULTS.md)."""
         if self.engine == "torch":
-            yield from (self.embed_products(texts, images) if texts else
-                        torch.empty(0, self.embedding_dim)
+            yield from (self.embed_products(texts, images)
                         for texts, images in prefetched(iter(batches), lambda b: b))
             return
-        prepare = _prepare_with(self._product_chunks)
-        yield from _pipelined(self.product_pipeline(), prefetched(iter(batches), prepare),
-                              self.embedding_dim)
+        tower = self.product_pipeline()
 
+        def prepare(batch: tuple[list[str], list]) -> tuple[int, list]:
+            """(count, [(positions, numpy feed)]): what ``_pipelined`` runs."""
+            texts, images = batch
+            return len(texts), [(positions, tower.feed(inputs)) for positions, inputs
+                                in (self._product_chunks(texts, images) if texts else [])]
 
-def _prepare_with(chunks_of):
-    """(texts, images) -> (count, [(positions, numpy feed)]): what ``_pipelined`` runs."""
-    def prepare(batch: tuple[list[str], list]) -> tuple[int, list]:
-        texts, images = batch
-        return len(texts), [(positions, {name: _numpy(tensor) for name, tensor in
-                                         inputs.items()})
-                            for positions, inputs in chunks_of(texts, images)]
-    return prepare
+        yield from _pipelined(tower, prefetched(iter(batches), prepare), self.embedding_dim)
 
 
 @dataclass
@@ -455,7 +453,7 @@ def _pipelined(tower: OpenVinoFrozen, prepared: Iterator[tuple[int, list]], dim:
                 if not idle:
                     collect_oldest()
                 request = idle.popleft()
-                request.start_async({n: feed[n] for n in tower.names if n in feed})
+                request.start_async(feed)
                 running.append((request, batch, positions))
             if previous is not None:
                 yield _collected(previous, collect_oldest)
