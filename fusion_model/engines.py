@@ -107,23 +107,27 @@ class QueryTowerGraph(nn.Module):
 
 
 class ProductTowerGraph(nn.Module):
-    """Product token ids (+ preprocessed pixels and which products have a photo) ->
-    product vectors (B, E)."""
+    """Token ids of the distinct texts (U, T), each product's row among them
+    (``text_index``, B) (+ preprocessed pixels and which products have a photo) ->
+    product vectors (B, E). Products that share a text (a catalog's colour and size
+    variants) run the text encoder once."""
+
+    revision = "text_index"  # part of the converted IR's cache key
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None, pixels=None,
-                present=None):
+    def forward(self, input_ids, attention_mask, text_index, token_type_ids=None,
+                pixels=None, present=None):
         model = self.model
         mask = attention_mask.bool()
         hidden = model.text.bottom_from_ids(input_ids, attention_mask, token_type_ids)
-        tokens = model.text.top(hidden, mask)
+        tokens = model.text.top(hidden, mask)[text_index]
         features = model.image.bottom(pixels) if model.image is not None else None
         if present is None:
-            present = torch.zeros(input_ids.shape[0], dtype=torch.bool)
-        return model.products_from_features(tokens, mask, features, present)
+            present = torch.zeros(text_index.shape[0], dtype=torch.bool)
+        return model.products_from_features(tokens, mask[text_index], features, present)
 
 
 # engines -----------------------------------------------------------------------------------
@@ -227,11 +231,14 @@ def architecture(config) -> str:
 
 
 def graph_key(kind: str, modules: list[nn.Module], label: str = "") -> str:
-    """``kind`` + the weights' fingerprint (+ the openvino version)."""
+    """``kind`` + the weights' fingerprint (+ the openvino version and the graphs'
+    ``revision``, so that an IR of an older graph is not taken for the current one)."""
     import openvino
 
     version = openvino.__version__.split("-")[0]
-    return f"{kind}-{weights_fingerprint(f'{kind}|{label}|ov{version}', modules)}"
+    revisions = "".join(f"|{module.revision}" for module in modules
+                        if getattr(module, "revision", ""))
+    return f"{kind}-{weights_fingerprint(f'{kind}|{label}|ov{version}{revisions}', modules)}"
 
 
 def frozen(graph: nn.Module, example: Inputs, kind: str, engine: str, precision: str,
@@ -312,7 +319,7 @@ class FrozenTowers:
         with self._compiling:
             if self._product is None:
                 self._product = self._frozen(ProductTowerGraph(self.model),
-                                             self._product_example([None, None]),
+                                             self._product_example([None] * 3),
                                              "product-tower")
             return self._product
 
@@ -322,7 +329,7 @@ class FrozenTowers:
         with self._compiling:
             if self._product_pipeline is None:
                 self._product_pipeline = self._frozen(
-                    ProductTowerGraph(self.model), self._product_example([None, None]),
+                    ProductTowerGraph(self.model), self._product_example([None] * 3),
                     "product-tower", streams=0)
             return self._product_pipeline
 
@@ -339,6 +346,7 @@ class FrozenTowers:
 
     def _product_example(self, images: list) -> Inputs:
         return dict(self.model.text.tokenize(["a red cotton shirt", "blue"])) | \
+            {"text_index": torch.tensor([0, 1, 1][:len(images)])} | \
             self._image_inputs(images)
 
     def _image_inputs(self, images: list) -> Inputs:
@@ -379,18 +387,23 @@ class FrozenTowers:
     def _product_chunks(self, texts: list[str], images: list[np.ndarray | None]
                         ) -> list[tuple[torch.Tensor, Inputs]]:
         """The product tower's calls for a batch: (positions in the batch, inputs), in
-        chunks of similar text length, each cut to its own longest text (less padding)."""
+        chunks of similar text length, each cut to its own longest text (less padding),
+        with each distinct text of a chunk once (identical texts are sorted together)."""
         tokens = dict(self.model.text.tokenize(texts))
-        lengths = tokens["attention_mask"].sum(dim=1)
-        order = torch.argsort(lengths, descending=True, stable=True)
+        lengths = tokens["attention_mask"].sum(dim=1).tolist()
+        order = sorted(range(len(texts)), key=lambda i: (-lengths[i], texts[i]))
         right_padded = getattr(self.model.text.tokenizer, "padding_side", "right") == "right"
         full = tokens["attention_mask"].shape[1]
         chunks = []
-        for chunk in order.split(PRODUCT_CHUNK):
-            width = int(lengths[chunk].max()) if right_padded else full
-            inputs = {name: ids[chunk, :width] for name, ids in tokens.items()}
-            chunks.append((chunk, inputs | self._image_inputs([images[i] for i in
-                                                               chunk.tolist()])))
+        for start in range(0, len(order), PRODUCT_CHUNK):
+            chunk = order[start:start + PRODUCT_CHUNK]
+            rows, text_index = _distinct_rows([texts[i] for i in chunk])
+            distinct = [chunk[row] for row in rows]
+            width = max(lengths[i] for i in distinct) if right_padded else full
+            inputs = {name: ids[distinct, :width] for name, ids in tokens.items()}
+            inputs["text_index"] = text_index
+            chunks.append((torch.tensor(chunk), inputs | self._image_inputs(
+                [images[i] for i in chunk])))
         return chunks
 
     def embed_product_batches(self, batches: Iterable[tuple[list[str], list]]
@@ -414,6 +427,15 @@ class FrozenTowers:
                                 in (self._product_chunks(texts, images) if texts else [])]
 
         yield from _pipelined(tower, prefetched(iter(batches), prepare), self.embedding_dim)
+
+
+def _distinct_rows(texts: list[str]) -> tuple[list[int], torch.Tensor]:
+    """(the first row of each distinct text, each row's index among those rows)."""
+    first: dict[str, int] = {}
+    for row, text in enumerate(texts):
+        first.setdefault(text, row)
+    position = {text: i for i, text in enumerate(first)}
+    return list(first.values()), torch.tensor([position[text] for text in texts])
 
 
 @dataclass

@@ -76,22 +76,30 @@ def _embed_cached(model: TwoTower, texts: list[str], uris: list[str | None], cac
 def _embed_uncached(towers: FrozenTowers, texts: list[str], uris: list[str | None],
                     batch_size: int, progress: bool) -> torch.Tensor:
     """Batched embedding from files: the next batches' photos decode and their inputs are
-    prepared in a background thread while the tower runs (``embed_product_batches``)."""
+    prepared in a background thread while the tower runs (``embed_product_batches``).
+    Products go in the order of their texts, so that products sharing a text fall in one
+    batch, where the tower encodes that text once."""
     size = towers.image_size
-    starts = list(range(0, len(texts), batch_size))
+    order = sorted(range(len(texts)), key=texts.__getitem__)
+    starts = list(range(0, len(order), batch_size))
     # beside OpenVINO's streams one decoding thread is fastest: more take their cores
     workers = 1 if towers.engine == "openvino" else 8
 
     def batches():
         for start in starts:
-            batch_uris = uris[start:start + batch_size]
+            rows = order[start:start + batch_size]
+            batch_uris = [uris[row] for row in rows]
             images = load_images(batch_uris, size, workers) if size else \
                 [None] * len(batch_uris)
-            yield texts[start:start + batch_size], images
+            yield [texts[row] for row in rows], images
 
     out = list(progress_bar(towers.embed_product_batches(batches()), total=len(starts),
                             desc="embed products", unit="batch", show=progress))
-    return torch.cat(out) if out else torch.empty(0, towers.embedding_dim)
+    if not out:
+        return torch.empty(0, towers.embedding_dim)
+    vectors = torch.empty(len(texts), towers.embedding_dim)
+    vectors[torch.tensor(order)] = torch.cat(out)
+    return vectors
 
 
 def evaluate_model(model: TwoTower, catalog: Catalog, split: str = "test",

@@ -148,13 +148,18 @@ class TwoTower(nn.Module):
                        image_chunk: int = IMAGE_CHUNK) -> torch.Tensor:
         """texts and decoded RGB arrays (None = no photo) -> product vectors (B, E).
 
-        The CNN runs in chunks of ``image_chunk`` (channels_last + bf16 autocast were
-        fastest at 16 on 2 CPU cores; see benchmarks/RESULTS.md).
+        Each distinct text is encoded once. The CNN runs in chunks of ``image_chunk``
+        (channels_last + bf16 autocast were fastest at 16 on 2 CPU cores; see
+        benchmarks/RESULTS.md).
         """
         self.eval()
+        distinct = list(dict.fromkeys(texts))
+        position = {text: i for i, text in enumerate(distinct)}
+        text_index = torch.tensor([position[text] for text in texts], dtype=torch.long)
         with autocast(self.config.train.precision):
-            hidden, mask = self.text.bottom(texts)
-            tokens = self.text.top(hidden, mask)
+            hidden, mask = self.text.bottom(distinct)
+            tokens = self.text.top(hidden, mask)[text_index]
+            mask = mask[text_index]
             present = torch.tensor([img is not None for img in images], dtype=torch.bool)
             features = None
             if self.image is not None:

@@ -260,3 +260,43 @@ def test_top10_retrieval_overlaps_on_the_synthetic_catalog(synthetic_catalog, tm
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top["torch"],
                                                                  top["openvino"])])
     assert overlap >= 0.98
+
+
+@pytest.mark.parametrize("engine", ["torch", "openvino"])
+def test_products_sharing_a_text_encode_it_once_and_get_their_own_vectors(tmp_path, engine):
+    """Colour variants share a title: the product tower runs each distinct text of a call
+    once, and every product still gets the vector it gets alone."""
+    model = tiny_model(tmp_path, "train.precision=fp32")
+    images = photos(model.image.image_size, 5)[:5]
+    texts = ["red shirt", "blue jeans", "red shirt", "red shirt", "blue jeans"]
+    towers = FrozenTowers(model, engine)
+    together = towers.embed_products(texts, images)
+    alone = torch.cat([model.embed_products([text], [image])
+                       for text, image in zip(texts, images)])
+    assert min_cosine(together, alone) >= 0.999
+    assert min_cosine(together[[0]], together[[2]]) < 0.999  # same text, other photo
+    (positions, inputs), = towers._product_chunks(texts, images)
+    assert inputs["input_ids"].shape[0] == 2
+    assert [texts[i] for i in positions.tolist()] == sorted(texts, key=lambda t: (-len(t), t))
+
+
+@pytest.mark.parametrize("engine", ["torch", "openvino"])
+def test_catalog_vectors_come_back_in_catalog_order(synthetic_catalog, tmp_path, engine):
+    """embed_catalog batches products in the order of their texts (shared texts together)
+    and must hand the vectors back in catalog order."""
+    import dataclasses
+
+    from fusion_model.features import load_images, product_text
+
+    catalog = load_catalog(str(synthetic_catalog))
+    products = catalog.products.head(40).copy()
+    products["title"] = [products["title"].iloc[i % 12] for i in range(40)]  # variants
+    products["description"] = ""
+    catalog = dataclasses.replace(catalog, products=products)
+    model = tiny_model(tmp_path, "train.precision=fp32")
+    texts = [product_text(t, d) for t, d in zip(products["title"], products["description"])]
+    assert texts != sorted(texts) and len(set(texts)) < len(texts)
+    images = load_images(products["image_uri"].tolist(), model.image.image_size)
+    reference = model.embed_products(texts, images)
+    got = embed_catalog(model, catalog, batch_size=8, progress=False, engine=engine)
+    assert min_cosine(got, reference) >= 0.999
