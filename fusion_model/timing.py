@@ -6,13 +6,20 @@ A throughput ratio taken while another job shares the cores is not a speed-up of
 share of the machine's CPU time that OTHER processes used during the run, from
 ``/proc/stat`` minus this process's own CPU time, and benchmarks mark their table invalid
 above a limit.
+
+``IsolatedRun`` keeps a benchmark path in a process of its own: run in one process, each
+path's rounds would follow another path's work (a PyTorch batch before every OpenVINO
+round cost the OpenVINO path 20-28%, its first round after other work faulting in its
+memory again), which no single job that embeds a catalog sees.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import statistics
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -45,6 +52,12 @@ class CpuShare:
     load_before: float = 0.0
     load_after: float = 0.0
     _start: tuple | None = field(default=None, repr=False)
+    _workers: float = field(default=0.0, repr=False)
+
+    def count_own(self, seconds: float) -> None:
+        """Count ``seconds`` of CPU used inside by a worker of this run as its own (a live
+        child process's time is not in ``os.times`` until it is reaped)."""
+        self._workers += seconds
 
     def __enter__(self) -> CpuShare:
         self.load_before = os.getloadavg()[0]
@@ -58,7 +71,7 @@ class CpuShare:
             return
         busy = machine[0] - self._start[0][0]
         total = machine[1] - self._start[0][1]
-        mine = own - self._start[1]
+        mine = own - self._start[1] + self._workers
         self.others = max(0.0, busy - mine) / total if total > 0 else 0.0
 
     def verdict(self, limit: float = BUSY_LIMIT) -> str:
@@ -83,6 +96,66 @@ def wait_until_quiet(limit: float = BUSY_LIMIT, window: float = 5.0,
         if share.others is None or share.others <= limit:
             return time.monotonic() - started
     return None
+
+
+class IsolatedRun:
+    """One benchmark path in its own (spawned) process. ``setup(*args)`` runs there once
+    (build the model, convert, warm up) and returns a callable that runs one round and
+    gives its rate; each call of this object runs one round there and returns the rate.
+    Pass ``share`` to count the worker's CPU as this run's own. A context manager."""
+
+    def __init__(self, setup: Callable[..., Callable[[], float]], *args,
+                 share: CpuShare | None = None):
+        context = multiprocessing.get_context("spawn")
+        self._connection, child = context.Pipe()
+        self._process = context.Process(target=_serve_rounds, args=(child, setup, args),
+                                        daemon=True)
+        self._process.start()
+        child.close()
+        self.share = share
+        self._receive()  # ready, or setup's error
+
+    def __call__(self) -> float:
+        self._connection.send("run")
+        rate, cpu = self._receive()
+        if self.share is not None:
+            self.share.count_own(cpu)
+        return rate
+
+    def _receive(self):
+        try:
+            status, value = self._connection.recv()
+        except EOFError:
+            self._process.join()
+            raise RuntimeError(f"benchmark worker exited ({self._process.exitcode})") from None
+        if status == "error":
+            raise RuntimeError(f"benchmark worker failed:\n{value}")
+        return value
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            self._connection.send("stop")
+            self._process.join(timeout=60)
+        self._connection.close()
+
+    def __enter__(self) -> IsolatedRun:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _serve_rounds(connection, setup: Callable, args: tuple) -> None:
+    """Worker side of ``IsolatedRun``: (status, value) for setup and each round."""
+    try:
+        run = setup(*args)
+        connection.send(("ready", None))
+        while connection.recv() == "run":
+            start = time.process_time()
+            rate = run()
+            connection.send(("rate", (rate, time.process_time() - start)))
+    except Exception:  # noqa: BLE001 - reported to the parent, which raises it
+        connection.send(("error", traceback.format_exc()))
 
 
 def interleaved(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:

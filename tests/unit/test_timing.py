@@ -1,5 +1,7 @@
 """Benchmark timing: interleaved rounds, and CPU used by other processes is detected."""
 
+import functools
+import itertools
 import os
 import subprocess
 import sys
@@ -7,7 +9,14 @@ import time
 
 import pytest
 
-from fusion_model.timing import CpuShare, interleaved, latencies, summary, wait_until_quiet
+from fusion_model.timing import (
+    CpuShare,
+    IsolatedRun,
+    interleaved,
+    latencies,
+    summary,
+    wait_until_quiet,
+)
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs /proc/stat")
 
@@ -44,3 +53,21 @@ def test_waiting_for_quiet_gives_up_while_another_process_spins():
         spinner.wait()
     assert busy is None
     assert wait_until_quiet(limit=1.0, window=0.2, timeout=5) < 1.0
+
+
+def test_an_isolated_run_keeps_its_state_in_its_own_process():
+    """Each round runs in the worker that setup built once; its CPU counts as the run's."""
+    with CpuShare() as share:
+        with IsolatedRun(functools.partial, next, itertools.count(1), share=share) as rounds:
+            assert [rounds(), rounds(), rounds()] == [1, 2, 3]
+        with IsolatedRun(functools.partial, os.getpid) as worker:
+            assert worker() != os.getpid()
+    assert share._workers >= 0.0
+
+
+def test_an_isolated_run_reports_the_worker_error():
+    with IsolatedRun(functools.partial, int, "not a rate") as broken, \
+            pytest.raises(RuntimeError, match="invalid literal"):
+        broken()
+    with pytest.raises(RuntimeError, match="(?s)benchmark worker failed.*at least one argument"):
+        IsolatedRun(functools.partial)  # setup itself fails
