@@ -13,6 +13,7 @@ loads them instead of converting on every start.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -205,7 +206,7 @@ def convert_graph(graph: nn.Module, example: Inputs, key: str, cache_root: Path)
     target = cache_root / "openvino" / key
     started = time.perf_counter()
     graph.eval()
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _library_warnings_silenced():
         # tracing warns about shape-dependent Python branches; the agreement tests cover
         # batches of one and of many (tests/unit/test_engines.py)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -219,6 +220,22 @@ def convert_graph(graph: nn.Module, example: Inputs, key: str, cache_root: Path)
         shutil.rmtree(staging, ignore_errors=True)
     log.info("openvino: converted %s in %.1f s", key, time.perf_counter() - started)
     return target / IR_FILE
+
+
+@contextlib.contextmanager
+def _library_warnings_silenced() -> Iterator[None]:
+    """Conversion reads every attribute of the Hugging Face modules, which makes
+    transformers warn about deprecated properties and an unset loss type: noise for
+    people, about nothing the tower uses."""
+    quiet = logging.getLogger("transformers")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+            yield
+    finally:
+        quiet.setLevel(level)
 
 
 def architecture(config) -> str:

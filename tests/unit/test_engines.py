@@ -300,3 +300,18 @@ def test_catalog_vectors_come_back_in_catalog_order(synthetic_catalog, tmp_path,
     reference = model.embed_products(texts, images)
     got = embed_catalog(model, catalog, batch_size=8, progress=False, engine=engine)
     assert min_cosine(got, reference) >= 0.999
+
+
+def test_converting_a_tower_prints_nothing_of_the_libraries(tmp_path, caplog):
+    """Conversion reads every attribute of the Hugging Face modules; their deprecation
+    warnings and loss-type notice are noise in a user's log."""
+    import logging
+    import warnings
+
+    model = tiny_model(tmp_path)
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        FrozenTowers(model, "openvino").product_tower()
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)]
+    assert not [r for r in caplog.records if r.name.startswith("transformers")]
+    assert any("converted product-tower" in r.getMessage() for r in caplog.records)
