@@ -335,7 +335,7 @@ def measure(args: argparse.Namespace, uri: str, queries: list[str], setting: dic
     with service(args.work_dir, uri, log_file, setting) as url:
         uvloop.run(run_clients(url, queries, 1, 3))  # warm up
         single = uvloop.run(run_clients(url, queries, 1, 10))
-        sweep = {f"{clients} clients": summary(uvloop.run(run_clients(
+        sweep = {f"{clients} clients, sweep": summary(uvloop.run(run_clients(
             url, queries, clients, args.sweep_seconds)), args.sweep_seconds)
             for clients in args.sweep}
         when: list[float] = []
@@ -378,10 +378,11 @@ def print_table(rows: dict[str, dict[str, dict[str, float]]]) -> None:
     kinds = list(rows)
     measures = [(run, m) for run in rows[kinds[0]] for m in rows[kinds[0]][run]]
     width = max(14, *(len(kind) + 2 for kind in kinds))
-    print(f"{'run':<14}{'measure':<14}" + "".join(f"{k:>{width}}" for k in kinds))
+    first = max(14, *(len(run) + 2 for run, _ in measures))
+    print(f"{'run':<{first}}{'measure':<14}" + "".join(f"{k:>{width}}" for k in kinds))
     for run, measure in measures:
-        print(f"{run:<14}{measure:<14}" + "".join(f"{rows[k][run][measure]:>{width}.4g}"
-                                                   for k in kinds))
+        print(f"{run:<{first}}{measure:<14}" + "".join(
+            f"{rows[k][run][measure]:>{width}.4g}" for k in kinds))
 
 
 if __name__ == "__main__":
