@@ -335,7 +335,7 @@ def measure(args: argparse.Namespace, uri: str, queries: list[str], setting: dic
     with service(args.work_dir, uri, log_file, setting) as url:
         uvloop.run(run_clients(url, queries, 1, 3))  # warm up
         single = uvloop.run(run_clients(url, queries, 1, 10))
-        sweep = {f"{clients} clients, sweep": summary(uvloop.run(run_clients(
+        sweep = {f"{clients} client{'s' * (clients > 1)}, sweep": summary(uvloop.run(run_clients(
             url, queries, clients, args.sweep_seconds)), args.sweep_seconds)
             for clients in args.sweep}
         when: list[float] = []
