@@ -57,7 +57,7 @@ from fusion_model.data.synthetic import (  # noqa: E402
 )
 from fusion_model.index import milvus  # noqa: E402
 from fusion_model.index.standalone import lite_server, standalone_server  # noqa: E402
-from fusion_model.timing import wait_until_quiet  # noqa: E402
+from fusion_model.timing import machine_cpu_seconds, wait_until_quiet  # noqa: E402
 
 log = logging.getLogger("serve_load")
 
@@ -166,10 +166,13 @@ def settle(kind: str) -> None:
     """Start measuring once the server is done with its own work: after bulk writes a
     Milvus server compacts and re-indexes segments for minutes (up to 2 cores here), which
     measured 1-client p95 87 ms instead of ~20 and slowed the first half of the
-    32-client run."""
-    waited = wait_until_quiet(window=15, timeout=600)
+    32-client run. The quiet window spans more than the server's compaction trigger
+    interval (60 s): after 15 quiet seconds it still started compacting in the middle of
+    two runs (the 32-client rate fell from 555 to 129-184 requests/s, ``cpu others``
+    1.4 cores)."""
+    waited = wait_until_quiet(window=75, timeout=900)
     if waited is None:
-        log.warning("%s: the server still uses the CPU after 600 s; measuring anyway", kind)
+        log.warning("%s: the server still uses the CPU after 900 s; measuring anyway", kind)
     else:
         log.info("%s: server quiet after %.0f s", kind, waited)
 
@@ -257,6 +260,26 @@ def promote_v2(work: Path, uri: str, when: list) -> None:
     when.append(time.perf_counter())
 
 
+def cpu_split(url: str) -> tuple[float, float, float, float]:
+    """(wall, machine busy, service, this process incl. its clients) CPU seconds so far."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    service = next(sample.value for family in text_string_to_metric_families(text)
+                   for sample in family.samples if sample.name == "process_cpu_seconds_total")
+    busy, _ = machine_cpu_seconds() or (0.0, 0.0)
+    return time.monotonic(), busy, service, time.process_time()
+
+
+def cpu_cores(before: tuple, after: tuple) -> dict[str, float]:
+    """Cores used during the loaded run by the service, the load generator and everything
+    else (the Milvus server, or a server busy compacting: a run to read with care)."""
+    wall, busy, service, own = (b - a for a, b in zip(before, after))
+    return {"cpu service": service / wall, "cpu clients": own / wall,
+            "cpu others": max(0.0, busy - service - own) / wall}
+
+
 def service_counts(url: str) -> dict[str, float]:
     """From the service's /metrics, over the whole run: query-cache hits and misses, and
     the searches per batch (``SearchBatcher``)."""
@@ -339,10 +362,11 @@ def measure(args: argparse.Namespace, uri: str, queries: list[str], setting: dic
             url, queries, clients, args.sweep_seconds)), args.sweep_seconds)
             for clients in args.sweep}
         when: list[float] = []
+        before = cpu_split(url)
         loaded = uvloop.run(run_clients(
             url, queries, args.clients, args.seconds,
             at_half=functools.partial(promote_v2, args.work_dir, uri, when)))
-        counts = service_counts(url)
+        counts = service_counts(url) | cpu_cores(before, cpu_split(url))
     swap = [r for r in loaded if when and r[0] >= when[0]]
     failed = [r for r in loaded if r[2] != 200][:3]
     if failed:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 BUSY_LIMIT = 0.10   # other processes' share of all cores above which results are invalid
 
 
-def _proc_stat() -> tuple[float, float] | None:
+def machine_cpu_seconds() -> tuple[float, float] | None:
     """(busy, total) CPU seconds of the whole machine since boot, None off Linux."""
     try:
         with open("/proc/stat") as handle:
@@ -61,12 +61,12 @@ class CpuShare:
 
     def __enter__(self) -> CpuShare:
         self.load_before = os.getloadavg()[0]
-        self._start = (_proc_stat(), _own_cpu())
+        self._start = (machine_cpu_seconds(), _own_cpu())
         return self
 
     def __exit__(self, *exc) -> None:
         self.load_after = os.getloadavg()[0]
-        machine, own = _proc_stat(), _own_cpu()
+        machine, own = machine_cpu_seconds(), _own_cpu()
         if machine is None or self._start[0] is None:
             return
         busy = machine[0] - self._start[0][0]

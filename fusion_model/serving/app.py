@@ -52,9 +52,17 @@ class Metrics:
     """The service's Prometheus metrics, in a registry of its own."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            Histogram,
+            Info,
+            ProcessCollector,
+        )
 
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, memory, fds
         self.requests = Counter("fusion_search_requests", "HTTP requests",
                                 ["endpoint", "status"], registry=self.registry)
         self.errors = Counter("fusion_search_errors", "Requests answered with 5xx",

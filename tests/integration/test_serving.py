@@ -137,6 +137,7 @@ def test_health_readiness_metrics_and_the_review_page(client):
     assert 'fusion_search_latency_seconds_bucket{endpoint="/search",le="0.015"}' in metrics
     assert "fusion_champion_version 1.0" in metrics
     assert re.search(r'fusion_serving_info\{collection="products_m1_\w+"', metrics)
+    assert re.search(r"process_cpu_seconds_total \d", metrics)  # load tests read it
     page = client.get("/")
     assert page.status_code == 200 and 'id="search-form"' in page.text
 
