@@ -20,13 +20,13 @@ first training run over a catalog does) on each engine. Each path runs in a proc
 its own (``IsolatedRun``), warmed by one untimed round, as a job that embeds a catalog
 does: in one shared process every OpenVINO round followed a PyTorch round and ran 20-28%
 slower for it. The paths run interleaved, ``--repeats`` rounds, and the tables give min
-and median. It also reports single-query
-encoding latency (p50, p95) of the query tower on each engine, the machine's matmul
-FLOP/s and the share of it the image encoder reaches. The benchmark refuses to start when
-other processes keep the CPU busy, and marks its tables INVALID (exit status 3) when
-they used more than 10% of it during the run (``fusion_model.timing.CpuShare``): contention
-slows the naive loop and the batched path differently, so a ratio taken beside
-another job is not a property of the code. ``--allow-busy`` runs and prints anyway.
+and median. It also reports single-query encoding latency (p50, p95) of the query tower
+on each engine, the machine's matmul FLOP/s and the share of it the image encoder
+reaches. The benchmark refuses to start when other processes keep the CPU busy, and
+marks its tables INVALID (exit status 3) when they used more than 10% of it during the
+run (``fusion_model.timing.CpuShare``): contention slows the naive loop and the batched
+path differently, so a ratio taken beside another job is not a property of the code.
+``--allow-busy`` runs and prints anyway.
 """
 
 from __future__ import annotations
