@@ -32,6 +32,7 @@ from torch import nn
 
 from fusion_model.config import ENGINES
 from fusion_model.errors import FusionModelError
+from fusion_model.models.text import distinct_rows
 from fusion_model.runtime import autocast, prefetched, uses_bf16, weights_fingerprint
 
 log = logging.getLogger(__name__)
@@ -336,7 +337,7 @@ class FrozenTowers:
         with self._compiling:
             if self._product is None:
                 self._product = self._frozen(ProductTowerGraph(self.model),
-                                             self._product_example([None] * 3),
+                                             self._product_example(),
                                              "product-tower")
             return self._product
 
@@ -346,7 +347,7 @@ class FrozenTowers:
         with self._compiling:
             if self._product_pipeline is None:
                 self._product_pipeline = self._frozen(
-                    ProductTowerGraph(self.model), self._product_example([None] * 3),
+                    ProductTowerGraph(self.model), self._product_example(),
                     "product-tower", streams=0)
             return self._product_pipeline
 
@@ -361,10 +362,10 @@ class FrozenTowers:
         return dict(self.model.query_text.tokenize(["red shirt", "blue"],
                                                    self.config.text.query_max_length))
 
-    def _product_example(self, images: list) -> Inputs:
+    def _product_example(self) -> Inputs:
+        """Three products, two sharing a text, so that tracing sees a real gather."""
         return dict(self.model.text.tokenize(["a red cotton shirt", "blue"])) | \
-            {"text_index": torch.tensor([0, 1, 1][:len(images)])} | \
-            self._image_inputs(images)
+            {"text_index": torch.tensor([0, 1, 1])} | self._image_inputs([None] * 3)
 
     def _image_inputs(self, images: list) -> Inputs:
         """``pixels`` (preprocessed, NCHW as the converted graph takes them) and
@@ -414,7 +415,7 @@ class FrozenTowers:
         chunks = []
         for start in range(0, len(order), PRODUCT_CHUNK):
             chunk = order[start:start + PRODUCT_CHUNK]
-            rows, text_index = _distinct_rows([texts[i] for i in chunk])
+            rows, text_index = distinct_rows([texts[i] for i in chunk])
             distinct = [chunk[row] for row in rows]
             width = max(lengths[i] for i in distinct) if right_padded else full
             inputs = {name: ids[distinct, :width] for name, ids in tokens.items()}
@@ -444,15 +445,6 @@ class FrozenTowers:
                                 in (self._product_chunks(texts, images) if texts else [])]
 
         yield from _pipelined(tower, prefetched(iter(batches), prepare), self.embedding_dim)
-
-
-def _distinct_rows(texts: list[str]) -> tuple[list[int], torch.Tensor]:
-    """(the first row of each distinct text, each row's index among those rows)."""
-    first: dict[str, int] = {}
-    for row, text in enumerate(texts):
-        first.setdefault(text, row)
-    position = {text: i for i, text in enumerate(first)}
-    return list(first.values()), torch.tensor([position[text] for text in texts])
 
 
 @dataclass

@@ -31,6 +31,16 @@ def resolve_text_model(name: str) -> str:
     return name
 
 
+def distinct_rows(texts: list[str]) -> tuple[list[int], torch.Tensor]:
+    """(the first row of each distinct text, each row's index among those rows): what
+    lets products that share a text run the text encoder once."""
+    first: dict[str, int] = {}
+    for row, text in enumerate(texts):
+        first.setdefault(text, row)
+    position = {text: i for i, text in enumerate(first)}
+    return list(first.values()), torch.tensor([position[text] for text in texts])
+
+
 def mean_pool(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """tokens (B, T, D), mask (B, T) -> (B, D) mean over real tokens (zeros if none)."""
     weights = mask.unsqueeze(-1).to(tokens.dtype)

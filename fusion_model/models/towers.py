@@ -17,7 +17,7 @@ from fusion_model.errors import BadInputError
 from fusion_model.losses import InfoNCELoss
 from fusion_model.models.heads import HeadSettings, QueryHead, head_class, l2
 from fusion_model.models.image import build_image_encoder
-from fusion_model.models.text import TextEncoder, mean_pool
+from fusion_model.models.text import TextEncoder, distinct_rows, mean_pool
 from fusion_model.runtime import autocast
 from fusion_model.tensor_files import load_tensors
 
@@ -153,11 +153,9 @@ class TwoTower(nn.Module):
         benchmarks/RESULTS.md).
         """
         self.eval()
-        distinct = list(dict.fromkeys(texts))
-        position = {text: i for i, text in enumerate(distinct)}
-        text_index = torch.tensor([position[text] for text in texts], dtype=torch.long)
+        rows, text_index = distinct_rows(texts)
         with autocast(self.config.train.precision):
-            hidden, mask = self.text.bottom(distinct)
+            hidden, mask = self.text.bottom([texts[row] for row in rows])
             tokens = self.text.top(hidden, mask)[text_index]
             mask = mask[text_index]
             present = torch.tensor([img is not None for img in images], dtype=torch.bool)
