@@ -260,16 +260,21 @@ def promote_v2(work: Path, uri: str, when: list) -> None:
     when.append(time.perf_counter())
 
 
-def cpu_split(url: str) -> tuple[float, float, float, float]:
-    """(wall, machine busy, service, this process incl. its clients) CPU seconds so far."""
+def metric_values(url: str) -> dict[tuple, float]:
+    """The service's /metrics samples by (name, *label values)."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    service = next(sample.value for family in text_string_to_metric_families(text)
-                   for sample in family.samples if sample.name == "process_cpu_seconds_total")
+    return {(sample.name, *sample.labels.values()): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def cpu_split(values: dict[tuple, float]) -> tuple[float, float, float, float]:
+    """(wall, machine busy, service, this process incl. its clients) CPU seconds so far."""
     busy, _ = machine_cpu_seconds() or (0.0, 0.0)
-    return time.monotonic(), busy, service, time.process_time()
+    return (time.monotonic(), busy, values[("process_cpu_seconds_total",)],
+            time.process_time())
 
 
 def cpu_cores(before: tuple, after: tuple) -> dict[str, float]:
@@ -280,15 +285,9 @@ def cpu_cores(before: tuple, after: tuple) -> dict[str, float]:
             "cpu others": max(0.0, busy - service - own) / wall}
 
 
-def service_counts(url: str) -> dict[str, float]:
+def service_counts(value: dict[tuple, float]) -> dict[str, float]:
     """From the service's /metrics, over the whole run: query-cache hits and misses, and
     the searches per batch (``SearchBatcher``)."""
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    value = {(sample.name, *sample.labels.values()): sample.value
-             for family in text_string_to_metric_families(text) for sample in family.samples}
     batches = value.get(("fusion_search_batching", "batches"), 0.0)
     return {"cache hits": value.get(("fusion_query_cache", "hit"), 0.0),
             "cache misses": value.get(("fusion_query_cache", "miss"), 0.0),
@@ -362,11 +361,12 @@ def measure(args: argparse.Namespace, uri: str, queries: list[str], setting: dic
             url, queries, clients, args.sweep_seconds)), args.sweep_seconds)
             for clients in args.sweep}
         when: list[float] = []
-        before = cpu_split(url)
+        before = cpu_split(metric_values(url))
         loaded = uvloop.run(run_clients(
             url, queries, args.clients, args.seconds,
             at_half=functools.partial(promote_v2, args.work_dir, uri, when)))
-        counts = service_counts(url) | cpu_cores(before, cpu_split(url))
+        values = metric_values(url)
+        counts = service_counts(values) | cpu_cores(before, cpu_split(values))
     swap = [r for r in loaded if when and r[0] >= when[0]]
     failed = [r for r in loaded if r[2] != 200][:3]
     if failed:

@@ -226,15 +226,16 @@ def main() -> None:
     bf16.load_state_dict(fp32.state_dict())
     queries = catalog.queries["text"].head(args.queries).tolist()
     towers_for(bf16, "openvino").query_tower()  # what a registered model carries
-    paths = {
+    embeds = {
         "naive (1 product, fp32, NCHW)": ("naive", "torch", args.naive_products),
         f"torch batched ({args.batch}/batch, autocast, channels_last, prefetch)":
             ("batched", "torch", args.products),
         f"openvino batched ({args.batch}/batch, prefetch, streams)":
             ("batched", "openvino", args.products),
-        "feature cache fill, torch": ("fill", "torch", args.products),
-        "feature cache fill, openvino": ("fill", "openvino", args.products),
     }
+    fills = {f"feature cache fill, {engine}": ("fill", engine, args.products)
+             for engine in ("torch", "openvino")}
+    paths = embeds | fills
     with contextlib.ExitStack() as workers:
         log.warning("starting %d worker processes (one per path, warmed by one round)",
                     len(paths))
@@ -244,9 +245,8 @@ def main() -> None:
         with CpuShare() as share:
             for run in runs.values():
                 run.share = share
-            names = list(paths)
-            rates = interleaved({name: runs[name] for name in names[:3]}, args.repeats)
-            fills = interleaved({name: runs[name] for name in names[3:]}, args.repeats)
+            rates = interleaved({name: runs[name] for name in embeds}, args.repeats)
+            fill_rates = interleaved({name: runs[name] for name in fills}, args.repeats)
             latency = {"torch fp32": query_latency_ms(fp32, queries, "torch"),
                        "torch autocast": query_latency_ms(bf16, queries, "torch"),
                        "openvino": query_latency_ms(bf16, queries, "openvino")}
@@ -260,7 +260,7 @@ def main() -> None:
           f"{share.load_after:.2f}")
     print_rates(rates)
     print()
-    print_rates(fills)
+    print_rates(fill_rates)
     for name, (p50, p95) in latency.items():
         print(f"query tower, one query ({name}): p50 {p50:.1f} ms, p95 {p95:.1f} ms")
     achieved = flops_per_image * cnn_rate
