@@ -80,9 +80,9 @@ def index_all(index: milvus.MilvusIndex, data: dict) -> float:
     started = time.perf_counter()
     for start in range(0, len(ids), UPSERT_BATCH):
         stop = start + UPSERT_BATCH
-        index.upsert_rows(COLLECTION, ids[start:stop], vectors[start:stop],
-                          ["x"] * len(ids[start:stop]),
-                          {"category": data["categories"][start:stop]})
+        index.write_rows(COLLECTION, ids[start:stop], vectors[start:stop],
+                         ["x"] * len(ids[start:stop]),
+                         {"category": data["categories"][start:stop]}, overwrite=False)
     count = index.count(COLLECTION)
     assert count == len(ids), f"indexed {count} of {len(ids)}"
     return count / (time.perf_counter() - started)

@@ -119,12 +119,15 @@ def load_collections(work: Path, uri: str, products: int, data: dict, tag: str) 
             name = f"products_m{version}_load{products}_{tag}"
             if not index.has_collection(name) or index.count(name) != products:
                 log.info("writing %s (%d products)", name, products)
+                if index.has_collection(name):  # partly written: start again (inserts)
+                    index.drop_collection(name)
                 index.create_collection(name, 256, fields, "HNSW", "IP")
                 for start in range(0, products, BATCH):
                     rows = slice(start, start + BATCH)
-                    index.upsert_rows(name, frame["product_id"][rows].tolist(),
-                                      vectors[rows], ["load"] * len(frame[rows]),
-                                      {f: frame[f][rows].tolist() for f in fields})
+                    index.write_rows(name, frame["product_id"][rows].tolist(),
+                                     vectors[rows], ["load"] * len(frame[rows]),
+                                     {f: frame[f][rows].tolist() for f in fields},
+                                     overwrite=False)
                 index.count(name)
                 compact(index, name)
             index.wait_until_indexed(name, timeout=900)

@@ -72,7 +72,7 @@ def write_catalog(model: TwoTower, catalog: Catalog, index: VectorIndex, name: s
                   cache_dir: str | None = None, progress: bool = True,
                   delete_missing: bool = False, hashes: list[str] | None = None
                   ) -> IndexResult:
-    """Upsert every product whose content changed (all, for a new collection).
+    """Write every product whose content changed (all, for a new collection).
 
     Resumable: products already in the collection with the same content hash are skipped,
     so a job restarted after a crash continues where it stopped without duplicates.
@@ -85,7 +85,9 @@ def write_catalog(model: TwoTower, catalog: Catalog, index: VectorIndex, name: s
     hashes = hashes or product_hashes(catalog, attribute_fields(catalog, config))
     existing = index.existing_hashes(name)
     ids = catalog.products["product_id"].tolist()
-    todo = [i for i, pid in enumerate(ids) if existing.get(pid) != hashes[i]]
+    rewrite = holds_duplicates(index, name, existing)
+    todo = [i for i, pid in enumerate(ids) if rewrite or existing.get(pid) != hashes[i]]
+    stored = set(ids) if rewrite else set(existing)  # overwritten, not inserted
     removed = sorted(set(existing) - set(ids)) if delete_missing else []
     log.info("%s: %d products to embed, %d unchanged, %d to delete", name, len(todo),
              len(ids) - len(todo), len(removed))
@@ -96,13 +98,41 @@ def write_catalog(model: TwoTower, catalog: Catalog, index: VectorIndex, name: s
         vectors = embed_catalog(model, subset, cache_dir, progress=False).numpy()
         for b in range(0, len(chunk), config.batch_size):
             rows = chunk[b:b + config.batch_size]
-            index.upsert_rows(name, [ids[i] for i in rows], vectors[b:b + len(rows)],
-                              [hashes[i] for i in rows],
-                              {f: catalog.products[f].iloc[rows].tolist() for f in fields})
+            write_products(index, name, catalog, rows, vectors[b:b + len(rows)], hashes,
+                           fields, stored)
             bar.update(len(rows))
     bar.close()
     index.delete_ids(name, removed)
     return IndexResult(name, len(todo), len(ids) - len(todo), len(removed), index.count(name))
+
+
+def holds_duplicates(index: VectorIndex, name: str, existing: dict[str, str]) -> bool:
+    """Whether ``name`` holds an id twice: two writers inserted the same product (a task
+    thought dead still writing, say). Verification refuses such a collection; rewriting
+    every product with overwrites keeps one row per id."""
+    duplicated = index.count(name) - len(existing)
+    if duplicated > 0:
+        log.warning("%s holds %d duplicated rows (two writers?); rewriting every product",
+                    name, duplicated)
+    return duplicated > 0
+
+
+def write_products(index: VectorIndex, name: str, catalog: Catalog, rows: list[int],
+                   vectors: np.ndarray, hashes: list[str], fields: list[str],
+                   stored: set[str]) -> None:
+    """Write the catalog's ``rows`` (positions) with their ``vectors``: inserted when the
+    product is not in ``stored``, overwritten when it is."""
+    products = catalog.products
+    for overwrite in (False, True):
+        picked = [j for j, i in enumerate(rows)
+                  if (products["product_id"].iloc[i] in stored) == overwrite]
+        if not picked:
+            continue
+        chosen = [rows[j] for j in picked]
+        index.write_rows(name, products["product_id"].iloc[chosen].tolist(), vectors[picked],
+                         [hashes[i] for i in chosen],
+                         {f: products[f].iloc[chosen].tolist() for f in fields},
+                         overwrite=overwrite)
 
 
 def verify(index: VectorIndex, name: str, expected_ids: list[str], samples: int,

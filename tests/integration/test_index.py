@@ -63,7 +63,7 @@ def test_a_users_filter_matches_values_with_quotes_exactly(index_uri):
     values = ['say "hi"', "a\\", "x' or category != 'y", "plain"]
     with milvus.MilvusIndex.open(index_uri) as index:
         index.create_collection("quotes_m1_abc", 4, ["category"], index_type="FLAT")
-        index.upsert_rows("quotes_m1_abc", [f"p{i}" for i in range(4)],
+        index.write_rows("quotes_m1_abc", [f"p{i}" for i in range(4)],
                           np.eye(4, dtype=np.float32), ["h"] * 4, {"category": values})
         assert index.count("quotes_m1_abc") == 4  # a server's searches are bounded-stale
         for value in values:
@@ -81,7 +81,7 @@ def test_reading_an_index_logs_nothing_for_people_to_worry_about(index_uri, capl
     caplog.set_level(logging.WARNING)
     with milvus.MilvusIndex.open(index_uri) as index:
         index.create_collection("quiet_m1_abc", 4, ["category"], index_type="FLAT")
-        index.upsert_rows("quiet_m1_abc", ["a"], np.ones((1, 4), np.float32), ["h"],
+        index.write_rows("quiet_m1_abc", ["a"], np.ones((1, 4), np.float32), ["h"],
                           {"category": ["x"]})
         assert index.existing_hashes("quiet_m1_abc") == {"a": "h"}
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
@@ -98,7 +98,7 @@ def test_unsupported_index_types_are_rejected(model, catalog, index_uri):
 
 def test_crash_mid_indexing_resumes_without_duplicates(model, catalog, index_uri, monkeypatch):
     config = index_config(index_uri)
-    original, calls = milvus.MilvusIndex.upsert_rows, {"n": 0}
+    original, calls = milvus.MilvusIndex.write_rows, {"n": 0}
 
     def crash_after_two_batches(*args, **kwargs):
         calls["n"] += 1
@@ -106,15 +106,42 @@ def test_crash_mid_indexing_resumes_without_duplicates(model, catalog, index_uri
             raise RuntimeError("simulated crash")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(milvus.MilvusIndex, "upsert_rows", crash_after_two_batches)
+    monkeypatch.setattr(milvus.MilvusIndex, "write_rows", crash_after_two_batches)
     with pytest.raises(RuntimeError, match="simulated crash"):
         build_collection(model, catalog, config, "products_m2_abc", progress=False)
-    monkeypatch.setattr(milvus.MilvusIndex, "upsert_rows", original)
+    monkeypatch.setattr(milvus.MilvusIndex, "write_rows", original)
     result = build_collection(model, catalog, config, "products_m2_abc", progress=False)
     assert result.skipped == 100 and result.written == 200 and result.count == 300
     with milvus.MilvusIndex.open(config.uri) as index:
         ids = list(index.existing_hashes("products_m2_abc"))
     assert len(ids) == len(set(ids)) == 300
+
+
+def test_new_products_are_inserted_and_only_changed_ones_overwritten(model, catalog,
+                                                                      index_uri, monkeypatch):
+    """Inserts leave a Milvus server no delete records to compact once the collection is
+    served (after an all-upsert build of 100,000 rows it compacted and re-indexed at 2
+    cores for a minute); a product the collection holds is overwritten, never doubled."""
+    config = index_config(index_uri)
+    original, writes = milvus.MilvusIndex.write_rows, []
+
+    def recording(self, name, ids, *args, overwrite=True, **kwargs):
+        writes.append((overwrite, len(ids)))
+        return original(self, name, ids, *args, overwrite=overwrite, **kwargs)
+
+    monkeypatch.setattr(milvus.MilvusIndex, "write_rows", recording)
+    build_collection(model, catalog, config, "products_m3_abc", progress=False)
+    assert {overwrite for overwrite, _ in writes} == {False}
+    assert sum(count for _, count in writes) == 300
+    writes.clear()
+    products = catalog.products.copy()
+    products.loc[[2, 5], "title"] = "Changed Title Shirt"
+    added = products.iloc[[0]].assign(product_id="NEW1")
+    changed = dataclasses.replace(catalog, products=pd.concat([products, added],
+                                                              ignore_index=True))
+    result = build_collection(model, changed, config, "products_m3_abc", progress=False)
+    assert sorted(writes) == [(False, 1), (True, 2)]
+    assert (result.written, result.count) == (3, 301)
 
 
 def test_alias_swap_guarded_drop_and_prune(model, catalog, index_uri):

@@ -6,18 +6,23 @@ guard, and two processes sharing the server. Reads after writes use strong consi
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from fusion_model.index import milvus
+from fusion_model.index.build import build_collection, stored_fields, verify
 from tests.integration.test_index import (  # noqa: F401 - fixtures and tests run here too
     catalog,
+    index_config,
     model,
     test_a_users_filter_matches_values_with_quotes_exactly,
     test_alias_swap_guarded_drop_and_prune,
     test_build_verify_and_search_with_a_filter,
     test_crash_mid_indexing_resumes_without_duplicates,
     test_incremental_refresh_writes_a_new_collection,
+    test_new_products_are_inserted_and_only_changed_ones_overwritten,
     test_reading_an_index_logs_nothing_for_people_to_worry_about,
     test_refresh_refuses_a_snapshot_that_drops_too_many_products,
     test_two_processes_share_a_milvus_lite_server,
@@ -46,9 +51,32 @@ def test_a_count_right_after_a_write_sees_every_row(index_uri):
         for round_ in range(3):
             ids = [f"p{round_}-{i}" for i in range(500)]
             vectors = np.random.default_rng(round_).normal(size=(500, 8)).astype(np.float32)
-            index.upsert_rows("fresh_m1_abc", ids, vectors, ["h"] * 500,
-                              {"colour": ["red"] * 500})
+            index.write_rows("fresh_m1_abc", ids, vectors, ["h"] * 500,
+                             {"colour": ["red"] * 500}, overwrite=False)
             assert index.count("fresh_m1_abc") == 500 * (round_ + 1)
             assert len(index.existing_hashes("fresh_m1_abc")) == 500 * (round_ + 1)
         index.delete_ids("fresh_m1_abc", [f"p0-{i}" for i in range(100)])
         assert index.count("fresh_m1_abc") == 1400
+
+
+def test_ids_inserted_twice_are_refused_then_repaired_by_the_next_build(
+        model, catalog, index_uri):  # noqa: F811 - the fixtures imported above
+    """Two writers inserting the same products (a task thought dead still writing) leave
+    ids twice on a server: verification refuses the collection, and the next build
+    rewrites every product once."""
+    config = index_config(index_uri)
+    small = dataclasses.replace(catalog, products=catalog.products.head(60))
+    build_collection(model, small, config, "twice_m1_abc", progress=False)
+    ids = small.products["product_id"].tolist()
+    with milvus.MilvusIndex.open(index_uri) as index:
+        found, vectors = index.vectors_of("twice_m1_abc", ids[:5])
+        index.write_rows("twice_m1_abc", found, vectors, ["stale"] * 5,
+                         {f: ["x"] * 5 for f in stored_fields(small, config)},
+                         overwrite=False)
+        with pytest.raises(milvus.MilvusIndexError, match="holds 65 products, the catalog "
+                                                          "has 60; not safe to serve"):
+            verify(index, "twice_m1_abc", ids, samples=5)
+    result = build_collection(model, small, config, "twice_m1_abc", progress=False)
+    assert result.verified and (result.written, result.count) == (60, 60)
+    with milvus.MilvusIndex.open(index_uri) as index:
+        assert "stale" not in set(index.existing_hashes("twice_m1_abc").values())
