@@ -102,17 +102,19 @@ class IsolatedRun:
     """One benchmark path in its own (spawned) process. ``setup(*args)`` runs there once
     (build the model, convert, warm up) and returns a callable that runs one round and
     gives its rate; each call of this object runs one round there and returns the rate.
-    Pass ``share`` to count the worker's CPU as this run's own. A context manager."""
+    Set ``share`` to the ``CpuShare`` of the timed rounds (started after the workers, so
+    that their start-up is outside it) to count the worker's CPU as the run's own. A
+    context manager."""
 
-    def __init__(self, setup: Callable[..., Callable[[], float]], *args,
-                 share: CpuShare | None = None):
+    share: CpuShare | None = None
+
+    def __init__(self, setup: Callable[..., Callable[[], float]], *args):
         context = multiprocessing.get_context("spawn")
         self._connection, child = context.Pipe()
         self._process = context.Process(target=_serve_rounds, args=(child, setup, args),
                                         daemon=True)
         self._process.start()
         child.close()
-        self.share = share
         self._receive()  # ready, or setup's error
 
     def __call__(self) -> float:
