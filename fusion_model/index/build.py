@@ -123,13 +123,13 @@ def write_products(index: VectorIndex, name: str, catalog: Catalog, rows: list[i
     """Write the catalog's ``rows`` (positions) with their ``vectors``: inserted when the
     product is not in ``stored``, overwritten when it is."""
     products = catalog.products
+    product_ids = products["product_id"].iloc[rows].tolist()
     for overwrite in (False, True):
-        picked = [j for j, i in enumerate(rows)
-                  if (products["product_id"].iloc[i] in stored) == overwrite]
+        picked = [j for j, pid in enumerate(product_ids) if (pid in stored) == overwrite]
         if not picked:
             continue
         chosen = [rows[j] for j in picked]
-        index.write_rows(name, products["product_id"].iloc[chosen].tolist(), vectors[picked],
+        index.write_rows(name, [product_ids[j] for j in picked], vectors[picked],
                          [hashes[i] for i in chosen],
                          {f: products[f].iloc[chosen].tolist() for f in fields},
                          overwrite=overwrite)
@@ -203,7 +203,7 @@ def refresh_serving(model: TwoTower, catalog: Catalog, config: IndexConfig, vers
         unchanged = {pid for pid, h in zip(ids, hashes)
                      if existing.get(pid) == h and done.get(pid) != h}
         copied = index.copy_rows(serving, target, unchanged, fields,
-                                 display_values(catalog, unchanged))
+                                 display_values(catalog, unchanged), stored=set(done))
         log.info("refresh %s -> %s: %d unchanged rows copied, %d products dropped", serving,
                  target, copied, removed)
         result = write_catalog(model, catalog, index, target, config, cache_dir, progress,

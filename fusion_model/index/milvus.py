@@ -250,13 +250,15 @@ class MilvusIndex:
         return found
 
     def copy_rows(self, source: str, target: str, keep_ids: set[str],
-                  fields: list[str], replace: dict[str, dict] | None = None) -> int:
+                  fields: list[str], replace: dict[str, dict] | None = None,
+                  stored: set[str] | None = None) -> int:
         """Copy the rows of ``keep_ids`` (vector, content hash, ``fields``) from ``source``
         into ``target``, with the values in ``replace`` (product_id -> {field: value})
         instead of the stored ones; returns how many were copied. Idempotent: a row
-        ``target`` already holds is overwritten, the others are inserted."""
+        ``target`` already holds is overwritten, the others are inserted. ``stored``: the
+        ids ``target`` holds, when the caller has read them already."""
         self._catch_up(source)
-        present = set(self.existing_hashes(target))
+        present = set(self.existing_hashes(target)) if stored is None else stored
         available = set(self.fields(source))
         wanted = ["product_id", "vector", "content_hash",
                   *[f for f in fields if f in available]]

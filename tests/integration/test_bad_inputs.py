@@ -522,12 +522,12 @@ import os, signal, sys
 from fusion_model.index import milvus
 from fusion_model.cli import main
 original, written = milvus.MilvusIndex.write_rows, []
-def upsert_then_die(*args, **kwargs):
+def write_then_die(*args, **kwargs):
     original(*args, **kwargs)
     written.append(1)
     if len(written) == 2:
         os.kill(os.getpid(), signal.SIGKILL)
-milvus.MilvusIndex.write_rows = upsert_then_die
+milvus.MilvusIndex.write_rows = write_then_die
 sys.exit(main(sys.argv[2:]))
 """
 

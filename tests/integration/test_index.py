@@ -64,7 +64,7 @@ def test_a_users_filter_matches_values_with_quotes_exactly(index_uri):
     with milvus.MilvusIndex.open(index_uri) as index:
         index.create_collection("quotes_m1_abc", 4, ["category"], index_type="FLAT")
         index.write_rows("quotes_m1_abc", [f"p{i}" for i in range(4)],
-                          np.eye(4, dtype=np.float32), ["h"] * 4, {"category": values})
+                         np.eye(4, dtype=np.float32), ["h"] * 4, {"category": values})
         assert index.count("quotes_m1_abc") == 4  # a server's searches are bounded-stale
         for value in values:
             typed = "category == '" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -82,7 +82,7 @@ def test_reading_an_index_logs_nothing_for_people_to_worry_about(index_uri, capl
     with milvus.MilvusIndex.open(index_uri) as index:
         index.create_collection("quiet_m1_abc", 4, ["category"], index_type="FLAT")
         index.write_rows("quiet_m1_abc", ["a"], np.ones((1, 4), np.float32), ["h"],
-                          {"category": ["x"]})
+                         {"category": ["x"]})
         assert index.existing_hashes("quiet_m1_abc") == {"a": "h"}
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     iterator_log = logging.getLogger("pymilvus.client.iterator.query_iterator")
@@ -120,8 +120,8 @@ def test_crash_mid_indexing_resumes_without_duplicates(model, catalog, index_uri
 def test_new_products_are_inserted_and_only_changed_ones_overwritten(model, catalog,
                                                                       index_uri, monkeypatch):
     """Inserts leave a Milvus server no delete records to compact once the collection is
-    served (after an all-upsert build of 100,000 rows it compacted and re-indexed at 2
-    cores for a minute); a product the collection holds is overwritten, never doubled."""
+    served (after an all-upsert build of 100,000 rows it compacted and re-indexed at up
+    to 2 cores for 70-110 s); a product the collection holds is overwritten, never doubled."""
     config = index_config(index_uri)
     original, writes = milvus.MilvusIndex.write_rows, []
 
