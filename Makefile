@@ -28,12 +28,15 @@ $(STAMP): requirements.lock pyproject.toml
 	$(VENV)/bin/uv pip install --python $(PY) --no-deps --compile-bytecode -e .
 	@touch $(STAMP)
 
+# openvino-telemetry (an openvino dependency) reports usage to Google Analytics from every
+# process that imports openvino; left out, OpenVINO's converter uses its no-op stub.
+NO_EMIT := --no-emit-package openvino-telemetry
 lock: ## re-resolve requirements.lock (and infra/requirements.lock and infra/mlflow.lock, the images' subsets) from pyproject.toml
 	@test -x $(VENV)/bin/uv || $(MAKE) setup
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra deploy --python-version 3.11 \
-		$(FIND_LINKS) -o requirements.lock
+		$(FIND_LINKS) $(NO_EMIT) -o requirements.lock
 	$(VENV)/bin/uv pip compile pyproject.toml --extra deploy --python-version 3.11 \
-		$(FIND_LINKS) -c requirements.lock -o infra/requirements.lock
+		$(FIND_LINKS) $(NO_EMIT) -c requirements.lock -o infra/requirements.lock
 	$(VENV)/bin/uv pip compile infra/mlflow.in --python-version 3.11 -c requirements.lock \
 		-o infra/mlflow.lock
 

@@ -37,9 +37,10 @@ def table(report: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {gain} | {per_seed}"
                      f"{entry['train_seconds']:.0f} |")
     catalog = report["catalog"]
+    split = report.get("split", "test")
     lines.append("")
     lines.append(f"Catalog: {catalog['products']:,} products ({catalog['products_with_image']:,} "
-                 f"with photo), test queries {catalog['queries']['test']}; * = paired "
+                 f"with photo), {split} queries {catalog['queries'][split]}; * = paired "
                  "bootstrap 95% CI of the gain excludes 0.")
     for step, values in report.get("ladder", {}).items():
         d = values["ndcg@10"]

@@ -4,7 +4,8 @@ Stage 1 (query <-> product text) is trained once with domain fine-tuning and onc
 every image-using model starts its stage 2 from the matching stage 1, so differences
 between rows come from the product tower alone. ``zero_shot_text`` is the untrained
 MiniLM (mean pooled) floor. Each row reports 95% bootstrap CIs and the paired bootstrap
-CI of its difference to ``text_only``.
+CI of its difference to ``text_only``. Rows are scored on the test split; choose recipes
+with ``split="val"`` and report the chosen one on test.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from fusion_model.training.trainer import train
 log = logging.getLogger(__name__)
 
 REPORTED = ("recall@10", "recall@100", "ndcg@10", "mrr")
+SPLITS = ("val", "test")
 # The paper's ladder, each step tested with a paired bootstrap on the same queries.
 LADDER = (("concat_no_ft", "text_only_no_ft"), ("concat", "concat_no_ft"),
           ("concat", "text_only"), ("fusion", "concat"), ("fusion", "weighted_sum"),
@@ -37,20 +39,22 @@ LADDER = (("concat_no_ft", "text_only_no_ft"), ("concat", "concat_no_ft"),
           ("fusion", "fusion_no_ft"))
 
 
-def zero_shot_text(catalog: Catalog, config: RunConfig) -> EvaluationResult:
+def zero_shot_text(catalog: Catalog, config: RunConfig, split: str = "test"
+                   ) -> EvaluationResult:
     """Off-the-shelf text encoder, mean pooled, no projection, no training."""
-    return zero_shot_rankings(catalog, config)[0]
+    return zero_shot_rankings(catalog, config, split)[0]
 
 
-def zero_shot_rankings(catalog: Catalog, config: RunConfig
+def zero_shot_rankings(catalog: Catalog, config: RunConfig, split: str = "test"
                        ) -> tuple[EvaluationResult, dict[str, list[str]]]:
-    """``zero_shot_text``'s result and its top-k products per test query (exact search)."""
+    """``zero_shot_text``'s result and its top-k products per ``split`` query (exact
+    search)."""
     from fusion_model.evaluation.evaluator import rank
 
     config = config.for_catalog(catalog.max_grade)
     encoder = TextEncoder(config.text.model, config.text.max_length, trainable_layers=0)
     data = build_data(catalog, config.train.min_positive_grade)
-    evaluator = Evaluator.for_split(catalog, config, "test", data)
+    evaluator = Evaluator.for_split(catalog, config, split, data)
     cache = str(Path(config.train.cache_dir).expanduser())
 
     def vectors(texts: list[str], length: int) -> torch.Tensor:
@@ -88,8 +92,9 @@ def resolve_models(names: tuple[str, ...]) -> tuple[str, ...]:
 def run_benchmark(catalog_uri: str, output: str | None = None,
                   models: tuple[str, ...] = ("core",), config_name: str = "default",
                   overrides: tuple[str, ...] = (), work_dir: str = "runs/benchmark",
-                  progress: bool = True, seeds: int = 1) -> dict:
-    """Train and evaluate ``models`` with ``seeds`` seeds; return (and write) the results.
+                  progress: bool = True, seeds: int = 1, split: str = "test") -> dict:
+    """Train and evaluate ``models`` with ``seeds`` seeds on ``split``; return (and write)
+    the results.
 
     With several seeds (``train.seed``, +1, +2, ...) every metric is the mean over seeds,
     ``seeds`` gives each seed's value and the spread, and the CIs are over queries of the
@@ -98,6 +103,8 @@ def run_benchmark(catalog_uri: str, output: str | None = None,
     models = resolve_models(models)
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     catalog = load_catalog(catalog_uri)
     base = load_config(config_name, list(overrides)).for_catalog(catalog.max_grade)
     runs = []
@@ -106,10 +113,10 @@ def run_benchmark(catalog_uri: str, output: str | None = None,
         config = base.replace(f"train.seed={seed}") if offset else base
         work = Path(work_dir) / f"seed{seed}" if seeds > 1 else Path(work_dir)
         log.info("benchmark seed %d (%d/%d)", seed, offset + 1, seeds)
-        runs.append(_run_models(catalog, config, models, work, progress))
+        runs.append(_run_models(catalog, config, models, work, progress, split))
     results = {m: average_results([run[0][m] for run in runs]) for m in models}
     seconds = {m: float(np.mean([run[1].get(m, 0.0) for run in runs])) for m in models}
-    report = build_report(catalog, base, results, seconds)
+    report = build_report(catalog, base, results, seconds) | {"split": split}
     if seeds > 1:
         for name in models:
             report["models"][name]["seeds"] = seed_spread([run[0][name] for run in runs])
@@ -121,8 +128,10 @@ def run_benchmark(catalog_uri: str, output: str | None = None,
 
 
 def _run_models(catalog: Catalog, base: RunConfig, models: tuple[str, ...], work: Path,
-                progress: bool) -> tuple[dict[str, EvaluationResult], dict[str, float]]:
-    """One seed: every model's test result and training seconds (stage 1 shared)."""
+                progress: bool, split: str = "test"
+                ) -> tuple[dict[str, EvaluationResult], dict[str, float]]:
+    """One seed: every model's result on ``split`` and training seconds (stage 1
+    shared)."""
     results: dict[str, EvaluationResult] = {}
     seconds: dict[str, float] = {}
     stage1_dirs: dict[bool, str] = {}
@@ -137,7 +146,8 @@ def _run_models(catalog: Catalog, base: RunConfig, models: tuple[str, ...], work
             result = train(catalog, config, work / name, progress)
             stage1_seconds[finetune] = time.perf_counter() - started
             stage1_dirs[finetune] = result.model_dir
-            results[name], seconds[name] = result.test, stage1_seconds[finetune]
+            results[name] = getattr(result, split)
+            seconds[name] = stage1_seconds[finetune]
         return stage1_dirs[finetune]
 
     for name in models:
@@ -146,7 +156,7 @@ def _run_models(catalog: Catalog, base: RunConfig, models: tuple[str, ...], work
         log.info("benchmark: %s", name)
         if name == "zero_shot_text":
             started = time.perf_counter()
-            results[name] = zero_shot_text(catalog, base)
+            results[name] = zero_shot_text(catalog, base, split)
             seconds[name] = time.perf_counter() - started
             continue
         finetune = not name.endswith("_no_ft")
@@ -158,7 +168,8 @@ def _run_models(catalog: Catalog, base: RunConfig, models: tuple[str, ...], work
                               f"train.domain_finetune={str(finetune).lower()}")
         from_dir = stage1(finetune)
         started = time.perf_counter()
-        results[name] = train(catalog, config, work / name, progress, stage1_from=from_dir).test
+        result = train(catalog, config, work / name, progress, stage1_from=from_dir)
+        results[name] = getattr(result, split)
         seconds[name] = stage1_seconds[finetune] + time.perf_counter() - started
     return results, seconds
 
@@ -237,7 +248,9 @@ def format_table(report: dict) -> str:
         spread = entry.get("seeds", {}).get("ndcg@10")
         sd = f"{spread['std']:.4f}" if spread else "-"
         lines.append(f"{name:<16}{cells}{gain:>18}{sd:>9}{entry['train_seconds']:>9.0f}")
-    lines.append("* paired bootstrap 95% CI of the difference excludes 0")
+    split = report.get("split", "test")
+    lines.append(f"scored on the {split} queries ({report['catalog']['queries'][split]}); "
+                 "* paired bootstrap 95% CI of the difference excludes 0")
     if any("seeds" in entry for entry in report["models"].values()):
         lines.append("means over seeds; seed sd: standard deviation of nDCG@10 across seeds")
     return "\n".join(lines)

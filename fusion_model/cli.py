@@ -111,7 +111,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     kwargs = {"models": models} if models else {}
     run_benchmark(args.catalog, args.output, config_name=args.config,
                   overrides=tuple(args.overrides), work_dir=args.work_dir, seeds=args.seeds,
-                  **kwargs)
+                  split=args.split, **kwargs)
     return 0
 
 
@@ -437,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(the default), e.g. core,fusion_no_ft")
     bench.add_argument("--seeds", type=_positive_int, default=1,
                        help="train every model with this many seeds; report means and spread")
+    bench.add_argument("--split", choices=("val", "test"), default="test",
+                       help="queries to score: val to choose a recipe, test to report it "
+                       "(default)")
     bench.add_argument("--config", default="default")
     bench.add_argument("--work-dir", default="runs/benchmark")
     bench.add_argument("overrides", nargs="*", metavar="key=value")
@@ -452,6 +455,10 @@ QUIET_LOGGERS = ("faiss.loader", "milvus_lite.server_manager")
 def quiet_library_loggers() -> None:
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # gRPC's C core writes its INFO lines straight to stderr, e.g. "fork_posix.cc:71]
+    # Other threads are currently calling into gRPC, skipping fork() handlers" whenever
+    # Milvus Lite starts its server; it reads the level once, when gRPC is first imported.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
 from fusion_model.cli import main
+from fusion_model.index.milvus import release_lite
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -33,6 +37,23 @@ def test_lifecycle_search_refresh_rollback(synthetic_catalog, tmp_path, capsys):
     assert "0 embedded, 0 deleted, 300 unchanged" in capsys.readouterr().out
     assert main(["rollback", "1", "--reason", "test", "--config", "tiny", *overrides]) == 0
     assert "champion -> version 1; serving alias -> products_m1_" in capsys.readouterr().out
+    release_lite(str(tmp_path / "milvus.db"))  # this process's server holds the file
+    assert_terminal_shows_hits_and_our_logs_only(["search", "red shirt", "-k", "3",
+                                                  "--config", "tiny", *overrides,
+                                                  "runtime.engine=openvino"])
+
+
+def assert_terminal_shows_hits_and_our_logs_only(argv: list[str]) -> None:
+    """The CLI in a process of its own, as a person runs it: stdout holds the hits, stderr
+    our log lines only (no gRPC core lines such as fork_posix, no faiss import errors)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_")}
+    done = subprocess.run([sys.executable, "-m", "fusion_model.cli", *argv],
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert re.match(r"\s*1\. P\d+ ", done.stdout), done.stdout
+    ours = re.compile(r"\d{4}-\d\d-\d\d [\d:,]+ (INFO|WARNING) fusion_model\.")
+    assert [line for line in done.stderr.splitlines() if not ours.match(line)] == [], \
+        done.stderr
 
 
 def test_register_is_idempotent_when_a_task_is_retried(synthetic_catalog,

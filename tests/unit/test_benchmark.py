@@ -57,3 +57,27 @@ def test_benchmark_refuses_unknown_models_and_expands_core():
     assert resolve_models(("core", "fusion_no_ft")) == (*core_models(), "fusion_no_ft")
     with pytest.raises(ValueError, match="unknown model"):
         resolve_models(("fusion_typo",))
+
+
+def test_benchmark_scores_the_val_split_when_asked(synthetic_catalog, tmp_path, capsys):
+    from fusion_model.benchmark import zero_shot_text
+    from fusion_model.config import load_config
+    from fusion_model.data.catalog import load_catalog
+
+    overrides = (f"train.cache_dir={tmp_path / 'cache'}", "train.stage1.epochs=1")
+    report = run_benchmark(str(synthetic_catalog), None, models=("zero_shot_text",
+                                                                   "text_only"),
+                           config_name="tiny", overrides=overrides, split="val",
+                           work_dir=str(tmp_path / "work"), progress=False)
+    catalog = load_catalog(str(synthetic_catalog))
+    config = load_config("tiny", list(overrides)).for_catalog(catalog.max_grade)
+    on_val = zero_shot_text(catalog, config, "val").metrics["ndcg@10"]
+    on_test = zero_shot_text(catalog, config, "test").metrics["ndcg@10"]
+    assert on_val != on_test
+    assert report["split"] == "val"
+    assert report["models"]["zero_shot_text"]["ndcg@10"] == pytest.approx(on_val)
+    val_queries = len(catalog.queries_in("val"))
+    assert f"scored on the val queries ({val_queries})" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="split must be one of"):
+        run_benchmark(str(synthetic_catalog), None, models=("zero_shot_text",),
+                      split="train")

@@ -315,3 +315,51 @@ def test_converting_a_tower_prints_nothing_of_the_libraries(tmp_path, caplog):
     assert not [w for w in caught if issubclass(w.category, FutureWarning)]
     assert not [r for r in caplog.records if r.name.startswith("transformers")]
     assert any("converted product-tower" in r.getMessage() for r in caplog.records)
+
+
+FAKE_TELEMETRY = '''
+import os, types
+
+class Telemetry:
+    """Stands in for openvino_telemetry: records what OpenVINO would have sent."""
+    def __init__(self, app_name=None, **kwargs):
+        self.backend = types.SimpleNamespace(app_name=app_name)
+
+    def init(self, app_name=None, **kwargs):
+        self.backend.app_name = app_name
+
+    def __getattr__(self, name):
+        def record(*args, **kwargs):
+            with open(os.environ["SENT_LOG"], "a") as sent:
+                sent.write(f"{name} {args}\\n")
+        return record
+'''
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+def test_openvino_is_imported_without_its_usage_telemetry(tmp_path, allowed):
+    """`import openvino` reports usage to Google Analytics through openvino_telemetry
+    unless a person opted out; ours sends nothing unless FUSION_OPENVINO_TELEMETRY=1.
+    A stand-in telemetry package on the path records what would have been sent."""
+    import os
+    import subprocess
+    import sys
+
+    package = tmp_path / "site" / "openvino_telemetry"
+    (package / "backend").mkdir(parents=True)
+    (package / "__init__.py").write_text(FAKE_TELEMETRY)
+    (package / "backend" / "__init__.py").write_text("")
+    (package / "backend" / "backend_ga4.py").write_text("")
+    sent = tmp_path / "sent.log"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "SENT_LOG": str(sent),
+           engines.TELEMETRY_ENV: "1" if allowed else ""}
+    code = ("from fusion_model.engines import import_openvino; import_openvino(); "
+            "from openvino.tools.ovc import telemetry_utils; print(telemetry_utils.tm.__name__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=120, check=True)
+    if allowed:  # the stand-in is found and used: the guard is what keeps it out
+        assert done.stdout.strip() == "openvino_telemetry"
+        assert "send_event ('ov', 'import'" in sent.read_text()
+    else:
+        assert done.stdout.strip() == "openvino.tools.ovc.telemetry_stub"
+        assert not sent.exists()
