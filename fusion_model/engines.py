@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -26,7 +25,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import torch
@@ -47,26 +45,9 @@ Inputs = dict[str, torch.Tensor]
 Frozen = Callable[[Inputs], torch.Tensor]
 
 
-# OpenVINO reports usage to Google Analytics unless a person has run `opt_in_out
-# --opt_out`: a process forked at every `import openvino` and conversion. A platform's
-# workers and search service send nothing by default; this variable set to 1 leaves
-# OpenVINO's own consent setting in charge.
-TELEMETRY_ENV = "FUSION_OPENVINO_TELEMETRY"
-
-
-def import_openvino() -> ModuleType:
-    """``openvino``, without its usage telemetry: its converter falls back to its own
-    no-op stub when the telemetry package cannot be imported."""
-    if os.environ.get(TELEMETRY_ENV) != "1" and "openvino_telemetry" not in sys.modules:
-        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # import fails
-    import openvino
-
-    return openvino
-
-
 def openvino_available() -> bool:
     try:
-        import_openvino()
+        import openvino  # noqa: F401
     except ImportError:
         return False
     return True
@@ -196,7 +177,7 @@ def openvino_frozen(graph: nn.Module, example: Inputs, key: str, cache_root: Pat
     ``streams`` 1: each call uses every core (latency); more: that many calls at once,
     the cores shared out (throughput for concurrent callers); 0: as many as the CPU
     plugin finds best for throughput (pipelines of async requests)."""
-    ov = import_openvino()
+    import openvino as ov
 
     ir = _find_ir(key, [carried, cache_root]) or convert_graph(graph, example, key,
                                                               cache_root)
@@ -221,7 +202,7 @@ def _find_ir(key: str, roots: list[Path | None]) -> Path | None:
 
 def convert_graph(graph: nn.Module, example: Inputs, key: str, cache_root: Path) -> Path:
     """Convert once and write the IR atomically (a directory renamed into place)."""
-    ov = import_openvino()
+    import openvino as ov
 
     target = cache_root / "openvino" / key
     started = time.perf_counter()
@@ -270,7 +251,9 @@ def architecture(config) -> str:
 def graph_key(kind: str, modules: list[nn.Module], label: str = "") -> str:
     """``kind`` + the weights' fingerprint (+ the openvino version and the graphs'
     ``revision``, so that an IR of an older graph is not taken for the current one)."""
-    version = import_openvino().__version__.split("-")[0]
+    import openvino
+
+    version = openvino.__version__.split("-")[0]
     revisions = "".join(f"|{module.revision}" for module in modules
                         if getattr(module, "revision", ""))
     return f"{kind}-{weights_fingerprint(f'{kind}|{label}|ov{version}{revisions}', modules)}"

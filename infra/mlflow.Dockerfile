@@ -7,4 +7,6 @@ RUN pip install --no-cache-dir -r /opt/mlflow/requirements.lock \
  && useradd --create-home --uid 10001 mlflow
 USER mlflow
 WORKDIR /home/mlflow
+# MLflow 3 reports usage to its ingestion endpoint by default; the platform sends nothing.
+ENV MLFLOW_DISABLE_TELEMETRY=true
 EXPOSE 5000

@@ -55,7 +55,7 @@ cat <<EOT
 
 === where to look
 MLflow UI (runs, registry, review gallery under each run's artifacts review/gallery.html):
-  $BIN/mlflow ui --backend-store-uri sqlite:///$FUSION/mlflow.db --host 127.0.0.1 --port 5000
+  MLFLOW_DISABLE_TELEMETRY=true $BIN/mlflow ui --backend-store-uri sqlite:///$FUSION/mlflow.db --host 127.0.0.1 --port 5000
 Airflow UI (DAGs, runs, trigger form with params; login printed at start-up):
   AIRFLOW_HOME=$AIRFLOW_HOME AIRFLOW__CORE__DAGS_FOLDER=$ROOT/dags \\
   AIRFLOW__CORE__PLUGINS_FOLDER=$ROOT/plugins AIRFLOW__CORE__LOAD_EXAMPLES=False \\

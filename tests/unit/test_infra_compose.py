@@ -322,15 +322,19 @@ def test_a_gpu_image_installs_torch_from_its_index_then_the_lock_without_it(tmp_
 
 
 
-def test_no_install_brings_openvino_usage_telemetry():
+def test_no_image_or_install_sends_usage_telemetry():
     """openvino-telemetry reports to Google Analytics from every process importing
     openvino: the locks leave it out and the image installs its lock exactly
-    (``--no-deps``, so pip does not pull it back in as openvino's dependency)."""
+    (``--no-deps``, so pip does not pull it back in as openvino's dependency). Both
+    images turn MLflow's usage telemetry off."""
     for lock in (REPO / "requirements.lock", INFRA / "requirements.lock"):
         assert "openvino" in lock_versions(lock)
         assert "openvino-telemetry" not in lock_versions(lock), lock
     install = dockerfile_run(r"-r /tmp/without-torch.lock")
     assert re.search(r"pip install [^&]*--no-deps -r /tmp/without-torch.lock", install)
+    for image in ("Dockerfile", "mlflow.Dockerfile"):
+        assert re.search(r"^ENV MLFLOW_DISABLE_TELEMETRY=true$", (INFRA / image).read_text(),
+                         flags=re.M), image
 
 def test_any_airflow_uid_can_write_the_work_dir_and_the_password_file(compose):
     """Compose runs as ${AIRFLOW_UID}:0; the mount points are group-root writable."""
