@@ -40,9 +40,10 @@ grep -E "Marking run|DagRun Finished" "$DEMO/dag-run.log" | tail -1 | cut -c1-20
 step "4/6 gate decision and registry state"
 "$BIN/fusion-model" status --config fast "${OVERRIDES[@]}"
 
-step "5/6 ablation table (text-only vs concat vs fusion network, same data and recipe)"
+step "5/6 ablation table (text-only, three simple fusions and the fusion network; same data and recipe)"
 "$BIN/fusion-model" benchmark --catalog "$DEMO/catalog" --config fast \
-  --models zero_shot_text,text_only,concat,fusion --output "$DEMO/ablation.json" \
+  --models zero_shot_text,text_only,concat,weighted_sum,late_fusion,fusion \
+  --output "$DEMO/ablation.json" \
   --work-dir "$DEMO/ablation" "train.cache_dir=$FUSION/cache" 2> "$DEMO/ablation.log" \
   | grep -v "^$"
 
@@ -54,6 +55,8 @@ step "6/6 sample search through the serving alias with the champion"
 cat <<EOT
 
 === where to look
+Search service and review page (champion beside the challenger, photos, filters):
+  $BIN/fusion-model serve --port 8090 --config fast ${OVERRIDES[*]}   # http://127.0.0.1:8090/
 MLflow UI (runs, registry, review gallery under each run's artifacts review/gallery.html):
   MLFLOW_DISABLE_TELEMETRY=true $BIN/mlflow ui --backend-store-uri sqlite:///$FUSION/mlflow.db --host 127.0.0.1 --port 5000
 Airflow UI (DAGs, runs, trigger form with params; login printed at start-up):
