@@ -85,6 +85,25 @@ def test_crash_mid_stage2_resumes_to_the_same_model(catalog, tmp_path,
     assert resumed.test.metrics == pytest.approx(reference.test.metrics, abs=1e-6)
 
 
+def test_a_finished_stage_keeps_its_model_alone_and_a_rerun_skips_it(catalog, tmp_path,
+                                                                      caplog):
+    """A finished stage's checkpoint drops the optimizer and the best-state copy (3/4 of
+    its size); a rerun with the same config still skips both stages to the same model."""
+    from fusion_model.tensor_files import load_tensors
+
+    config = load_config("tiny", [f"train.cache_dir={tmp_path / 'cache'}",
+                                  "train.stage1.epochs=1", "train.stage2.epochs=1"])
+    first = train(catalog, config, tmp_path / "run", progress=False)
+    for stage in ("stage1", "stage2"):
+        saved = load_tensors(tmp_path / "run" / "checkpoints" / f"{stage}.pt", "checkpoint")
+        assert saved["done"] and "optimizer" not in saved
+        assert saved["state"]["best_state"] is None and saved["state"]["epoch"] == 1
+    with caplog.at_level(logging.INFO, logger="fusion_model.training.trainer"):
+        again = train(catalog, config, tmp_path / "run", progress=False)
+    assert "stage1: already complete" in caplog.text
+    assert "stage2: already complete" in caplog.text
+    assert again.test.metrics == first.test.metrics
+
 def test_training_is_deterministic(catalog, tmp_path):
     overrides = [f"train.cache_dir={tmp_path / 'cache'}", "train.stage1.epochs=1",
                  "train.stage2.epochs=1"]
