@@ -4,7 +4,8 @@
 Validate the catalog, run both training stages, evaluate, register the candidate as
 `challenger` in MLflow, re-embed the catalog into a **new** Milvus collection (mapped over
 shards), gate challenger vs champion through their real collections, then promote (alias
-swap + `champion`) or reject (nothing changes).
+swap + `champion`) or reject (nothing changes). Beside them, `tidy_runs` frees the disk
+of older runs' checkpoints and model copies.
 
 Runs weekly (Monday 03:00 UTC; `FUSION_TRAINING_CRON`, `none` for no cron) **and**
 whenever the `catalog` asset is updated (the `catalog_refresh` DAG updates it): an
@@ -30,6 +31,7 @@ from fusion_platform import (
     platform_overrides,
     push_links,
     run_origin,
+    run_retention,
     step_task,
     training_task_args,
     work_dir,
@@ -183,6 +185,18 @@ def multimodal_retrieval_training():
         return steps.promote_or_reject(registered["version"], decision,
                                        params["config_name"], _overrides(params))
 
+    @step_task(doc_md="Free the disk of older runs: their checkpoints and model copies "
+                      "(registered models live in MLflow; results and validation reports "
+                      "stay). Spares this run, the newest `fusion_keep_runs` (5) and any "
+                      "run active within `fusion_run_retention_days` (7).")
+    def tidy_runs(run_id=None) -> dict:
+        from fusion_model.pipelines.retention import prune_runs
+
+        keep, days = run_retention()
+        return prune_runs(work_dir() / "runs", current=run_id, keep=keep,
+                          older_than_days=days)
+
+    tidy_runs()
     snap = snapshot()
     report = validate(snap)
     stage1 = train_stage1(snap, report)

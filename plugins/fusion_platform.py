@@ -126,6 +126,25 @@ def work_dir() -> Path:
     return Path(_variable("fusion_work_dir") or Path(home) / "fusion")
 
 
+def run_retention() -> tuple[int, float]:
+    """How many of the newest training runs keep their models and checkpoints (Variable
+    ``fusion_keep_runs``, 5) and for how many days every run keeps them
+    (``fusion_run_retention_days``, 7)."""
+    return (_number_variable("fusion_keep_runs", 5, int),
+            _number_variable("fusion_run_retention_days", 7.0, float))
+
+
+def _number_variable(key: str, default, kind):
+    value = _variable(key)
+    if value is None or not str(value).strip():
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"Airflow Variable {key}={value!r}: expected a number "
+                         f"(default {default})") from None
+
+
 def platform_overrides() -> list[str]:
     """Config overrides for the deployment this task runs in (call inside a task; S3
     credentials are already exported by ``prepare_task``, every task's pre_execute)."""

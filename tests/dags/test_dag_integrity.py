@@ -19,7 +19,8 @@ EXPECTED = {
         "train_stage2": ["evaluate", "register"], "evaluate": ["register"],
         "register": ["plan_index", "gate", "promote_or_reject"],
         "plan_index": ["index_shard", "verify_index"], "index_shard": ["verify_index"],
-        "verify_index": ["gate"], "gate": ["promote_or_reject"], "promote_or_reject": []},
+        "verify_index": ["gate"], "gate": ["promote_or_reject"], "promote_or_reject": [],
+        "tidy_runs": []},
     "catalog_refresh": {"validate": ["refresh"], "refresh": []},
     "data_quality": {"validate": ["publish"], "publish": []},
 }

@@ -112,14 +112,23 @@ def test_mlflow_and_airflow_link_both_ways(first_run, airflow_home):
 
 
 def test_worse_model_is_rejected_and_nothing_changes(first_run, dagbag, s3_catalog,
-                                                     airflow_home):
+                                                     airflow_home, monkeypatch):
     before = platform_state(airflow_home)
+    # keep no older run at all: the first run's models and checkpoints go, its results stay
+    monkeypatch.setenv("AIRFLOW_VAR_FUSION_KEEP_RUNS", "0")
+    monkeypatch.setenv("AIRFLOW_VAR_FUSION_RUN_RETENTION_DAYS", "0")
     run, states = run_training(dagbag, catalog_uri=s3_catalog["good"], epochs_stage1=0,
                                epochs_stage2=0)
     assert run.state == "success", states
     after = platform_state(airflow_home)
     assert (after["champion"], after["alias"]) == (before["champion"], before["alias"])
     assert after["versions"] == before["versions"] + 1  # registered as challenger only
+    first = airflow_home / "fusion" / "runs" / first_run[0].run_id
+    assert states["tidy_runs"] == "success"
+    assert not (first / "stage2" / "checkpoints").exists()
+    assert not (first / "stage2" / "model").exists()
+    assert (first / "stage2" / "result.json").is_file()
+    assert (first / "validation" / "validation.json").is_file()
 
 
 def test_corrupted_catalog_stops_at_validation(first_run, dagbag, s3_catalog, airflow_home):

@@ -22,7 +22,8 @@ def platform(monkeypatch, tmp_path):
                 "FUSION_TRAINING_CRON",
                 "AIRFLOW_CONN_FUSION_MILVUS",
                 "AIRFLOW_CONN_FUSION_MLFLOW", "AIRFLOW_CONN_FUSION_S3",
-                "AIRFLOW_VAR_FUSION_WORK_DIR", "AIRFLOW_VAR_FUSION_ARTIFACT_LOCATION"):
+                "AIRFLOW_VAR_FUSION_WORK_DIR", "AIRFLOW_VAR_FUSION_ARTIFACT_LOCATION",
+                "AIRFLOW_VAR_FUSION_KEEP_RUNS", "AIRFLOW_VAR_FUSION_RUN_RETENTION_DAYS"):
         monkeypatch.setenv(key, "")  # restored after the test, even if the plugin sets it
         monkeypatch.delenv(key)
     sys.modules.pop("fusion_platform", None)
@@ -89,6 +90,15 @@ def test_runs_nobody_filled_a_form_for_use_the_deployments_config(platform, monk
     with pytest.raises(ValueError, match=r"FUSION_CONFIG_NAME='fastest'.*default, fast, tiny"):
         platform.config_name_param()
 
+
+def test_run_retention_comes_from_variables_with_named_errors(platform, monkeypatch):
+    assert platform.run_retention() == (5, 7.0)
+    monkeypatch.setenv("AIRFLOW_VAR_FUSION_KEEP_RUNS", "2")
+    monkeypatch.setenv("AIRFLOW_VAR_FUSION_RUN_RETENTION_DAYS", "0.5")
+    assert platform.run_retention() == (2, 0.5)
+    monkeypatch.setenv("AIRFLOW_VAR_FUSION_KEEP_RUNS", "all")
+    with pytest.raises(ValueError, match="fusion_keep_runs='all': expected a number"):
+        platform.run_retention()
 
 def test_cron_schedules_come_from_the_environment(platform, monkeypatch):
     assert platform.cron_schedule("FUSION_TRAINING_CRON", "0 3 * * 1") == "0 3 * * 1"
