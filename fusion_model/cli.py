@@ -456,8 +456,9 @@ def quiet_library_loggers() -> None:
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     # gRPC's C core writes its INFO lines straight to stderr, e.g. "fork_posix.cc:71]
-    # Other threads are currently calling into gRPC, skipping fork() handlers" whenever
-    # Milvus Lite starts its server; it reads the level once, when gRPC is first imported.
+    # Other threads are currently calling into gRPC, skipping fork() handlers" when
+    # anything forks beside a gRPC channel (OpenVINO's telemetry did, at every import);
+    # it reads the level once, when gRPC is first imported.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 

@@ -5,8 +5,9 @@ OpenVINO forks a process that reports to Google Analytics at every ``import open
 both do so by default. A shop's training workers, registry and search service should send
 nothing. Applied at ``import fusion_model``, before either library is imported:
 
-- MLflow: ``MLFLOW_DISABLE_TELEMETRY`` defaults to ``true`` here (``false`` opts in). The
-  variable is inherited by the processes we start (``mlflow server``, Airflow workers).
+- MLflow: ``MLFLOW_DISABLE_TELEMETRY`` defaults to ``true`` here (``false`` opts in) in
+  every process that imports fusion_model (CLI, Airflow tasks, the search service) and in
+  the processes those start (the tests' ``mlflow server``); the images set it as well.
 - OpenVINO: its telemetry package is kept from importing, so OpenVINO's converter uses its
   own no-op stub; ``FUSION_OPENVINO_TELEMETRY=1`` leaves OpenVINO's consent setting in
   charge. The locks leave that package out as well (``make lock``).
