@@ -20,6 +20,7 @@ import torch
 
 from fusion_model.config import RunConfig, load_config
 from fusion_model.data.catalog import Catalog, load_catalog
+from fusion_model.data.splits import SCORED_SPLITS
 from fusion_model.evaluation.bootstrap import paired_bootstrap_difference
 from fusion_model.evaluation.evaluator import EvaluationResult, Evaluator
 from fusion_model.features import text_bottom_features
@@ -31,7 +32,6 @@ from fusion_model.training.trainer import train
 log = logging.getLogger(__name__)
 
 REPORTED = ("recall@10", "recall@100", "ndcg@10", "mrr")
-SPLITS = ("val", "test")
 # The paper's ladder, each step tested with a paired bootstrap on the same queries.
 LADDER = (("concat_no_ft", "text_only_no_ft"), ("concat", "concat_no_ft"),
           ("concat", "text_only"), ("fusion", "concat"), ("fusion", "weighted_sum"),
@@ -103,8 +103,8 @@ def run_benchmark(catalog_uri: str, output: str | None = None,
     models = resolve_models(models)
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split not in SCORED_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SCORED_SPLITS)}, got {split!r}")
     catalog = load_catalog(catalog_uri)
     base = load_config(config_name, list(overrides)).for_catalog(catalog.max_grade)
     runs = []

@@ -10,6 +10,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
+from fusion_model.data.splits import SCORED_SPLITS, SPLITS
 from fusion_model.errors import FusionModelError, explain
 
 log = logging.getLogger("fusion_model.cli")
@@ -340,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = steps.add_parser("evaluate", help="evaluate a saved model on a catalog split")
     evaluate.add_argument("--model", required=True, help="model directory (from train)")
     evaluate.add_argument("--catalog", required=True)
-    evaluate.add_argument("--split", choices=("train", "val", "test"), default="test")
+    evaluate.add_argument("--split", choices=SPLITS, default="test")
     evaluate.add_argument("--cache-dir", help="reuse/extend the frozen-feature cache here")
     evaluate.add_argument("--output", help="write metrics to this JSON file")
     evaluate.set_defaults(func=_cmd_evaluate)
@@ -437,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(the default), e.g. core,fusion_no_ft")
     bench.add_argument("--seeds", type=_positive_int, default=1,
                        help="train every model with this many seeds; report means and spread")
-    bench.add_argument("--split", choices=("val", "test"), default="test",
+    bench.add_argument("--split", choices=SCORED_SPLITS, default="test",
                        help="queries to score: val to choose a recipe, test to report it "
                        "(default)")
     bench.add_argument("--config", default="default")

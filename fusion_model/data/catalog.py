@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from fusion_model import storage
+from fusion_model.data.splits import SPLITS
 from fusion_model.data.tables import find_table, read_table
 from fusion_model.errors import CatalogError
 
@@ -24,7 +25,6 @@ log = logging.getLogger(__name__)
 PRODUCT_TEXT_COLUMNS = ("product_id", "title", "description", "image")
 QUERY_TEXT_COLUMNS = ("query_id", "text", "split")
 JUDGMENT_TEXT_COLUMNS = ("query_id", "product_id")
-SPLITS = ("train", "val", "test")
 GRADES = (0, 1, 2, 3)
 MAX_GRADE = 3
 # Product ids reach Milvus primary keys, expressions and file names: a safe character set.
