@@ -112,7 +112,7 @@ def test_guarded_segments_offer_the_configs_segment_names(dagbag):
 
 
 def test_form_params_override_only_what_the_user_set(dagbag):
-    """Empty fields keep the chosen config's values (fast: 2 + 2 epochs), and the config
+    """Empty fields keep the chosen config's values (fast: 2 + 4 epochs), and the config
     enum of every DAG is the list of packaged configs."""
     import importlib.util
 
