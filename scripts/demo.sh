@@ -32,7 +32,7 @@ mkdir -p "$AIRFLOW_HOME"
 "$BIN/airflow" db migrate > "$DEMO/airflow-db.log" 2>&1
 
 step "3/6 training DAG end to end (airflow dags test multimodal_retrieval_training)"
-CONF=$(printf '{"catalog_uri": "%s", "config_name": "fast", "epochs_stage1": 2, "epochs_stage2": 4, "primary_metric": "ndcg@10", "shards": 2}' "$DEMO/catalog")
+CONF=$(printf '{"catalog_uri": "%s", "config_name": "fast", "primary_metric": "ndcg@10", "shards": 2}' "$DEMO/catalog")
 "$BIN/airflow" dags test multimodal_retrieval_training -c "$CONF" > "$DEMO/dag-run.log" 2>&1 \
   || { tail -50 "$DEMO/dag-run.log"; echo "DAG run failed; full log: $DEMO/dag-run.log"; exit 1; }
 grep -E "Marking run|DagRun Finished" "$DEMO/dag-run.log" | tail -1 | cut -c1-200

@@ -19,7 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from fusion_model import storage
-from fusion_model.data.catalog import SPLITS, resolve_image
+from fusion_model.data.catalog import resolve_image
+from fusion_model.data.splits import SPLITS
 from fusion_model.data.tables import find_table, read_table
 from fusion_model.errors import BadInputError, CatalogError
 from fusion_model.validation import suites

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import great_expectations as gx
 import great_expectations.expectations as gxe
 
-from fusion_model.data.catalog import GRADES, PRODUCT_ID_PATTERN, SPLITS
+from fusion_model.data.catalog import GRADES, PRODUCT_ID_PATTERN
+from fusion_model.data.splits import SPLITS
 
 
 @dataclass(frozen=True)
