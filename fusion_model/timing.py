@@ -15,6 +15,7 @@ memory again), which no single job that embeds a catalog sees.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import statistics
@@ -136,7 +137,9 @@ class IsolatedRun:
 
     def close(self) -> None:
         if self._process.is_alive():
-            self._connection.send("stop")
+            # a worker that just reported an error may be exiting, its end already closed
+            with contextlib.suppress(BrokenPipeError):
+                self._connection.send("stop")
             self._process.join(timeout=60)
         self._connection.close()
 

@@ -86,3 +86,16 @@ def test_an_isolated_run_reports_the_worker_error():
         broken()
     with pytest.raises(RuntimeError, match="(?s)benchmark worker failed.*at least one argument"):
         IsolatedRun(functools.partial)  # setup itself fails
+
+
+def test_closing_after_a_worker_error_survives_the_exiting_worker():
+    """The worker exits right after reporting an error; if it still looked alive at
+    close(), the "stop" would meet a closed pipe."""
+    broken = IsolatedRun(functools.partial, int, "not a rate")
+    with pytest.raises(RuntimeError, match="invalid literal"):
+        broken()
+    broken._process.join(timeout=60)
+    assert broken._process.exitcode is not None
+    broken._process.is_alive = lambda: True  # the moment before it is reaped
+    broken.close()
+    assert broken._connection.closed
