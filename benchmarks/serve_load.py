@@ -3,7 +3,7 @@ and a forced promotion in the middle of the run.
 
     python benchmarks/serve_load.py [--products 100000] [--clients 32] [--seconds 30]
         [--backends lite,standalone] [--max-batch 1,32] [--query-cache 0,10000]
-        [--sweep 2,4,8,16 [--sweep-seconds 10]] [--work-dir DIR]
+        [--sweep 2,4,8,16 [--sweep-seconds 10]] [--encoders real,zero-cost] [--work-dir DIR]
 
 Set-up (cached in ``--work-dir``): a ``fast``-config champion v1 and a second version v2
 trained on a small synthetic catalog (real MiniLM query tower, OpenVINO engine), so that
@@ -23,7 +23,10 @@ the product metadata (title, attributes, photo URL). The service runs without it
 cache unless ``--query-cache`` says otherwise: the clients cycle through 1,000 queries, so
 a cache would answer most of them. ``--sweep`` adds a run per number of clients between
 the 1-client run and the loaded one (no promotion): the latency against concurrency curve,
-which tells up to how many clients a latency goal holds.
+which tells up to how many clients a latency goal holds. ``--encoders real,zero-cost`` adds,
+per setting, a service whose query encoder costs nothing (random unit vectors,
+``zero_cost_encoder_serve.py``): the ceiling of the HTTP service and the Milvus search
+alone, which no cheaper query encoder could pass on the same machine.
 """
 
 from __future__ import annotations
@@ -195,9 +198,12 @@ def service(work: Path, uri: str, log_file: Path, setting: dict[str, int]):
     import httpx
 
     port = free_port()
+    command = [str(Path(sys.executable).with_name("fusion-model"))] \
+        if setting["encoder"] == "real" else \
+        [sys.executable, str(Path(__file__).with_name("zero_cost_encoder_serve.py"))]
     with log_file.open("w") as out:
         process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("fusion-model")), "serve", "--port", str(port),
+            [*command, "serve", "--port", str(port),
              "--no-access-log", "--follow-interval", "1", "--config", "fast",
              "--query-cache", str(setting["query_cache"]),
              "--max-batch", str(setting["max_batch"]),
@@ -326,6 +332,9 @@ def main() -> None:
                         help="also run with each of these numbers of clients, "
                              "--sweep-seconds each, before the loaded run")
     parser.add_argument("--sweep-seconds", type=float, default=10)
+    parser.add_argument("--encoders", type=_encoder_list, default=["real"],
+                        help="real (the champion's query encoder), zero-cost (random "
+                             "vectors: the ceiling without encoding), or both, one run each")
     parser.add_argument("--work-dir", type=Path,
                         default=Path.home() / ".cache" / "fusion-model" / "serve-load")
     args = parser.parse_args()
@@ -342,11 +351,13 @@ def main() -> None:
         with backend(kind, args.work_dir / "run") as uri:
             load_collections(args.work_dir, uri, args.products, data, kind)
             settle(kind)
-            for max_batch, query_cache in itertools.product(args.max_batch,
-                                                            args.query_cache):
+            for max_batch, query_cache, encoder in itertools.product(
+                    args.max_batch, args.query_cache, args.encoders):
                 champion_back_to_v1(args.work_dir, uri, args.products, kind)
-                setting = {"max_batch": max_batch, "query_cache": query_cache}
-                label = f"{kind} b{max_batch}" + (f" c{query_cache}" if query_cache else "")
+                setting = {"max_batch": max_batch, "query_cache": query_cache,
+                           "encoder": encoder}
+                label = f"{kind} b{max_batch}" + (f" c{query_cache}" if query_cache else "") \
+                    + (" zero-cost" if encoder == "zero-cost" else "")
                 rows[label] = measure(args, uri, queries, setting,
                                       args.work_dir / f"serve-{label.replace(' ', '-')}.log")
     print(f"products={args.products:,} clients={args.clients} seconds={args.seconds:g} "
@@ -385,6 +396,15 @@ def measure(args: argparse.Namespace, uri: str, queries: list[str], setting: dic
 
 def _int_list(text: str) -> list[int]:
     return [int(value) for value in text.split(",")]
+
+
+def _encoder_list(text: str) -> list[str]:
+    encoders = text.split(",")
+    unknown = sorted(set(encoders) - {"real", "zero-cost"})
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown encoder {', '.join(unknown)}: "
+                                         "real or zero-cost")
+    return encoders
 
 
 def _swap_seconds(records: list, when: list[float]) -> float:
