@@ -194,7 +194,7 @@ def backend(kind: str, work: Path):
 
 
 @contextlib.contextmanager
-def service(work: Path, uri: str, log_file: Path, setting: dict[str, int]):
+def service(work: Path, uri: str, log_file: Path, setting: dict[str, int | str]):
     import httpx
 
     port = free_port()
@@ -365,8 +365,8 @@ def main() -> None:
     print_table(rows)
 
 
-def measure(args: argparse.Namespace, uri: str, queries: list[str], setting: dict[str, int],
-            log_file: Path) -> dict[str, dict[str, float]]:
+def measure(args: argparse.Namespace, uri: str, queries: list[str],
+            setting: dict[str, int | str], log_file: Path) -> dict[str, dict[str, float]]:
     """1 client, then ``args.clients`` with v2 promoted halfway, against one service."""
     with service(args.work_dir, uri, log_file, setting) as url:
         uvloop.run(run_clients(url, queries, 1, 3))  # warm up
