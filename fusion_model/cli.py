@@ -289,6 +289,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 1-65535, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusion-model", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -376,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "/, /metrics) with the champion, following promotions")
     serve.add_argument("--host", default="127.0.0.1",
                        help="interface to bind (default loopback only; 0.0.0.0 for all)")
-    serve.add_argument("--port", type=_positive_int, default=8080)
+    serve.add_argument("--port", type=_port, default=8080)
     serve.add_argument("--follow-interval", type=float, default=5.0,
                        help="seconds between checks for a new champion (0: never)")
     serve.add_argument("--no-access-log", action="store_true", help="no line per request")
@@ -449,13 +456,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Libraries' own start-up chatter: faiss (in Milvus Lite) logs a ModuleNotFoundError for
-# every CPU flavour it does not find, Milvus Lite a line per server start and stop.
-QUIET_LOGGERS = ("faiss.loader", "milvus_lite.server_manager")
+# every CPU flavour it does not find, Milvus Lite a line per server start and stop, Great
+# Expectations some 200 "Skipping registering function" lines per import. A person sees
+# our INFO lines and everybody's warnings; -v shows everything. A filter on the handlers,
+# not logger levels: some libraries set their loggers' levels themselves when imported.
+OUR_LOGGERS = ("fusion_model", "__main__")
+
+
+class OursOrWarnings(logging.Filter):
+    """Passes fusion_model's records and other loggers' warnings and errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or \
+            record.name.partition(".")[0] in OUR_LOGGERS
+
+
+OURS_OR_WARNINGS = OursOrWarnings()
 
 
 def quiet_library_loggers() -> None:
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(OURS_OR_WARNINGS)  # once: addFilter skips one already there
     # gRPC's C core writes its INFO lines straight to stderr, e.g. "fork_posix.cc:71]
     # Other threads are currently calling into gRPC, skipping fork() handlers" when
     # anything forks beside a gRPC channel (OpenVINO's telemetry did, at every import);

@@ -108,6 +108,9 @@ def _prepare_lite_path(uri: str) -> str:
     import tempfile
 
     path = Path(uri).expanduser().resolve()
+    if path.exists() and not path.is_dir():  # Milvus Lite keeps its data in a folder
+        raise IndexUnavailableError(f"index.uri {uri} is a file, not Milvus Lite data (a "
+                                    "folder Milvus Lite creates); choose another path")
     folder = path if path.is_dir() else path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)

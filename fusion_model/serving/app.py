@@ -19,6 +19,7 @@ served, a 503. With ``FUSION_SERVE_TOKEN`` set every endpoint but the health che
 from __future__ import annotations
 
 import contextlib
+import errno
 import hmac
 import logging
 import mimetypes
@@ -301,6 +302,29 @@ def _versions(searcher: ChampionSearcher) -> dict:
             "filter_fields": list(served.filter_fields) if served else []}
 
 
+class CannotListenError(BadInputError):
+    """The address to serve on cannot be used: an unknown host, or a port in use."""
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """CannotListenError naming the address and why, when ``host:port`` cannot be bound."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind(address)
+    except OSError as error:
+        hint = ("is another `fusion-model serve` running? choose another --port"
+                if error.errno == errno.EADDRINUSE else
+                "give --host an address of this machine (127.0.0.1 by default, 0.0.0.0 "
+                "for every interface)")
+        raise CannotListenError(f"cannot serve on {host}:{port}: "
+                                f"{error.strerror or error}; {hint}") from error
+
+
 def serve(config, host: str = "127.0.0.1", port: int = 8080, follow_interval: float = 5.0,
           token: str | None = None, access_log: bool = True, query_cache: int = 0,
           max_batch: int = 32, encoder_streams: int = 1) -> None:
@@ -309,6 +333,7 @@ def serve(config, host: str = "127.0.0.1", port: int = 8080, follow_interval: fl
     ``ChampionSearcher.open``)."""
     import uvicorn
 
+    check_can_listen(host, port)  # before seconds of loading, not after
     with ChampionSearcher.open(config, strict=False, query_cache=query_cache,
                                encoder_streams=encoder_streams) as searcher:
         app = create_app(searcher, follow_interval, token, max_batch)
@@ -317,7 +342,7 @@ def serve(config, host: str = "127.0.0.1", port: int = 8080, follow_interval: fl
                         "(checked every %.0f s)", searcher.problem, follow_interval)
         log.info("serving %s of %s on http://%s:%d (review page at /; up to %d concurrent "
                  "searches merged, query cache %d texts)",
-                 searcher.served and f"v{searcher.served.version}",
+                 f"v{searcher.served.version}" if searcher.served else "nothing yet",
                  config.registry.model_name, host, port, max_batch, query_cache)
         uvicorn.run(app, host=host, port=port, access_log=access_log,
                     log_level="info", timeout_graceful_shutdown=5)

@@ -315,7 +315,8 @@ def test_an_unreachable_tracking_server_fails_within_seconds(step, platform, cap
 @pytest.mark.parametrize(("uri", "match"), [
     ("/proc/fusion/milvus.db", r"index.uri /proc/fusion/milvus.db: cannot write"),
     ("{root}/catalog/products.parquet/milvus.db", r"a file, not a folder"),
-], ids=["unwritable", "below-a-file"])
+    ("{root}/catalog/products.parquet", r"products.parquet is a file, not Milvus Lite data"),
+], ids=["unwritable", "below-a-file", "a-file"])
 def test_an_unusable_index_uri(uri, match, platform, capsys):
     fails(platform, ["status", *with_platform(
         platform, f"index.uri={uri.format(root=platform.root)}")], match, capsys)

@@ -33,3 +33,33 @@ def test_import_is_light_and_side_effect_free(tmp_path):
                             text=True, check=True)
     assert result.stdout.strip() == "[]"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_serve_rejects_a_port_outside_the_tcp_range(capsys):
+    for port in ("0", "65536", "99999"):
+        try:
+            main(["serve", "--port", port])
+        except SystemExit as exc:
+            assert exc.code == 2
+        else:
+            raise AssertionError(f"serve --port {port} was accepted")
+        err = capsys.readouterr().err
+        assert "--port" in err and ("1-65535" in err or "at least 1" in err), err
+
+
+def test_serve_names_an_address_it_cannot_listen_on_before_loading_anything(tmp_path,
+                                                                             capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port),
+                     f"registry.tracking_uri=sqlite:///{tmp_path / 'never.db'}"]) == 2
+    assert f"cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
+    # 192.0.2.1 is reserved for documentation: no machine has it
+    assert main(["serve", "--host", "192.0.2.1", "--port", str(port),
+                 f"registry.tracking_uri=sqlite:///{tmp_path / 'never.db'}"]) == 2
+    assert "cannot serve on 192.0.2.1" in capsys.readouterr().err
+    assert not (tmp_path / "never.db").exists()  # nothing was loaded or created

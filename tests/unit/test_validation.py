@@ -220,3 +220,21 @@ def test_cli_exit_codes_and_summary(catalog, tmp_path, capsys):
                  str(tmp_path / "bad")]) == 1
     out = capsys.readouterr().out
     assert "FAILED" in out and "image_status" in out and "validation.json" in out
+
+
+def test_the_terminal_shows_our_log_lines_only(catalog, tmp_path):
+    """As a person runs it: Great Expectations logs some 200 INFO lines when imported (and
+    sets one of its loggers to INFO itself); stderr keeps ours and warnings only."""
+    import re
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "fusion_model.cli", "validate", "--catalog",
+                           str(catalog), "--report-dir", str(tmp_path / "report")],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "PASSED" in done.stdout
+    ours = re.compile(r"\d{4}-\d\d-\d\d [\d:,]+ INFO fusion_model\.")
+    assert [line for line in done.stderr.splitlines() if not ours.match(line)] == [], \
+        done.stderr
+    assert ours.match(done.stderr)  # and ours are still there
