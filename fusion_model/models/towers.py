@@ -183,7 +183,20 @@ class TwoTower(nn.Module):
 def load_model(directory: str | Path) -> TwoTower:
     """A model saved by ``TwoTower.save``: its config plus weights."""
     directory = Path(directory)
+    if not (directory / CONFIG_FILE).is_file():
+        raise BadInputError(_not_a_saved_model(directory))
     config = from_dict(yaml.safe_load((directory / CONFIG_FILE).read_text()))
     model = TwoTower(config)
     model.load_state_dict(load_tensors(directory / MODEL_FILE, "model weights"))
     return model.eval()
+
+
+def _not_a_saved_model(directory: Path) -> str:
+    """Why ``directory`` is not a saved model, pointing at the one inside a training run."""
+    inside = directory / "model"
+    if not directory.is_dir():
+        found = "does not exist" if not directory.exists() else "is a file"
+        return f"model directory {directory} {found}"
+    hint = (f"; a training run keeps its model in {inside}" if (inside / CONFIG_FILE).is_file()
+            else "; give the folder `fusion-model train --out DIR` wrote, DIR/model")
+    return f"{directory} is not a saved model (no {CONFIG_FILE}){hint}"

@@ -293,3 +293,16 @@ def test_stage2_gives_the_layers_stage1_did_not_train_their_own_learning_rate(
     assert lr_of[id(head.text_proj.weight)] == lr_of[id(trainer.model.query_head.proj.weight)] \
         == 0.002
     assert lr_of[id(head.image_proj.weight)] == lr_of[id(head.gate[0].weight)] == 0.03
+
+
+def test_loading_a_folder_that_is_not_a_saved_model_says_where_the_model_is(tmp_path):
+    from fusion_model.errors import BadInputError
+
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "config.yaml").write_text("{}\n")
+    with pytest.raises(BadInputError, match=r"run is not a saved model .*keeps its model in "
+                                            r".*run/model"):
+        load_model(run)
+    with pytest.raises(BadInputError, match=r"elsewhere does not exist"):
+        load_model(tmp_path / "elsewhere")
