@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 
 import pandas as pd
 
@@ -217,11 +218,26 @@ def _load_products(uri: str, root: str) -> pd.DataFrame:
     df["title"] = _text_column(df, uri, "title", allow_null=False)
     df["description"] = _text_column(df, uri, "description", allow_null=True)
     images = [v.strip() or None for v in _text_column(df, uri, "image", allow_null=True)]
+    _check_relative_images_stay_inside(images, df["product_id"].tolist(), uri)
     df["image"] = pd.Series(images, index=df.index, dtype=object)
     df["image_uri"] = pd.Series([v and resolve_image(root, v) for v in images],
                                 index=df.index, dtype=object)
     ordered = ["product_id", "title", "description", "image", "image_uri"]
     return df[ordered + [c for c in df.columns if c not in ordered]]
+
+
+def _check_relative_images_stay_inside(images: list[str | None], product_ids: list[str],
+                                       uri: str) -> None:
+    """A relative image path may not climb out of the catalog directory with '..'."""
+    leaving = pd.Series([bool(image) and not (storage.is_uri(image) or os.path.isabs(image))
+                         and ".." in PurePosixPath(image.replace("\\", "/")).parts
+                         for image in images], dtype=bool)
+    if leaving.any():
+        first = int(leaving.to_numpy().argmax())
+        raise CatalogError(uri, "a relative image path must stay inside the catalog "
+                           "directory (no '..'); give an absolute path or an s3:// URI "
+                           "for a photo elsewhere", rows=_rows(leaving),
+                           detail=f"product {product_ids[first]}: found {images[first]!r}")
 
 
 def resolve_image(root: str, image: str) -> str:
@@ -243,7 +259,7 @@ def _load_queries(uri: str) -> pd.DataFrame:
     if bad_split.any():
         value = df.loc[bad_split, "split"].iloc[0]
         raise CatalogError(uri, f"split must be one of {', '.join(SPLITS)}",
-                           rows=_rows(bad_split), detail=f"found {value!r}")
+                           rows=_rows(bad_split), detail=f"found {_shown(value)}")
     return df
 
 
@@ -271,8 +287,13 @@ def _check_grades(grades: pd.Series, uri: str) -> pd.Series:
     if not valid.all():
         value = grades[~valid].iloc[0]
         raise CatalogError(uri, f"grade must be an integer from 0 to {MAX_GRADE}",
-                           rows=_rows(~valid), detail=f"found {value!r}")
+                           rows=_rows(~valid), detail=f"found {_shown(value)}")
     return numeric.astype("int8")
+
+
+def _shown(value) -> str:
+    """A cell's value as a person wrote it: 2.5, not np.float64(2.5); text quoted."""
+    return repr(value.item() if hasattr(value, "item") else value)
 
 
 def _check_known(df: pd.DataFrame, uri: str, column: str, known: set[str], table: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 
@@ -63,10 +64,20 @@ def _read_csv(uri: str, text: str, text_columns: tuple[str, ...]) -> pd.DataFram
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except Exception as exc:
         raise CatalogError(uri, "not a readable CSV file", detail=str(exc)) from exc
+    _check_unique_header(uri, text)
     for column in df.columns:
         if column not in text_columns:
             df[column] = _infer_numeric(df[column].replace("", None))
     return df
+
+
+def _check_unique_header(uri: str, text: str) -> None:
+    """pandas renames a repeated column (title, title.1): say so instead of guessing."""
+    header = next(csv.reader(io.StringIO(text.lstrip("\ufeff"))), [])
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise CatalogError(uri, "each column name must appear once in the header",
+                           detail=f"repeated: {', '.join(repeated)}")
 
 
 def _infer_numeric(values: pd.Series) -> pd.Series:

@@ -151,7 +151,7 @@ def test_grades_out_of_range_or_not_integers(tmp_path, grade):
     judgments = JUDGMENTS + [{"query_id": "q2", "product_id": "a3", "grade": grade}]
     error = expect_error(write_tables(tmp_path, PRODUCTS, QUERIES, judgments), "judgments.csv",
                          "grade must be an integer from 0 to 3", [3])
-    assert "found" in str(error)
+    assert "found" in str(error) and "np." not in str(error)  # 2.5, not np.float64(2.5)
 
 
 def test_judgment_for_unknown_product(tmp_path):
@@ -216,3 +216,25 @@ def test_fingerprint_changes_with_rows_and_image_bytes(tmp_path, synthetic_catal
     write_catalog(str(tmp_path / "c"), products, catalog.queries, catalog.judgments)
     after_title = load_catalog(str(tmp_path / "c")).fingerprint
     assert len({before, after_image, after_title}) == 3
+
+
+def test_a_repeated_column_name_is_refused_not_renamed(tmp_path):
+    (tmp_path / "products.csv").write_text("product_id,title,colour,title\na,x,red,y\n")
+    error = expect_error(tmp_path, "products.csv", "each column name must appear once")
+    assert "repeated: title" in str(error)
+
+
+@pytest.mark.parametrize("image", ["../outside.jpg", "img/../../outside.jpg"])
+def test_a_relative_image_path_may_not_leave_the_catalog(tmp_path, image):
+    products = PRODUCTS + [{"product_id": "a4", "title": "Hat", "image": image}]
+    error = expect_error(write_tables(tmp_path, products), "products.csv",
+                         "must stay inside the catalog directory", [4])
+    assert "product a4" in str(error) and image in str(error)
+
+
+def test_absolute_and_inside_paths_with_dots_in_names_load(tmp_path):
+    products = [{"product_id": "a1", "title": "Shirt", "image": "/photos/../a1.jpg"},
+                {"product_id": "a2", "title": "Cap", "image": "img/a2..v2.jpg"}]
+    loaded = load_catalog(str(write_tables(tmp_path, products))).products
+    assert loaded["image_uri"].tolist()[0] == "/photos/../a1.jpg"
+    assert loaded["image_uri"].tolist()[1] == str(tmp_path / "img" / "a2..v2.jpg")
