@@ -52,10 +52,19 @@ def _decode_utf8(uri: str, data: bytes) -> str:
 
 
 def _read_parquet(uri: str, data: bytes) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.ParquetFile(io.BytesIO(data)).schema_arrow.names
+    except Exception as exc:
+        raise CatalogError(uri, "not a readable parquet file",
+                           detail=str(exc).splitlines()[0]) from exc
+    _check_column_names(uri, names)
     try:
         return pd.read_parquet(io.BytesIO(data))
     except Exception as exc:
-        raise CatalogError(uri, "not a readable parquet file", detail=str(exc)) from exc
+        raise CatalogError(uri, "not a readable parquet file",
+                           detail=str(exc).splitlines()[0]) from exc
 
 
 def _read_csv(uri: str, text: str, text_columns: tuple[str, ...]) -> pd.DataFrame:
@@ -64,17 +73,35 @@ def _read_csv(uri: str, text: str, text_columns: tuple[str, ...]) -> pd.DataFram
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except Exception as exc:
         raise CatalogError(uri, "not a readable CSV file", detail=str(exc)) from exc
-    _check_unique_header(uri, text)
+    _check_csv_shape(uri, text)
     for column in df.columns:
         if column not in text_columns:
             df[column] = _infer_numeric(df[column].replace("", None))
     return df
 
 
-def _check_unique_header(uri: str, text: str) -> None:
-    """pandas renames a repeated column (title, title.1): say so instead of guessing."""
-    header = next(csv.reader(io.StringIO(text.lstrip("\ufeff"))), [])
-    repeated = sorted({name for name in header if header.count(name) > 1})
+def _check_csv_shape(uri: str, text: str) -> None:
+    """Every header cell named once, every row as many fields as the header: pandas would
+    rename a repeated column (title.1), name an empty one "Unnamed: 2", read a row with one
+    field too many as an index (shifting every value) and fill a short row."""
+    rows = (row for row in csv.reader(io.StringIO(text.lstrip("\ufeff"))) if row)
+    header = next(rows, [])
+    _check_column_names(uri, header)
+    wrong = [(number, len(row)) for number, row in enumerate(rows, start=1)
+             if len(row) != len(header)]
+    if wrong:
+        first, fields = wrong[0]
+        raise CatalogError(uri, f"every row must have the header's {len(header)} fields",
+                           rows=[number for number, _ in wrong],
+                           detail=f"row {first} has {fields}; quote values that hold commas")
+
+
+def _check_column_names(uri: str, names: list[str]) -> None:
+    empty = [str(i) for i, name in enumerate(names, start=1) if not str(name).strip()]
+    if empty:
+        raise CatalogError(uri, "every column needs a name",
+                           detail=f"column {', '.join(empty)} of the header has none")
+    repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise CatalogError(uri, "each column name must appear once in the header",
                            detail=f"repeated: {', '.join(repeated)}")
@@ -87,16 +114,32 @@ def _infer_numeric(values: pd.Series) -> pd.Series:
         return values
 
 
+class _RepeatedKeyError(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object's keys, refused when one repeats (json keeps the last silently)."""
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise _RepeatedKeyError(", ".join(repeated))
+    return dict(pairs)
+
+
 def _read_jsonl(uri: str, text: str) -> pd.DataFrame:
     records = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise CatalogError(uri, "line is not valid JSON", rows=[number],
                                detail=exc.msg) from exc
+        except _RepeatedKeyError as exc:
+            raise CatalogError(uri, "each key must appear once in a line", rows=[number],
+                               detail=f"repeated: {exc}") from None
         if not isinstance(record, dict):
             raise CatalogError(uri, "line is not a JSON object", rows=[number])
         records.append(record)

@@ -238,3 +238,38 @@ def test_absolute_and_inside_paths_with_dots_in_names_load(tmp_path):
     loaded = load_catalog(str(write_tables(tmp_path, products))).products
     assert loaded["image_uri"].tolist()[0] == "/photos/../a1.jpg"
     assert loaded["image_uri"].tolist()[1] == str(tmp_path / "img" / "a2..v2.jpg")
+
+
+@pytest.mark.parametrize(("text", "rows", "found"), [
+    ("product_id,title\na,x,extra\nb,y\n", [1], "row 1 has 3"),  # pandas: index a, title extra
+    ("product_id,title\na,x\n\nb\nc,\"y, z\"\n", [2], "row 2 has 1"),
+], ids=["one-too-many", "one-too-few"])
+def test_a_row_with_another_number_of_fields_than_the_header(tmp_path, text, rows, found):
+    (tmp_path / "products.csv").write_text(text)
+    error = expect_error(tmp_path, "products.csv", "every row must have the header's 2 fields",
+                         rows)
+    assert found in str(error)
+
+
+def test_a_column_without_a_name_is_refused(tmp_path):
+    (tmp_path / "products.csv").write_text("product_id,title,\na,x,\n")
+    error = expect_error(tmp_path, "products.csv", "every column needs a name")
+    assert "column 3" in str(error)
+
+
+def test_a_repeated_key_in_a_jsonl_line_is_refused(tmp_path):
+    (tmp_path / "products.jsonl").write_text('{"product_id": "a", "title": "x"}\n'
+                                             '{"product_id": "b", "title": "x", "title": "y"}\n')
+    error = expect_error(tmp_path, "products.jsonl", "each key must appear once", [2])
+    assert "repeated: title" in str(error)
+
+
+def test_a_repeated_parquet_column_is_refused_in_one_line(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table([pa.array(["a"]), pa.array(["x"]), pa.array(["y"])],
+                            names=["product_id", "title", "title"]),
+                   tmp_path / "products.parquet")
+    error = expect_error(tmp_path, "products.parquet", "each column name must appear once")
+    assert "repeated: title" in str(error) and "\n" not in str(error)
