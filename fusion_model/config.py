@@ -255,8 +255,18 @@ def apply_overrides(data: dict, overrides) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {override!r}: {part!r} is not a section")
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = _override_value(override, value)
     return data
+
+
+def _override_value(override: str, value: str) -> Any:
+    """The value of ``key=value`` read as YAML (a number, a list, ...), else a named error."""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"override {override!r}: the value is not valid YAML ({problem}); "
+                          "quote it, or write a list as [a, b]") from None
 
 
 def from_dict(data: dict) -> RunConfig:
@@ -284,6 +294,9 @@ def _build(cls, data: Any, prefix: str):
     return cls(**values)
 
 
+# Milvus's rule for collection, alias and field names (255 characters; collections add a
+# version and a catalog fingerprint to the prefix)
+INDEX_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
 _EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
@@ -377,7 +390,13 @@ def _index_rules(index: IndexConfig) -> list[tuple[bool, str]]:
     if backend is None:
         return [(False, f"index.backend={index.backend!r}: choose one of "
                         f"{', '.join(BACKENDS)}")]
-    return [(index.index_type.upper() in backend.INDEX_TYPES,
+    names = [("index.alias", index.alias), ("index.collection_prefix", index.collection_prefix),
+             *((f"index.attribute_fields[{i}]", name)
+               for i, name in enumerate(index.attribute_fields))]
+    return [*((bool(INDEX_NAME.fullmatch(value)),
+               f"{key}={value!r}: names in the index are a letter or _ followed by letters, "
+               "digits and _ (at most 200 characters)") for key, value in names),
+            (index.index_type.upper() in backend.INDEX_TYPES,
              f"index.index_type={index.index_type!r}: the {index.backend} backend builds "
              f"{', '.join(backend.INDEX_TYPES)} (others silently fall back)"),
             (index.metric in backend.METRICS,

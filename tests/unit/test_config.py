@@ -57,6 +57,10 @@ def test_yaml_file_with_base(tmp_path):
     ("share_text_encoder=true", "unknown config key share_text_encoder"),
     ("model.share_text_encoder=1", "must be true or false"),
     ("nonsense", "must look like section.key=value"),
+    ("index.alias=serving-v2", "index.alias='serving-v2': names in the index are a letter"),
+    ("index.collection_prefix=2026_products", "index.collection_prefix='2026_products'"),
+    ("index.attribute_fields=[colour, base colour]", "index.attribute_fields[1]='base colour'"),
+    ('index.attribute_fields=[colour, "gender"', "the value is not valid YAML"),
 ])
 def test_bad_values_fail_with_what_to_change(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
