@@ -229,8 +229,7 @@ def _load_products(uri: str, root: str) -> pd.DataFrame:
 def _check_relative_images_stay_inside(images: list[str | None], product_ids: list[str],
                                        uri: str) -> None:
     """A relative image path may not climb out of the catalog directory with '..'."""
-    leaving = pd.Series([bool(image) and not (storage.is_uri(image) or os.path.isabs(image))
-                         and ".." in PurePosixPath(image.replace("\\", "/")).parts
+    leaving = pd.Series([bool(image) and _is_relative(image) and climbs_out(image)
                          for image in images], dtype=bool)
     if leaving.any():
         first = int(leaving.to_numpy().argmax())
@@ -240,9 +239,19 @@ def _check_relative_images_stay_inside(images: list[str | None], product_ids: li
                            detail=f"product {product_ids[first]}: found {images[first]!r}")
 
 
+def climbs_out(image: str) -> bool:
+    """True for a path with a '..' step (slashes either way)."""
+    return ".." in PurePosixPath(str(image).replace("\\", "/")).parts
+
+
+def _is_relative(image: str) -> bool:
+    """A path relative to the catalog directory: not absolute, not s3:// or another URI."""
+    return not (storage.is_uri(image) or os.path.isabs(image))
+
+
 def resolve_image(root: str, image: str) -> str:
     """An image reference (relative, absolute or s3://) as a URI the storage can read."""
-    if storage.is_s3(image) or os.path.isabs(image) or storage.is_uri(image):
+    if not _is_relative(image):
         return image  # other schemes are refused by name when read (and by validation)
     return storage.join(root, image)
 

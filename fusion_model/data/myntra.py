@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from fusion_model import storage
-from fusion_model.data.catalog import check_product_ids, write_catalog
+from fusion_model.data.catalog import check_product_ids, climbs_out, write_catalog
 from fusion_model.data.judging import assign_splits, judgments_for, queries_frame
 from fusion_model.errors import CatalogError
 from fusion_model.storage.core import parallel_map
@@ -87,8 +87,8 @@ def _read_styles(source: str) -> pd.DataFrame:
 def _check_image_paths(images: pd.Series, path: str) -> None:
     """Image references must be relative paths inside the source folder (no '..')."""
     def leaves(image) -> bool:
-        parts = PurePosixPath(str(image or "").replace("\\", "/"))
-        return parts.is_absolute() or ".." in parts.parts or "://" in str(image)
+        path = str(image or "").replace("\\", "/")
+        return PurePosixPath(path).is_absolute() or climbs_out(path) or "://" in path
 
     bad = images.map(leaves)
     if bad.any():
