@@ -43,9 +43,16 @@ def products_suite(limits: Limits) -> gx.ExpectationSuite:
                                                 max_value=limits.max_title_length),
         gxe.ExpectColumnValueLengthsToBeBetween(column="description", min_value=0,
                                                 max_value=limits.max_description_length),
+        gxe.ExpectColumnValuesToNotMatchRegex(column="image", regex=RELATIVE_PATH_CLIMBING_OUT),
     ):
         suite.add_expectation(expectation)
     return suite
+
+
+# A relative image path with a '..' step (the loader's catalog.climbs_out, as a regex for
+# GX): not absolute, not scheme://, and '..' as a whole segment between slashes
+RELATIVE_PATH_CLIMBING_OUT = (r"^\s*(?![A-Za-z][A-Za-z0-9+.-]*://)(?![/\\])"
+                              r"(?:.*[/\\])?\.\.(?:[/\\].*)?\s*$")
 
 
 def queries_suite(limits: Limits) -> gx.ExpectationSuite:

@@ -170,6 +170,8 @@ BAD_SNAPSHOTS = {
     "no test queries": ({"queries": lambda q: q.assign(split=q["split"].replace(
         "test", "train"))}, r"test"),
     "unknown split": ({"queries": lambda q: q.assign(split="holdout")}, r"split"),
+    "image path leaving the catalog": ({"products": lambda p: p.assign(image=p["image"].where(
+        p.index != 2, "../escape.jpg"))}, r"not_match_regex\(image\).*row 3"),
 }
 
 BAD_PHOTOS = {
@@ -190,6 +192,16 @@ def test_refresh_refuses_a_bad_snapshot(case, platform, tmp_path, capsys):
     bad = snapshot(platform, tmp_path / "snapshot", **changes)
     fails(platform, ["refresh", "--catalog", bad, "--report-dir", str(tmp_path / "report"),
                      *platform.argv], match, capsys)
+
+
+def test_refresh_refuses_a_csv_row_with_a_field_too_many(platform, tmp_path, capsys):
+    """pandas reads such a row's first field as an index and shifts every value left."""
+    bad = Path(snapshot(platform, tmp_path / "snapshot"))
+    header, first, *rest = (bad / "products.csv").read_text().splitlines()
+    (bad / "products.csv").write_text("\n".join([header, first + ",extra", *rest]) + "\n")
+    fails(platform, ["refresh", "--catalog", str(bad), "--report-dir",
+                     str(tmp_path / "report"), *platform.argv],
+          r"products.csv, row 1: every row must have the header's \d+ fields", capsys)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_PHOTOS))

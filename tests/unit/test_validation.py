@@ -238,3 +238,18 @@ def test_the_terminal_shows_our_log_lines_only(catalog, tmp_path):
     assert [line for line in done.stderr.splitlines() if not ours.match(line)] == [], \
         done.stderr
     assert ours.match(done.stderr)  # and ours are still there
+
+
+def test_a_relative_image_path_leaving_the_catalog(catalog, tmp_path):
+    """The loader's rule (no '..' in a relative path) as a check of its own, even when the
+    file it points at exists."""
+    outside = tmp_path / "outside.jpg"
+    shutil.copy(first_image(catalog), outside)
+    edit_table(catalog, "products", lambda f: f.__setitem__(
+        "image", ["../outside.jpg"] + list(f["image"][1:])))
+    failures = failing(catalog, tmp_path)
+    climbing = next(f for f in failures
+                    if f["expectation"] == "expect_column_values_to_not_match_regex")
+    assert climbing["column"] == "image" and climbing["unexpected_count"] == 1
+    assert [e["row"] for e in climbing["examples"]] == [1]
+    assert not any(f["suite"] == "image_status" for f in failures)  # the photo itself is fine
