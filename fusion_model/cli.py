@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import traceback
@@ -152,9 +153,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     """The token comes from the environment, never the command line (ps shows that)."""
     from fusion_model.config import load_config
-    from fusion_model.serving.app import TOKEN_ENV, serve
+    from fusion_model.serving.app import TOKEN_ENV, check_token, serve
 
     token = os.environ.get(TOKEN_ENV) or None
+    check_token(token)  # before seconds of loading
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         logging.getLogger(__name__).warning(
             "serving on %s without a bearer token: anyone who reaches it can search; "
@@ -162,7 +164,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     serve(load_config(args.config, list(args.overrides)), args.host, args.port,
           args.follow_interval, token, access_log=not args.no_access_log,
           query_cache=args.query_cache, max_batch=args.max_batch,
-          encoder_streams=args.encoder_streams)
+          encoder_streams=args.encoder_streams, allowed_hosts=tuple(args.allowed_host),
+          image_roots=tuple(args.image_root))
     return 0
 
 
@@ -179,9 +182,15 @@ def _cmd_lifecycle(args: argparse.Namespace) -> int:
     """validate -> train -> register -> index -> gate -> promote/reject, without Airflow."""
     from pathlib import Path
 
+    from fusion_model.config import load_config
     from fusion_model.pipelines import steps
+    from fusion_model.pipelines.switch import registry_lock
 
-    work = Path(args.work_dir)
+    with registry_lock(load_config(args.config, list(args.overrides))):
+        return _lifecycle(args, steps, Path(args.work_dir))
+
+
+def _lifecycle(args: argparse.Namespace, steps, work) -> int:
     overrides = args.overrides
     report = steps.validate(args.catalog, str(work / "validation"), args.profile)
     steps.train(args.catalog, str(work / "train"), args.config, overrides)
@@ -231,6 +240,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"{alias:<11} {found['model']} v{version.version}" if version
               else f"{alias:<11} -")
     print(f"serving     {found['alias']} -> {found['serving'] or '- (no collection yet)'}")
+    for problem in found["problems"]:
+        print(f"PROBLEM     {problem}")
     for orphan in found["orphans"]:
         print(f"orphaned    {orphan}: on no version and not served (an index job that "
               "crashed or still runs; rerunning it resumes this collection)")
@@ -239,6 +250,21 @@ def _cmd_status(args: argparse.Namespace) -> int:
               f"{' (forced)' if entry.get('forced') else ''}")
         for reason in entry.get("reasons", []):
             print(f"    - {reason}")
+    return 1 if found["problems"] else 0
+
+
+def _cmd_recover(args: argparse.Namespace) -> int:
+    """Finish (or undo) an interrupted promotion, rollback or refresh."""
+    from fusion_model.pipelines import steps
+
+    outcome = steps.recover(args.config, args.overrides)
+    if outcome is None:
+        print("nothing to recover: no interrupted switch")
+    elif "finished" in outcome:
+        print(f"finished the interrupted switch: champion v{outcome['version']}, serving "
+              f"alias -> {outcome['collection']}")
+    else:
+        print(f"undid the interrupted switch to v{outcome['version']}: {outcome['detail']}")
     return 0
 
 
@@ -286,6 +312,28 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _interval(text: str) -> float:
+    """Seconds, finite and >= 0 (``nan`` compared false everywhere and stopped following)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") \
+            from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
@@ -384,10 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1",
                        help="interface to bind (default loopback only; 0.0.0.0 for all)")
     serve.add_argument("--port", type=_port, default=8080)
-    serve.add_argument("--follow-interval", type=float, default=5.0,
+    serve.add_argument("--follow-interval", type=_interval, default=5.0,
                        help="seconds between checks for a new champion (0: never)")
     serve.add_argument("--no-access-log", action="store_true", help="no line per request")
-    serve.add_argument("--query-cache", type=int, default=10_000, metavar="N",
+    serve.add_argument("--query-cache", type=_non_negative_int, default=10_000, metavar="N",
                        help="keep the vectors of the last N distinct queries per query "
                             "encoder (default 10000; 0: encode every query)")
     serve.add_argument("--max-batch", type=_positive_int, default=32, metavar="N",
@@ -398,9 +446,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="query-encoder runs at once, the cores shared out between them "
                             "(OpenVINO streams; default 1: each run uses every core, the "
                             "lowest latency; 2 measured within noise of 1 on 2 cores)")
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="a Host header value to answer besides localhost and --host "
+                            "(repeat for several; '*' for any: only behind a proxy that "
+                            "checks it). Other hosts get 400: a DNS-rebinding page cannot "
+                            "read the API")
+    serve.add_argument("--image-root", action="append", default=[], metavar="DIR_OR_S3",
+                       help="a folder or s3:// prefix photos may be served from besides "
+                            "the roots recorded on each version (repeatable)")
     serve.add_argument("--config", default="default")
     serve.add_argument("overrides", nargs="*", metavar="key=value")
     serve.set_defaults(func=_cmd_serve)
+
+    recover = steps.add_parser("recover", help="finish an interrupted promotion, rollback "
+                               "or refresh (status names one when there is)")
+    recover.add_argument("--config", default="default")
+    recover.add_argument("overrides", nargs="*", metavar="key=value")
+    recover.set_defaults(func=_cmd_recover)
 
     lifecycle = steps.add_parser("lifecycle", help="validate, train, register, index, gate "
                                  "and promote in one go (what the training DAG runs)")

@@ -14,21 +14,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import io
 import json
 import logging
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from fusion_model import engines, storage
-from fusion_model.errors import BadInputError
+from fusion_model.photos import ImageDecodeError, decode_image
 from fusion_model.progress import progress_bar
 from fusion_model.runtime import prefetched
 from fusion_model.tensor_files import load_tensors
@@ -41,46 +38,6 @@ Batch = dict[str, torch.Tensor]
 def product_text(title: str, description: str) -> str:
     """What the text tower reads for a product."""
     return f"{title}. {description}".strip() if description else title
-
-
-# Decompression-bomb guard, read from the header before any pixel is decoded (the same
-# bound as validation's ``max_image_pixels``).
-MAX_IMAGE_PIXELS = 40_000_000
-
-
-class ImageDecodeError(BadInputError):
-    """A photo cannot be decoded (empty, undecodable, truncated or too many pixels)."""
-
-    def __init__(self, uri: str, reason: str, product_id: str | None = None):
-        self.uri, self.reason, self.product_id = uri, reason, product_id
-        who = f"product {product_id}: " if product_id else ""
-        super().__init__(f"{who}{uri}: cannot use this photo ({reason}); fix or remove the "
-                         "image reference (`fusion-model validate` lists every bad photo)")
-
-
-def decode_image(data: bytes, size: int, max_pixels: int = MAX_IMAGE_PIXELS,
-                 uri: str = "<bytes>") -> np.ndarray:
-    """JPEG/PNG bytes -> (size, size, 3) uint8 RGB, resized with bilinear filtering.
-
-    Raises ImageDecodeError for empty, undecodable or truncated data and for images whose
-    header declares more than ``max_pixels`` pixels (checked before decoding).
-    """
-    if not data:
-        raise ImageDecodeError(uri, "empty file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise ImageDecodeError(uri, f"{width}x{height} exceeds {max_pixels:,} "
-                                                "pixels")
-                image.draft("RGB", (size, size))
-                return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(uri, f"decompression bomb: {exc}") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageDecodeError(uri, f"{type(exc).__name__}: {exc}") from exc
 
 
 class FeatureCache:

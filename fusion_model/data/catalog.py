@@ -11,6 +11,7 @@ import functools
 import hashlib
 import logging
 import os
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -29,6 +30,7 @@ JUDGMENT_TEXT_COLUMNS = ("query_id", "product_id")
 GRADES = (0, 1, 2, 3)
 MAX_GRADE = 3
 # Product ids reach Milvus primary keys, expressions and file names: a safe character set.
+MAX_IMAGE_URI_BYTES = 512  # the index's VARCHAR length for image_uri
 PRODUCT_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:@+\-]{0,127}"
 
 
@@ -94,6 +96,25 @@ class Catalog:
         for pid, uri in sorted(zip(with_image["product_id"], with_image["image_uri"])):
             digest.update(f"{pid}\x1f{tags[uri]}\x1e".encode())
         return digest.hexdigest()
+
+    def image_roots(self) -> list[str]:
+        """Where this catalog's photos live: the catalog directory, plus the deepest folder
+        (per bucket on S3) holding its photos elsewhere. The service serves photos from
+        these roots only (a symlink or path leading out of them is refused)."""
+        elsewhere = [uri for uri in self.products["image_uri"].dropna()
+                     if not storage.is_within(uri, [self.uri])]
+        roots = [self.uri]
+        local = [os.path.dirname(uri) for uri in elsewhere if not storage.is_s3(uri)]
+        if local:
+            roots.append(os.path.commonpath(local))
+        by_bucket: dict[str, list[str]] = {}
+        for uri in elsewhere:
+            if storage.is_s3(uri):
+                bucket, key = storage.split_s3(uri)
+                by_bucket.setdefault(bucket, []).append(posixpath.dirname(key))
+        roots += [f"s3://{bucket}/{posixpath.commonpath(keys)}".rstrip("/")
+                  for bucket, keys in sorted(by_bucket.items())]
+        return roots
 
     def summary(self) -> dict:
         """Counts a person wants to see first: sizes, splits, grades, attributes."""
@@ -222,6 +243,7 @@ def _load_products(uri: str, root: str) -> pd.DataFrame:
     df["image"] = pd.Series(images, index=df.index, dtype=object)
     df["image_uri"] = pd.Series([v and resolve_image(root, v) for v in images],
                                 index=df.index, dtype=object)
+    _check_image_uris_fit(df, uri)
     ordered = ["product_id", "title", "description", "image", "image_uri"]
     return df[ordered + [c for c in df.columns if c not in ordered]]
 
@@ -237,6 +259,20 @@ def _check_relative_images_stay_inside(images: list[str | None], product_ids: li
                            "directory (no '..'); give an absolute path or an s3:// URI "
                            "for a photo elsewhere", rows=_rows(leaving),
                            detail=f"product {product_ids[first]}: found {images[first]!r}")
+
+
+def _check_image_uris_fit(products: pd.DataFrame, uri: str) -> None:
+    """A photo's resolved location must fit the index's text field whole (a cut path
+    would point at another file, or none)."""
+    too_long = products["image_uri"].map(
+        lambda v: isinstance(v, str) and len(v.encode()) > MAX_IMAGE_URI_BYTES)
+    if too_long.any():
+        first = int(too_long.to_numpy().argmax())
+        raise CatalogError(uri, f"an image location may be at most {MAX_IMAGE_URI_BYTES} "
+                           "bytes of UTF-8 once resolved against the catalog directory "
+                           "(the index stores it whole)", rows=_rows(too_long),
+                           detail=f"product {products['product_id'].iloc[first]}: "
+                                  f"{len(products['image_uri'].iloc[first].encode())} bytes")
 
 
 def climbs_out(image: str) -> bool:

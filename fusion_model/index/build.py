@@ -12,6 +12,7 @@ from fusion_model import storage
 from fusion_model.config import IndexConfig
 from fusion_model.data.catalog import Catalog
 from fusion_model.errors import BadInputError
+from fusion_model.faults import checkpoint
 from fusion_model.index import milvus
 from fusion_model.index.base import VectorIndex, open_index
 from fusion_model.inference import embed_catalog
@@ -197,15 +198,18 @@ def refresh_serving(model: TwoTower, catalog: Catalog, config: IndexConfig, vers
             return IndexResult(serving, 0, len(ids), 0, len(existing), verified=True)
         fields = stored_fields(catalog, config)
         hashes = product_hashes(catalog, attribute_fields(catalog, config))
+        checkpoint("refresh.create")
         index.create_collection(target, model.embedding_dim, fields, config.index_type,
                                 config.metric)
         done = index.existing_hashes(target)  # a rerun continues a half-done target
+        checkpoint("refresh.copy")
         unchanged = {pid for pid, h in zip(ids, hashes)
                      if existing.get(pid) == h and done.get(pid) != h}
         copied = index.copy_rows(serving, target, unchanged, fields,
                                  display_values(catalog, unchanged), stored=set(done))
         log.info("refresh %s -> %s: %d unchanged rows copied, %d products dropped", serving,
                  target, copied, removed)
+        checkpoint("refresh.write")
         result = write_catalog(model, catalog, index, target, config, cache_dir, progress,
                                hashes=hashes)
         verify(index, target, ids, config.verify_samples)

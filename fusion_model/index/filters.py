@@ -26,6 +26,9 @@ TOKEN = re.compile(r"""
     )""", re.VERBOSE)
 KEYWORDS = {"and": "and", "&&": "and", "or": "or", "||": "or", "in": "in", "not": "not"}
 MAX_VALUES = 100
+MAX_FILTER_CHARS = 2000
+MAX_DEPTH = 16       # nested parentheses
+MAX_CONDITIONS = 64  # conditions joined by and/or
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,13 @@ class _Parser:
 
     def __init__(self, text: str, fields: list[str]):
         self.text, self.fields = text, fields
+        if len(text) > MAX_FILTER_CHARS:
+            raise ValueError(f"the filter has {len(text)} characters; at most "
+                             f"{MAX_FILTER_CHARS}")
         self.items = tokens(text)
         self.pos = 0
+        self.depth = 0
+        self.conditions = 0
 
     def parse(self) -> str:
         if not self.items:
@@ -111,10 +119,19 @@ class _Parser:
     def _factor(self) -> str:
         token = self._peek()
         if token is not None and token.text == "(":
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise ValueError(f"parentheses nest more than {MAX_DEPTH} deep at "
+                                 f"{token.at + 1}")
             self.pos += 1
             inner = self._or()
             self._expect(")")
+            self.depth -= 1
             return inner
+        self.conditions += 1
+        if self.conditions > MAX_CONDITIONS:
+            raise ValueError(f"more than {MAX_CONDITIONS} conditions; use 'in [...]' for "
+                             "many values of one field")
         return self._condition()
 
     def _condition(self) -> str:

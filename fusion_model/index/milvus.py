@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from fusion_model.errors import FusionModelError, IndexUnavailableError, InvalidFilterError
+from fusion_model.index.filters import quote
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +308,7 @@ class MilvusIndex:
 
     def delete_ids(self, name: str, ids: list[str]) -> None:
         if ids:
-            self.client.delete(name, ids=ids)
+            self.client.delete(name, filter=ids_expression(ids))
 
     def count(self, name: str) -> int:
         self.client.flush(name)
@@ -344,7 +345,8 @@ class MilvusIndex:
     def vectors_of(self, name: str, ids: list[str]) -> tuple[list[str], np.ndarray]:
         """The stored vectors of ``ids`` (those found), with their ids in the same order."""
         self.ensure_loaded(name)
-        rows = self.client.get(name, ids=ids, output_fields=["product_id", "vector"], **STRONG)
+        rows = self.client.query(name, filter=ids_expression(ids),
+                                 output_fields=["product_id", "vector"], **STRONG)
         return ([r["product_id"] for r in rows],
                 np.array([r["vector"] for r in rows], dtype=np.float32))
 
@@ -354,7 +356,7 @@ class MilvusIndex:
         self.ensure_loaded(name)
         available = set(self.fields(name))
         wanted = ["product_id", *[f for f in fields if f in available]]
-        rows = self.client.get(name, ids=ids, output_fields=wanted)
+        rows = self.client.query(name, filter=ids_expression(ids), output_fields=wanted)
         return {row["product_id"]: {f: row[f] for f in wanted[1:]} for row in rows}
 
     def search(self, name: str, vectors: np.ndarray, k: int, filter_expr: str = "",
@@ -438,6 +440,13 @@ class MilvusIndex:
                 self.drop_collection(name)
                 dropped.append(name)
         return dropped
+
+
+def ids_expression(ids: list[str]) -> str:
+    """``product_id in [...]`` with every id a quoted, escaped literal: the one way an id
+    reaches a Milvus expression (pymilvus' ``get(ids=)`` quotes without escaping, so a
+    quote in an id ended the literal and the rest ran as expression)."""
+    return f"product_id in [{', '.join(quote(str(i)) for i in ids)}]"
 
 
 def _text(value) -> str:

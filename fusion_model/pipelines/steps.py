@@ -9,6 +9,7 @@ Re-running a step after a crash continues or redoes its work without duplicates.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -16,7 +17,8 @@ from pathlib import Path
 from fusion_model.config import RunConfig, load_config
 from fusion_model.errors import BadInputError, NoChampionError
 from fusion_model.index import milvus
-from fusion_model.index.base import VectorIndex, open_index
+from fusion_model.index.base import open_index
+from fusion_model.pipelines import switch
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +169,8 @@ def register(work_dir: str, catalog_uri: str, config_name: str = "default",
     tag_run(run_id, origin)
     lineage = {"catalog_fingerprint": catalog.fingerprint, "catalog_uri": catalog.uri,
                "config_hash": config.hash, "git_commit": git_commit(), "run_id": run_id,
-               "fusion": config.model.fusion, "train_result_key": key, **origin}
+               "fusion": config.model.fusion, "train_result_key": key,
+               "image_roots": json.dumps(catalog.image_roots()), **origin}
     candidate = register_candidate(config.registry.model_name, uris, lineage)
     describe_version(candidate, review_description(candidate.version, origin))
     return {"name": candidate.name, "version": candidate.version, "run_id": run_id,
@@ -361,6 +364,7 @@ def gate(version: str, catalog_uri: str, config_name: str = "default",
 
     config = _config(config_name, overrides)
     _mlflow(config)
+    switch.recover(config)  # an interrupted switch first: it decides the champion
     name = config.registry.model_name
     catalog, test, config = _test_evaluator(catalog_uri, config)
     tags = version_tags(Candidate(name, version, version))
@@ -415,69 +419,17 @@ def promote_or_reject(version: str, decision: dict, config_name: str = "default"
 
     config = _config(config_name, overrides)
     _mlflow(config)
+    switch.recover(config)  # an interrupted switch first: it decides the champion
     candidate, tags = candidate_for(config.registry.model_name, version)
     entry = {**decision, "collection": tags["milvus_collection"]}
     if decision["decision"] != "promote":
         record_decision(candidate, entry, config.registry)
         return {"promoted": False, "version": version, "reasons": decision["reasons"]}
-    previous = _switch_serving(config, candidate, tags["milvus_collection"], entry)
+    previous = switch.switch_serving(config, candidate, tags["milvus_collection"], entry)
     with open_index(config.index) as index:
         dropped = index.prune(config.index.collection_prefix, config.index.keep_collections)
     return {"promoted": True, "version": version, "collection": tags["milvus_collection"],
             "previous_collection": previous, "dropped": dropped}
-
-
-def _switch_serving(config: RunConfig, candidate, collection: str, entry: dict,
-                    version_tags: dict | None = None) -> str | None:
-    """Serving alias -> ``collection``, then (MLflow) optional version tags, ``champion`` ->
-    ``candidate`` and the audit record. If any MLflow write fails, the serving alias and the
-    champion alias are put back as they were and a ServingSwitchError says so."""
-    from fusion_model.errors import ServingSwitchError
-    from fusion_model.registry.registry import (
-        CHAMPION,
-        get_alias,
-        record_decision,
-        set_alias,
-        tag_version,
-    )
-
-    before = get_alias(config.registry.model_name, CHAMPION)
-    with open_index(config.index) as index:
-        previous = index.point_alias(config.index.alias, collection)
-        try:
-            if version_tags:
-                tag_version(candidate, version_tags)
-            set_alias(candidate, CHAMPION)
-            record_decision(candidate, {**entry, "previous_collection": previous},
-                            config.registry)
-        except Exception as exc:
-            restored = _undo_switch(index, config, previous, before, candidate, version_tags)
-            raise ServingSwitchError(
-                f"recording v{candidate.version} as champion in MLflow failed "
-                f"({type(exc).__name__}: {exc}); {restored}. Fix the tracking server and "
-                "run the step again") from exc
-    return previous
-
-
-def _undo_switch(index: VectorIndex, config: RunConfig, previous: str | None, before, candidate,
-                 version_tags: dict | None) -> str:
-    """Put the serving alias (and, where possible, champion and tags) back; say what."""
-    from fusion_model.registry.registry import CHAMPION, set_alias, tag_version
-
-    if previous is None:
-        index.drop_alias(config.index.alias)
-        said = f"serving alias {config.index.alias} removed again (it did not exist before)"
-    else:
-        index.point_alias(config.index.alias, previous)
-        said = f"serving alias {config.index.alias} restored to {previous}"
-    try:
-        if before is not None and before.version != candidate.version:
-            set_alias(before, CHAMPION)
-        if version_tags and previous is not None and before is not None:
-            tag_version(before, {"milvus_collection": previous})
-    except Exception as exc:  # noqa: BLE001 - MLflow is the thing that is failing
-        log.warning("could not restore MLflow aliases after a failed switch: %s", exc)
-    return said
 
 
 def rollback(version: str, config_name: str = "default", overrides: list[str] | tuple = (),
@@ -487,13 +439,14 @@ def rollback(version: str, config_name: str = "default", overrides: list[str] | 
 
     config = _config(config_name, overrides)
     _mlflow(config)
+    switch.recover(config)  # an interrupted switch first: it decides the champion
     candidate, tags = candidate_for(config.registry.model_name, version)
     collection = tags.get("milvus_collection")
     with open_index(config.index) as index:
         if not collection or not index.has_collection(collection):
             raise milvus.MilvusIndexError(f"version {version} has no kept collection "
                                           f"({collection}); re-index it before rolling back")
-    previous = _switch_serving(config, candidate, collection, {
+    previous = switch.switch_serving(config, candidate, collection, {
         "decision": "rollback", "reasons": [reason], "metrics": {}, "collection": collection})
     return {"version": version, "collection": collection, "previous_collection": previous}
 
@@ -516,6 +469,7 @@ def refresh(catalog_uri: str, config_name: str = "default",
         validate(catalog_uri, report_dir or str(Path(config.train.cache_dir).expanduser()
                                                  / "refresh-validation"))
     _mlflow(config)
+    switch.recover(config)  # an interrupted switch first: it decides the champion
     champion = get_alias(config.registry.model_name, CHAMPION)
     if champion is None:
         raise NoChampionError(config.registry.model_name)
@@ -527,15 +481,25 @@ def refresh(catalog_uri: str, config_name: str = "default",
                              cache, allow_deletions=allow_deletions)
     previous = tags.get("milvus_collection")
     if result.collection != previous:
-        _switch_serving(config, candidate, result.collection, {
+        switch.switch_serving(config, candidate, result.collection, {
             "decision": "refresh", "metrics": {}, "collection": result.collection,
             "reasons": [f"catalog {catalog_uri}: {result.written} embedded, "
                         f"{result.deleted} deleted, {result.skipped} unchanged"]},
-            version_tags={"milvus_collection": result.collection})
+            version_tags={"milvus_collection": result.collection, "image_roots": json.dumps(
+                sorted({*json.loads(tags.get("image_roots") or "[]"),
+                        *catalog.image_roots()}))})
     return {"collection": result.collection, "previous_collection": previous,
             "written": result.written, "deleted": result.deleted,
             "unchanged": result.skipped, "count": result.count,
             "catalog_uri": catalog_uri, "catalog_fingerprint": catalog.fingerprint}
+
+
+def recover(config_name: str = "default", overrides: list[str] | tuple = ()) -> dict | None:
+    """Finish (or, when its collection is gone, undo) an interrupted promotion, rollback or
+    refresh; None when there is none."""
+    config = _config(config_name, overrides)
+    _mlflow(config)
+    return switch.recover(config)
 
 
 def search(text: str | list[str], k: int = 10, filter_expr: str = "",
@@ -580,7 +544,40 @@ def status(config_name: str = "default", overrides: list[str] | tuple = (),
         ours = [c for c in index.list_collections()
                 if c.startswith(f"{config.index.collection_prefix}_m")]
         orphans = [c for c in ours if c not in recorded and not index.aliases_of(c)]
+        serving = None if target == config.index.alias else target
+        problems = disagreements(name, aliases[registry.CHAMPION], serving, index,
+                                 config.index.alias)
     return {"model": name, "aliases": aliases, "alias": config.index.alias,
-            "serving": None if target == config.index.alias else target,
-            "collections": sorted(ours), "orphans": orphans,
-            "history": history[-last:]}
+            "serving": serving, "collections": sorted(ours), "orphans": orphans,
+            "problems": problems, "history": history[-last:]}
+
+
+def disagreements(name: str, champion, serving: str | None, index, alias: str) -> list[str]:
+    """Where the serving alias, the champion alias and the registry disagree, each with
+    the command that repairs it (empty when they agree)."""
+    from fusion_model.registry import registry
+
+    intent = switch.pending(name)
+    if intent is not None:
+        return [f"an interrupted {intent.describe()} is unfinished; run "
+                f"`{switch.RECOVER_COMMAND}` to complete it"]
+    if champion is None:
+        return [] if serving is None else [
+            f"serving alias {alias} -> {serving} but {name} has no champion; run "
+            "`fusion-model lifecycle` or the training DAG to promote one"]
+    recorded = registry.version_tags(champion).get("milvus_collection")
+    problems = []
+    query = registry.get_alias(registry.query_model_name(name), registry.CHAMPION)
+    if query is None or query.version != champion.query_version:
+        problems.append(f"the query encoder's champion alias is not v{champion.query_version} "
+                        f"of v{champion.version}; run `fusion-model rollback "
+                        f"{champion.version}`")
+    if not recorded or not index.has_collection(recorded):
+        problems.append(f"champion v{champion.version} records collection {recorded}, which "
+                        "does not exist; roll back to a kept version (`fusion-model rollback "
+                        "VERSION`) or re-index it")
+    elif serving != recorded:
+        problems.append(f"serving alias {alias} -> {serving} but champion "
+                        f"v{champion.version} records {recorded}: search refuses to answer; "
+                        f"run `fusion-model rollback {champion.version}` to re-align them")
+    return problems

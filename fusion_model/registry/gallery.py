@@ -8,10 +8,9 @@ import io
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from PIL import Image
 
 from fusion_model import storage
-from fusion_model.features import MAX_IMAGE_PIXELS
+from fusion_model.photos import open_photo
 
 THUMBNAIL = 96
 
@@ -21,13 +20,10 @@ def thumbnail(uri: str | None) -> str:
     if not uri:
         return ""
     try:
-        with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                return ""  # the same pixel cap as every other decoder
-            image = image.convert("RGB")
-            image.thumbnail((THUMBNAIL, THUMBNAIL))
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=80)
+        image = open_photo(storage.read_bytes(uri), uri=uri).convert("RGB")
+        image.thumbnail((THUMBNAIL, THUMBNAIL))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=80)
     except Exception:  # noqa: BLE001 - a broken photo must not break the gallery
         return ""
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()

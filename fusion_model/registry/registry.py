@@ -40,6 +40,20 @@ def _client():
     return mlflow.MlflowClient()
 
 
+PENDING_SWITCH_TAG = "fusion.pending_switch"  # the intent of an unfinished switch
+
+
+def pending_switch(name: str) -> dict | None:
+    """The intent of a switch of ``name`` that has not finished (see pipelines.switch)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        text = _client().get_registered_model(name).tags.get(PENDING_SWITCH_TAG)
+    except MlflowException:
+        return None
+    return json.loads(text) if text else None
+
+
 def query_model_name(name: str) -> str:
     return f"{name}_query"
 
@@ -170,7 +184,8 @@ def audit_experiment(experiment: str) -> str:
     return f"{experiment}-promotion-audit"
 
 
-def record_decision(candidate: Candidate, decision: dict, config: RegistryConfig) -> str:
+def record_decision(candidate: Candidate, decision: dict, config: RegistryConfig,
+                    run_tags: dict[str, str] | None = None) -> str:
     """Tag the version with the decision (metrics rounded for people) and log it as a run
     of the audit experiment, in the configured artifact store, with the exact values in
     ``decision.json``; returns the run id."""
@@ -191,7 +206,7 @@ def record_decision(candidate: Candidate, decision: dict, config: RegistryConfig
                           run_name=f"v{candidate.version}-{decision['decision']}") as run:
         mlflow.set_tags({"model": candidate.name, "version": candidate.version,
                          "decision": decision["decision"], "time": stamp,
-                         "collection": decision.get("collection", "")})
+                         "collection": decision.get("collection", ""), **(run_tags or {})})
         log_metrics({k: v for k, v in decision.get("metrics", {}).items()
                      if isinstance(v, int | float)})
         mlflow.log_dict(entry, "decision.json")

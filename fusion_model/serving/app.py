@@ -18,11 +18,13 @@ served, a 503. With ``FUSION_SERVE_TOKEN`` set every endpoint but the health che
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
+import hashlib
 import hmac
 import logging
-import mimetypes
+import re
 import threading
 import time
 from importlib import resources
@@ -38,12 +40,20 @@ from fusion_model.errors import (
     ServingMismatchError,
     StorageError,
 )
+from fusion_model.photos import ImageDecodeError, open_photo, reencode
 from fusion_model.serving.batcher import BatchStats, SearchBatcher
-from fusion_model.serving.searcher import MAX_K, ChampionSearcher, check_request
+from fusion_model.serving.searcher import (
+    MAX_K,
+    ChampionSearcher,
+    PhotoRefusedError,
+    check_request,
+)
 
 log = logging.getLogger(__name__)
 TOKEN_ENV = "FUSION_SERVE_TOKEN"
 OPEN_PATHS = ("/healthz", "/readyz")
+DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
+MAX_PHOTO_SIDE = 1024
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 UNAVAILABLE = (NoChampionError, ServingMismatchError, IndexUnavailableError,
                RegistryUnavailableError)
@@ -131,9 +141,12 @@ class Follower:
 
 
 def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
-               token: str | None = None, max_batch: int = 32):
+               token: str | None = None, max_batch: int = 32,
+               allowed_hosts: tuple[str, ...] | None = DEFAULT_HOSTS):
     """The FastAPI application over a loaded ``searcher`` (``max_batch``: concurrent
-    searches merged into one encoder pass and one index call; 1 for none)."""
+    searches merged into one encoder pass and one index call; 1 for none;
+    ``allowed_hosts``: the ``Host`` header values answered, None for any)."""
+    check_token(token)
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -150,10 +163,12 @@ def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
         follower.stop()
         batcher.close()
 
+    # no /docs: Swagger UI loads scripts from a CDN, which the page policy forbids
     app = FastAPI(title="fusion-model search", lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None)
-
-    app.add_middleware(GuardAndMeasure, metrics=metrics, token=token)
+                  docs_url=None, redoc_url=None)
+    page = (resources.files("fusion_model.serving") / "review.html").read_text()
+    app.add_middleware(GuardAndMeasure, metrics=metrics, token=token,
+                       allowed_hosts=allowed_hosts, page_policy=page_policy(page))
 
     @app.exception_handler(FusionModelError)
     async def named_error(_request: Request, error: FusionModelError):
@@ -180,17 +195,20 @@ def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
 
     @app.get("/products/{product_id}/image")
     def image(product_id: str, model: str = "champion"):
-        uri = searcher.image_uri(product_id, model)
+        try:
+            uri = searcher.image_uri(product_id, model)
+        except PhotoRefusedError as error:
+            return JSONResponse({"error": str(error), "kind": "PhotoRefusedError"}, 404)
         if uri is None:
             return JSONResponse({"error": f"product {product_id!r} has no photo in "
                                           f"{searcher.for_model(model).collection}"}, 404)
         try:
-            photo = storage.read_bytes(uri)
-        except (OSError, StorageError) as error:
+            photo, media_type = fresh_photo(uri)
+        except (OSError, StorageError, ImageDecodeError) as error:
             log.warning("photo of %s: %s", product_id, error)
-            return JSONResponse({"error": f"the photo of {product_id!r} cannot be read "
-                                          f"({error})"}, 404)
-        return Response(photo, media_type=mimetypes.guess_type(uri)[0] or "image/jpeg",
+            return JSONResponse({"error": f"the photo of {product_id!r} cannot be served"},
+                                404)
+        return Response(photo, media_type=media_type,
                         headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/versions")
@@ -217,22 +235,55 @@ def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
 
     @app.get("/", response_class=HTMLResponse)
     def review_page():
-        return (resources.files("fusion_model.serving") / "review.html").read_text()
+        return page
 
     return app
 
 
+ROUTES = (("/search", "/search"), ("/versions", "/versions"), ("/healthz", "/healthz"),
+          ("/readyz", "/readyz"), ("/metrics", "/metrics"), ("/", "/"),
+          ("/openapi.json", "/openapi.json"))
+
+
 def _endpoint_of(path: str) -> str:
-    """A bounded label: image URLs share one."""
-    return "/products/image" if path.startswith("/products/") else path
+    """A bounded metrics label: the route a path matches, or ``other``."""
+    if path.startswith("/products/") and path.endswith("/image"):
+        return "/products/{product_id}/image"
+    return dict(ROUTES).get(path, "other")
+
+
+def page_policy(page: str) -> str:
+    """The review page's Content-Security-Policy: its own inline script and style (by
+    hash) and nothing else; photos from this origin (blob: when a token is in use)."""
+    def hashes(tag: str) -> str:
+        bodies = re.findall(rf"<{tag}>(.*?)</{tag}>", page, flags=re.S)
+        return " ".join("'sha256-" + base64.b64encode(hashlib.sha256(
+            body.encode()).digest()).decode() + "'" for body in bodies)
+
+    return (f"default-src 'none'; script-src {hashes('script')}; style-src "
+            f"{hashes('style')}; img-src 'self' blob:; connect-src 'self'; "
+            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+DATA_POLICY = "default-src 'none'; frame-ancestors 'none'; sandbox"
+SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"cross-origin-resource-policy", b"same-origin"))
 
 
 class GuardAndMeasure:
-    """ASGI middleware: the bearer-token check and the request metrics. (A plain ASGI
-    class: Starlette's ``BaseHTTPMiddleware`` costs a task and a stream per request.)"""
+    """ASGI middleware around every request: the ``Host`` check (against DNS rebinding),
+    the bearer-token check, the security headers on every response, and the request
+    metrics by route. (A plain ASGI class: Starlette's ``BaseHTTPMiddleware`` costs a
+    task and a stream per request.)"""
 
-    def __init__(self, app, metrics: Metrics, token: str | None):
+    def __init__(self, app, metrics: Metrics, token: str | None,
+                 allowed_hosts: tuple[str, ...] | None = DEFAULT_HOSTS,
+                 page_policy: str = DATA_POLICY):
         self.app, self.metrics, self.token = app, metrics, token
+        self.allowed_hosts = None if allowed_hosts is None else {
+            h.lower() for h in allowed_hosts}
+        self.page_policy = page_policy.encode()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -242,29 +293,78 @@ class GuardAndMeasure:
         from starlette.responses import JSONResponse
 
         path, started, status = scope["path"], time.perf_counter(), 500
+        policy = self.page_policy if path == "/" else DATA_POLICY.encode()
 
-        async def send_and_note(message) -> None:
+        async def send_secured(message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS,
+                                      (b"content-security-policy", policy)]
             await send(message)
 
         try:
-            if self.token and path not in OPEN_PATHS and not _authorised(
-                    Headers(scope=scope), self.token):
+            headers = Headers(scope=scope)
+            if not self._host_allowed(headers.get("host", "")):
+                await JSONResponse({"error": "this Host is not served; allow it with "
+                                             "`fusion-model serve --allowed-host`"}, 400)(
+                    scope, receive, send_secured)
+            elif self.token and path not in OPEN_PATHS and not _authorised(headers,
+                                                                            self.token):
                 await JSONResponse({"error": "missing or wrong bearer token"}, 401,
                                    headers={"WWW-Authenticate": "Bearer"})(
-                    scope, receive, send_and_note)
+                    scope, receive, send_secured)
             else:
-                await self.app(scope, receive, send_and_note)
+                await self.app(scope, receive, send_secured)
         finally:
             self._note(_endpoint_of(path), status, time.perf_counter() - started)
+
+    def _host_allowed(self, host: str) -> bool:
+        if self.allowed_hosts is None:
+            return True
+        return host_name(host) in self.allowed_hosts
 
     def _note(self, endpoint: str, status: int, seconds: float) -> None:
         self.metrics.latency.labels(endpoint).observe(seconds)
         self.metrics.requests.labels(endpoint, str(status)).inc()
         if status >= 500:
             self.metrics.errors.labels(endpoint).inc()
+
+
+def host_name(host: str) -> str:
+    """The name in a ``Host`` header, without the port ([::1]:80 -> ::1), lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def hosts_for(bound: str, extra: tuple[str, ...] = ()) -> tuple[str, ...] | None:
+    """The ``Host`` values a service bound to ``bound`` answers: localhost's names, the
+    bound address, ``extra`` (``*`` alone: any host)."""
+    if "*" in extra:
+        return None
+    names = {*DEFAULT_HOSTS, bound.lower(), *(h.lower() for h in extra)}
+    if bound in ("0.0.0.0", "::"):
+        import socket
+
+        names.add(socket.gethostname().lower())
+        names.add(socket.getfqdn().lower())
+    return tuple(sorted(names))
+
+
+def check_token(token: str | None) -> None:
+    """A bearer token a client can send: printable ASCII without spaces (RFC 6750)."""
+    if token and not re.fullmatch(r"[A-Za-z0-9\-._~+/]+=*", token):
+        raise BadInputError(f"${TOKEN_ENV} must be printable ASCII without spaces (letters, "
+                            "digits and - . _ ~ + / =), as a bearer token is sent")
+
+
+def fresh_photo(uri: str) -> tuple[bytes, str]:
+    """The photo at ``uri`` decoded and written anew as JPEG or PNG (at most
+    ``MAX_PHOTO_SIDE`` pixels a side): whatever the file holds besides pixels, and
+    whatever its name says, only an image reaches the browser."""
+    return reencode(open_photo(storage.read_bytes(uri), uri=uri), MAX_PHOTO_SIDE)
 
 
 def _json(body: dict):
@@ -279,7 +379,8 @@ def _json(body: dict):
 def _authorised(headers, token: str) -> bool:
     given = headers.get("authorization", "")
     scheme, _, value = given.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), token)
+    sent = value.strip().encode("utf-8", "surrogateescape")  # any bytes compare, none raise
+    return scheme.lower() == "bearer" and hmac.compare_digest(sent, token.encode())
 
 
 def _hit(hit: dict, version: str) -> dict:
@@ -327,16 +428,22 @@ def check_can_listen(host: str, port: int) -> None:
 
 def serve(config, host: str = "127.0.0.1", port: int = 8080, follow_interval: float = 5.0,
           token: str | None = None, access_log: bool = True, query_cache: int = 0,
-          max_batch: int = 32, encoder_streams: int = 1) -> None:
+          max_batch: int = 32, encoder_streams: int = 1,
+          allowed_hosts: tuple[str, ...] = (), image_roots: tuple[str, ...] = ()) -> None:
     """Load the champion and serve until interrupted (``query_cache``: query vectors kept
     per encoder, 0 for none; ``max_batch``: see ``create_app``; ``encoder_streams``: see
-    ``ChampionSearcher.open``)."""
+    ``ChampionSearcher.open``; ``allowed_hosts``: Host values answered besides localhost
+    and ``host``; ``image_roots``: places photos may be read from besides each version's
+    recorded roots)."""
     import uvicorn
 
+    check_token(token)
     check_can_listen(host, port)  # before seconds of loading, not after
     with ChampionSearcher.open(config, strict=False, query_cache=query_cache,
-                               encoder_streams=encoder_streams) as searcher:
-        app = create_app(searcher, follow_interval, token, max_batch)
+                               encoder_streams=encoder_streams,
+                               image_roots=image_roots) as searcher:
+        app = create_app(searcher, follow_interval, token, max_batch,
+                         hosts_for(host, allowed_hosts))
         if searcher.served is None:
             log.warning("not ready: %s; /readyz answers 503 until a champion is served "
                         "(checked every %.0f s)", searcher.problem, follow_interval)

@@ -13,15 +13,20 @@ alias target (mid-promotion, or a broken registry), it keeps what it serves and 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import re
 import threading
 import time
+import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
+from fusion_model import storage
 from fusion_model.config import RunConfig
+from fusion_model.data.catalog import PRODUCT_ID_PATTERN
 from fusion_model.errors import BadInputError, NoChampionError, ServingMismatchError
 from fusion_model.index.base import VectorIndex, open_index
 from fusion_model.index.build import DISPLAY_FIELDS
@@ -30,11 +35,32 @@ from fusion_model.index.filters import to_milvus
 log = logging.getLogger(__name__)
 MAX_K = 100
 MAX_QUERY_CHARS = 512
+INVISIBLE = {"Cc", "Cf", "Cs", "Co", "Cn"}  # control, format, surrogate, private, unassigned
+VERSION_REFERENCE = re.compile(r"v?[0-9]{1,9}")
+ALIAS_REFERENCE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 KEEP_OTHERS = 3  # versions other than the champion kept loaded for reviews
 
 
 class SearchRequestError(BadInputError):
     """An empty query, a ``k`` out of range or a bad filter: the caller's to fix."""
+
+
+class PhotoRefusedError(BadInputError):
+    """A photo that is not served: a malformed product id, or a location outside the
+    catalog's image roots."""
+
+
+def recorded_roots(tags: dict[str, str]) -> tuple[str, ...]:
+    """The image roots recorded on a version (its catalog directory for versions
+    registered before roots were recorded)."""
+    try:
+        roots = json.loads(tags.get("image_roots") or "[]")
+    except ValueError:
+        roots = []
+    if not isinstance(roots, list):
+        roots = []
+    legacy = [tags["catalog_uri"]] if tags.get("catalog_uri") else []
+    return tuple(str(root) for root in roots) or tuple(legacy)
 
 
 @dataclass(frozen=True)
@@ -47,6 +73,7 @@ class Served:
     encode: object  # list[str] -> (N, dim) float32
     filter_fields: tuple[str, ...]
     display_fields: tuple[str, ...]
+    image_roots: tuple[str, ...] = ()  # where its photos may be read from
 
 
 @dataclass(frozen=True)
@@ -56,12 +83,25 @@ class SearchResult:
     collection: str
 
 
+def visible_text(text: str) -> str:
+    """``text`` without control and format characters (NUL, zero-width spaces and joiners,
+    direction marks), other whitespace as single spaces, stripped."""
+    kept = (" " if char.isspace() else char for char in text
+            if char.isspace() or unicodedata.category(char) not in INVISIBLE)
+    return " ".join("".join(kept).split())
+
+
 def check_request(query: str, k: int) -> str:
-    """The stripped query, or SearchRequestError naming what is wrong."""
-    text = (query or "").strip()
+    """The query as searched (visible characters only), or SearchRequestError naming
+    what is wrong."""
+    if len(query or "") > 4 * MAX_QUERY_CHARS:  # before any per-character work
+        raise SearchRequestError(f"the query has {len(query)} characters; at most "
+                                 f"{MAX_QUERY_CHARS}")
+    text = visible_text(query or "")
     if not text:
         raise SearchRequestError("the search query must not be empty: type what you are "
-                                 "looking for")
+                                 "looking for" + (" (it holds only invisible characters)"
+                                                  if (query or "").strip() else ""))
     if len(text) > MAX_QUERY_CHARS:
         raise SearchRequestError(f"the query has {len(text)} characters; at most "
                                  f"{MAX_QUERY_CHARS}")
@@ -210,8 +250,9 @@ class ChampionSearcher:
     """Searches the champion's collection with its query encoder; follows promotions."""
 
     def __init__(self, config: RunConfig, index: VectorIndex, query_cache: int = 0,
-                 encoder_streams: int = 1):
+                 encoder_streams: int = 1, image_roots: tuple[str, ...] = ()):
         self.config = config
+        self.image_roots = tuple(image_roots)  # extra places photos may be read from
         self.index = index
         self.query_cache = query_cache  # distinct query texts kept per encoder; 0: none
         self.encoder_streams = encoder_streams  # query-encoder runs at once
@@ -225,7 +266,7 @@ class ChampionSearcher:
     @classmethod
     @contextlib.contextmanager
     def open(cls, config: RunConfig, strict: bool = True, query_cache: int = 0,
-             encoder_streams: int = 1):
+             encoder_streams: int = 1, image_roots: tuple[str, ...] = ()):
         """A searcher with its own index connection, loaded (``strict``: raises when there
         is no champion or it is not the one being served; else it waits for one;
         ``query_cache``: query vectors kept per encoder, see ``QueryCache``;
@@ -234,7 +275,7 @@ class ChampionSearcher:
 
         configure(config.registry.resolved_tracking_uri())
         with open_index(config.index) as index:
-            searcher = cls(config, index, query_cache, encoder_streams)
+            searcher = cls(config, index, query_cache, encoder_streams, image_roots)
             searcher.follow(strict=strict)
             yield searcher
 
@@ -259,10 +300,15 @@ class ChampionSearcher:
                      self.served.query_version, self.served.collection)
             return True
 
-    def _wanted(self) -> tuple[str, str, str]:
-        """(version, query version, collection) of the champion, checked against the
-        serving alias."""
-        from fusion_model.registry.registry import CHAMPION, candidate_for, get_alias
+    def _wanted(self) -> tuple[str, str, str, tuple[str, ...]]:
+        """(version, query version, collection, image roots) of the champion, checked
+        against the serving alias."""
+        from fusion_model.registry.registry import (
+            CHAMPION,
+            candidate_for,
+            get_alias,
+            pending_switch,
+        )
 
         name = self.config.registry.model_name
         champion = get_alias(name, CHAMPION)
@@ -271,14 +317,20 @@ class ChampionSearcher:
         candidate, tags = candidate_for(name, champion.version)
         recorded = tags.get("milvus_collection")
         target = self.index.resolve_alias(self.config.index.alias)
+        if target != recorded and pending_switch(name):
+            raise ServingMismatchError(
+                f"serving alias {self.config.index.alias} -> {target}, champion "
+                f"v{champion.version} -> {recorded}: a promotion, rollback or refresh was "
+                "interrupted; run `fusion-model recover` to complete it")
         if target != recorded:
             raise ServingMismatchError(
                 f"serving alias {self.config.index.alias} -> {target}, but champion "
                 f"v{champion.version} was indexed into {recorded}; refusing to mix "
                 f"encoders. Run `fusion-model rollback {champion.version}` to re-align them")
-        return champion.version, candidate.query_version, recorded
+        return champion.version, candidate.query_version, recorded, recorded_roots(tags)
 
-    def _load(self, version: str, query_version: str, collection: str) -> Served:
+    def _load(self, version: str, query_version: str, collection: str,
+              image_roots: tuple[str, ...]) -> Served:
         encode = self._encoders.get(query_version)
         if encode is None:
             encode = BatchingEncoder(load_query_encoder(
@@ -294,7 +346,8 @@ class ChampionSearcher:
         available = set(self.index.fields(collection))
         return Served(version, query_version, collection, encode,
                       tuple(f for f in self.config.index.attribute_fields if f in available),
-                      tuple(f for f in DISPLAY_FIELDS if f in available))
+                      tuple(f for f in DISPLAY_FIELDS if f in available),
+                      (*image_roots, *self.image_roots))
 
     def _describe(self) -> str:
         return f"v{self.served.version}" if self.served else "nothing"
@@ -311,17 +364,19 @@ class ChampionSearcher:
         than the champion are for reviews; they are loaded on first use."""
         from fusion_model.registry.registry import candidate_for, get_alias
 
-        reference = (model or "champion").strip().lower().removeprefix("v")
+        reference = (model or "champion").strip().lower()
         if reference == "champion":
             return self.current()
         name = self.config.registry.model_name
-        if reference.isalpha():
+        if VERSION_REFERENCE.fullmatch(reference):
+            reference = str(int(reference.removeprefix("v")))
+        elif ALIAS_REFERENCE.fullmatch(reference):
             found = get_alias(name, reference)
             if found is None:
                 raise SearchRequestError(f"model {model!r}: {name} has no {reference!r} alias")
             reference = found.version
-        if not reference.isdigit():
-            raise SearchRequestError(f"model {model!r}: give champion, challenger or a "
+        else:
+            raise SearchRequestError(f"model {_shown(model)}: give champion, challenger or a "
                                      "version number")
         if self.served and reference == self.served.version:
             return self.served
@@ -334,7 +389,7 @@ class ChampionSearcher:
                                          f"{' was pruned' if collection else ''})")
             others = dict(list(self._others.items())[-(KEEP_OTHERS - 1):])
             self._others = {**others, reference: self._load(
-                reference, candidate.query_version, collection)}
+                reference, candidate.query_version, collection, recorded_roots(tags))}
         return self._others[reference]
 
     def search(self, query: str, k: int = 10, filter_text: str = "",
@@ -356,9 +411,27 @@ class ChampionSearcher:
 
     def image_uri(self, product_id: str, model: str | None = None) -> str | None:
         """The photo URI stored for ``product_id`` in the model's collection (None when
-        the product is unknown or has no photo)."""
+        the product is unknown or has no photo). PhotoRefusedError for an id that breaks
+        the catalog's id rule (checked before any index query) and for a stored location
+        outside the version's image roots (a symlink leading out included)."""
+        if not re.fullmatch(PRODUCT_ID_PATTERN, product_id or ""):
+            raise PhotoRefusedError(f"{_shown(product_id)} is not a product id (letters, "
+                                    "digits and _ . : @ + -, at most 128 characters)")
         served = self.for_model(model)
         if "image_uri" not in served.display_fields:
             return None
         row = self.index.rows_of(served.collection, [product_id], ["image_uri"])
-        return (row.get(product_id) or {}).get("image_uri") or None
+        uri = (row.get(product_id) or {}).get("image_uri") or None
+        if uri is not None and not storage.is_within(uri, served.image_roots):
+            log.warning("refused the photo of %s: %s is outside the image roots %s (add a "
+                        "root with `fusion-model serve --image-root`)", product_id, uri,
+                        list(served.image_roots))
+            raise PhotoRefusedError(f"the photo of {product_id!r} is stored outside the "
+                                    "catalog's image roots")
+        return uri
+
+
+def _shown(value: str | None, limit: int = 40) -> str:
+    """A caller's value for a message: repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...'"

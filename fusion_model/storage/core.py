@@ -205,6 +205,26 @@ def join_within(root: str, relative: str) -> str:
     return join(root, *parts.parts)
 
 
+def is_within(uri: str, roots: Iterable[str]) -> bool:
+    """True when ``uri`` lies inside one of ``roots``: a local path after every symlink is
+    resolved (on both sides), an ``s3://`` key under a root's prefix with no '..' step."""
+    if is_s3(uri):
+        if ".." in PurePosixPath(split_s3(uri)[1]).parts:
+            return False
+        return any(is_s3(root) and (uri == root or uri.startswith(root.rstrip("/") + "/"))
+                   for root in roots)
+    if is_uri(uri):
+        return False
+    real = os.path.realpath(uri)
+    for root in roots:
+        if is_s3(root) or is_uri(root):
+            continue
+        base = os.path.realpath(root)
+        if real == base or real.startswith(base.rstrip(os.sep) + os.sep):
+            return True
+    return False
+
+
 def read_bytes(uri: str) -> bytes:
     return storage_for(uri).read_bytes(uri)
 

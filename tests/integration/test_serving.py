@@ -4,6 +4,7 @@ metrics, and following a promotion and a rollback under load without a failed re
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import threading
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -27,6 +29,7 @@ from tests.conftest import free_port, promote_tiny
 pytestmark = pytest.mark.integration
 
 TOKEN = "serve-t0ken-do-not-log"
+LOCAL = "http://localhost"  # a Host the service answers by default
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,7 @@ def searcher(platform):
 def client(searcher):
     from fastapi.testclient import TestClient
 
-    with TestClient(create_app(searcher, follow_interval=0)) as test_client:
+    with TestClient(create_app(searcher, follow_interval=0), base_url=LOCAL) as test_client:
         yield test_client
 
 
@@ -69,7 +72,10 @@ def test_search_returns_titles_attributes_and_photos(client, platform):
     photo = client.get(with_photo[0]["image_url"])
     assert photo.status_code == 200 and photo.headers["content-type"] == "image/jpeg"
     product = with_photo[0]["product_id"]
-    assert photo.content == (platform["catalog"] / "images" / f"{product}.jpg").read_bytes()
+    served = np.asarray(Image.open(io.BytesIO(photo.content)), dtype=np.float32)
+    stored = np.asarray(Image.open(platform["catalog"] / "images" / f"{product}.jpg"),
+                        dtype=np.float32)
+    assert served.shape == stored.shape and np.abs(served - stored).mean() < 3  # re-encoded
 
 
 def test_filters_are_applied_and_quoted(client):
@@ -146,7 +152,7 @@ def test_repeated_queries_are_answered_from_the_query_cache(platform):
     from fastapi.testclient import TestClient
 
     with ChampionSearcher.open(platform["config"], query_cache=100) as cached, \
-            TestClient(create_app(cached, follow_interval=0)) as http:
+            TestClient(create_app(cached, follow_interval=0), base_url=LOCAL) as http:
         first = http.get("/search", params={"q": "red shirt"}).json()["hits"]
         again = http.get("/search", params={"q": "red shirt"}).json()["hits"]
         metrics = http.get("/metrics").text
@@ -178,7 +184,7 @@ def test_the_query_encoder_runs_once_before_it_serves(platform, monkeypatch):
 def test_a_bearer_token_guards_everything_but_health(searcher, caplog):
     from fastapi.testclient import TestClient
 
-    with TestClient(create_app(searcher, follow_interval=0, token=TOKEN)) as guarded:
+    with TestClient(create_app(searcher, follow_interval=0, token=TOKEN), base_url=LOCAL) as guarded:
         assert guarded.get("/search", params={"q": "shirt"}).status_code == 401
         wrong = {"Authorization": "Bearer nope"}
         assert guarded.get("/search", params={"q": "shirt"}, headers=wrong).status_code == 401
