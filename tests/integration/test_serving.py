@@ -4,12 +4,14 @@ metrics, and following a promotion and a rollback under load without a failed re
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -184,7 +186,8 @@ def test_the_query_encoder_runs_once_before_it_serves(platform, monkeypatch):
 def test_a_bearer_token_guards_everything_but_health(searcher, caplog):
     from fastapi.testclient import TestClient
 
-    with TestClient(create_app(searcher, follow_interval=0, token=TOKEN), base_url=LOCAL) as guarded:
+    with TestClient(create_app(searcher, follow_interval=0, token=TOKEN),
+                    base_url=LOCAL) as guarded:
         assert guarded.get("/search", params={"q": "shirt"}).status_code == 401
         wrong = {"Authorization": "Bearer nope"}
         assert guarded.get("/search", params={"q": "shirt"}, headers=wrong).status_code == 401
@@ -379,3 +382,158 @@ def test_review_page_in_headless_chromium(platform, tmp_path):
     assert "invalid --filter" in error and "price" in error
     with Image.open(shot) as image:
         assert image.width >= 1000 and image.height >= 600
+
+
+# --- security: what the service trusts at request time (README, "Threat model") --------
+
+def a_photo(client) -> tuple[str, str]:
+    hits = client.get("/search", params={"q": "shirt", "k": 20}).json()["hits"]
+    hit = next(h for h in hits if h["image_url"])
+    return hit["product_id"], hit["image_url"]
+
+
+@contextlib.contextmanager
+def planted(path: Path, data: bytes | None = None, link_to: Path | None = None):
+    """Replace the photo at ``path`` for the block (bytes, or a symlink), then restore."""
+    original = path.read_bytes()
+    path.unlink()
+    if link_to is not None:
+        path.symlink_to(link_to)
+    else:
+        path.write_bytes(data)
+    try:
+        yield
+    finally:
+        path.unlink()
+        path.write_bytes(original)
+
+
+def test_a_photo_carrying_a_script_is_served_as_a_fresh_image(client, platform):
+    product, url = a_photo(client)
+    photo = platform["catalog"] / "images" / f"{product}.jpg"
+    polyglot = photo.read_bytes() + b"<html><script>alert(document.domain)</script></html>"
+    with planted(photo, polyglot):
+        response = client.get(url)
+    assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+    assert b"<script>" not in response.content
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert "sandbox" in response.headers["content-security-policy"]
+
+
+def test_a_photo_replaced_by_a_symlink_out_of_the_catalog_is_refused(client, platform,
+                                                                    tmp_path, caplog):
+    product, url = a_photo(client)
+    photo = platform["catalog"] / "images" / f"{product}.jpg"
+    outside = tmp_path / "elsewhere.jpg"  # a real image, but outside the catalog's roots
+    Image.new("RGB", (32, 32), "red").save(outside)
+    for target in (Path("/etc/passwd"), outside):
+        with planted(photo, link_to=target):
+            response = client.get(url)
+        assert response.status_code == 404, response.text
+        assert "root" not in response.text or "outside" in response.text
+        assert str(target) not in response.text  # the stored location is not disclosed
+    assert "outside the image roots" in caplog.text
+
+
+@pytest.mark.parametrize("product_id", ['P1" or product_id != "', "P1'", "a b", "x" * 200,
+                                        "%00", "..%2F..%2Fetc"])
+def test_product_ids_that_break_the_id_rule_never_reach_the_index(client, product_id):
+    response = client.get(f"/products/{quote(product_id, safe='')}/image")
+    assert response.status_code == 404, response.text
+
+
+def test_ids_reach_milvus_expressions_escaped(searcher):
+    collection = searcher.current().collection
+    hit = searcher.search("shirt", k=1).hits[0]["product_id"]
+    for crafted in [f'{hit}" or product_id != "', 'x\\" or product_id != \\"', "a'b"]:
+        assert searcher.index.rows_of(collection, [crafted], ["title"]) == {}
+    assert list(searcher.index.rows_of(collection, [hit], ["title"])) == [hit]
+
+
+def test_metrics_labels_stay_bounded(client):
+    before = len(client.get("/metrics").text)
+    for i in range(300):
+        client.get(f"/no/such/path/{i}")
+        client.get(f"/products/P{i}/image/extra")
+    after = client.get("/metrics").text
+    assert len(after) - before < 3000, len(after) - before
+    assert 'endpoint="other"' in after and "/no/such" not in after
+
+
+def test_other_hosts_are_refused_against_dns_rebinding(searcher):
+    from fastapi.testclient import TestClient
+
+    app = create_app(searcher, follow_interval=0)
+    with TestClient(app, base_url="http://attacker.example:8080") as rebound:
+        response = rebound.get("/versions")
+        assert response.status_code == 400 and "--allowed-host" in response.json()["error"]
+    for host in ("http://127.0.0.1:8080", "http://[::1]:8080", "http://localhost"):
+        with TestClient(app, base_url=host) as local:
+            assert local.get("/healthz").status_code == 200
+    with TestClient(create_app(searcher, follow_interval=0,
+                               allowed_hosts=("shop.example",)),
+                    base_url="http://shop.example") as named:
+        assert named.get("/healthz").status_code == 200
+
+
+def test_every_response_carries_the_security_headers(client):
+    for path in ("/", "/search?q=shirt", "/search?q=", "/versions", "/metrics", "/nowhere"):
+        headers = client.get(path).headers
+        assert headers["x-content-type-options"] == "nosniff", path
+        assert headers["x-frame-options"] == "DENY", path
+        assert "default-src 'none'" in headers["content-security-policy"], path
+    page = client.get("/").headers["content-security-policy"]
+    assert "'sha256-" in page and "unsafe-inline" not in page
+
+
+@pytest.mark.parametrize("token", ["pässwort", "with space", "tab\there"])
+def test_a_token_a_client_cannot_send_is_refused_at_start(searcher, token):
+    from fusion_model.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="printable ASCII"):
+        create_app(searcher, follow_interval=0, token=token)
+
+
+def test_any_bytes_sent_as_the_token_are_a_401_not_a_500(searcher):
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(searcher, follow_interval=0, token=TOKEN),
+                    base_url=LOCAL) as guarded:
+        for sent in ("Bearer pässwort".encode("latin-1"), b"Bearer \xff\xfe",
+                     b"Bearer " + b"x" * 5000, b"Basic abc"):
+            response = guarded.get("/versions", headers={"Authorization": sent})
+            assert response.status_code == 401, sent
+
+
+MALFORMED = ["", " ", "\x00", "\u200b\u200c\ufeff", "'", '"', "\\", "%", "{}", "[]",
+             "((((", "-1", "1e9", "99999999999999999999", "v-3", "²", "١", "NaN", "null",
+             "../../etc/passwd", "x" * 3000, "😀", "\ud800"]
+
+
+@pytest.mark.parametrize("value", MALFORMED)
+def test_no_endpoint_answers_500_to_a_malformed_value(client, value):
+    """Every parameter of every endpoint gets each malformed value: a 2xx or 4xx with a
+    JSON message, never a 5xx."""
+    safe = value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    requests = [("/search", {"q": safe}), ("/search", {"q": "shirt", "k": safe}),
+                ("/search", {"q": "shirt", "filter": safe}),
+                ("/search", {"q": "shirt", "model": safe}),
+                (f"/products/{quote(safe, safe='')}/image", {}),
+                ("/products/P1/image", {"model": safe}),
+                ("/versions", {"x": safe}), ("/readyz", {}), ("/metrics", {"q": safe}),
+                ("/", {"q": safe, "left": safe})]
+    for path, params in requests:
+        response = client.get(path, params=params)
+        assert response.status_code < 500, (path, params, response.text[:300])
+
+
+def test_deeply_nested_filters_are_a_400(client):
+    response = client.get("/search", params={"q": "shirt", "filter": "(" * 300 + "colour == "
+                                             "red" + ")" * 300})
+    assert response.status_code == 400 and "nest" in response.json()["error"]
+
+
+@pytest.mark.parametrize("query", ["\x00\x00", "\u200b\u200d\u2060", "\ufeff  \u200e"])
+def test_queries_of_invisible_characters_are_refused(client, query):
+    response = client.get("/search", params={"q": query})
+    assert response.status_code == 400 and "invisible" in response.json()["error"]
