@@ -9,6 +9,7 @@ written to the profile store unless everything passed.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
@@ -300,14 +301,35 @@ class _GXRunner:
             gx.ValidationDefinition(data=batch, suite=suite, name=name))
         checkpoint = self.context.checkpoints.add(gx.Checkpoint(
             name=f"{name}_checkpoint", validation_definitions=[definition],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="docs")],
-            result_format={"result_format": "COMPLETE"}))
+            actions=[], result_format={"result_format": "COMPLETE"}))
         result = checkpoint.run(batch_parameters={"dataframe": frame})
         checks = []
         for validation in result.run_results.values():
             for item in validation.results:
                 checks.append(_to_check(name, item, frame, file, key))
+        self._write_docs(result)
         return checks
+
+    def _write_docs(self, result) -> None:
+        """Data Docs from results whose catalog values are HTML-escaped (GX renders them
+        verbatim: a title holding a script ran in the docs and in MLflow's artifact view)."""
+        store = self.context.validation_results_store
+        for identifier, validation in result.run_results.items():
+            for item in validation.results:
+                item.result = _escaped(item.result or {})
+            store.set(identifier, validation)
+        self.gx.checkpoint.UpdateDataDocsAction(name="docs").run(checkpoint_result=result)
+
+
+def _escaped(value):
+    """Every string in ``value`` (nested lists and dicts too) HTML-escaped."""
+    if isinstance(value, str):
+        return html.escape(value)
+    if isinstance(value, dict):
+        return {_escaped(k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_escaped(v) for v in value)
+    return value
 
 
 def _to_check(suite: str, item, frame: pd.DataFrame, file: str, key: str | None) -> dict:

@@ -253,3 +253,13 @@ def test_a_relative_image_path_leaving_the_catalog(catalog, tmp_path):
     assert climbing["column"] == "image" and climbing["unexpected_count"] == 1
     assert [e["row"] for e in climbing["examples"]] == [1]
     assert not any(f["suite"] == "image_status" for f in failures)  # the photo itself is fine
+
+
+def test_data_docs_show_catalog_values_escaped(catalog, tmp_path):
+    script = "<script>alert('docs')</script>"
+    edit_table(catalog, "products", lambda f: f.__setitem__(
+        "image", [f"../{script}.jpg" if i == 1 else v for i, v in enumerate(f["image"])]))
+    failing(catalog, tmp_path)
+    pages = [p.read_text(errors="replace") for p in (tmp_path / "report").rglob("*.html")]
+    assert pages and not any(script in page for page in pages)
+    assert any("&lt;script&gt;" in page for page in pages)
