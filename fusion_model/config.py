@@ -334,9 +334,20 @@ def validate(config: RunConfig) -> None:
     checks = [
         (config.model.fusion in HEADS,
          f"model.fusion={config.model.fusion!r}: choose one of {', '.join(HEADS)}"),
-        (config.model.embed_dim % config.model.fusion_heads == 0,
+        (config.model.embed_dim >= 1 and config.model.fusion_heads >= 1,
+         "model.embed_dim and model.fusion_heads must be at least 1"),
+        (config.model.fusion_heads < 1
+         or config.model.embed_dim % config.model.fusion_heads == 0,
          f"model.embed_dim={config.model.embed_dim} must be divisible by "
          f"model.fusion_heads={config.model.fusion_heads}"),
+        (1 <= config.text.max_length <= MAX_TOKENS
+         and 1 <= config.text.query_max_length <= MAX_TOKENS,
+         f"text.max_length and text.query_max_length must be 1..{MAX_TOKENS} tokens (got "
+         f"{config.text.max_length} and {config.text.query_max_length})"),
+        (32 <= config.image.image_size <= 1024,
+         f"image.image_size must be 32..1024 pixels, got {config.image.image_size}"),
+        (config.eval.bootstrap_samples >= 1 and config.gate.bootstrap_samples >= 1,
+         "eval.bootstrap_samples and gate.bootstrap_samples must be at least 1"),
         (0 <= config.model.modality_dropout < 0.5,
          "model.modality_dropout must be in [0, 0.5)"),
         (0 <= config.model.dropout < 1, "model.dropout must be in [0, 1)"),
@@ -358,6 +369,8 @@ def validate(config: RunConfig) -> None:
         (all(k > 0 for k in config.eval.ks), "eval.ks must be positive integers"),
         *_index_rules(config.index),
         (config.index.keep_collections >= 1, "index.keep_collections must be >= 1"),
+        (config.index.batch_size >= 1 and config.index.verify_samples >= 0,
+         "index.batch_size must be >= 1 and index.verify_samples >= 0"),
         (_metric_known(config.gate.primary_metric, config.eval.ks),
          f"gate.primary_metric={config.gate.primary_metric!r}: use mrr or recall@K, "
          f"recall_capped@K, ndcg@K with K in eval.ks={list(config.eval.ks)}"),
@@ -384,6 +397,11 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(message)
 
 
+# fields every collection has besides the attributes (index/build.py, index/milvus.py)
+RESERVED_FIELDS = ("product_id", "vector", "content_hash", "title", "image_uri")
+MAX_TOKENS = 512  # the packaged text encoders' position limit
+
+
 def _index_rules(index: IndexConfig) -> list[tuple[bool, str]]:
     """The backend exists and builds the index type and metric asked for."""
     backend = BACKENDS.get(index.backend)
@@ -393,7 +411,13 @@ def _index_rules(index: IndexConfig) -> list[tuple[bool, str]]:
     names = [("index.alias", index.alias), ("index.collection_prefix", index.collection_prefix),
              *((f"index.attribute_fields[{i}]", name)
                for i, name in enumerate(index.attribute_fields))]
-    return [*((bool(INDEX_NAME.fullmatch(value)),
+    taken = [f for f in index.attribute_fields if f in RESERVED_FIELDS]
+    repeated = sorted({f for f in index.attribute_fields
+                       if index.attribute_fields.count(f) > 1})
+    return [(not taken, f"index.attribute_fields: {taken[:1]} is a field the index stores "
+                        f"itself ({', '.join(RESERVED_FIELDS)}); name attribute columns only"),
+            (not repeated, f"index.attribute_fields names {repeated[:1]} more than once"),
+            *((bool(INDEX_NAME.fullmatch(value)),
                f"{key}={value!r}: names in the index are a letter or _ followed by letters, "
                "digits and _ (at most 200 characters)") for key, value in names),
             (index.index_type.upper() in backend.INDEX_TYPES,

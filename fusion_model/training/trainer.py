@@ -25,6 +25,7 @@ import torch
 
 from fusion_model.config import RunConfig, StageConfig
 from fusion_model.data.catalog import Catalog
+from fusion_model.errors import BadInputError
 from fusion_model.evaluation.evaluator import EvaluationResult, Evaluator
 from fusion_model.features import (
     image_batch,
@@ -87,12 +88,35 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+class NoPhotosError(BadInputError):
+    """A head that reads photos, on a catalog without any."""
+
+
+def check_photos_for_head(catalog: Catalog, config: RunConfig) -> None:
+    """NoPhotosError when the head reads photos and the catalog has none; a warning when
+    fewer than half of the products have one (the head learns to lean on text)."""
+    from fusion_model.models.heads import HEADS
+
+    if not HEADS[config.model.fusion].uses_image:
+        return
+    with_photo = int(catalog.products["image_uri"].notna().sum())
+    total = len(catalog.products)
+    if with_photo == 0:
+        raise NoPhotosError(f"{catalog.uri}: no product has a photo, but model.fusion="
+                            f"{config.model.fusion!r} fuses text with photos; add an image "
+                            "column, or train model.fusion=text_only")
+    if with_photo < total / 2:
+        log.warning("%s: only %d of %d products have a photo; model.fusion=%s will lean on "
+                    "text", catalog.uri, with_photo, total, config.model.fusion)
+
+
 class Trainer:
     """Runs both stages for one config on one catalog, in ``work_dir``."""
 
     def __init__(self, catalog: Catalog, config: RunConfig, work_dir: str | Path,
                  progress: bool = True, stage1_from: str | Path | None = None):
         config = config.for_catalog(catalog.max_grade)
+        check_photos_for_head(catalog, config)
         self.catalog, self.config, self.progress = catalog, config, progress
         self.work_dir = Path(work_dir)
         self.stage1_from = Path(stage1_from) if stage1_from else None

@@ -61,6 +61,15 @@ def test_yaml_file_with_base(tmp_path):
     ("index.collection_prefix=2026_products", "index.collection_prefix='2026_products'"),
     ("index.attribute_fields=[colour, base colour]", "index.attribute_fields[1]='base colour'"),
     ('index.attribute_fields=[colour, "gender"', "the value is not valid YAML"),
+    ("text.max_length=0", "text.max_length and text.query_max_length must be 1..512"),
+    ("text.query_max_length=100000", "must be 1..512 tokens"),
+    ("model.fusion_heads=0", "model.embed_dim and model.fusion_heads must be at least 1"),
+    ("model.embed_dim=0", "must be at least 1"),
+    ("image.image_size=0", "image.image_size must be 32..1024"),
+    ("index.attribute_fields=[product_id]", "is a field the index stores itself"),
+    ("index.attribute_fields=[colour, colour]", "names ['colour'] more than once"),
+    ("index.batch_size=0", "index.batch_size must be >= 1"),
+    ("eval.bootstrap_samples=0", "bootstrap_samples must be at least 1"),
 ])
 def test_bad_values_fail_with_what_to_change(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
