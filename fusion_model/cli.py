@@ -172,10 +172,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def format_hit(rank: int, hit: dict) -> str:
     """Two lines per hit: rank, id, score and title; then attributes and the photo."""
     shown = ("product_id", "score", "title", "image_uri")
-    attributes = "  ".join(f"{k}={v}" for k, v in hit.items() if k not in shown)
-    photo = f"photo: {hit['image_uri']}" if hit.get("image_uri") else "no photo"
-    return (f"{rank:>3}. {hit['product_id']:<16} {hit['score']:.4f}  {hit.get('title', '')}\n"
+    attributes = "  ".join(f"{k}={printable(v)}" for k, v in hit.items() if k not in shown)
+    photo = f"photo: {printable(hit['image_uri'])}" if hit.get("image_uri") else "no photo"
+    return (f"{rank:>3}. {printable(hit['product_id']):<16} {hit['score']:.4f}  "
+            f"{printable(hit.get('title', ''))}\n"
             f"     {attributes}{'  ' if attributes else ''}{photo}")
+
+
+def printable(value: object) -> str:
+    """Catalog text for a terminal: control characters (escape sequences that could
+    rewrite the screen, carriage returns) shown as ``\\xNN`` instead of sent."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
 
 
 def _cmd_lifecycle(args: argparse.Namespace) -> int:

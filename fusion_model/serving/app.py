@@ -364,7 +364,8 @@ def fresh_photo(uri: str) -> tuple[bytes, str]:
     """The photo at ``uri`` decoded and written anew as JPEG or PNG (at most
     ``MAX_PHOTO_SIDE`` pixels a side): whatever the file holds besides pixels, and
     whatever its name says, only an image reaches the browser."""
-    return reencode(open_photo(storage.read_bytes(uri), uri=uri), MAX_PHOTO_SIDE)
+    photo = open_photo(storage.read_bytes(uri), uri=uri, draft=MAX_PHOTO_SIDE)
+    return reencode(photo, MAX_PHOTO_SIDE)
 
 
 def _json(body: dict):

@@ -63,3 +63,14 @@ def test_serve_names_an_address_it_cannot_listen_on_before_loading_anything(tmp_
                  f"registry.tracking_uri=sqlite:///{tmp_path / 'never.db'}"]) == 2
     assert "cannot serve on 192.0.2.1" in capsys.readouterr().err
     assert not (tmp_path / "never.db").exists()  # nothing was loaded or created
+
+
+def test_search_output_never_sends_control_characters_to_the_terminal():
+    from fusion_model.cli import format_hit
+
+    shown = format_hit(1, {"product_id": "p1", "score": 0.5, "title": "Evil\x1b[2J\rTitle",
+                           "colour": "red\x07", "image_uri": "/x/\x1b]0;pwned\x07.jpg"})
+    assert not any(ord(c) < 32 and c != "\n" for c in shown)
+    assert "Evil\\x1b[2J\\rTitle" in shown and "colour=red\\x07" in shown
+    assert "Ünïcödé 衬衫" in format_hit(1, {"product_id": "p", "score": 0.1,
+                                           "title": "Ünïcödé 衬衫"})
