@@ -2,7 +2,7 @@
 
 A catalog is a directory (local path or ``s3://bucket/prefix``) holding
 ``products.*``, and optionally ``queries.*`` + ``judgments.*`` (parquet, csv or jsonl).
-See README.md, section "Catalog format".
+See docs/catalog.md.
 """
 
 from __future__ import annotations

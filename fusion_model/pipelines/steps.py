@@ -459,16 +459,22 @@ def refresh(catalog_uri: str, config_name: str = "default",
 
     The snapshot is validated first (unless ``validated``: the DAG's own validate task ran);
     a snapshot dropping more than ``index.max_delete_share`` of the serving products is
-    refused unless ``allow_deletions``. The serving collection is never modified."""
-    from fusion_model.data.catalog import load_catalog
-    from fusion_model.index.build import refresh_serving
-    from fusion_model.registry.registry import CHAMPION, candidate_for, get_alias
-
+    refused unless ``allow_deletions``. The serving collection is never modified; runs
+    on one registry take turns (``switch.registry_lock``)."""
     config = _config(config_name, overrides)
     if not validated:
         validate(catalog_uri, report_dir or str(Path(config.train.cache_dir).expanduser()
                                                  / "refresh-validation"))
     _mlflow(config)
+    with switch.registry_lock(config):  # one refresh at a time: they would build one target
+        return _refresh(config, catalog_uri, allow_deletions)
+
+
+def _refresh(config: RunConfig, catalog_uri: str, allow_deletions: bool) -> dict:
+    from fusion_model.data.catalog import load_catalog
+    from fusion_model.index.build import refresh_serving
+    from fusion_model.registry.registry import CHAMPION, candidate_for, get_alias
+
     switch.recover(config)  # an interrupted switch first: it decides the champion
     champion = get_alias(config.registry.model_name, CHAMPION)
     if champion is None:

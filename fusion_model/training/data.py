@@ -35,7 +35,7 @@ def build_data(catalog: Catalog, min_positive_grade: int) -> RetrievalData:
     """Index products and split queries; carve a val split from train when there is none."""
     if not catalog.has_queries:
         raise FusionModelError(f"{catalog.uri}: training and evaluation need queries and "
-                               "judgments tables (see README, Catalog format)")
+                               "judgments tables (see docs/catalog.md)")
     products = catalog.products
     position = {pid: i for i, pid in enumerate(products["product_id"])}
     queries = catalog.queries.copy()

@@ -384,7 +384,7 @@ def test_review_page_in_headless_chromium(platform, tmp_path):
         assert image.width >= 1000 and image.height >= 600
 
 
-# --- security: what the service trusts at request time (README, "Threat model") --------
+# --- security: what the service trusts at request time (docs/serving.md, "Threat model") --------
 
 def a_photo(client) -> tuple[str, str]:
     hits = client.get("/search", params={"q": "shirt", "k": 20}).json()["hits"]
