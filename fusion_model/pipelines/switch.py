@@ -115,10 +115,11 @@ def switch_serving(config: RunConfig, candidate, collection: str, entry: dict,
             version_tags=dict(version_tags or {}),
             started=datetime.now(UTC).isoformat(timespec="seconds"), by=_who())
         _write_intent(intent)
+        done: list[str] = []
         try:
-            _apply(intent, index, config)
+            _apply(intent, index, config, done)
         except Exception as exc:
-            restored = _undo(intent, index, config)
+            restored = _undo(intent, index, config, done)
             raise ServingSwitchError(
                 f"recording v{candidate.version} as champion in MLflow failed "
                 f"({type(exc).__name__}: {exc}); {restored}. Fix the tracking server and "
@@ -127,31 +128,27 @@ def switch_serving(config: RunConfig, candidate, collection: str, entry: dict,
     return intent.previous_collection
 
 
-def _apply(intent: SwitchIntent, index: VectorIndex, config: RunConfig) -> None:
-    """Every write of the switch, each idempotent, so that a rerun completes it."""
-    from fusion_model.registry.registry import Candidate, tag_version
+def _apply(intent: SwitchIntent, index: VectorIndex, config: RunConfig,
+           done: list[str] | None = None) -> None:
+    """Every write of the switch, each idempotent, so that a rerun completes it; the
+    writes made are appended to ``done`` (what an undo must take back)."""
+    from fusion_model.registry import registry
 
-    candidate = Candidate(intent.model, intent.version, intent.query_version)
+    done = [] if done is None else done
+    candidate = registry.Candidate(intent.model, intent.version, intent.query_version)
     checkpoint("switch.alias")
     if index.resolve_alias(config.index.alias) != intent.collection:
         index.point_alias(config.index.alias, intent.collection)
+    done.append("alias")
     if intent.version_tags:
         checkpoint("switch.tags")
-        tag_version(candidate, intent.version_tags)
-    _set_champion(candidate)
+        registry.tag_version(candidate, intent.version_tags)
+        done.append("tags")
+    checkpoint("switch.champion")
+    done.append("champion")  # set_alias writes two aliases: either may have moved
+    registry.set_alias(candidate, registry.CHAMPION)
     checkpoint("switch.audit")
     _record_once(candidate, intent, config)
-
-
-def _set_champion(candidate) -> None:
-    from fusion_model.registry.registry import CHAMPION, query_model_name
-
-    client = _client()
-    checkpoint("switch.champion")
-    client.set_registered_model_alias(candidate.name, CHAMPION, candidate.version)
-    checkpoint("switch.query_champion")
-    client.set_registered_model_alias(query_model_name(candidate.name), CHAMPION,
-                                      candidate.query_version)
 
 
 def _record_once(candidate, intent: SwitchIntent, config: RunConfig) -> None:
@@ -169,30 +166,35 @@ def _record_once(candidate, intent: SwitchIntent, config: RunConfig) -> None:
                     run_tags={"switch_id": intent.switch_id})
 
 
-def _undo(intent: SwitchIntent, index: VectorIndex, config: RunConfig) -> str:
-    """Put the serving alias (and, where MLflow allows, champion and tags) back; the
-    intent is removed only when everything is back. Says what was done."""
-    from fusion_model.registry.registry import Candidate, candidate_for, tag_version
+def _undo(intent: SwitchIntent, index: VectorIndex, config: RunConfig,
+          done: list[str] | None = None) -> str:
+    """Take back the writes in ``done`` (all of them when None): the serving alias, then,
+    where MLflow allows, the version tags and the champion. The intent is removed only
+    when everything is back (otherwise the next command completes the switch, which is
+    consistent too). Says what was done."""
+    from fusion_model.registry import registry
 
-    if intent.previous_collection is None:
+    done = ["alias", "tags", "champion"] if done is None else done
+    said = f"serving alias {config.index.alias} unchanged"
+    if "alias" in done and intent.previous_collection is None:
         index.drop_alias(config.index.alias)
         said = f"serving alias {config.index.alias} removed again (it did not exist before)"
-    else:
+    elif "alias" in done:
         index.point_alias(config.index.alias, intent.previous_collection)
         said = f"serving alias {config.index.alias} restored to {intent.previous_collection}"
     try:
-        before = None
-        if intent.previous_champion and intent.previous_champion != intent.version:
-            before, _ = candidate_for(intent.model, intent.previous_champion)
-            _set_champion(before)
-        if intent.version_tags and intent.previous_collection:
-            tag_version(before or Candidate(intent.model, intent.version,
-                                            intent.query_version),
-                        {"milvus_collection": intent.previous_collection})
+        if "tags" in done and intent.version_tags and intent.previous_collection:
+            registry.tag_version(registry.Candidate(intent.model, intent.version,
+                                                    intent.query_version),
+                                 {"milvus_collection": intent.previous_collection})
+        if "champion" in done and intent.previous_champion \
+                and intent.previous_champion != intent.version:
+            before, _ = registry.candidate_for(intent.model, intent.previous_champion)
+            registry.set_alias(before, registry.CHAMPION)
         _clear_intent(intent)
     except Exception as exc:  # noqa: BLE001 - MLflow is the thing that is failing
         log.warning("could not restore MLflow after a failed switch (%s); the recorded "
-                    "intent stays: `%s` finishes it", exc, RECOVER_COMMAND)
+                    "intent stays: `%s` completes the switch", exc, RECOVER_COMMAND)
     return said
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from fusion_model import storage
 from fusion_model.errors import UnknownVersionError
+from fusion_model.faults import checkpoint
 
 if TYPE_CHECKING:
     from fusion_model.config import RegistryConfig
@@ -117,8 +118,10 @@ def run_artifacts_url(run_id: str) -> str | None:
 
 
 def set_alias(candidate: Candidate, alias: str) -> None:
+    """``alias`` on both encoders (product, then query)."""
     client = _client()
     client.set_registered_model_alias(candidate.name, alias, candidate.version)
+    checkpoint(f"alias.{alias}.query")
     client.set_registered_model_alias(query_model_name(candidate.name), alias,
                                       candidate.query_version)
 

@@ -28,10 +28,10 @@ from tests.conftest import promote_tiny
 
 pytestmark = pytest.mark.integration
 
-SWITCH_POINTS = ["switch.intent", "switch.alias", "switch.champion", "switch.query_champion",
+SWITCH_POINTS = ["switch.intent", "switch.alias", "switch.champion", "alias.champion.query",
                  "switch.audit", "switch.clear"]
 REFRESH_POINTS = ["refresh.create", "refresh.copy", "refresh.write", "switch.intent",
-                  "switch.alias", "switch.tags", "switch.champion", "switch.query_champion",
+                  "switch.alias", "switch.tags", "switch.champion", "alias.champion.query",
                   "switch.audit", "switch.clear"]
 
 
@@ -150,7 +150,7 @@ def test_a_real_kill_mid_rollback_is_named_and_recovered(platform, capsys):
     release_lite(str(platform["root"] / "milvus.db"))  # this process's server holds the file
     command = [str(Path(sys.executable).with_name("fusion-model")), "rollback", "1",
                *platform["argv"]]
-    killed = subprocess.run(command, env={**os.environ, faults.CRASH_ENV: "switch.champion"},
+    killed = subprocess.run(command, env={**os.environ, faults.CRASH_ENV: "alias.champion.query"},
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == 137, killed.stderr[-2000:]
     capsys.readouterr()
