@@ -18,15 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fusion_model.config import RunConfig, load_config
+from fusion_model.checks import load_checked_config
+from fusion_model.config import RunConfig
 from fusion_model.data.catalog import Catalog, load_catalog
+from fusion_model.data.retrieval import build_data
 from fusion_model.data.splits import SCORED_SPLITS
 from fusion_model.evaluation.bootstrap import paired_bootstrap_difference
 from fusion_model.evaluation.evaluator import EvaluationResult, Evaluator
 from fusion_model.features import text_bottom_features
 from fusion_model.models.heads import HEADS, l2
 from fusion_model.models.text import TextEncoder, mean_pool
-from fusion_model.training.data import build_data
 from fusion_model.training.trainer import train
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def zero_shot_rankings(catalog: Catalog, config: RunConfig, split: str = "test"
     config = config.for_catalog(catalog.max_grade)
     encoder = TextEncoder(config.text.model, config.text.max_length, trainable_layers=0)
     data = build_data(catalog, config.train.min_positive_grade)
-    evaluator = Evaluator.for_split(catalog, config, split, data)
+    evaluator = Evaluator.for_split(catalog, config, data, split)
     cache = str(Path(config.train.cache_dir).expanduser())
 
     def vectors(texts: list[str], length: int) -> torch.Tensor:
@@ -106,7 +107,7 @@ def run_benchmark(catalog_uri: str, output: str | None = None,
     if split not in SCORED_SPLITS:
         raise ValueError(f"split must be one of {', '.join(SCORED_SPLITS)}, got {split!r}")
     catalog = load_catalog(catalog_uri)
-    base = load_config(config_name, list(overrides)).for_catalog(catalog.max_grade)
+    base = load_checked_config(config_name, list(overrides)).for_catalog(catalog.max_grade)
     runs = []
     for offset in range(seeds):
         seed = base.train.seed + offset

@@ -59,11 +59,11 @@ def _cmd_copy(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from fusion_model.config import load_config
+    from fusion_model.checks import load_checked_config
     from fusion_model.data.catalog import load_catalog
     from fusion_model.training.trainer import train
 
-    config = load_config(args.config, args.overrides)
+    config = load_checked_config(args.config, args.overrides)
     catalog = load_catalog(args.catalog)
     result = train(catalog, config, args.out)
     if int(os.environ.get("RANK", "0")) != 0:
@@ -152,7 +152,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     """The token comes from the environment, never the command line (ps shows that)."""
-    from fusion_model.config import load_config
+    from fusion_model.checks import load_checked_config
     from fusion_model.serving.app import TOKEN_ENV, check_token, serve
 
     token = os.environ.get(TOKEN_ENV) or None
@@ -161,7 +161,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger(__name__).warning(
             "serving on %s without a bearer token: anyone who reaches it can search; "
             "set %s", args.host, TOKEN_ENV)
-    serve(load_config(args.config, list(args.overrides)), args.host, args.port,
+    serve(load_checked_config(args.config, list(args.overrides)), args.host, args.port,
           args.follow_interval, token, access_log=not args.no_access_log,
           query_cache=args.query_cache, max_batch=args.max_batch,
           encoder_streams=args.encoder_streams, allowed_hosts=tuple(args.allowed_host),
@@ -189,11 +189,11 @@ def _cmd_lifecycle(args: argparse.Namespace) -> int:
     """validate -> train -> register -> index -> gate -> promote/reject, without Airflow."""
     from pathlib import Path
 
-    from fusion_model.config import load_config
+    from fusion_model.checks import load_checked_config
     from fusion_model.pipelines import steps
     from fusion_model.pipelines.switch import registry_lock
 
-    with registry_lock(load_config(args.config, list(args.overrides))):
+    with registry_lock(load_checked_config(args.config, list(args.overrides))):
         return _lifecycle(args, steps, Path(args.work_dir))
 
 

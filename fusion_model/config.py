@@ -22,7 +22,6 @@ from typing import Any
 import yaml
 
 from fusion_model.errors import BadInputError
-from fusion_model.index.base import BACKENDS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 SCHEDULES = ("constant", "cosine")
@@ -322,18 +321,11 @@ def _coerce(value: Any, hint, key: str):
 
 
 def validate(config: RunConfig) -> None:
-    """Value ranges and combinations; each message says what to change."""
-    from fusion_model.evaluation.evaluator import SegmentRule
-    from fusion_model.models.heads import HEADS
-
-    for spec in config.eval.segments:
-        try:
-            SegmentRule.parse(spec)
-        except ValueError as exc:
-            raise ConfigError(f"eval.segments: {exc}") from exc
+    """Value ranges and combinations; each message says what to change. Names that a
+    registry owns (product heads, index backends and what they build, segment rules) are
+    checked by that registry (``fusion_model.checks.check_names``): the config is the
+    ground floor and imports nothing of the library."""
     checks = [
-        (config.model.fusion in HEADS,
-         f"model.fusion={config.model.fusion!r}: choose one of {', '.join(HEADS)}"),
         (config.model.embed_dim >= 1 and config.model.fusion_heads >= 1,
          "model.embed_dim and model.fusion_heads must be at least 1"),
         (config.model.fusion_heads < 1
@@ -403,11 +395,7 @@ MAX_TOKENS = 512  # the packaged text encoders' position limit
 
 
 def _index_rules(index: IndexConfig) -> list[tuple[bool, str]]:
-    """The backend exists and builds the index type and metric asked for."""
-    backend = BACKENDS.get(index.backend)
-    if backend is None:
-        return [(False, f"index.backend={index.backend!r}: choose one of "
-                        f"{', '.join(BACKENDS)}")]
+    """Names Milvus (and any index) accepts, no field of the index's own, none twice."""
     names = [("index.alias", index.alias), ("index.collection_prefix", index.collection_prefix),
              *((f"index.attribute_fields[{i}]", name)
                for i, name in enumerate(index.attribute_fields))]
@@ -419,13 +407,7 @@ def _index_rules(index: IndexConfig) -> list[tuple[bool, str]]:
             (not repeated, f"index.attribute_fields names {repeated[:1]} more than once"),
             *((bool(INDEX_NAME.fullmatch(value)),
                f"{key}={value!r}: names in the index are a letter or _ followed by letters, "
-               "digits and _ (at most 200 characters)") for key, value in names),
-            (index.index_type.upper() in backend.INDEX_TYPES,
-             f"index.index_type={index.index_type!r}: the {index.backend} backend builds "
-             f"{', '.join(backend.INDEX_TYPES)} (others silently fall back)"),
-            (index.metric in backend.METRICS,
-             f"index.metric={index.metric!r}: choose {' or '.join(backend.METRICS)} "
-             "(scores must be similarities: verification and the gate rank by them)")]
+               "digits and _ (at most 200 characters)") for key, value in names)]
 
 
 def _metric_known(metric: str, ks: tuple[int, ...]) -> bool:

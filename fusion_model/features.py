@@ -25,19 +25,16 @@ import numpy as np
 import torch
 
 from fusion_model import engines, storage
+from fusion_model.data.retrieval import product_text
 from fusion_model.photos import ImageDecodeError, decode_image
 from fusion_model.progress import progress_bar
 from fusion_model.runtime import prefetched
 from fusion_model.tensor_files import load_tensors
 
 log = logging.getLogger(__name__)
+__all__ = ["FeatureCache", "ImageDecodeError", "decode_image", "load_images", "product_text"]
 
 Batch = dict[str, torch.Tensor]
-
-
-def product_text(title: str, description: str) -> str:
-    """What the text tower reads for a product."""
-    return f"{title}. {description}".strip() if description else title
 
 
 class FeatureCache:

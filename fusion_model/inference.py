@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from fusion_model.data.catalog import Catalog
+from fusion_model.data.retrieval import data_for
 from fusion_model.engines import FrozenTowers, towers_for
 from fusion_model.evaluation.evaluator import EvaluationResult, Evaluator
 from fusion_model.features import (
@@ -105,7 +106,8 @@ def _embed_uncached(towers: FrozenTowers, texts: list[str], uris: list[str | Non
 def evaluate_model(model: TwoTower, catalog: Catalog, split: str = "test",
                    cache_dir: str | None = None, progress: bool = True) -> EvaluationResult:
     """Metrics of a saved model on one split, by exact search over the whole catalog."""
-    evaluator = Evaluator.for_split(catalog, model.config, split)
+    evaluator = Evaluator.for_split(catalog, model.config, data_for(catalog, model.config),
+                                    split)
     product_vectors = embed_catalog(model, catalog, cache_dir, progress=progress)
     queries = towers_for(model).embed_queries(evaluator.query_texts)
     return evaluator.score_vectors(queries, product_vectors)

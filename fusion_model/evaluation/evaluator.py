@@ -49,13 +49,11 @@ class Evaluator:
     min_grade: int
 
     @classmethod
-    def for_split(cls, catalog, config, split: str = "test", data=None) -> Evaluator:
+    def for_split(cls, catalog, config, data, split: str = "test") -> Evaluator:
         """``config``: a RunConfig (its ``eval`` and thresholds); ``data``: the catalog's
-        RetrievalData when the caller has built it already."""
-        from fusion_model.training.data import build_data
-
+        RetrievalData (``fusion_model.data.retrieval.build_data``): evaluation scores the
+        data it is given, it builds none."""
         config = config.for_catalog(catalog.max_grade)
-        data = data or build_data(catalog, config.train.min_positive_grade)
         queries = data.splits[split]
         segments = query_segments(catalog.queries, catalog.products, catalog.judgments,
                                   config.eval.segments)

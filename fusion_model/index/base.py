@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from fusion_model.config import IndexConfig
 
 
+DISPLAY_FIELDS = ("title", "image_uri")  # stored for search results, not filterable
+
+
 class VectorIndex(Protocol):
     """Named collections of (product_id, vector, content_hash, attributes) behind aliases."""
 
@@ -55,6 +58,25 @@ class VectorIndex(Protocol):
 
 
 BACKENDS: dict[str, type] = {"milvus": MilvusIndex}
+
+
+def check_index_config(config: IndexConfig) -> None:
+    """ConfigError unless ``index.backend`` is registered and builds the configured index
+    type and metric."""
+    from fusion_model.config import ConfigError
+
+    backend = BACKENDS.get(config.backend)
+    if backend is None:
+        raise ConfigError(f"index.backend={config.backend!r}: choose one of "
+                          f"{', '.join(BACKENDS)}")
+    if config.index_type.upper() not in backend.INDEX_TYPES:
+        raise ConfigError(f"index.index_type={config.index_type!r}: the {config.backend} "
+                          f"backend builds {', '.join(backend.INDEX_TYPES)} (others silently "
+                          "fall back)")
+    if config.metric not in backend.METRICS:
+        raise ConfigError(f"index.metric={config.metric!r}: choose "
+                          f"{' or '.join(backend.METRICS)} (scores must be similarities: "
+                          "verification and the gate rank by them)")
 
 
 def backend_class(name: str) -> type:

@@ -14,7 +14,7 @@ from fusion_model.data.catalog import Catalog
 from fusion_model.errors import BadInputError
 from fusion_model.faults import checkpoint
 from fusion_model.index import milvus
-from fusion_model.index.base import VectorIndex, open_index
+from fusion_model.index.base import DISPLAY_FIELDS, VectorIndex, open_index
 from fusion_model.inference import embed_catalog
 from fusion_model.models.towers import TwoTower
 from fusion_model.progress import progress_bar
@@ -44,7 +44,6 @@ def product_hashes(catalog: Catalog, fields: list[str]) -> list[str]:
                                               uris))]
 
 
-DISPLAY_FIELDS = ("title", "image_uri")  # stored for search results, not filterable
 
 
 def attribute_fields(catalog: Catalog, config: IndexConfig) -> list[str]:

@@ -14,7 +14,8 @@ import logging
 import os
 from pathlib import Path
 
-from fusion_model.config import RunConfig, load_config
+from fusion_model.checks import load_checked_config
+from fusion_model.config import RunConfig
 from fusion_model.errors import BadInputError, NoChampionError
 from fusion_model.index import milvus
 from fusion_model.index.base import open_index
@@ -24,11 +25,11 @@ log = logging.getLogger(__name__)
 
 
 def _config(config_name: str, overrides: list[str] | tuple = ()) -> RunConfig:
-    return load_config(config_name, list(overrides))
+    return load_checked_config(config_name, list(overrides))
 
 
 def _mlflow(config: RunConfig) -> None:
-    from fusion_model.registry.tracking import configure
+    from fusion_model.registry.connection import configure
 
     configure(config.registry.resolved_tracking_uri())
 
@@ -339,11 +340,12 @@ def index(version: str, catalog_uri: str, config_name: str = "default",
 
 def _test_evaluator(catalog_uri: str, config: RunConfig):
     from fusion_model.data.catalog import load_catalog
+    from fusion_model.data.retrieval import data_for
     from fusion_model.evaluation.evaluator import Evaluator
 
     catalog = load_catalog(catalog_uri)
     config = config.for_catalog(catalog.max_grade)
-    return catalog, Evaluator.for_split(catalog, config, "test"), config
+    return catalog, Evaluator.for_split(catalog, config, data_for(catalog, config)), config
 
 
 def _evaluate_version(version: str, collection: str, evaluator, config: RunConfig):

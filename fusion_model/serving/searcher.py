@@ -28,8 +28,7 @@ from fusion_model import storage
 from fusion_model.config import RunConfig
 from fusion_model.data.catalog import PRODUCT_ID_PATTERN
 from fusion_model.errors import BadInputError, NoChampionError, ServingMismatchError
-from fusion_model.index.base import VectorIndex, open_index
-from fusion_model.index.build import DISPLAY_FIELDS
+from fusion_model.index.base import DISPLAY_FIELDS, VectorIndex, open_index
 from fusion_model.index.filters import to_milvus
 
 log = logging.getLogger(__name__)
@@ -265,7 +264,7 @@ class ChampionSearcher:
         is no champion or it is not the one being served; else it waits for one;
         ``query_cache``: query vectors kept per encoder, see ``QueryCache``;
         ``encoder_streams``: query-encoder runs at once, each on its share of the cores)."""
-        from fusion_model.registry.tracking import configure
+        from fusion_model.registry.connection import configure
 
         configure(config.registry.resolved_tracking_uri())
         with open_index(config.index) as index:

@@ -504,8 +504,8 @@ class Trainer:
                        products: torch.Tensor | None = None) -> EvaluationResult:
         """Exact-search metrics of the current model on one split."""
         if split not in self.evaluators:
-            self.evaluators[split] = Evaluator.for_split(self.catalog, self.config, split,
-                                                         self.data)
+            self.evaluators[split] = Evaluator.for_split(self.catalog, self.config, self.data,
+                                                         split)
         products = self.product_vectors() if products is None else products
         return self.evaluators[split].score_vectors(self.query_vectors(split), products)
 

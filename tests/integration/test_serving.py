@@ -537,3 +537,28 @@ def test_deeply_nested_filters_are_a_400(client):
 def test_queries_of_invisible_characters_are_refused(client, query):
     response = client.get("/search", params={"q": query})
     assert response.status_code == 400 and "invisible" in response.json()["error"]
+
+
+SEARCH_PROBE = """
+import json, sys
+from fusion_model.checks import load_checked_config
+from fusion_model.serving.searcher import ChampionSearcher
+with ChampionSearcher.open(load_checked_config("tiny", sys.argv[1:])) as searcher:
+    assert searcher.search("red shirt", k=3).hits
+print(json.dumps(sorted(m for m in sys.modules if m.startswith(
+    ("fusion_model.training", "fusion_model.registry.tracking", "fusion_model.benchmark")))))
+"""
+
+
+def test_searching_loads_the_query_encoder_and_the_index_but_no_training_code(platform):
+    import json
+    import subprocess
+    import sys
+
+    from fusion_model.index.milvus import release_lite
+
+    release_lite(str(platform["config"].index.uri))  # this process's server holds the file
+    result = subprocess.run([sys.executable, "-c", SEARCH_PROBE, *platform["overrides"]],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from fusion_model.cli import main
 
@@ -74,3 +78,36 @@ def test_search_output_never_sends_control_characters_to_the_terminal():
     assert "Evil\\x1b[2J\\rTitle" in shown and "colour=red\\x07" in shown
     assert "Ünïcödé 衬衫" in format_hit(1, {"product_id": "p", "score": 0.1,
                                            "title": "Ünïcödé 衬衫"})
+
+
+IMPORT_PROBE = """
+import importlib.util, json, sys
+sys.path.insert(0, 'plugins')
+for target in sys.argv[1:]:
+    if target.endswith('.py'):
+        spec = importlib.util.spec_from_file_location('dag_under_test', target)
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    else:
+        importlib.import_module(target)
+print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in
+      ('torch', 'transformers', 'mlflow', 'pymilvus', 'openvino')
+      or m.startswith(('fusion_model.training', 'fusion_model.registry.tracking')))))
+"""
+REPO = Path(__file__).resolve().parents[2]
+
+
+def loaded_by(*targets: str) -> list[str]:
+    result = subprocess.run([sys.executable, "-c", IMPORT_PROBE, *targets], cwd=REPO,
+                            capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("dag", sorted(p.name for p in (REPO / "dags").glob("*.py")))
+def test_parsing_a_dag_file_imports_nothing_heavy(dag):
+    """The scheduler parses DAG files again and again: no torch, transformers, mlflow,
+    pymilvus or training code at parse time."""
+    assert loaded_by(f"dags/{dag}") == []
+
+
+def test_the_search_service_imports_no_training_code():
+    assert loaded_by("fusion_model.serving.app", "fusion_model.serving.searcher") == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fusion_model.checks import load_checked_config
 from fusion_model.config import ConfigError, load_config
 
 
@@ -73,7 +74,7 @@ def test_yaml_file_with_base(tmp_path):
 ])
 def test_bad_values_fail_with_what_to_change(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
-        load_config("default", [override])
+        load_checked_config("default", [override])  # the config's checks and the names
 
 
 def test_unknown_config_name_lists_packaged_ones():
@@ -91,3 +92,15 @@ def test_precision_auto_uses_bf16_only_where_the_cpu_has_it(monkeypatch):
         assert precision.uses_bf16("bf16") and not precision.uses_bf16("fp32")
         with precision.autocast("auto"):
             assert torch.is_autocast_enabled("cpu") is native
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.fusion=transformer", "choose one of text_only"),
+    ("index.backend=faiss", "choose one of milvus"),
+    ("index.index_type=DISKANN", "builds FLAT"),
+    ("eval.segments=['x=nope:colour']", "eval.segments"),
+])
+def test_names_are_checked_by_their_registries_not_by_the_config(override, message):
+    load_config("default", [override])  # shapes and types are fine: the config says nothing
+    with pytest.raises(ConfigError, match=message):
+        load_checked_config("default", [override])

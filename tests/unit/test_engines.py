@@ -11,6 +11,7 @@ import torch.nn.functional as F  # noqa: N812
 from fusion_model import engines
 from fusion_model.config import load_config
 from fusion_model.data.catalog import load_catalog
+from fusion_model.data.retrieval import data_for
 from fusion_model.engines import FrozenTowers, export_towers, resolve_engine, towers_for
 from fusion_model.errors import FusionModelError
 from fusion_model.evaluation.evaluator import Evaluator
@@ -250,8 +251,8 @@ def test_top10_retrieval_overlaps_on_the_synthetic_catalog(synthetic_catalog, tm
     catalog = load_catalog(str(synthetic_catalog))
     config = load_config("tiny", [f"train.cache_dir={tmp_path / 'cache'}"])
     model = load_model(train(catalog, config, tmp_path / "run", progress=False).model_dir)
-    evaluator = Evaluator.for_split(catalog, model.config.for_catalog(catalog.max_grade),
-                                    "test")
+    config = model.config.for_catalog(catalog.max_grade)
+    evaluator = Evaluator.for_split(catalog, config, data_for(catalog, config), "test")
     top = {}
     for engine in ("torch", "openvino"):
         products = embed_catalog(model, catalog, progress=False, engine=engine)

@@ -55,11 +55,12 @@ def test_one_evaluator_binds_a_split_and_scores_vectors_and_rankings(synthetic_c
     import torch
 
     from fusion_model.data.catalog import load_catalog
+    from fusion_model.data.retrieval import data_for
     from fusion_model.evaluation.evaluator import Evaluator
 
     catalog = load_catalog(str(synthetic_catalog))
     config = load_config("default", ["eval.segments=['coloured=any:colour']"])
-    evaluator = Evaluator.for_split(catalog, config, "test")
+    evaluator = Evaluator.for_split(catalog, config, data_for(catalog, config), "test")
     assert set(evaluator.segments) == {"coloured"} and evaluator.segments["coloured"]
     perfect = {q: sorted(evaluator.qrels[q], key=evaluator.qrels[q].get, reverse=True)
                for q in evaluator.query_ids if q in evaluator.qrels}
