@@ -156,12 +156,12 @@ def compact(index: milvus.MilvusIndex, name: str, timeout: float = 600) -> None:
     from pymilvus.exceptions import MilvusException
 
     try:
-        job = index.client.compact(name)
+        job = index.compact(name)
     except MilvusException as exc:  # Milvus Lite has no compaction to wait for
         log.info("%s: no compaction (%s)", name, exc)
         return
     deadline = time.monotonic() + timeout
-    while index.client.get_compaction_state(job) != "Completed":
+    while not index.compaction_done(job):
         if time.monotonic() > deadline:
             log.warning("%s: compaction still running after %.0f s", name, timeout)
             return

@@ -77,6 +77,10 @@ class UnknownVersionError(BadInputError):
                          f"(versions: {listed})")
 
 
+class VectorIndexError(FusionModelError):
+    """An index operation was refused or is unsafe (any backend)."""
+
+
 class InvalidFilterError(BadInputError):
     """A search filter that Milvus cannot parse or that names an unknown field."""
 

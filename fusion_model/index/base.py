@@ -1,21 +1,27 @@
 """The vector index seam: what the platform needs from a store of product vectors.
 
 Indexing, verification, the gate, promotion, refresh and search talk to a ``VectorIndex``
-opened by ``open_index(config)``; the backend (``index.backend``, today Milvus) owns its
-index types, its metrics and any per-connection state. Scores are similarities of unit
-vectors (higher is better): verification, the gate and exact evaluation rank by them, so a
-backend offers only metrics with that meaning.
+opened by ``open_index(config)``; the backend (``index.backend``: ``milvus``, or ``memory``,
+a NumPy store for tests and small catalogs) owns its index types, its metrics and any
+per-connection state. Backends register themselves by subclassing ``IndexBackend`` with a
+name, as product heads do. Scores are similarities of unit vectors (higher is better):
+verification, the gate and exact evaluation rank by them, so a backend offers only metrics
+with that meaning. Filters reach ``search`` as the boolean expression that
+``index.filters.to_milvus`` writes (quoted values, ``==``, ``!=``, ``in``, ``not in``,
+``and``, ``or``, parentheses); every backend evaluates that language.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from fusion_model.index.milvus import MilvusIndex
+from fusion_model.errors import VectorIndexError
 
 if TYPE_CHECKING:
     from fusion_model.config import IndexConfig
@@ -29,6 +35,9 @@ class VectorIndex(Protocol):
 
     INDEX_TYPES: tuple[str, ...]   # index types the backend really builds
     METRICS: tuple[str, ...]       # similarity metrics (higher score = closer)
+
+    @classmethod
+    def open(cls, uri: str, token: str = "") -> contextlib.AbstractContextManager: ...
 
     def create_collection(self, name: str, dim: int, attribute_fields: list[str],
                           index_type: str, metric: str) -> None: ...
@@ -57,7 +66,57 @@ class VectorIndex(Protocol):
     def prune(self, prefix: str, keep: int) -> list[str]: ...
 
 
-BACKENDS: dict[str, type] = {"milvus": MilvusIndex}
+BACKENDS: dict[str, type] = {}
+
+
+class IndexBackend:
+    """Base of the backends: registers a subclass under its ``name`` and implements what
+    follows from the protocol alone (pruning old collections)."""
+
+    name: str = ""
+
+    def __init_subclass__(cls, name: str | None = None, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            if name in BACKENDS:
+                raise ValueError(f"index backend {name!r} is registered twice")
+            cls.name = name
+            BACKENDS[name] = cls
+
+    def prune(self, prefix: str, keep: int) -> list[str]:
+        """Drop the oldest ``prefix`` collections beyond the newest ``keep``, never an
+        aliased one. Age is the model version in the name (``<prefix>_m<version>_...``)."""
+        ours = [n for n in self.list_collections() if n.startswith(f"{prefix}_m")]
+        ours.sort(key=version_of, reverse=True)
+        dropped = []
+        for name in ours[keep:]:
+            if not self.aliases_of(name):
+                self.drop_collection(name)
+                dropped.append(name)
+        return dropped
+
+    def refuse_drop_if_aliased(self, name: str) -> None:
+        aliases = self.aliases_of(name)
+        if aliases:
+            raise VectorIndexError(f"refusing to drop {name}: alias(es) {', '.join(aliases)} "
+                                   "point at it; point them elsewhere first")
+
+
+def collection_name(prefix: str, model_version: str | int, catalog_fingerprint: str) -> str:
+    """``products_m3_1a2b3c4d5e6f``: letters, digits and underscores, as index names allow."""
+    name = f"{prefix}_m{model_version}_{catalog_fingerprint[:12]}"
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def content_hash(*parts: object) -> str:
+    """Stable hash of a product's indexed content (text, photo tag, attributes)."""
+    return hashlib.sha1("\x1f".join(map(str, parts)).encode(), usedforsecurity=False
+                        ).hexdigest()
+
+
+def version_of(name: str) -> tuple[int, str]:
+    match = re.search(r"_m(\d+)_", name)
+    return (int(match.group(1)) if match else -1, name)
 
 
 def check_index_config(config: IndexConfig) -> None:

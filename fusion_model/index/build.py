@@ -11,10 +11,15 @@ import numpy as np
 from fusion_model import storage
 from fusion_model.config import IndexConfig
 from fusion_model.data.catalog import Catalog
-from fusion_model.errors import BadInputError
+from fusion_model.errors import BadInputError, VectorIndexError
 from fusion_model.faults import checkpoint
-from fusion_model.index import milvus
-from fusion_model.index.base import DISPLAY_FIELDS, VectorIndex, open_index
+from fusion_model.index.base import (
+    DISPLAY_FIELDS,
+    VectorIndex,
+    collection_name,
+    content_hash,
+    open_index,
+)
 from fusion_model.inference import embed_catalog
 from fusion_model.models.towers import TwoTower
 from fusion_model.progress import progress_bar
@@ -38,7 +43,7 @@ def product_hashes(catalog: Catalog, fields: list[str]) -> list[str]:
     uris = catalog.products["image_uri"]
     tags = storage.content_tags(uris.dropna().tolist())
     products = catalog.products
-    return [milvus.content_hash(t, d, tags.get(u, "") if isinstance(u, str) else "",
+    return [content_hash(t, d, tags.get(u, "") if isinstance(u, str) else "",
                                 *(products[f].iloc[i] for f in fields))
             for i, (t, d, u) in enumerate(zip(products["title"], products["description"],
                                               uris))]
@@ -140,7 +145,7 @@ def verify(index: VectorIndex, name: str, expected_ids: list[str], samples: int,
     """Count equals the catalog and sampled products retrieve themselves at rank 1."""
     found = index.count(name)
     if found != len(expected_ids):
-        raise milvus.MilvusIndexError(f"{name}: holds {found} products, the catalog has "
+        raise VectorIndexError(f"{name}: holds {found} products, the catalog has "
                                       f"{len(expected_ids)}; not safe to serve")
     index.wait_until_indexed(name)  # serve it indexed, not scanned
     rng = np.random.default_rng(seed)
@@ -152,7 +157,7 @@ def verify(index: VectorIndex, name: str, expected_ids: list[str], samples: int,
     for product_id, vector, best in zip(found_ids, vectors, hits):
         own = float(vector @ vector)
         if best[0]["product_id"] != product_id and best[0]["score"] < own - 1e-3:
-            raise milvus.MilvusIndexError(
+            raise VectorIndexError(
                 f"{name}: product {product_id} does not retrieve itself at rank 1 "
                 f"(got {best[0]['product_id']}); not safe to serve")
     log.info("verified %s: %d products, %d/%d samples retrieve themselves", name, found,
@@ -169,7 +174,7 @@ def build_collection(model: TwoTower, catalog: Catalog, config: IndexConfig, nam
     return result
 
 
-class RefreshRefusedError(milvus.MilvusIndexError, BadInputError):
+class RefreshRefusedError(VectorIndexError, BadInputError):
     """A refresh would delete more of the serving products than allowed."""
 
 
@@ -184,14 +189,14 @@ def refresh_serving(model: TwoTower, catalog: Catalog, config: IndexConfig, vers
     with open_index(config) as index:
         serving = index.resolve_alias(config.alias)
         if serving == config.alias:
-            raise milvus.MilvusIndexError(f"alias {config.alias!r} does not exist yet; "
+            raise VectorIndexError(f"alias {config.alias!r} does not exist yet; "
                                           "promote a model before refreshing")
         ids = catalog.products["product_id"].tolist()
         existing = index.existing_hashes(serving)
         removed = len(set(existing) - set(ids))
         check_deletions(serving, removed, len(existing), config.max_delete_share,
                         allow_deletions)
-        target = milvus.collection_name(config.collection_prefix, version, catalog.fingerprint)
+        target = collection_name(config.collection_prefix, version, catalog.fingerprint)
         if target == serving:
             log.info("%s already holds this snapshot; nothing to refresh", serving)
             return IndexResult(serving, 0, len(ids), 0, len(existing), verified=True)

@@ -13,16 +13,15 @@ through ``milvus-lite server``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from fusion_model.errors import FusionModelError, IndexUnavailableError, InvalidFilterError
+from fusion_model.errors import IndexUnavailableError, InvalidFilterError, VectorIndexError
+from fusion_model.index.base import IndexBackend
 from fusion_model.index.filters import quote
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ CLIENT_OPTIONS = {"dedicated": True,
                   "grpc_options": {"grpc.keepalive_permit_without_calls": False}}
 
 
-class MilvusIndexError(FusionModelError):
+class MilvusIndexError(VectorIndexError):
     """A Milvus operation was refused or is unsafe."""
 
 
@@ -156,19 +155,7 @@ def _lite_locked(path: Path) -> bool:
     return False
 
 
-def collection_name(prefix: str, model_version: str | int, catalog_fingerprint: str) -> str:
-    """``products_m3_1a2b3c4d5e6f``: letters, digits and underscores, as Milvus requires."""
-    name = f"{prefix}_m{model_version}_{catalog_fingerprint[:12]}"
-    return re.sub(r"[^A-Za-z0-9_]", "_", name)
-
-
-def content_hash(*parts: object) -> str:
-    """Stable hash of a product's indexed content (text, photo tag, attributes)."""
-    return hashlib.sha1("\x1f".join(map(str, parts)).encode(), usedforsecurity=False
-                        ).hexdigest()
-
-
-class MilvusIndex:
+class MilvusIndex(IndexBackend, name="milvus"):
     """A ``VectorIndex`` over one MilvusClient (Milvus Lite file, ``milvus-lite server``,
     standalone or cluster). Per-connection state (load state and search params checked
     once per collection) lives on the instance and ends with it."""
@@ -421,25 +408,18 @@ class MilvusIndex:
 
     def drop_collection(self, name: str) -> None:
         """Drop a collection unless an alias points at it (Milvus Lite would allow it)."""
-        aliases = self.aliases_of(name)
-        if aliases:
-            raise MilvusIndexError(f"refusing to drop {name}: alias(es) {', '.join(aliases)} "
-                                   "point at it; point them elsewhere first")
+        self.refuse_drop_if_aliased(name)
         self._prepared.pop(name, None)
         self.client.drop_collection(name)
         log.info("dropped collection %s", name)
 
-    def prune(self, prefix: str, keep: int) -> list[str]:
-        """Drop the oldest ``prefix`` collections beyond the newest ``keep``, never an
-        aliased one. Age is the model version in the name (``<prefix>_m<version>_...``)."""
-        ours = [n for n in self.list_collections() if n.startswith(f"{prefix}_m")]
-        ours.sort(key=_version_of, reverse=True)
-        dropped = []
-        for name in ours[keep:]:
-            if not self.aliases_of(name):
-                self.drop_collection(name)
-                dropped.append(name)
-        return dropped
+    def compact(self, name: str) -> int:
+        """Start a compaction of ``name`` (Milvus only; the serving benchmark settles a
+        collection with it); returns the job id."""
+        return self.client.compact(name)
+
+    def compaction_done(self, job: int) -> bool:
+        return self.client.get_compaction_state(job) == "Completed"
 
 
 def ids_expression(ids: list[str]) -> str:
@@ -454,8 +434,3 @@ def _text(value) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return ""
     return str(value).encode()[:MAX_VARCHAR].decode(errors="ignore")
-
-
-def _version_of(name: str) -> tuple[int, str]:
-    match = re.search(r"_m(\d+)_", name)
-    return (int(match.group(1)) if match else -1, name)

@@ -16,9 +16,8 @@ from pathlib import Path
 
 from fusion_model.checks import load_checked_config
 from fusion_model.config import RunConfig
-from fusion_model.errors import BadInputError, NoChampionError
-from fusion_model.index import milvus
-from fusion_model.index.base import open_index
+from fusion_model.errors import BadInputError, NoChampionError, VectorIndexError
+from fusion_model.index.base import collection_name, open_index
 from fusion_model.pipelines import switch
 
 log = logging.getLogger(__name__)
@@ -278,7 +277,7 @@ def plan_index(version: str, catalog_uri: str, shards: int = 1, config_name: str
     config = _config(config_name, overrides)
     _mlflow(config)
     catalog = load_catalog(catalog_uri)
-    name = milvus.collection_name(config.index.collection_prefix, version,
+    name = collection_name(config.index.collection_prefix, version,
                                   catalog.fingerprint)
     dim = load_registered_model(config.registry.model_name, version).embedding_dim
     with open_index(config.index) as index:
@@ -446,7 +445,7 @@ def rollback(version: str, config_name: str = "default", overrides: list[str] | 
     collection = tags.get("milvus_collection")
     with open_index(config.index) as index:
         if not collection or not index.has_collection(collection):
-            raise milvus.MilvusIndexError(f"version {version} has no kept collection "
+            raise VectorIndexError(f"version {version} has no kept collection "
                                           f"({collection}); re-index it before rolling back")
     previous = switch.switch_serving(config, candidate, collection, {
         "decision": "rollback", "reasons": [reason], "metrics": {}, "collection": collection})

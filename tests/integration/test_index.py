@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fusion_model.checks import load_checked_config
 from fusion_model.config import IndexConfig, load_config
 from fusion_model.data.catalog import load_catalog
+from fusion_model.errors import VectorIndexError
 from fusion_model.index import milvus
 from fusion_model.index.build import RefreshRefusedError, build_collection, refresh_serving
 from fusion_model.models.towers import TwoTower
@@ -93,7 +95,7 @@ def test_unsupported_index_types_are_rejected(model, catalog, index_uri):
     with pytest.raises(milvus.MilvusIndexError, match="DISKANN.*silently fall back"):
         build_collection(model, catalog, index_config(index_uri, index_type="DISKANN"), "x_m1_a")
     with pytest.raises(Exception, match="index.index_type='SCANN'"):
-        load_config("default", ["index.index_type=SCANN"])
+        load_checked_config("default", ["index.index_type=SCANN"])
 
 
 def test_crash_mid_indexing_resumes_without_duplicates(model, catalog, index_uri, monkeypatch):
@@ -154,7 +156,7 @@ def test_alias_swap_guarded_drop_and_prune(model, catalog, index_uri):
         assert index.point_alias("products_serving", "products_m2_abc") == \
             "products_m1_abc"
         assert index.resolve_alias("products_serving") == "products_m2_abc"
-        with pytest.raises(milvus.MilvusIndexError, match="refusing to drop products_m2_abc"):
+        with pytest.raises(VectorIndexError, match="refusing to drop products_m2_abc"):
             index.drop_collection("products_m2_abc")
         dropped = index.prune("products", keep=1)
         assert dropped == ["products_m3_abc", "products_m1_abc"]

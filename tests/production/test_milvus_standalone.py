@@ -11,8 +11,10 @@ import dataclasses
 import numpy as np
 import pytest
 
+from fusion_model.errors import VectorIndexError
 from fusion_model.index import milvus
 from fusion_model.index.build import build_collection, stored_fields, verify
+from tests.index_conformance import IndexConformance
 from tests.integration.test_index import (  # noqa: F401 - fixtures and tests run here too
     catalog,
     index_config,
@@ -73,10 +75,20 @@ def test_ids_inserted_twice_are_refused_then_repaired_by_the_next_build(
         index.write_rows("twice_m1_abc", found, vectors, ["stale"] * 5,
                          {f: ["x"] * 5 for f in stored_fields(small, config)},
                          overwrite=False)
-        with pytest.raises(milvus.MilvusIndexError, match="holds 65 products, the catalog "
+        with pytest.raises(VectorIndexError, match="holds 65 products, the catalog "
                                                           "has 60; not safe to serve"):
             verify(index, "twice_m1_abc", ids, samples=5)
     result = build_collection(model, small, config, "twice_m1_abc", progress=False)
     assert result.verified and (result.written, result.count) == (60, 60)
     with milvus.MilvusIndex.open(index_uri) as index:
         assert "stale" not in set(index.existing_hashes("twice_m1_abc").values())
+
+
+class TestMilvusServerConformance(IndexConformance):
+    """The VectorIndex conformance suite (also run on the in-memory backend and Milvus
+    Lite) on the real server."""
+
+    @pytest.fixture()
+    def index(self, milvus_server):
+        with milvus.MilvusIndex.open(milvus_server) as opened:
+            yield opened

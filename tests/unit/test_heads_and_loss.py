@@ -97,7 +97,7 @@ def test_late_fusion_score_is_a_weighted_sum_of_modal_scores():
 def test_a_new_head_is_one_registered_class(tmp_path):
     """Registering a head makes it a valid config kind, a tower layout and a benchmark model."""
     from fusion_model.benchmark import all_models, core_models
-    from fusion_model.config import load_config
+    from fusion_model.checks import load_checked_config as load_config
     from fusion_model.models.heads import ProductHead, l2
 
     class MaxHead(ProductHead, name="test_max"):

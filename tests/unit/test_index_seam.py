@@ -1,12 +1,15 @@
-"""The vector index seam: the Milvus backend implements the whole VectorIndex protocol and
-owns the index types and metrics that config validation accepts."""
+"""The vector index seam: every backend (Milvus, in-memory) implements the whole
+VectorIndex protocol, registers itself by name and owns the index types and metrics that
+the name checks accept; the config itself knows no backend."""
 
 import inspect
 
 import pytest
 
-from fusion_model.config import ConfigError, load_config
-from fusion_model.index.base import BACKENDS, VectorIndex, backend_class
+from fusion_model.checks import load_checked_config
+from fusion_model.config import ConfigError
+from fusion_model.index.base import BACKENDS, IndexBackend, VectorIndex, backend_class
+from fusion_model.index.memory import MemoryIndex
 from fusion_model.index.milvus import MilvusIndex
 
 PROTOCOL_METHODS = [name for name, value in vars(VectorIndex).items()
@@ -18,16 +21,24 @@ def test_protocol_lists_what_the_platform_calls():
             "existing_hashes"} <= set(PROTOCOL_METHODS)
 
 
+@pytest.mark.parametrize("backend", [MilvusIndex, MemoryIndex])
 @pytest.mark.parametrize("method", PROTOCOL_METHODS)
-def test_milvus_backend_implements_every_protocol_method(method):
+def test_every_backend_implements_every_protocol_method(backend, method):
     wanted = inspect.signature(getattr(VectorIndex, method)).parameters
-    have = inspect.signature(getattr(MilvusIndex, method)).parameters
+    have = inspect.signature(getattr(backend, method)).parameters
     assert list(have)[:len(wanted)] == list(wanted), method
     extra = list(have)[len(wanted):]
     assert all(have[name].default is not inspect.Parameter.empty for name in extra), method
 
 
+def test_backends_register_themselves_by_name():
+    assert BACKENDS["milvus"] is MilvusIndex and BACKENDS["memory"] is MemoryIndex
+    with pytest.raises(ValueError, match="registered twice"):
+        type("Again", (IndexBackend,), {}, name="memory")
+
+
 def test_config_takes_index_types_and_metrics_from_the_backend(monkeypatch):
+    load_config = load_checked_config
     assert load_config("default", ["index.index_type=ivf_flat"]).index.index_type == "ivf_flat"
     with pytest.raises(ConfigError, match="index.metric='L2'.*IP or COSINE"):
         load_config("default", ["index.metric=L2"])
@@ -43,9 +54,9 @@ def test_config_takes_index_types_and_metrics_from_the_backend(monkeypatch):
 
 
 def test_an_unknown_backend_is_named():
-    with pytest.raises(ConfigError, match="index.backend='faiss': choose one of milvus"):
-        load_config("default", ["index.backend=faiss"])
-    with pytest.raises(KeyError, match="choose one of milvus"):
+    with pytest.raises(ConfigError, match="index.backend='faiss': choose one of"):
+        load_checked_config("default", ["index.backend=faiss"])
+    with pytest.raises(KeyError, match="choose one of"):
         backend_class("faiss")
 
 

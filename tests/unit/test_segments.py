@@ -31,10 +31,12 @@ def test_segments_are_named_attribute_predicates():
 @pytest.mark.parametrize("spec", ["nameless", "x=every:colour", "x=any:", "=any:colour",
                                   "x=title_lacks:colour,pattern"])
 def test_a_malformed_segment_is_refused_by_the_config(spec):
+    from fusion_model.checks import load_checked_config
+
     with pytest.raises(ValueError, match="NAME=any:ATTR"):
         SegmentRule.parse(spec)
     with pytest.raises(ConfigError, match="eval.segments"):
-        load_config("default", [f"eval.segments=[{spec!r}]"])
+        load_checked_config("default", [f"eval.segments=[{spec!r}]"])
 
 
 def test_the_gate_reports_a_guarded_segment_absent_from_the_catalog():
