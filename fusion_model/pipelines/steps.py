@@ -98,20 +98,12 @@ def publish_report(report: dict, catalog_uri: str, config_name: str = "default",
 
 def train(catalog_uri: str, work_dir: str, config_name: str = "default",
           overrides: list[str] | tuple = ()) -> dict:
-    """Train both stages into ``work_dir``; a finished run of the same config on the same
-    catalog there is returned as it is (a rerun after a later step crashed)."""
-    from fusion_model.data.catalog import load_catalog
-    from fusion_model.training.trainer import RESULT_FILE
-    from fusion_model.training.trainer import train as run_training
-
-    config = _config(config_name, overrides)
-    catalog = load_catalog(catalog_uri)
-    result = _finished_training(work_dir, config.for_catalog(catalog.max_grade), catalog)
-    if result is None:
-        result = run_training(catalog, config, work_dir)
-    return {"work_dir": work_dir, "model_dir": result.model_dir,
-            "result": str(Path(work_dir) / RESULT_FILE), "test": result.test.metrics,
-            "catalog_fingerprint": catalog.fingerprint, "config_hash": config.hash}
+    """Both stages into ``work_dir`` (stage 1 in ``work_dir/stage1``, the model in
+    ``work_dir/model``): ``train_stage1`` then ``train_stage2``, the functions the DAG's
+    two tasks call, with their rule for reusing finished work."""
+    first = train_stage1(catalog_uri, work_dir, config_name, overrides)
+    return train_stage2(catalog_uri, work_dir, first["model_dir"], config_name, overrides,
+                        out=work_dir)
 
 
 def _finished_training(work_dir: str, config: RunConfig, catalog):
@@ -224,8 +216,9 @@ def load_registered_model(name: str, version: str):
 
 def train_stage1(catalog_uri: str, work_dir: str, config_name: str = "default",
                  overrides: list[str] | tuple = (), fingerprint: str | None = None) -> dict:
-    """Stage 1 alone of the config's model: align queries with product text (domain
-    fine-tuning). A finished stage 1 of the same config and catalog is reused."""
+    """Stage 1 alone of the config's model, into ``work_dir/stage1``: align queries with
+    product text (domain fine-tuning). A finished stage 1 of the same config and catalog
+    there is reused."""
     from fusion_model.training.trainer import train_stage1 as run_stage1
 
     config = _config(config_name, overrides)
@@ -238,24 +231,21 @@ def train_stage1(catalog_uri: str, work_dir: str, config_name: str = "default",
 
 def train_stage2(catalog_uri: str, work_dir: str, stage1_model_dir: str,
                  config_name: str = "default", overrides: list[str] | tuple = (),
-                 fingerprint: str | None = None) -> dict:
-    """Stage 2 from a stage-1 model: query <-> image alignment and the fusion network.
-    The saved result's history holds both stages."""
-    from fusion_model.training.trainer import RESULT_FILE, TrainResult
+                 fingerprint: str | None = None, out: str | None = None) -> dict:
+    """Stage 2 from a stage-1 model, into ``out`` (default ``work_dir/stage2``): query <->
+    image alignment and the fusion network. A finished run of the same config and
+    catalog there is reused (the rule of stage 1); the result's history holds both
+    stages."""
+    from fusion_model.training.trainer import RESULT_FILE
     from fusion_model.training.trainer import train as run_training
 
     config = _config(config_name, overrides)
     catalog = load_snapshot(catalog_uri, fingerprint)
-    out = Path(work_dir) / "stage2"
-    result = run_training(catalog, config, out, stage1_from=stage1_model_dir)
-    stage1 = TrainResult.load(Path(stage1_model_dir).parent / RESULT_FILE)
-    if not any(h["stage"] == "stage1" for h in result.history):
-        result.history = stage1.history + result.history
-        result.seconds = {**{f"stage1_run.{k}": v for k, v in stage1.seconds.items()},
-                          **result.seconds}
-        result.save(out / RESULT_FILE)
-    return {"work_dir": str(out), "model_dir": result.model_dir,
-            "result": str(out / RESULT_FILE), "test": result.test.metrics,
+    out_dir = Path(out) if out else Path(work_dir) / "stage2"
+    result = _finished_training(str(out_dir), config.for_catalog(catalog.max_grade), catalog) \
+        or run_training(catalog, config, out_dir, stage1_from=stage1_model_dir)
+    return {"work_dir": str(out_dir), "model_dir": result.model_dir,
+            "result": str(out_dir / RESULT_FILE), "test": result.test.metrics,
             "catalog_fingerprint": catalog.fingerprint, "config_hash": config.hash}
 
 

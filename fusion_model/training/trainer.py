@@ -170,17 +170,22 @@ class Trainer:
 
     def load_stage1(self, model_dir: str | Path) -> None:
         """Take stage 1 from a saved model instead of training it (strict: every stage-1
-        tensor of this config must be there with its shape)."""
+        tensor of this config must be there with its shape), with its history and times
+        when its training result lies beside it."""
         saved = load_tensors(Path(model_dir) / "model.pt", "stage-1 model")
         self.model.load_stage1_state(saved, str(model_dir))
         self.stage = 1
+        result_file = Path(model_dir).parent / RESULT_FILE
+        if result_file.is_file():
+            earlier = TrainResult.load(result_file)
+            self.history = [h for h in earlier.history if h["stage"] == "stage1"] + \
+                self.history
+            self.seconds.update({f"stage1_run.{k}": v for k, v in earlier.seconds.items()})
         log.info("stage 1 taken from %s; skipping stage 1", model_dir)
 
-    def run_stage2(self, from_checkpoint: str | Path | None = None) -> None:
+    def run_stage2(self) -> None:
         """Stage 2: align queries with photos and train the product head
         (``TwoTower.stage_parameters(2)``); a no-op for heads without an image."""
-        if from_checkpoint is not None:
-            self.load_stage1(from_checkpoint)
         if self.stage != 1:
             raise RuntimeError("stage 2 starts from stage 1: run_stage1() or load_stage1() first")
         if self.model.image is None:

@@ -306,3 +306,33 @@ def test_loading_a_folder_that_is_not_a_saved_model_says_where_the_model_is(tmp_
         load_model(run)
     with pytest.raises(BadInputError, match=r"elsewhere does not exist"):
         load_model(tmp_path / "elsewhere")
+
+
+def test_both_stage_steps_share_one_rule_for_reusing_finished_work(synthetic_catalog,
+                                                                   tmp_path, monkeypatch):
+    """``steps.train`` is ``train_stage1`` then ``train_stage2``: the model and the history
+    of both stages land in the work dir, and a rerun of either stage reuses the finished
+    run instead of training again."""
+    from fusion_model.pipelines import steps
+    from fusion_model.training import trainer
+    from fusion_model.training.trainer import TrainResult
+
+    overrides = [f"train.cache_dir={tmp_path / 'cache'}", "train.stage1.epochs=1",
+                 "train.stage2.epochs=1"]
+    work = str(tmp_path / "work")
+    first = steps.train(str(synthetic_catalog), work, "tiny", overrides)
+    result = TrainResult.load(first["result"])
+    assert first["work_dir"] == work and {h["stage"] for h in result.history} == {
+        "stage1", "stage2"}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished stage was trained again")
+
+    monkeypatch.setattr(trainer, "train", no_training)
+    monkeypatch.setattr(trainer, "train_stage1", no_training)
+    again = steps.train(str(synthetic_catalog), work, "tiny", overrides)
+    assert again["model_dir"] == first["model_dir"] and again["test"] == first["test"]
+    stage2 = steps.train_stage2(str(synthetic_catalog), work, str(tmp_path / "work" / "stage1"
+                                                                  / "model"), "tiny",
+                                overrides, out=work)
+    assert stage2["model_dir"] == first["model_dir"]
