@@ -24,6 +24,7 @@ from torch import nn
 from fusion_model.config import load_config
 from fusion_model.engines import image_bottom
 from fusion_model.models.image import EFFICIENTNETS, build_image_encoder
+from fusion_model.runtime import Runtime, resolve_precision
 from fusion_model.timing import CpuShare, interleaved, summary
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
@@ -38,7 +39,8 @@ CHUNK = 16
 
 
 def openvino_rate(encoder: nn.Module, precision: str, cache_dir: str, images: int) -> float:
-    frozen = image_bottom(encoder, "openvino", precision, cache_dir)
+    frozen = image_bottom(encoder, Runtime("openvino", resolve_precision(precision, "cpu")),
+                          cache_dir)
     pixels = {"pixels": torch.randn(CHUNK, 3, encoder.image_size, encoder.image_size)}
     frozen(pixels)
     start = time.perf_counter()

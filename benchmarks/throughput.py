@@ -48,7 +48,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fusion_model.config import load_config
 from fusion_model.data.catalog import load_catalog
-from fusion_model.engines import engine_cache_root, image_bottom, text_bottom, towers_for
+from fusion_model.engines import (
+    engine_cache_root,
+    image_bottom,
+    resolve_runtime,
+    text_bottom,
+    towers_for,
+)
 from fusion_model.features import (
     decode_image,
     image_bottom_features,
@@ -118,17 +124,16 @@ def cache_fill(model: TwoTower, catalog, engine: str) -> float:
     texts = [product_text(t, d) for t, d in zip(catalog.products["title"],
                                                 catalog.products["description"])]
     uris = catalog.products["image_uri"].tolist()
-    precision = model.config.train.precision
     with tempfile.TemporaryDirectory() as cache:
         # converted engines persist across runs (keyed by weights): only features are new
         engines_dir = engine_cache_root(model.config.train.cache_dir)
         engines_dir.mkdir(parents=True, exist_ok=True)
         engine_cache_root(cache).symlink_to(engines_dir, target_is_directory=True)
         start = time.perf_counter()
-        text_bottom_features(model.text, texts, model.config.text.max_length, cache,
-                             precision, progress=False, engine=engine)
-        image_bottom_features(model.image, uris, cache, precision, progress=False,
-                              engine=engine)
+        runtime = resolve_runtime(model.config, engine)
+        text_bottom_features(model.text, texts, model.config.text.max_length, cache, runtime,
+                             progress=False)
+        image_bottom_features(model.image, uris, cache, runtime, progress=False)
         return len(texts) / (time.perf_counter() - start)
 
 
@@ -199,7 +204,7 @@ def path_setup(kind: str, engine: str, catalog_dir: str, products: int,
         model = TwoTower(load_config("default")).eval()
         if engine == "openvino":
             towers_for(model, engine).product_pipeline()
-            settings = (engine, model.config.train.precision, model.config.train.cache_dir)
+            settings = (resolve_runtime(model.config, engine), model.config.train.cache_dir)
             text_bottom(model.text, *settings), image_bottom(model.image, *settings)
         run = functools.partial(batched, model, subset, batch, engine) if kind == "batched" \
             else functools.partial(cache_fill, model, subset, engine)

@@ -23,6 +23,7 @@ from fusion_model.config import RunConfig
 from fusion_model.data.catalog import Catalog, load_catalog
 from fusion_model.data.retrieval import build_data
 from fusion_model.data.splits import SCORED_SPLITS
+from fusion_model.engines import resolve_runtime
 from fusion_model.evaluation.bootstrap import paired_bootstrap_difference
 from fusion_model.evaluation.evaluator import EvaluationResult, Evaluator
 from fusion_model.features import text_bottom_features
@@ -57,10 +58,11 @@ def zero_shot_rankings(catalog: Catalog, config: RunConfig, split: str = "test"
     data = build_data(catalog, config.train.min_positive_grade)
     evaluator = Evaluator.for_split(catalog, config, data, split)
     cache = str(Path(config.train.cache_dir).expanduser())
+    runtime = resolve_runtime(config)
 
     def vectors(texts: list[str], length: int) -> torch.Tensor:
-        feats = text_bottom_features(encoder, texts, length, cache, config.train.precision,
-                                     desc="zero-shot text", engine=config.runtime.engine)
+        feats = text_bottom_features(encoder, texts, length, cache, runtime,
+                                     desc="zero-shot text")
         return l2(mean_pool(feats["hidden"].float(), feats["mask"]))
 
     rankings = rank(vectors(evaluator.query_texts, config.text.query_max_length),

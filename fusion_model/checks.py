@@ -2,19 +2,22 @@
 
 The config checks shapes, types and ranges and imports nothing of the library
 (``fusion_model.config``); whether ``model.fusion`` names a product head, ``index.backend``
-a backend that builds ``index.index_type`` with ``index.metric``, and whether each
-``eval.segments`` rule parses is for the heads, the index backends and the evaluator to
-say. ``load_checked_config`` is what the CLI, the pipeline steps and the benchmark load:
-a bad name fails at start, with the choices, as a ``ConfigError``.
+a backend that builds ``index.index_type`` with ``index.metric``, ``runtime.engine`` an
+engine, and whether each ``eval.segments`` rule parses is for the heads, the index
+backends, the engines and the evaluator to say. ``load_checked_config`` is what the CLI,
+the pipeline steps and the benchmark load: a bad name fails at start, with the choices, as
+a ``ConfigError``.
 """
 
 from __future__ import annotations
 
 from fusion_model.config import ConfigError, RunConfig, load_config
+from fusion_model.errors import BadInputError
 
 
 def check_names(config: RunConfig) -> RunConfig:
     """``config`` when every registered name in it is known; else ConfigError."""
+    from fusion_model.engines import check_engine_name
     from fusion_model.evaluation.evaluator import SegmentRule
     from fusion_model.index.base import check_index_config
     from fusion_model.models.heads import HEADS
@@ -23,6 +26,10 @@ def check_names(config: RunConfig) -> RunConfig:
         raise ConfigError(f"model.fusion={config.model.fusion!r}: choose one of "
                           f"{', '.join(HEADS)}")
     check_index_config(config.index)
+    try:
+        check_engine_name(config.runtime.engine)
+    except BadInputError as exc:
+        raise ConfigError(str(exc)) from None
     for spec in config.eval.segments:
         try:
             SegmentRule.parse(spec)

@@ -26,7 +26,7 @@ from fusion_model.errors import BadInputError
 CONFIG_DIR = Path(__file__).parent / "configs"
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")  # fusion_model.runtime
-ENGINES = ("auto", "torch", "openvino")  # fusion_model.engines
+DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # fusion_model.runtime.resolve_device
 TOKEN_ENV = "FUSION_MILVUS_TOKEN"
 
 
@@ -156,9 +156,12 @@ class RegistryConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    # where frozen encoders and trained towers run at inference time (fusion_model.engines):
-    # "auto" = openvino when installed, else torch (the reference)
+    # where frozen encoders and trained towers run at inference time (fusion_model.engines,
+    # which checks the name): "auto" = openvino when installed and on the CPU, else torch
     engine: str = "auto"
+    # torch device: cpu, cuda, cuda:N, or auto (cuda when a GPU is visible). Inference
+    # (frozen encoders, catalog embedding) follows it; training runs on the CPU so far.
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -349,8 +352,8 @@ def validate(config: RunConfig) -> None:
         *((0 <= stage.warmup < 1 and stage.grad_clip >= 0 and stage.weight_decay >= 0,
            f"train.{name}: warmup must be in [0, 1), grad_clip and weight_decay >= 0")
           for name, stage in (("stage1", config.train.stage1), ("stage2", config.train.stage2))),
-        (config.runtime.engine in ENGINES,
-         f"runtime.engine={config.runtime.engine!r}: choose one of {', '.join(ENGINES)}"),
+        (bool(DEVICE.fullmatch(config.runtime.device)),
+         f"runtime.device={config.runtime.device!r}: use auto, cpu, cuda or cuda:N"),
         (config.train.precision in PRECISIONS,
          f"train.precision={config.train.precision!r}: choose one of {', '.join(PRECISIONS)}"),
         (0 <= config.train.min_positive_grade <= 3,

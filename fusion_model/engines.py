@@ -5,7 +5,10 @@ feature cache, and a trained model's query and product towers.
 once with ``ov.convert_model`` (dynamic batch and sequence length), keeps the IR on disk
 keyed by the weights' fingerprint, and compiles it for the CPU (bf16 inference precision
 where the CPU computes bf16 natively, f32 elsewhere: ``train.precision`` decides, as for
-torch autocast). ``auto`` picks OpenVINO when it is installed.
+torch autocast). ``auto`` picks OpenVINO when it is installed and the device is the CPU,
+PyTorch on CUDA. Engines register themselves by name (``Engine`` subclasses), as product
+heads and index backends do; ``resolve_runtime`` resolves a config's engine, precision,
+device and distributed backend once into the ``Runtime`` that every caller passes down.
 
 A registered model directory can carry its towers' IR (``export_towers``), so serving
 loads them instead of converting on every start.
@@ -30,10 +33,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from fusion_model.config import ENGINES
-from fusion_model.errors import FusionModelError
+from fusion_model.errors import BadInputError
 from fusion_model.models.text import distinct_rows
-from fusion_model.runtime import autocast, prefetched, uses_bf16, weights_fingerprint
+from fusion_model.runtime import (
+    Runtime,
+    prefetched,
+    resolve_device,
+    resolve_precision,
+    weights_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,42 @@ Inputs = dict[str, torch.Tensor]
 Frozen = Callable[[Inputs], torch.Tensor]
 
 
+ENGINES: dict[str, type[Engine]] = {}
+
+
+class Engine:
+    """An inference engine for frozen graphs; subclasses register under their name."""
+
+    name: str = ""
+    devices: tuple[str, ...] = ("cpu",)  # device types it runs on
+
+    def __init_subclass__(cls, name: str | None = None, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            if name in ENGINES:
+                raise ValueError(f"engine {name!r} is registered twice")
+            cls.name = name
+            ENGINES[name] = cls
+
+    @staticmethod
+    def available() -> bool:
+        return True
+
+
+class TorchEngine(Engine, name="torch"):
+    """The modules as they are, under the run's autocast: the reference, on any device."""
+
+    devices = ("cpu", "cuda")
+
+
+class OpenVinoEngine(Engine, name="openvino"):
+    """Graphs converted to OpenVINO IR and compiled for the CPU."""
+
+    @staticmethod
+    def available() -> bool:
+        return openvino_available()
+
+
 def openvino_available() -> bool:
     try:
         import openvino  # noqa: F401
@@ -53,18 +97,38 @@ def openvino_available() -> bool:
     return True
 
 
-def resolve_engine(engine: str) -> str:
-    """``auto`` -> ``openvino`` when installed, else ``torch``; a named error for an
-    engine that is asked for but missing."""
-    if engine not in ENGINES:
-        raise FusionModelError(f"runtime.engine={engine!r}: choose one of "
-                               f"{', '.join(ENGINES)}")
+def check_engine_name(engine: str) -> None:
+    """A named error unless ``engine`` is ``auto`` or a registered engine."""
+    if engine != "auto" and engine not in ENGINES:
+        raise BadInputError(f"runtime.engine={engine!r}: choose one of auto, "
+                            f"{', '.join(ENGINES)}")
+
+
+def resolve_engine(engine: str, device: str = "cpu") -> str:
+    """``auto`` -> ``openvino`` when installed and the device is the CPU, else ``torch``; a
+    named error for an engine that is missing or does not run on ``device``."""
+    check_engine_name(engine)
+    device_type = torch.device(device).type
     if engine == "auto":
-        return "openvino" if openvino_available() else "torch"
-    if engine == "openvino" and not openvino_available():
-        raise FusionModelError("runtime.engine=openvino: the openvino package is not "
-                               "installed; `pip install openvino` or use runtime.engine=torch")
+        return "openvino" if device_type == "cpu" and openvino_available() else "torch"
+    chosen = ENGINES[engine]
+    if not chosen.available():
+        raise BadInputError(f"runtime.engine={engine}: the {engine} package is not "
+                            f"installed; install it or use runtime.engine=torch")
+    if device_type not in chosen.devices:
+        raise BadInputError(f"runtime.engine={engine} runs on {', '.join(chosen.devices)}, "
+                            f"not {device}; use runtime.engine=torch (or auto) there")
     return engine
+
+
+def resolve_runtime(config, engine: str | None = None) -> Runtime:
+    """The ``Runtime`` of ``config`` (a RunConfig): every ``auto`` resolved, once; ``engine``
+    overrides ``runtime.engine``."""
+    device = resolve_device(config.runtime.device)
+    return Runtime(engine=resolve_engine(engine or config.runtime.engine, device),
+                   precision=resolve_precision(config.train.precision, device),
+                   device=device,
+                   distributed="nccl" if torch.device(device).type == "cuda" else "gloo")
 
 
 def engine_cache_root(cache_dir: str) -> Path:
@@ -133,13 +197,16 @@ class ProductTowerGraph(nn.Module):
 
 
 # engines -----------------------------------------------------------------------------------
-def torch_frozen(graph: nn.Module, precision: str) -> Frozen:
-    """The reference: the module itself, without gradients, under the run's autocast."""
-    graph.eval()
+def torch_frozen(graph: nn.Module, runtime: Runtime) -> Frozen:
+    """The reference: the module itself on the run's device, without gradients, under the
+    run's autocast; inputs move to the device, the output comes back to the CPU."""
+    graph.eval().to(runtime.device)
 
     def run(inputs: Inputs) -> torch.Tensor:
-        with torch.no_grad(), autocast(precision):
-            return graph(**inputs).float()
+        on_device = {name: tensor.to(runtime.device, non_blocking=True)
+                     for name, tensor in inputs.items()}
+        with torch.no_grad(), runtime.autocast():
+            return graph(**on_device).float().cpu()
 
     return run
 
@@ -170,7 +237,7 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 def openvino_frozen(graph: nn.Module, example: Inputs, key: str, cache_root: Path,
-                    precision: str, carried: Path | None = None,
+                    runtime: Runtime, carried: Path | None = None,
                     streams: int = 1) -> OpenVinoFrozen:
     """``graph`` through OpenVINO: the IR from ``carried`` (a model directory's engines
     folder) or the cache at ``cache_root/openvino/<key>``, else converted and stored.
@@ -183,7 +250,7 @@ def openvino_frozen(graph: nn.Module, example: Inputs, key: str, cache_root: Pat
                                                               cache_root)
     core = ov.Core()
     model = core.read_model(ir)
-    hint = "bf16" if uses_bf16(precision) else "f32"
+    hint = "bf16" if runtime.precision == "bf16" else "f32"
     performance = {"PERFORMANCE_HINT": "THROUGHPUT"} if streams == 0 else \
         {"PERFORMANCE_HINT": "LATENCY"} if streams == 1 else \
         {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": str(streams)}
@@ -259,32 +326,32 @@ def graph_key(kind: str, modules: list[nn.Module], label: str = "") -> str:
     return f"{kind}-{weights_fingerprint(f'{kind}|{label}|ov{version}{revisions}', modules)}"
 
 
-def frozen(graph: nn.Module, example: Inputs, kind: str, engine: str, precision: str,
+def frozen(graph: nn.Module, example: Inputs, kind: str, runtime: Runtime,
            cache_dir: str, label: str = "", carried: Path | None = None,
            streams: int = 1) -> Frozen:
-    """``graph`` on ``engine`` (resolved), ready to call with named tensors (``streams``:
+    """``graph`` on the runtime's engine, ready to call with named tensors (``streams``:
     see ``openvino_frozen``; PyTorch takes concurrent calls as they come)."""
-    if resolve_engine(engine) == "torch":
-        return torch_frozen(graph, precision)
+    if runtime.engine == "torch":
+        return torch_frozen(graph, runtime)
     key = graph_key(kind, [graph], label)
-    return openvino_frozen(graph, example, key, engine_cache_root(cache_dir), precision,
+    return openvino_frozen(graph, example, key, engine_cache_root(cache_dir), runtime,
                            carried, streams)
 
 
 # encoder bottoms (feature cache fill) ------------------------------------------------------
-def text_bottom(encoder: nn.Module, engine: str, precision: str, cache_dir: str) -> Frozen:
+def text_bottom(encoder: nn.Module, runtime: Runtime, cache_dir: str) -> Frozen:
     example = dict(encoder.tokenize(["a red shirt", "blue"], 8))
-    return frozen(TextBottomGraph(encoder), example, "text-bottom", engine, precision,
-                  cache_dir, label=encoder.fingerprint())
+    return frozen(TextBottomGraph(encoder), example, "text-bottom", runtime, cache_dir,
+                  label=encoder.fingerprint())
 
 
-def image_bottom(encoder: nn.Module, engine: str, precision: str, cache_dir: str) -> Frozen:
+def image_bottom(encoder: nn.Module, runtime: Runtime, cache_dir: str) -> Frozen:
     size = encoder.image_size
     example = {"pixels": torch.zeros(2, 3, size, size)}
     label = encoder.fingerprint(colour=False) if hasattr(encoder, "cnn_bottom") \
         else encoder.fingerprint()
-    return frozen(ImageBottomGraph(encoder), example, "image-bottom", engine, precision,
-                  cache_dir, label=label)
+    return frozen(ImageBottomGraph(encoder), example, "image-bottom", runtime, cache_dir,
+                  label=label)
 
 
 # trained towers (indexing, pyfunc models, search) ------------------------------------------
@@ -295,15 +362,19 @@ class FrozenTowers:
     names take and return the same vectors (within the engine's precision).
     """
 
-    def __init__(self, model: nn.Module, engine: str, carried: Path | None = None):
+    def __init__(self, model: nn.Module, runtime: Runtime, carried: Path | None = None):
         self.model = model.eval()
-        self.engine = resolve_engine(engine)
+        self.runtime = runtime
         self.carried = carried
         self.query_streams = 1
         self._query: Frozen | None = None
         self._product: Frozen | None = None
         self._product_pipeline: OpenVinoFrozen | None = None
         self._compiling = threading.Lock()  # concurrent first calls compile once
+
+    @property
+    def engine(self) -> str:
+        return self.runtime.engine
 
     @property
     def config(self):
@@ -354,9 +425,8 @@ class FrozenTowers:
     def _frozen(self, graph: nn.Module, example: Inputs, kind: str,
                 streams: int = 1) -> Frozen:
         config = self.model.config
-        return frozen(graph, example, kind, self.engine, config.train.precision,
-                      config.train.cache_dir, label=architecture(config),
-                      carried=self.carried, streams=streams)
+        return frozen(graph, example, kind, self.runtime, config.train.cache_dir,
+                      label=architecture(config), carried=self.carried, streams=streams)
 
     def _query_example(self) -> Inputs:
         return dict(self.model.query_text.tokenize(["red shirt", "blue"],
@@ -504,13 +574,14 @@ def _collected(batch: _Batch, collect_oldest: Callable[[], None]) -> torch.Tenso
 
 def towers_for(model: nn.Module, engine: str | None = None,
                carried: Path | None = None) -> FrozenTowers:
-    """The model's frozen towers (``engine`` default: the model's ``runtime.engine``),
-    kept on the model so that repeated calls convert and compile once."""
-    engine = resolve_engine(engine or model.config.runtime.engine)
+    """The model's frozen towers on its config's runtime (``engine`` overrides
+    ``runtime.engine``), kept on the model so that repeated calls convert and compile
+    once."""
+    runtime = resolve_runtime(model.config, engine)
     cached = model.__dict__.get("_frozen_towers")
-    if cached is not None and cached.engine == engine:
+    if cached is not None and cached.runtime == runtime:
         return cached
-    towers = FrozenTowers(model, engine, carried)
+    towers = FrozenTowers(model, runtime, carried)
     model.__dict__["_frozen_towers"] = towers
     return towers
 
@@ -522,9 +593,10 @@ def export_towers(model: nn.Module, directory: str | Path) -> dict[str, Path]:
     """Write each tower's OpenVINO IR under ``directory/<tower>`` (what a registered model
     carries, passed back as ``carried``, so that serving compiles without converting);
     empty when the model's engine is not OpenVINO."""
-    if resolve_engine(model.config.runtime.engine) != "openvino":
+    runtime = resolve_runtime(model.config)
+    if runtime.engine != "openvino":
         return {}
-    towers = FrozenTowers(model, "openvino")
+    towers = FrozenTowers(model, runtime)
     towers.query_tower()
     towers.product_tower()
     root = engine_cache_root(model.config.train.cache_dir) / "openvino"

@@ -28,7 +28,7 @@ from fusion_model import engines, storage
 from fusion_model.data.retrieval import product_text
 from fusion_model.photos import ImageDecodeError, decode_image
 from fusion_model.progress import progress_bar
-from fusion_model.runtime import prefetched
+from fusion_model.runtime import Runtime, prefetched
 from fusion_model.tensor_files import load_tensors
 
 log = logging.getLogger(__name__)
@@ -134,13 +134,12 @@ def load_images(uris: list[str | None], size: int, workers: int = 8) -> list[np.
 
 
 def text_bottom_features(encoder, texts: list[str], max_length: int, cache_root: str,
-                         precision: str, batch_size: int = 128, desc: str = "text features",
-                         progress: bool = True, engine: str = "torch") -> Batch:
+                         runtime: Runtime, batch_size: int = 128,
+                         desc: str = "text features", progress: bool = True) -> Batch:
     """{"hidden": (N, max_length, D) bf16, "mask": (N, max_length) bool} via the cache;
-    missing items are encoded on ``engine`` (fusion_model.engines)."""
+    missing items are encoded on the runtime's engine and device (fusion_model.engines)."""
     cache = FeatureCache(cache_root, "text", f"{encoder.fingerprint()}-{max_length}")
-    bottom = functools.cache(
-        lambda: engines.text_bottom(encoder, engine, precision, cache_root))
+    bottom = functools.cache(lambda: engines.text_bottom(encoder, runtime, cache_root))
 
     def compute(indices: list[int]) -> Batch:
         batch = dict(encoder.tokenize([texts[i] for i in indices], max_length))
@@ -154,16 +153,15 @@ def text_bottom_features(encoder, texts: list[str], max_length: int, cache_root:
     return features
 
 
-def image_bottom_features(encoder, uris: list[str | None], cache_root: str, precision: str,
-                          batch_size: int = 16, progress: bool = True,
-                          engine: str = "torch") -> Batch:
+def image_bottom_features(encoder, uris: list[str | None], cache_root: str, runtime: Runtime,
+                          batch_size: int = 16, progress: bool = True) -> Batch:
     """{"features": (N, ...) bf16, "present": (N,) bool}; products without photo get zeros.
-    Missing photos are encoded on ``engine`` (fusion_model.engines)."""
+    Missing photos are encoded on the runtime's engine and device (fusion_model.engines)."""
     with_photo = [i for i, u in enumerate(uris) if u is not None]
     tags = storage.content_tags([uris[i] for i in with_photo])
     keys = [tags[uris[i]] for i in with_photo]
     cached = _cached_bottoms(encoder, [uris[i] for i in with_photo], keys, cache_root,
-                             precision, batch_size, progress, engine) if with_photo else None
+                             runtime, batch_size, progress) if with_photo else None
     shape = cached.shape[1:] if cached is not None else _empty_shape(encoder)
     features = torch.zeros((len(uris), *shape), dtype=torch.bfloat16)
     present = torch.zeros(len(uris), dtype=torch.bool)
@@ -174,18 +172,16 @@ def image_bottom_features(encoder, uris: list[str | None], cache_root: str, prec
 
 
 def _cached_bottoms(encoder, uris: list[str], keys: list[str], cache_root: str,
-                    precision: str, batch_size: int, progress: bool,
-                    engine: str) -> torch.Tensor:
+                    runtime: Runtime, batch_size: int, progress: bool) -> torch.Tensor:
     """Bottom features of photos; colour histograms (when the encoder adds them) are cached
     apart from the CNN maps, so switching them on does not re-run the CNN. A photo is
     decoded once: histograms of photos the CNN pass decodes are kept for the colour pass."""
     colour = getattr(encoder, "colour_tokens", False)
     fingerprint = encoder.fingerprint(colour=False) if colour else encoder.fingerprint()
     cache = FeatureCache(cache_root, "image", fingerprint)
-    bottom = functools.cache(
-        lambda: engines.image_bottom(encoder, engine, precision, cache_root))
+    bottom = functools.cache(lambda: engines.image_bottom(encoder, runtime, cache_root))
     histograms_seen: dict[str, torch.Tensor] = {}
-    channels_last = engines.resolve_engine(engine) == "torch"  # a converted graph: NCHW
+    channels_last = runtime.engine == "torch"  # a converted graph takes NCHW
 
     def prepare(indices: list[int], workers: int = 1) -> tuple[list[int], torch.Tensor]:
         return indices, encoder.preprocess(load_images([uris[i] for i in indices],

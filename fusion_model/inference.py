@@ -11,7 +11,7 @@ import torch
 
 from fusion_model.data.catalog import Catalog
 from fusion_model.data.retrieval import data_for
-from fusion_model.engines import FrozenTowers, towers_for
+from fusion_model.engines import FrozenTowers, resolve_runtime, towers_for
 from fusion_model.evaluation.evaluator import EvaluationResult, Evaluator
 from fusion_model.features import (
     image_batch,
@@ -23,7 +23,7 @@ from fusion_model.features import (
 )
 from fusion_model.models.towers import TwoTower
 from fusion_model.progress import progress_bar
-from fusion_model.runtime import autocast
+from fusion_model.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,8 @@ def embed_catalog(model: TwoTower, catalog: Catalog, cache_dir: str | None = Non
     """(N, E) product vectors in catalog order.
 
     With ``cache_dir`` the frozen encoder bottoms come from (and go to) the feature cache;
-    without it every product is encoded from its files in batches by the product tower on
-    ``engine`` (default: the model's ``runtime.engine``).
+    without it every product is encoded from its files in batches by the product tower.
+    Either way on the model's runtime, ``engine`` overriding ``runtime.engine``.
     """
     model.eval()
     texts = [product_text(t, d) for t, d in zip(catalog.products["title"],
@@ -45,32 +45,35 @@ def embed_catalog(model: TwoTower, catalog: Catalog, cache_dir: str | None = Non
         if cache_dir is None:
             return _embed_uncached(towers_for(model, engine), texts, uris, batch_size,
                                    progress)
-        return _embed_cached(model, texts, uris, cache_dir, batch_size, progress)
+        return _embed_cached(model, texts, uris, cache_dir, batch_size, progress,
+                             resolve_runtime(model.config, engine))
 
 
 def _embed_cached(model: TwoTower, texts: list[str], uris: list[str | None], cache_dir: str,
-                  batch_size: int, progress: bool) -> torch.Tensor:
-    precision = model.config.train.precision
-    engine = model.config.runtime.engine
+                  batch_size: int, progress: bool, runtime: Runtime) -> torch.Tensor:
     text = text_bottom_features(model.text, texts, model.config.text.max_length, cache_dir,
-                                precision, progress=progress, engine=engine)
+                                runtime, progress=progress)
     images = None
     if model.image is not None:
-        images = image_bottom_features(model.image, uris, cache_dir, precision,
-                                       progress=progress, engine=engine)
+        images = image_bottom_features(model.image, uris, cache_dir, runtime,
+                                       progress=progress)
     out = []
-    with torch.no_grad(), autocast(precision):
+    device = runtime.device
+    model.to(device)
+    with torch.no_grad(), runtime.autocast():
         for start in range(0, len(texts), batch_size):
             idx = slice(start, start + batch_size)
-            hidden, mask = text["hidden"][idx].float(), text["mask"][idx]
+            hidden = text["hidden"][idx].to(device, non_blocking=True).float()
+            mask = text["mask"][idx].to(device, non_blocking=True)
             tokens = model.text.top(hidden, mask)
             if images is None:
-                out.append(model.products_from_features(tokens, mask, None, torch.zeros(
-                    tokens.shape[0], dtype=torch.bool)).float())
-                continue
-            features = image_batch(images["features"], idx)
-            out.append(model.products_from_features(tokens, mask, features,
-                                                    images["present"][idx]).float())
+                vectors = model.products_from_features(tokens, mask, None, torch.zeros(
+                    tokens.shape[0], dtype=torch.bool, device=device))
+            else:
+                features = image_batch(images["features"], idx).to(device, non_blocking=True)
+                present = images["present"][idx].to(device, non_blocking=True)
+                vectors = model.products_from_features(tokens, mask, features, present)
+            out.append(vectors.float().cpu())
     return torch.cat(out)
 
 

@@ -1,19 +1,71 @@
-"""Where models run: CPU autocast precision (bf16 where the CPU computes it natively, fp32
-elsewhere) and the fingerprint of frozen weights that keys the feature cache. The one place
-a device and an inference runtime are chosen; ``prefetched`` overlaps preparing inputs
-with running them."""
+"""Where models run: the ``Runtime`` of a run (engine, precision, device, distributed
+backend), resolved once (``fusion_model.engines.resolve_runtime``) and passed down; autocast
+precision (bf16 where the CPU computes it natively, fp32 elsewhere); the fingerprint of
+frozen weights that keys the feature cache; ``prefetched`` overlaps preparing inputs with
+running them."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 PRECISIONS = ("auto", "fp32", "bf16")
+DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where one run computes, every choice resolved (no ``auto`` left): the engine that
+    runs frozen encoders and trained towers (``torch`` or ``openvino``), the autocast
+    precision (``bf16`` or ``fp32``), the torch device, and the ``torch.distributed``
+    backend that takes that device's tensors (gloo on the CPU, NCCL on CUDA)."""
+
+    engine: str = "torch"
+    precision: str = "fp32"
+    device: str = "cpu"
+    distributed: str = "gloo"
+
+    @property
+    def device_type(self) -> str:
+        return torch.device(self.device).type
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=torch.bfloat16,
+                              enabled=self.precision == "bf16")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; a named error for a CUDA
+    device that is not there."""
+    from fusion_model.errors import BadInputError
+
+    if not DEVICE.fullmatch(device):
+        raise BadInputError(f"runtime.device={device!r}: use auto, cpu, cuda or cuda:N")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise BadInputError(f"runtime.device={device}: no such CUDA device here "
+                                f"({torch.cuda.device_count()} visible); use "
+                                "runtime.device=auto or cpu")
+    return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``bf16`` or ``fp32``: ``auto`` is bf16 where the device computes it natively."""
+    if precision != "auto":
+        return precision
+    if torch.device(device).type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if native_bf16() else "fp32"
 
 
 @functools.cache
@@ -28,8 +80,10 @@ def uses_bf16(precision: str) -> bool:
     return precision == "bf16" or (precision == "auto" and native_bf16())
 
 
-def autocast(precision: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=uses_bf16(precision))
+def autocast(precision: str, device_type: str = "cpu"):
+    """Autocast for a precision setting (``auto`` resolved for the CPU): the reference
+    path of a model's own methods; a run uses ``Runtime.autocast``."""
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=uses_bf16(precision))
 
 
 def weights_fingerprint(label: str, modules: list[nn.Module]) -> str:

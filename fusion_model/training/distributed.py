@@ -18,11 +18,12 @@ import torch.distributed as dist
 log = logging.getLogger(__name__)
 
 
-def init_from_environment() -> tuple[int, int]:
-    """(rank, world size); joins the process group when launched by torchrun."""
+def init_from_environment(backend: str = "gloo") -> tuple[int, int]:
+    """(rank, world size); joins the process group when launched by torchrun, on
+    ``backend`` (the run's ``Runtime.distributed``: gloo for CPU tensors, NCCL for CUDA
+    ones; NCCL takes CUDA tensors only, so a CUDA host training on the CPU keeps gloo)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
         log.info("joined %s process group: rank %d of %d", backend, dist.get_rank(), world)
     if dist.is_initialized():

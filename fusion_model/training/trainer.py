@@ -25,6 +25,7 @@ import torch
 
 from fusion_model.config import RunConfig, StageConfig
 from fusion_model.data.catalog import Catalog
+from fusion_model.engines import resolve_runtime
 from fusion_model.errors import BadInputError
 from fusion_model.evaluation.evaluator import EvaluationResult, Evaluator
 from fusion_model.features import (
@@ -36,7 +37,6 @@ from fusion_model.features import (
 from fusion_model.models.text import mean_pool
 from fusion_model.models.towers import TwoTower
 from fusion_model.progress import progress_bar
-from fusion_model.runtime import autocast
 from fusion_model.tensor_files import load_tensors
 from fusion_model.training.data import (
     RetrievalData,
@@ -124,7 +124,12 @@ class Trainer:
         self.cache_root = str(Path(config.train.cache_dir).expanduser())
         self.history: list[dict] = []
         self.seconds: dict[str, float] = {}
-        self.rank, self.world = init_from_environment()
+        self.runtime = resolve_runtime(config)  # engine, precision, device: resolved once
+        if self.runtime.device_type != "cpu":
+            raise BadInputError(f"runtime.device={config.runtime.device} resolves to "
+                                f"{self.runtime.device}: training runs on the CPU so far; "
+                                "train with runtime.device=cpu")
+        self.rank, self.world = init_from_environment(self.runtime.distributed)
         # what each step below fills in: prepare(), then the stage-2 features
         self.stage = 0                      # the stage whose vectors evaluation uses
         self.data: RetrievalData | None = None
@@ -218,16 +223,14 @@ class Trainer:
         cfg = self.config
         self.product_text = text_bottom_features(
             self.model.text, self.data.product_texts, cfg.text.max_length, self.cache_root,
-            cfg.train.precision, desc="product text features", progress=self.progress,
-            engine=cfg.runtime.engine)
+            self.runtime, desc="product text features", progress=self.progress)
         first = {}
         self.text_row = np.array([first.setdefault(t, i)
                                   for i, t in enumerate(self.data.product_texts)])
         all_queries = [t for s in self.data.splits.values() for t in s.texts]
         features = text_bottom_features(
             self.model.query_text, all_queries, cfg.text.query_max_length, self.cache_root,
-            cfg.train.precision, desc="query text features", progress=self.progress,
-            engine=cfg.runtime.engine)
+            self.runtime, desc="query text features", progress=self.progress)
         self.query_text = {}
         start = 0
         for split, queries in self.data.splits.items():
@@ -281,8 +284,7 @@ class Trainer:
         started = time.perf_counter()
         with rank_zero_first(self.rank, self.world):
             images = image_bottom_features(model.image, self.data.image_uris, self.cache_root,
-                                           cfg.train.precision, progress=self.progress,
-                                           engine=cfg.runtime.engine)
+                                           self.runtime, progress=self.progress)
         self.seconds["image_features"] = time.perf_counter() - started
         self.image_features, self.image_present = images["features"], images["present"]
         with torch.no_grad():
@@ -395,7 +397,7 @@ class Trainer:
             schedule.apply(optimizer, step)
             noise = torch.rand(len(p_idx))   # drawn for the whole batch on every rank
             lo, hi = shard_bounds(len(p_idx), self.rank, self.world)
-            with autocast(self.config.train.precision):
+            with self.runtime.autocast():
                 q = gather_rows(query_fn(q_idx[lo:hi]).float(), len(p_idx), self.world)
                 p = gather_rows(product_fn(p_idx[lo:hi], noise[lo:hi]).float(), len(p_idx),
                                 self.world)
@@ -500,7 +502,7 @@ class Trainer:
 
     def _map_batches(self, n: int, fn) -> torch.Tensor:
         outs = []
-        with torch.no_grad(), autocast(self.config.train.precision):
+        with torch.no_grad(), self.runtime.autocast():
             for start in range(0, n, EMBED_BATCH):
                 outs.append(fn(torch.arange(start, min(n, start + EMBED_BATCH))).float())
         return torch.cat(outs)

@@ -12,13 +12,20 @@ from fusion_model import engines
 from fusion_model.config import load_config
 from fusion_model.data.catalog import load_catalog
 from fusion_model.data.retrieval import data_for
-from fusion_model.engines import FrozenTowers, export_towers, resolve_engine, towers_for
+from fusion_model.engines import (
+    FrozenTowers,
+    export_towers,
+    resolve_engine,
+    resolve_runtime,
+    towers_for,
+)
 from fusion_model.errors import FusionModelError
 from fusion_model.evaluation.evaluator import Evaluator
 from fusion_model.features import image_bottom_features, text_bottom_features
 from fusion_model.inference import embed_catalog
 from fusion_model.models.image import EfficientNetEncoder
 from fusion_model.models.towers import TwoTower, load_model
+from fusion_model.runtime import Runtime
 from fusion_model.training.trainer import train
 
 pytest.importorskip("openvino")
@@ -41,6 +48,11 @@ def tiny_model(tmp_path, *overrides: str) -> TwoTower:
                                          *overrides])).eval()
 
 
+def frozen_towers(model, engine: str) -> FrozenTowers:
+    """The model's towers on ``engine``, its config's runtime otherwise."""
+    return FrozenTowers(model, resolve_runtime(model.config, engine))
+
+
 def min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a.flatten(1), b.flatten(1)).min())
 
@@ -52,14 +64,14 @@ def test_engine_resolution_and_named_errors(monkeypatch):
         resolve_engine("onnx")
     monkeypatch.setattr(engines, "openvino_available", lambda: False)
     assert resolve_engine("auto") == "torch"
-    with pytest.raises(FusionModelError, match="pip install openvino"):
+    with pytest.raises(FusionModelError, match="openvino package is not installed"):
         resolve_engine("openvino")
 
 
 @pytest.mark.parametrize("precision,floor", [("fp32", 0.999), ("bf16", 0.99)])
 def test_towers_agree_with_pytorch(tmp_path, precision, floor):
     model = tiny_model(tmp_path, f"train.precision={precision}")
-    reference, converted = FrozenTowers(model, "torch"), FrozenTowers(model, "openvino")
+    reference, converted = frozen_towers(model, "torch"), frozen_towers(model, "openvino")
     assert min_cosine(converted.embed_queries(QUERIES),
                       reference.embed_queries(QUERIES)) >= floor
     single = QUERIES[:1]  # a batch of one traces differently in attention
@@ -82,8 +94,8 @@ def test_a_query_tower_compiled_for_two_streams_is_safe_from_two_threads(tmp_pat
     from concurrent.futures import ThreadPoolExecutor
 
     model = tiny_model(tmp_path, "train.precision=fp32")
-    reference = FrozenTowers(model, "torch")
-    served = FrozenTowers(model, "openvino")
+    reference = frozen_towers(model, "torch")
+    served = frozen_towers(model, "openvino")
     served.encode_queries_concurrently(2)
     assert served.query_tower().compiled.get_property("NUM_STREAMS") == 2
     batches = [QUERIES[i % 4:] + QUERIES[:i % 4] for i in range(40)]
@@ -109,7 +121,7 @@ def test_concurrent_first_calls_compile_a_tower_once(tmp_path, monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(FrozenTowers, "_frozen", slow_frozen)
-    towers = FrozenTowers(tiny_model(tmp_path), "openvino")
+    towers = frozen_towers(tiny_model(tmp_path), "openvino")
     start = threading.Barrier(4)
 
     def first_call(_):
@@ -129,8 +141,8 @@ def test_product_batches_come_back_in_order_and_agree(tmp_path, engine):
     images = photos(model.image.image_size)
     batches = [(TEXTS, images), ([], []), (TEXTS[:1], images[:1]), (TEXTS[::-1], images[::-1]),
                (TEXTS[1:], images[1:])]
-    reference = FrozenTowers(model, "torch")
-    got = list(FrozenTowers(model, engine).embed_product_batches(iter(batches)))
+    reference = frozen_towers(model, "torch")
+    got = list(frozen_towers(model, engine).embed_product_batches(iter(batches)))
     assert [len(vectors) for vectors in got] == [len(texts) for texts, _ in batches]
     for (texts, batch_images), vectors in zip(batches, got):
         if texts:
@@ -145,7 +157,7 @@ def test_an_error_while_preparing_a_batch_reaches_the_caller(tmp_path):
         yield TEXTS, images
         raise ValueError("photo 7 is unreadable")
 
-    embedded = FrozenTowers(model, "openvino").embed_product_batches(batches())
+    embedded = frozen_towers(model, "openvino").embed_product_batches(batches())
     with pytest.raises(ValueError, match="photo 7"):
         list(embedded)
 
@@ -156,24 +168,24 @@ def test_packaged_encoders_agree_with_pytorch(tmp_path):
     model = TwoTower(load_config("default", [f"train.cache_dir={tmp_path}",
                                              "train.precision=fp32"])).eval()
     images = photos(224)
-    reference = FrozenTowers(model, "torch").embed_products(TEXTS, images)
-    assert min_cosine(FrozenTowers(model, "openvino").embed_products(TEXTS, images),
+    reference = frozen_towers(model, "torch").embed_products(TEXTS, images)
+    assert min_cosine(frozen_towers(model, "openvino").embed_products(TEXTS, images),
                       reference) >= 0.999
 
 
 def test_a_conversion_is_cached_by_weights(tmp_path, monkeypatch):
     model = tiny_model(tmp_path)
-    first = FrozenTowers(model, "openvino").embed_queries(QUERIES)
+    first = frozen_towers(model, "openvino").embed_queries(QUERIES)
     calls = []
     convert = engines.convert_graph
     monkeypatch.setattr(engines, "convert_graph",
                         lambda *args: calls.append(args[2]) or convert(*args))
-    again = FrozenTowers(tiny_model(tmp_path), "openvino").embed_queries(QUERIES)
+    again = frozen_towers(tiny_model(tmp_path), "openvino").embed_queries(QUERIES)
     assert not calls and torch.allclose(first, again)
     changed = tiny_model(tmp_path)
     with torch.no_grad():
         changed.query_head.proj.weight.mul_(2)
-    FrozenTowers(changed, "openvino").embed_queries(QUERIES)
+    frozen_towers(changed, "openvino").embed_queries(QUERIES)
     assert len(calls) == 1 and calls[0].startswith("query-tower-")
 
 
@@ -181,7 +193,7 @@ def test_exported_towers_load_without_converting(tmp_path, monkeypatch):
     model = tiny_model(tmp_path, "runtime.engine=openvino")
     carried = export_towers(model, tmp_path / "export")
     assert set(carried) == {"query-tower", "product-tower"}
-    expected = FrozenTowers(model, "torch").embed_queries(QUERIES)
+    expected = frozen_towers(model, "torch").embed_queries(QUERIES)
     monkeypatch.setattr(engines, "engine_cache_root", lambda _: tmp_path / "empty")
     monkeypatch.setattr(engines, "convert_graph", pytest.fail)
     towers = towers_for(tiny_model(tmp_path), "openvino", carried=carried["query-tower"])
@@ -199,7 +211,7 @@ def test_feature_cache_fill_agrees_across_engines(tmp_path):
         Image.fromarray(image).save(path)
         uris.append(str(path))
     by_engine = {engine: image_bottom_features(encoder, [*uris, None],
-                                               str(tmp_path / engine), "fp32", engine=engine)
+                                               str(tmp_path / engine), Runtime(engine, "fp32"))
                  for engine in ("torch", "openvino")}
     torch_features, ov_features = by_engine["torch"], by_engine["openvino"]
     assert torch.equal(torch_features["present"], ov_features["present"])
@@ -207,7 +219,7 @@ def test_feature_cache_fill_agrees_across_engines(tmp_path):
                       torch_features["features"][:3].float()) >= 0.999
     model = tiny_model(tmp_path)
     text = {engine: text_bottom_features(model.text, TEXTS, 16, str(tmp_path / engine),
-                                         "fp32", progress=False, engine=engine)
+                                         Runtime(engine, "fp32"), progress=False)
             for engine in ("torch", "openvino")}
     assert torch.equal(text["torch"]["mask"], text["openvino"]["mask"])
     real = text["torch"]["mask"]
@@ -270,7 +282,7 @@ def test_products_sharing_a_text_encode_it_once_and_get_their_own_vectors(tmp_pa
     model = tiny_model(tmp_path, "train.precision=fp32")
     images = photos(model.image.image_size, 5)[:5]
     texts = ["red shirt", "blue jeans", "red shirt", "red shirt", "blue jeans"]
-    towers = FrozenTowers(model, engine)
+    towers = frozen_towers(model, engine)
     together = towers.embed_products(texts, images)
     alone = torch.cat([model.embed_products([text], [image])
                        for text, image in zip(texts, images)])
@@ -312,8 +324,74 @@ def test_converting_a_tower_prints_nothing_of_the_libraries(tmp_path, caplog):
     model = tiny_model(tmp_path)
     with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
         warnings.simplefilter("always")
-        FrozenTowers(model, "openvino").product_tower()
+        frozen_towers(model, "openvino").product_tower()
     assert not [w for w in caught if issubclass(w.category, FutureWarning)]
     assert not [r for r in caplog.records if r.name.startswith("transformers")]
     assert any("converted product-tower" in r.getMessage() for r in caplog.records)
 
+
+
+def test_the_runtime_is_resolved_once_with_every_choice_made(monkeypatch):
+    from fusion_model.config import load_config
+    from fusion_model.runtime import native_bf16
+
+    runtime = resolve_runtime(load_config("default"))
+    assert runtime == Runtime("openvino", "bf16" if native_bf16() else "fp32", "cpu", "gloo")
+    assert resolve_runtime(load_config("default", ["runtime.device=auto"])).device == "cpu"
+    assert resolve_runtime(load_config("default"), "torch").engine == "torch"
+    with pytest.raises(FusionModelError, match="no such CUDA device"):
+        resolve_runtime(load_config("default", ["runtime.device=cuda"]))
+    # a CUDA host: auto picks the GPU, PyTorch runs there (OpenVINO is the CPU engine) and
+    # processes join NCCL; the CPU stays gloo
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args: True)
+    gpu = resolve_runtime(load_config("default", ["runtime.device=auto"]))
+    assert gpu == Runtime("torch", "bf16", "cuda", "nccl")
+    assert resolve_runtime(load_config("default", ["runtime.device=cuda:1"])).device == "cuda:1"
+    with pytest.raises(FusionModelError, match="runs on cpu, not cuda"):
+        resolve_runtime(load_config("default", ["runtime.device=cuda",
+                                                "runtime.engine=openvino"]))
+    assert resolve_runtime(load_config("default", ["runtime.device=cpu"])).distributed == "gloo"
+
+
+def test_engines_register_themselves_by_name():
+    assert set(engines.ENGINES) == {"torch", "openvino"}
+    with pytest.raises(ValueError, match="registered twice"):
+        type("Again", (engines.Engine,), {}, name="torch")
+
+
+def test_embed_catalog_honours_the_engine_on_the_cached_path(tmp_path, synthetic_catalog,
+                                                             monkeypatch):
+    """The engine argument used to be ignored when features came from the cache."""
+    from fusion_model.data.catalog import load_catalog
+    from fusion_model.inference import embed_catalog
+
+    model = tiny_model(tmp_path)  # runtime.engine torch
+    catalog = load_catalog(str(synthetic_catalog))
+    used = []
+
+    def openvino_asked(*args, **kwargs):
+        used.append(args[2])  # the graph key
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(engines, "openvino_frozen", openvino_asked)
+    with pytest.raises(RuntimeError, match="stop"):
+        embed_catalog(model, catalog, str(tmp_path / "cache"), progress=False,
+                      engine="openvino")
+    assert used and used[0].startswith("text-bottom")  # the asked-for engine was used
+
+
+def test_training_on_a_device_it_does_not_support_yet_is_a_named_error(monkeypatch,
+                                                                       synthetic_catalog,
+                                                                       tmp_path):
+    from fusion_model.config import load_config
+    from fusion_model.data.catalog import load_catalog
+    from fusion_model.training.trainer import Trainer
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args: True)
+    config = load_config("tiny", ["runtime.device=cuda", f"train.cache_dir={tmp_path}"])
+    with pytest.raises(FusionModelError, match="training runs on the CPU so far"):
+        Trainer(load_catalog(str(synthetic_catalog)), config, tmp_path / "run")

@@ -16,7 +16,9 @@ from fusion_model.models.image import (
     build_image_encoder,
     colour_histograms,
 )
+from fusion_model.runtime import Runtime
 
+FP32 = Runtime("torch", "fp32")
 RED = (3 * COLOUR_LEVELS + 0) * COLOUR_LEVELS + 0
 WHITE = COLOUR_LEVELS ** 3 - 1
 
@@ -65,11 +67,11 @@ def test_switching_colour_tokens_on_reuses_the_cached_cnn_maps(tmp_path, caplog)
         Image.fromarray(np.roll(half_red_photo(), 40 * i, axis=0)).save(path)
         uris.append(str(path))
     plain = EfficientNetEncoder(trainable_blocks=1).eval()
-    first = image_bottom_features(plain, [*uris, None], str(tmp_path / "cache"), "fp32",
+    first = image_bottom_features(plain, [*uris, None], str(tmp_path / "cache"), FP32,
                                   progress=False)
     colour = EfficientNetEncoder(trainable_blocks=1, colour_tokens=True).eval()
     with caplog.at_level(logging.INFO, logger="fusion_model.features"):
-        both = image_bottom_features(colour, [*uris, None], str(tmp_path / "cache"), "fp32",
+        both = image_bottom_features(colour, [*uris, None], str(tmp_path / "cache"), FP32,
                                      progress=False)
     assert "image features: 3 cached, 0 computed" in caplog.text
     channels = first["features"].shape[1]
@@ -96,7 +98,7 @@ def test_an_empty_cache_decodes_each_photo_once_for_maps_and_colours(tmp_path,
                         lambda data, size, **kw: decoded.append(kw["uri"]) or
                         decode(data, size, **kw))
     colour = EfficientNetEncoder(trainable_blocks=1, colour_tokens=True).eval()
-    both = image_bottom_features(colour, uris, str(tmp_path / "cache"), "fp32",
+    both = image_bottom_features(colour, uris, str(tmp_path / "cache"), FP32,
                                  progress=False)
     assert sorted(decoded) == sorted(uris)
     channels = both["features"].shape[1] - COLOUR_LEVELS ** 3
