@@ -312,36 +312,30 @@ def _print_summary(catalog, fingerprint: bool) -> None:
     print("\n".join(lines))
 
 
-def _positive_int(text: str) -> int:
+def _number(text: str, kind: type, what: str, minimum: float) -> float:
+    """``text`` as a finite ``kind`` of at least ``minimum``, or an argparse error."""
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _number(text, int, "a whole number", 1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _number(text, int, "a whole number", 0)
 
 
 def _interval(text: str) -> float:
     """Seconds, finite and >= 0 (``nan`` compared false everywhere and stopped following)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") \
-            from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+    return _number(text, float, "a number of seconds", 0)
 
 
 def _port(text: str) -> int:

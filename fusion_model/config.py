@@ -366,15 +366,11 @@ def validate(config: RunConfig) -> None:
         (config.index.keep_collections >= 1, "index.keep_collections must be >= 1"),
         (config.index.batch_size >= 1 and config.index.verify_samples >= 0,
          "index.batch_size must be >= 1 and index.verify_samples >= 0"),
-        (_metric_known(config.gate.primary_metric, config.eval.ks),
-         f"gate.primary_metric={config.gate.primary_metric!r}: use mrr or recall@K, "
-         f"recall_capped@K, ndcg@K with K in eval.ks={list(config.eval.ks)}"),
+        _metric_rule("gate.primary_metric", config.gate.primary_metric, config.eval.ks),
         (config.gate.segment_tolerance >= 0, "gate.segment_tolerance must be >= 0"),
         (config.text.trainable_layers >= 0 and config.image.trainable_blocks >= 0,
          "text.trainable_layers and image.trainable_blocks must be >= 0"),
-        (_metric_known(config.eval.primary_metric, config.eval.ks),
-         f"eval.primary_metric={config.eval.primary_metric!r}: use mrr or recall@K, "
-         f"recall_capped@K, ndcg@K with K in eval.ks={list(config.eval.ks)}"),
+        _metric_rule("eval.primary_metric", config.eval.primary_metric, config.eval.ks),
     ]
     for stage_name in ("stage1", "stage2"):
         stage: StageConfig = getattr(config.train, stage_name)
@@ -411,6 +407,11 @@ def _index_rules(index: IndexConfig) -> list[tuple[bool, str]]:
             *((bool(INDEX_NAME.fullmatch(value)),
                f"{key}={value!r}: names in the index are a letter or _ followed by letters, "
                "digits and _ (at most 200 characters)") for key, value in names)]
+
+
+def _metric_rule(key: str, metric: str, ks: tuple[int, ...]) -> tuple[bool, str]:
+    return (_metric_known(metric, ks), f"{key}={metric!r}: use mrr or recall@K, "
+            f"recall_capped@K, ndcg@K with K in eval.ks={list(ks)}")
 
 
 def _metric_known(metric: str, ks: tuple[int, ...]) -> bool:

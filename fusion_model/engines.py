@@ -35,6 +35,7 @@ from torch import nn
 
 from fusion_model.errors import BadInputError
 from fusion_model.models.text import distinct_rows
+from fusion_model.named import Named
 from fusion_model.runtime import (
     Runtime,
     prefetched,
@@ -56,19 +57,12 @@ Frozen = Callable[[Inputs], torch.Tensor]
 ENGINES: dict[str, type[Engine]] = {}
 
 
-class Engine:
+class Engine(Named):
     """An inference engine for frozen graphs; subclasses register under their name."""
 
-    name: str = ""
+    registry = ENGINES
+    kind = "engine"
     devices: tuple[str, ...] = ("cpu",)  # device types it runs on
-
-    def __init_subclass__(cls, name: str | None = None, **kwargs) -> None:
-        super().__init_subclass__(**kwargs)
-        if name is not None:
-            if name in ENGINES:
-                raise ValueError(f"engine {name!r} is registered twice")
-            cls.name = name
-            ENGINES[name] = cls
 
     @staticmethod
     def available() -> bool:

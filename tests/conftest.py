@@ -58,6 +58,22 @@ def promote_tiny(root: Path, products: int, queries: int, seed: int,
     return catalog, overrides
 
 
+def champion_and_challenger(root: Path, products: int, queries: int, seed: int,
+                            challenger_seed: int) -> dict:
+    """``promote_tiny``'s champion v1, then a v2 trained with ``challenger_seed``,
+    registered (the challenger) and indexed: root, catalog, overrides, v2 and its
+    collection."""
+    from fusion_model.pipelines import steps
+
+    catalog, overrides = promote_tiny(root, products=products, queries=queries, seed=seed)
+    second = [*overrides, f"train.seed={challenger_seed}"]
+    steps.train(catalog, str(root / "v2"), "tiny", second)
+    version = steps.register(str(root / "v2"), catalog, "tiny", second)["version"]
+    collection = steps.index(version, catalog, "tiny", second)["collection"]
+    return {"root": root, "catalog": catalog, "overrides": overrides, "v2": version,
+            "v2_collection": collection}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from fusion_model.errors import VectorIndexError
+from fusion_model.named import Named
 
 if TYPE_CHECKING:
     from fusion_model.config import IndexConfig
@@ -69,19 +70,12 @@ class VectorIndex(Protocol):
 BACKENDS: dict[str, type] = {}
 
 
-class IndexBackend:
+class IndexBackend(Named):
     """Base of the backends: registers a subclass under its ``name`` and implements what
     follows from the protocol alone (pruning old collections)."""
 
-    name: str = ""
-
-    def __init_subclass__(cls, name: str | None = None, **kwargs) -> None:
-        super().__init_subclass__(**kwargs)
-        if name is not None:
-            if name in BACKENDS:
-                raise ValueError(f"index backend {name!r} is registered twice")
-            cls.name = name
-            BACKENDS[name] = cls
+    registry = BACKENDS
+    kind = "index backend"
 
     def prune(self, prefix: str, keep: int) -> list[str]:
         """Drop the oldest ``prefix`` collections beyond the newest ``keep``, never an

@@ -27,6 +27,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from fusion_model.models.text import mean_pool
+from fusion_model.named import Named
 
 
 def l2(x: torch.Tensor) -> torch.Tensor:
@@ -52,21 +53,14 @@ class HeadSettings:
 HEADS: dict[str, type[ProductHead]] = {}
 
 
-class ProductHead(nn.Module):
+class ProductHead(nn.Module, Named):
     """Base: text/image projections shared by every kind (stage 1 trains ``text_proj``)."""
 
-    name: ClassVar[str]
+    registry = HEADS
+    kind = "product head"
     uses_text: ClassVar[bool] = True
     uses_image: ClassVar[bool] = True
     query_spaces: ClassVar[int] = 1  # 2: the query vector is [text space; image space]
-
-    def __init_subclass__(cls, name: str | None = None, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if name is not None:
-            if name in HEADS:
-                raise ValueError(f"product head {name!r} is registered twice")
-            cls.name = name
-            HEADS[name] = cls
 
     @classmethod
     def output_dim(cls, embed_dim: int) -> int:

@@ -24,7 +24,7 @@ from fusion_model.index.milvus import release_lite
 from fusion_model.pipelines import steps, switch
 from fusion_model.registry import registry
 from fusion_model.serving.searcher import ChampionSearcher
-from tests.conftest import promote_tiny
+from tests.conftest import champion_and_challenger
 
 pytestmark = pytest.mark.integration
 
@@ -38,14 +38,11 @@ REFRESH_POINTS = ["refresh.create", "refresh.copy", "refresh.write", "switch.int
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory) -> dict:
     """v1 promoted, v2 registered and indexed."""
-    root = tmp_path_factory.mktemp("crash")
-    catalog, overrides = promote_tiny(root, products=120, queries=30, seed=3)
-    second = [*overrides, "train.seed=4"]
-    steps.train(catalog, str(root / "v2"), "tiny", second)
-    version = steps.register(str(root / "v2"), catalog, "tiny", second)["version"]
-    steps.index(version, catalog, "tiny", second)
-    return {"root": root, "catalog": catalog, "overrides": overrides, "v2": version,
-            "argv": ["--config", "tiny", *overrides], "config": load_config("tiny", overrides)}
+    made = champion_and_challenger(tmp_path_factory.mktemp("crash"), products=120,
+                                   queries=30, seed=3, challenger_seed=4)
+    overrides = made["overrides"]
+    return {**made, "argv": ["--config", "tiny", *overrides],
+            "config": load_config("tiny", overrides)}
 
 
 def served_version(platform) -> str:

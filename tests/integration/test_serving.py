@@ -26,7 +26,7 @@ from fusion_model.pipelines import steps
 from fusion_model.serving.app import create_app
 from fusion_model.serving.searcher import ChampionSearcher
 from tests.browser import Browser
-from tests.conftest import free_port, promote_tiny
+from tests.conftest import champion_and_challenger, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -37,14 +37,10 @@ LOCAL = "http://localhost"  # a Host the service answers by default
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory) -> dict:
     """v1 promoted (champion), v2 trained, registered and indexed (challenger)."""
-    root = tmp_path_factory.mktemp("serving")
-    catalog, overrides = promote_tiny(root, products=150, queries=40, seed=11)
-    second = [*overrides, "train.seed=2"]
-    steps.train(catalog, str(root / "v2"), "tiny", second)
-    version = steps.register(str(root / "v2"), catalog, "tiny", second)["version"]
-    collection = steps.index(version, catalog, "tiny", second)["collection"]
-    return {"root": root, "catalog": Path(catalog), "overrides": overrides,
-            "config": load_config("tiny", overrides), "v2": version, "v2_collection": collection}
+    made = champion_and_challenger(tmp_path_factory.mktemp("serving"), products=150,
+                                   queries=40, seed=11, challenger_seed=2)
+    return {**made, "catalog": Path(made["catalog"]),
+            "config": load_config("tiny", made["overrides"])}
 
 
 @pytest.fixture(scope="module")
