@@ -212,9 +212,10 @@ def test_row_count_halved_since_last_good_snapshot(catalog, tmp_path):
 
 
 def test_cli_exit_codes_and_summary(catalog, tmp_path, capsys):
-    assert main(["validate", "--catalog", str(catalog), "--report-dir",
-                 str(tmp_path / "ok")]) == 0
-    assert "PASSED" in capsys.readouterr().out
+    profile = tmp_path / "profiles" / "catalog.json"  # the README's command, with --profile
+    assert main(["validate", "--catalog", str(catalog), "--profile", str(profile),
+                 "--report-dir", str(tmp_path / "ok")]) == 0
+    assert "PASSED" in capsys.readouterr().out and profile.is_file()
     first_image(catalog).write_bytes(b"")
     assert main(["validate", "--catalog", str(catalog), "--report-dir",
                  str(tmp_path / "bad")]) == 1
