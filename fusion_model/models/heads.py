@@ -257,11 +257,6 @@ class QueryHead(nn.Module):
         return torch.cat([text, l2(self.image_proj(pooled))], dim=-1)
 
 
-def build_product_head(kind: str, text_dim: int, image_dim: int,
-                       settings: HeadSettings) -> ProductHead:
-    return head_class(kind)(text_dim, image_dim, settings)
-
-
 def head_class(kind: str) -> type[ProductHead]:
     if kind not in HEADS:
         raise ValueError(f"unknown product head {kind!r}; choose one of {', '.join(HEADS)}")

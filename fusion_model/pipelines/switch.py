@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fusion_model.config import RunConfig
-from fusion_model.errors import BadInputError, FusionModelError, ServingSwitchError
+from fusion_model.errors import BadInputError, ServingSwitchError
 from fusion_model.faults import checkpoint
 from fusion_model.index.base import VectorIndex, open_index
 from fusion_model.registry.registry import PENDING_SWITCH_TAG
@@ -41,10 +41,6 @@ RECOVER_COMMAND = "fusion-model recover"
 
 class RegistryBusyError(BadInputError):
     """Another run holds the lock of this registry and model."""
-
-
-class UnfinishedSwitchError(FusionModelError):
-    """A switch was interrupted and must be finished before this step can run."""
 
 
 @dataclass(frozen=True)
@@ -217,15 +213,6 @@ def finish_pending(config: RunConfig, index: VectorIndex | None = None) -> dict 
                     intent.describe())
         said = _undo(intent, index, config)
         return {"undone": intent.switch_id, "version": intent.version, "detail": said}
-
-
-def refuse_if_pending(name: str) -> None:
-    """UnfinishedSwitchError naming the repair command when a switch was interrupted (for
-    read-only commands, which must not write)."""
-    intent = pending(name)
-    if intent is not None:
-        raise UnfinishedSwitchError(f"an interrupted {intent.describe()} is unfinished; "
-                                    f"run `{RECOVER_COMMAND}` to complete it")
 
 
 def recover(config: RunConfig) -> dict | None:

@@ -236,12 +236,3 @@ def promotion_history(name: str, experiment: str) -> list[dict]:
         with open(path) as handle:
             history.append(json.load(handle))
     return history
-
-
-def champion_on(name: str, experiment: str, when: str) -> dict | None:
-    """The decision that made the champion in force at ISO time ``when`` (or None)."""
-    current = None
-    for entry in promotion_history(name, experiment):
-        if entry["time"] <= when and entry["decision"] in ("promote", "rollback"):
-            current = entry
-    return current

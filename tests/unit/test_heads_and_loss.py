@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from fusion_model.losses import InfoNCELoss
-from fusion_model.models.heads import HEADS, HeadSettings, QueryHead, build_product_head
+from fusion_model.models.heads import HEADS, HeadSettings, QueryHead, head_class
 
 B, LT, LI, DT, DI, D = 5, 7, 4, 12, 20, 16
 
 
 def head(kind: str):
-    return build_product_head(kind, DT, DI, HeadSettings(D, heads=4))
+    return head_class(kind)(DT, DI, HeadSettings(D, heads=4))
 
 
 def inputs(seed=0):
@@ -157,8 +157,8 @@ def test_fusion_starts_as_a_gated_weighted_sum_of_mean_pooled_modalities():
     """Zero-initialised update gates and region keys: at initialisation the fusion network
     is exactly the per-product gate over mean-pooled text and image."""
     torch.manual_seed(0)
-    fusion = build_product_head("fusion", DT, DI, HeadSettings(D, 4, 0.1, True, True)).eval()
-    plain = build_product_head("fusion", DT, DI, HeadSettings(D, 4, 0.1, False, False)).eval()
+    fusion = head_class("fusion")(DT, DI, HeadSettings(D, 4, 0.1, True, True)).eval()
+    plain = head_class("fusion")(DT, DI, HeadSettings(D, 4, 0.1, False, False)).eval()
     plain.load_state_dict(fusion.state_dict(), strict=False)
     text, mask, image, present = inputs()
     assert torch.allclose(fusion(text, mask, image, present),
