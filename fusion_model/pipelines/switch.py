@@ -79,9 +79,24 @@ def pending(name: str) -> SwitchIntent | None:
     return SwitchIntent(**found) if found else None
 
 
+MAX_INTENT_CHARS = 4500  # registered-model tag values are VARCHAR(5000) on SQL stores
+
+
+def intent_json(intent: SwitchIntent) -> str:
+    """The intent as the tag holds it; when the gate's metrics make it too long for a
+    tag, without them (the audit record of a finished switch then lacks the metrics; the
+    gate's run keeps them in its review artifacts)."""
+    text = json.dumps(asdict(intent))
+    if len(text) <= MAX_INTENT_CHARS:
+        return text
+    entry = {**intent.entry, "metrics": {},
+             "reasons": [str(r)[:300] for r in intent.entry.get("reasons", [])][:5]}
+    return json.dumps(asdict(intent) | {"entry": entry})
+
+
 def _write_intent(intent: SwitchIntent) -> None:
     checkpoint("switch.intent")
-    _client().set_registered_model_tag(intent.model, PENDING_TAG, json.dumps(asdict(intent)))
+    _client().set_registered_model_tag(intent.model, PENDING_TAG, intent_json(intent))
 
 
 def _clear_intent(intent: SwitchIntent) -> None:

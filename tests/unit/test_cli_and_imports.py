@@ -111,3 +111,18 @@ def test_parsing_a_dag_file_imports_nothing_heavy(dag):
 
 def test_the_search_service_imports_no_training_code():
     assert loaded_by("fusion_model.serving.app", "fusion_model.serving.searcher") == []
+
+
+def test_a_switch_intent_fits_a_registry_tag_whatever_the_gate_reported():
+    from fusion_model.pipelines.switch import SwitchIntent, intent_json
+
+    metrics = {f"segment_{i}.ndcg@10": 0.123456789 for i in range(500)}
+    intent = SwitchIntent("a" * 32, "fusion_products", "7", "7", "products_m7_x", None, "6",
+                          {"decision": "promote", "reasons": ["r" * 2000] * 20,
+                           "metrics": metrics})
+    text = intent_json(intent)
+    assert len(text) <= 5000  # the SQL stores' VARCHAR(5000)
+    assert json.loads(text)["collection"] == "products_m7_x"
+    small = SwitchIntent("b" * 32, "m", "1", "1", "c", None, None,
+                         {"decision": "promote", "reasons": [], "metrics": {"ndcg@10": 0.9}})
+    assert json.loads(intent_json(small))["entry"]["metrics"] == {"ndcg@10": 0.9}
