@@ -341,10 +341,11 @@ def host_name(host: str) -> str:
 
 def hosts_for(bound: str, extra: tuple[str, ...] = ()) -> tuple[str, ...] | None:
     """The ``Host`` values a service bound to ``bound`` answers: localhost's names, the
-    bound address, ``extra`` (``*`` alone: any host)."""
+    bound address, ``extra`` (``*`` alone: any host). Names are compared without a port,
+    so ``shop.example:8080`` in ``extra`` allows ``shop.example`` on any port."""
     if "*" in extra:
         return None
-    names = {*DEFAULT_HOSTS, bound.lower(), *(h.lower() for h in extra)}
+    names = {*DEFAULT_HOSTS, host_name(bound), *(host_name(h) for h in extra)}
     if bound in ("0.0.0.0", "::"):
         import socket
 
