@@ -157,6 +157,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     token = os.environ.get(TOKEN_ENV) or None
     check_token(token)  # before seconds of loading
+    _check_serve_lists(args.allowed_host, args.image_root)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         logging.getLogger(__name__).warning(
             "serving on %s without a bearer token: anyone who reaches it can search; "
@@ -167,6 +168,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
           encoder_streams=args.encoder_streams, allowed_hosts=tuple(args.allowed_host),
           image_roots=tuple(args.image_root))
     return 0
+
+
+def _check_serve_lists(hosts: list[str], roots: list[str]) -> None:
+    """An empty --allowed-host, or a local --image-root that is not a folder, is a named
+    error (either would be accepted and do nothing, or allow a Host-less request)."""
+    from fusion_model import storage
+    from fusion_model.errors import BadInputError
+
+    if any(not host.strip() for host in hosts):
+        raise BadInputError("--allowed-host needs a name (e.g. shop.example); '*' allows any")
+    for root in roots:
+        if not storage.is_uri(root) and not os.path.isdir(root):
+            raise BadInputError(f"--image-root {root}: not a folder on this machine (give "
+                                "an existing folder or an s3:// prefix)")
 
 
 def format_hit(rank: int, hit: dict) -> str:

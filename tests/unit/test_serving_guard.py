@@ -49,3 +49,14 @@ def test_queries_are_searched_by_their_visible_characters():
         check_request("\u200b\u200d\x00", 10)
     with pytest.raises(SearchRequestError, match="characters"):
         check_request("x" * 5000, 10)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--allowed-host", " "], "--allowed-host needs a name"),
+    (["--image-root", "/no/such/folder"], "--image-root /no/such/folder: not a folder"),
+])
+def test_serve_refuses_list_options_that_would_do_nothing(argv, message, capsys):
+    from fusion_model.cli import main
+
+    assert main(["serve", "--port", "1", *argv]) == 2
+    assert message in capsys.readouterr().err
