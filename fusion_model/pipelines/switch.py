@@ -110,13 +110,19 @@ def switch_serving(config: RunConfig, candidate, collection: str, entry: dict,
     -> ``candidate`` and the audit record, as one recoverable transaction; returns the
     collection served before. When an MLflow write fails, the alias and the champion are
     put back and ServingSwitchError says so; when the process dies, the recorded intent
-    lets the next command finish the switch."""
+    lets the next command finish the switch. A switch to what already serves (a retried
+    step after its switch was finished) writes nothing, the audit record included."""
     from fusion_model.registry.registry import CHAMPION, get_alias
 
     with registry_lock(config), open_index(config.index) as index:
         finish_pending(config, index)
         before = get_alias(config.registry.model_name, CHAMPION)
         target = index.resolve_alias(config.index.alias)
+        if before is not None and before.version == candidate.version \
+                and target == collection and not version_tags:
+            log.info("v%s already serves %s: nothing to switch (a retried step finds the "
+                     "switch done)", candidate.version, collection)
+            return target
         intent = SwitchIntent(
             switch_id=uuid.uuid4().hex, model=config.registry.model_name,
             version=candidate.version, query_version=candidate.query_version,

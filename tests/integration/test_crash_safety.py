@@ -72,9 +72,13 @@ def consistent_or_named(platform, capsys) -> None:
 
 
 def test_the_kill_points_cover_every_write_of_a_switch(platform):
+    steps.rollback(platform["v2"], "tiny", platform["overrides"])
     with faults.recording() as seen:
         steps.rollback("1", "tiny", platform["overrides"])
     assert seen == [p for p in SWITCH_POINTS if p != "switch.tags"]
+    with faults.recording() as again:  # already served: nothing to write
+        steps.rollback("1", "tiny", platform["overrides"])
+    assert again == []
 
 
 @pytest.mark.parametrize("point", SWITCH_POINTS)
@@ -204,3 +208,17 @@ def test_registered_encoders_hold_no_pickle_and_tampered_artifacts_run_nothing(p
     assert served_version(platform) == platform["v2"]
     assert steps.load_registered_model("fusion_products", "1").embedding_dim > 0
     assert not marker.exists()
+
+
+def test_a_promotion_retried_after_its_switch_finished_is_recorded_once(platform):
+    """An Airflow retry of the promote task killed after its last write but before the
+    intent was cleared: the retry finishes the switch and records nothing twice."""
+    steps.rollback("1", "tiny", platform["overrides"])
+    before = audit_records(platform)
+    decision = {"decision": "promote", "reasons": ["test"], "metrics": {}, "baseline": "x"}
+    with faults.crash_at("switch.clear"), pytest.raises(faults.Crash):
+        steps.promote_or_reject(platform["v2"], decision, "tiny", platform["overrides"])
+    steps.promote_or_reject(platform["v2"], decision, "tiny", platform["overrides"])
+    assert served_version(platform) == platform["v2"]
+    assert audit_records(platform) == before + 1
+    assert not steps.status("tiny", platform["overrides"])["problems"]
