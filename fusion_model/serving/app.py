@@ -240,16 +240,15 @@ def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
     return app
 
 
-ROUTES = (("/search", "/search"), ("/versions", "/versions"), ("/healthz", "/healthz"),
-          ("/readyz", "/readyz"), ("/metrics", "/metrics"), ("/", "/"),
-          ("/openapi.json", "/openapi.json"))
+ROUTES = frozenset({"/search", "/versions", "/healthz", "/readyz", "/metrics", "/",
+                    "/openapi.json"})
 
 
 def _endpoint_of(path: str) -> str:
     """A bounded metrics label: the route a path matches, or ``other``."""
     if path.startswith("/products/") and path.endswith("/image"):
         return "/products/{product_id}/image"
-    return dict(ROUTES).get(path, "other")
+    return path if path in ROUTES else "other"
 
 
 def page_policy(page: str) -> str:
