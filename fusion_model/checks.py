@@ -12,7 +12,6 @@ a ``ConfigError``.
 from __future__ import annotations
 
 from fusion_model.config import ConfigError, RunConfig, load_config
-from fusion_model.errors import BadInputError
 
 
 def check_names(config: RunConfig) -> RunConfig:
@@ -26,10 +25,7 @@ def check_names(config: RunConfig) -> RunConfig:
         raise ConfigError(f"model.fusion={config.model.fusion!r}: choose one of "
                           f"{', '.join(HEADS)}")
     check_index_config(config.index)
-    try:
-        check_engine_name(config.runtime.engine)
-    except BadInputError as exc:
-        raise ConfigError(str(exc)) from None
+    check_engine_name(config.runtime.engine)
     for spec in config.eval.segments:
         try:
             SegmentRule.parse(spec)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fusion_model.config import ConfigError
 from fusion_model.errors import BadInputError
 from fusion_model.models.text import distinct_rows
 from fusion_model.named import Named
@@ -94,8 +95,8 @@ def openvino_available() -> bool:
 def check_engine_name(engine: str) -> None:
     """A named error unless ``engine`` is ``auto`` or a registered engine."""
     if engine != "auto" and engine not in ENGINES:
-        raise BadInputError(f"runtime.engine={engine!r}: choose one of auto, "
-                            f"{', '.join(ENGINES)}")
+        raise ConfigError(f"runtime.engine={engine!r}: choose one of auto, "
+                          f"{', '.join(ENGINES)}")
 
 
 def resolve_engine(engine: str, device: str = "cpu") -> str:

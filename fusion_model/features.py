@@ -26,7 +26,7 @@ import torch
 
 from fusion_model import engines, storage
 from fusion_model.data.retrieval import product_text
-from fusion_model.photos import ImageDecodeError, decode_image
+from fusion_model.photos import DECODER_REVISION, ImageDecodeError, decode_image
 from fusion_model.progress import progress_bar
 from fusion_model.runtime import Runtime, prefetched
 from fusion_model.tensor_files import load_tensors
@@ -178,7 +178,7 @@ def _cached_bottoms(encoder, uris: list[str], keys: list[str], cache_root: str,
     decoded once: histograms of photos the CNN pass decodes are kept for the colour pass."""
     colour = getattr(encoder, "colour_tokens", False)
     fingerprint = encoder.fingerprint(colour=False) if colour else encoder.fingerprint()
-    cache = FeatureCache(cache_root, "image", fingerprint)
+    cache = FeatureCache(cache_root, "image", f"{fingerprint}-d{DECODER_REVISION}")
     bottom = functools.cache(lambda: engines.image_bottom(encoder, runtime, cache_root))
     histograms_seen: dict[str, torch.Tensor] = {}
     channels_last = runtime.engine == "torch"  # a converted graph takes NCHW
@@ -207,7 +207,8 @@ def _cached_bottoms(encoder, uris: list[str], keys: list[str], cache_root: str,
     if not colour:
         return features
     grid = tuple(features.shape[-2:])
-    colours = FeatureCache(cache_root, "colour", encoder.fingerprint(colour=True))
+    colours = FeatureCache(cache_root, "colour",
+                           f"{encoder.fingerprint(colour=True)}-d{DECODER_REVISION}")
 
     def compute_colour(indices: list[int]) -> Batch:
         if all(keys[i] in histograms_seen for i in indices):

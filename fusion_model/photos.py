@@ -20,6 +20,10 @@ from fusion_model.errors import BadInputError
 
 # The same bound as validation's ``max_image_pixels``.
 MAX_IMAGE_PIXELS = 40_000_000
+# Part of the photo feature caches' keys: bump it whenever decoding gives other pixels,
+# so that features cached by an older decoder are not mixed with fresh ones.
+# 2: EXIF orientation, 16-bit scaling, transparency onto white.
+DECODER_REVISION = 2
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
 

@@ -101,8 +101,9 @@ class Catalog:
         """Where this catalog's photos live: the catalog directory, plus the deepest folder
         (per bucket on S3) holding its photos elsewhere. The service serves photos from
         these roots only (a symlink or path leading out of them is refused)."""
+        inside = self.uri.rstrip("/") + "/"  # where relative paths resolve
         elsewhere = [uri for uri in self.products["image_uri"].dropna()
-                     if not storage.is_within(uri, [self.uri])]
+                     if not uri.startswith(inside)]
         roots = [self.uri]
         local = [os.path.dirname(uri) for uri in elsewhere if not storage.is_s3(uri)]
         if local:

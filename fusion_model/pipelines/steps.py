@@ -267,8 +267,7 @@ def plan_index(version: str, catalog_uri: str, shards: int = 1, config_name: str
     config = _config(config_name, overrides)
     _mlflow(config)
     catalog = load_catalog(catalog_uri)
-    name = collection_name(config.index.collection_prefix, version,
-                                  catalog.fingerprint)
+    name = collection_name(config.index.collection_prefix, version, catalog.fingerprint)
     dim = load_registered_model(config.registry.model_name, version).embedding_dim
     with open_index(config.index) as index:
         index.create_collection(name, dim, stored_fields(catalog, config.index),
@@ -436,7 +435,7 @@ def rollback(version: str, config_name: str = "default", overrides: list[str] | 
     with open_index(config.index) as index:
         if not collection or not index.has_collection(collection):
             raise VectorIndexError(f"version {version} has no kept collection "
-                                          f"({collection}); re-index it before rolling back")
+                                   f"({collection}); re-index it before rolling back")
     previous = switch.switch_serving(config, candidate, collection, {
         "decision": "rollback", "reasons": [reason], "metrics": {}, "collection": collection})
     return {"version": version, "collection": collection, "previous_collection": previous}

@@ -32,10 +32,13 @@ from fusion_model.config import RunConfig
 from fusion_model.errors import BadInputError, ServingSwitchError
 from fusion_model.faults import checkpoint
 from fusion_model.index.base import VectorIndex, open_index
-from fusion_model.registry.registry import PENDING_SWITCH_TAG
+from fusion_model.registry.registry import (
+    clear_pending_switch,
+    pending_switch,
+    record_pending_switch,
+)
 
 log = logging.getLogger(__name__)
-PENDING_TAG = PENDING_SWITCH_TAG
 RECOVER_COMMAND = "fusion-model recover"
 
 
@@ -65,16 +68,8 @@ class SwitchIntent:
                 f"by {self.by}")
 
 
-def _client():
-    import mlflow
-
-    return mlflow.MlflowClient()
-
-
 def pending(name: str) -> SwitchIntent | None:
     """The unfinished switch recorded on model ``name``, if any."""
-    from fusion_model.registry.registry import pending_switch
-
     found = pending_switch(name)
     return SwitchIntent(**found) if found else None
 
@@ -96,12 +91,12 @@ def intent_json(intent: SwitchIntent) -> str:
 
 def _write_intent(intent: SwitchIntent) -> None:
     checkpoint("switch.intent")
-    _client().set_registered_model_tag(intent.model, PENDING_TAG, intent_json(intent))
+    record_pending_switch(intent.model, intent_json(intent))
 
 
 def _clear_intent(intent: SwitchIntent) -> None:
     checkpoint("switch.clear")
-    _client().delete_registered_model_tag(intent.model, PENDING_TAG)
+    clear_pending_switch(intent.model)
 
 
 def switch_serving(config: RunConfig, candidate, collection: str, entry: dict,
@@ -307,8 +302,9 @@ def registry_lock(config: RunConfig) -> Iterator[None]:
 
 
 def _who() -> str:
+    """Who runs this: pid, host and the program with its subcommand only (the intent tag
+    and the lock file carry it; an override further on may hold a secret)."""
     import sys
 
-    command = " ".join(os.path.basename(a) if i == 0 else a
-                       for i, a in enumerate(sys.argv[:3]))
+    command = " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:2]]) if sys.argv else ""
     return f"pid {os.getpid()} on {socket.gethostname()} ({command})"

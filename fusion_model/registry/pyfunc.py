@@ -40,12 +40,18 @@ def pip_requirements() -> list[str]:
 
 
 def _load(context):
-    """The saved model and its frozen towers, on the IR the model carries when it has it."""
+    """The saved model and its frozen towers (pyfunc's ``load_context``)."""
+    return _towers_from(context.artifacts)
+
+
+def _towers_from(artifacts: dict) -> tuple:
+    """(TwoTower, frozen towers) from an encoder's artifact paths: the saved model's
+    weights and config, and the IR the model carries when it has it."""
     from fusion_model.engines import towers_for
     from fusion_model.models.towers import load_model
 
-    model = load_model(context.artifacts["model_dir"])
-    carried = context.artifacts.get("engines")
+    model = load_model(str(artifacts["model_dir"]))
+    carried = artifacts.get("engines")
     return model, towers_for(model, carried=Path(carried) if carried else None)
 
 
@@ -138,9 +144,6 @@ def load_registered_towers(model_uri: str):
     import mlflow
     import yaml
 
-    from fusion_model.engines import towers_for
-    from fusion_model.models.towers import load_model
-
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri)).resolve()
     try:
         spec = yaml.safe_load((local / "MLmodel").read_text())
@@ -153,5 +156,4 @@ def load_registered_towers(model_uri: str):
     if "model_dir" not in paths or outside:
         raise RegistryArtifactError(f"{model_uri}: artifacts {outside or ['model_dir']} "
                                     "missing or pointing outside the model; refusing to load")
-    model = load_model(str(paths["model_dir"]))
-    return model, towers_for(model, carried=paths.get("engines"))
+    return _towers_from(paths)

@@ -55,6 +55,16 @@ def pending_switch(name: str) -> dict | None:
     return json.loads(text) if text else None
 
 
+def record_pending_switch(name: str, text: str) -> None:
+    """Write the intent of a switch of ``name`` (JSON) before its first write."""
+    _client().set_registered_model_tag(name, PENDING_SWITCH_TAG, text)
+
+
+def clear_pending_switch(name: str) -> None:
+    """Remove the intent once the switch is complete (or undone)."""
+    _client().delete_registered_model_tag(name, PENDING_SWITCH_TAG)
+
+
 def query_model_name(name: str) -> str:
     return f"{name}_query"
 

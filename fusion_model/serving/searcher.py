@@ -310,16 +310,14 @@ class ChampionSearcher:
         candidate, tags = candidate_for(name, champion.version)
         recorded = tags.get("milvus_collection")
         target = self.index.resolve_alias(self.config.index.alias)
-        if target != recorded and pending_switch(name):
-            raise ServingMismatchError(
-                f"serving alias {self.config.index.alias} -> {target}, champion "
-                f"v{champion.version} -> {recorded}: a promotion, rollback or refresh was "
-                "interrupted; run `fusion-model recover` to complete it")
         if target != recorded:
+            repair = ("a promotion, rollback or refresh was interrupted; run `fusion-model "
+                      "recover` to complete it") if pending_switch(name) else (
+                f"refusing to mix encoders. Run `fusion-model rollback {champion.version}` "
+                "to re-align them")
             raise ServingMismatchError(
                 f"serving alias {self.config.index.alias} -> {target}, but champion "
-                f"v{champion.version} was indexed into {recorded}; refusing to mix "
-                f"encoders. Run `fusion-model rollback {champion.version}` to re-align them")
+                f"v{champion.version} was indexed into {recorded}; {repair}")
         return champion.version, candidate.query_version, recorded, recorded_roots(tags)
 
     def _load(self, version: str, query_version: str, collection: str,

