@@ -53,6 +53,17 @@ def served_version(platform) -> str:
         return result.version
 
 
+def platform_state(platform) -> dict:
+    """Collections, serving alias, champion and versions, and the audit: what a refused
+    run must leave as it was."""
+    found = steps.status("tiny", platform["overrides"])
+    versions = mlflow.MlflowClient().search_model_versions("name = 'fusion_products'")
+    return {"collections": found["collections"], "serving": found["serving"],
+            "champion": found["aliases"]["champion"].version,
+            "versions": sorted(v.version for v in versions),
+            "audit": audit_records(platform)}
+
+
 def audit_records(platform) -> int:
     experiment = mlflow.get_experiment_by_name("fusion-model-promotion-audit")
     return len(mlflow.search_runs([experiment.experiment_id]))
@@ -170,6 +181,7 @@ def test_a_second_run_on_the_same_registry_gets_a_named_error(platform, capsys):
             print("held", flush=True)
             time.sleep(60)
         """)], stdout=subprocess.PIPE, text=True)
+    before = platform_state(platform)
     try:
         assert holder.stdout.readline().strip() == "held"
         capsys.readouterr()
@@ -178,6 +190,8 @@ def test_a_second_run_on_the_same_registry_gets_a_named_error(platform, capsys):
         err = capsys.readouterr().err
         assert code == 2 and "is busy" in err and f"pid {holder.pid}" in err, err
         assert "Traceback" not in err
+        assert platform_state(platform) == before  # nothing trained, registered or moved
+        assert not (platform["root"] / "busy").exists()
     finally:
         holder.kill()
         holder.wait()
