@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -60,14 +61,15 @@ def zero_shot_rankings(catalog: Catalog, config: RunConfig, split: str = "test"
     cache = str(Path(config.train.cache_dir).expanduser())
     runtime = resolve_runtime(config)
 
-    def vectors(texts: list[str], length: int) -> torch.Tensor:
+    def vectors(texts: list[str], length: int) -> Iterator[torch.Tensor]:
         feats = text_bottom_features(encoder, texts, length, cache, runtime,
                                      desc="zero-shot text")
-        return l2(mean_pool(feats["hidden"].float(), feats["mask"]))
+        for hidden, mask in zip(feats["hidden"].chunks(4096), feats["mask"].chunks(4096)):
+            yield l2(mean_pool(hidden.float(), mask))
 
-    rankings = rank(vectors(evaluator.query_texts, config.text.query_max_length),
-                    vectors(data.product_texts, config.text.max_length), evaluator.query_ids,
-                    evaluator.product_ids, max(evaluator.ks))
+    queries = torch.cat(list(vectors(evaluator.query_texts, config.text.query_max_length)))
+    rankings = rank(queries, vectors(data.product_texts, config.text.max_length),
+                    evaluator.query_ids, evaluator.product_ids, max(evaluator.ks))
     return evaluator.score_rankings(rankings), rankings
 
 

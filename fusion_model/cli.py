@@ -22,7 +22,9 @@ def _cmd_synthetic(args: argparse.Namespace) -> int:
     from fusion_model.data.synthetic import generate_synthetic_catalog
 
     root = generate_synthetic_catalog(args.out, n_products=args.products,
-                                      n_queries=args.queries, seed=args.seed, fmt=args.format)
+                                      n_queries=args.queries, seed=args.seed, fmt=args.format,
+                                      judged_per_query=args.judged_per_query,
+                                      image_size=args.image_size)
     _print_summary(load_catalog(root), fingerprint=True)
     return 0
 
@@ -374,6 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--queries", type=int, default=None,
                            help="number of queries (default: products / 5, at least 30)")
     synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument("--judged-per-query", type=_positive_int, default=None,
+                           help="judge at most this many products per query (a seeded "
+                                "sample; default: every matching product)")
+    synthetic.add_argument("--image-size", type=_positive_int, default=224,
+                           help="photo side in pixels (small photos generate faster)")
     synthetic.add_argument("--format", choices=("parquet", "csv", "jsonl"), default="parquet")
     synthetic.add_argument("--out", required=True, help="output directory or s3:// prefix")
     synthetic.set_defaults(func=_cmd_synthetic)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from fusion_model import storage
 from fusion_model.data.splits import SPLITS
-from fusion_model.data.tables import find_table, read_table
+from fusion_model.data.tables import find_table, read_table, table_files
 from fusion_model.errors import CatalogError
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def load_catalog(uri: str) -> Catalog:
     format contract; raises before anything else happens, so bad input changes nothing.
     """
     root = _normalise_root(uri)
-    files = storage.list_files(root)
+    files = table_files(root)
     if not files:
         raise CatalogError(root, "catalog directory does not exist or is empty")
     products_uri = find_table(root, "products", files)
@@ -170,11 +170,11 @@ def load_catalog(uri: str) -> Catalog:
     if queries_uri and judgments_uri:
         queries = _load_queries(queries_uri)
         judgments = _load_judgments(judgments_uri, queries, products)
-    table_files = {"products": products_uri, "queries": queries_uri, "judgments": judgments_uri}
+    tables = {"products": products_uri, "queries": queries_uri, "judgments": judgments_uri}
     log.info("loaded catalog %s: %d products, %d queries, %d judgments",
              root, len(products), len(queries), len(judgments))
     return Catalog(root, products, queries, judgments,
-                   {k: v for k, v in table_files.items() if v})
+                   {k: v for k, v in tables.items() if v})
 
 
 def _normalise_root(uri: str) -> str:

@@ -40,12 +40,20 @@ def grade_products(query: dict[str, str], attributes: pd.DataFrame, primary: str
 
 
 def judgments_for(queries: list[dict], attributes: pd.DataFrame, product_ids: pd.Series,
-                  primary: str, equivalents: dict | None = None) -> pd.DataFrame:
-    """Long table (query_id, product_id, grade) of all pairs with grade > 0."""
+                  primary: str, equivalents: dict | None = None,
+                  per_query: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """Long table (query_id, product_id, grade) of all pairs with grade > 0; with
+    ``per_query``, a seeded random sample of at most that many per query (a judged pool
+    that does not grow with the catalog, as a shop's hand judgments do not)."""
     frames = []
-    for query in queries:
+    for number, query in enumerate(queries):
         grades = grade_products(query["attributes"], attributes, primary, equivalents)
-        hit = grades > 0
+        hit = (grades > 0).to_numpy()
+        if per_query is not None and hit.sum() > per_query:
+            keep = np.random.default_rng([seed, number]).choice(
+                np.flatnonzero(hit), per_query, replace=False)
+            hit = np.zeros_like(hit)
+            hit[keep] = True
         frames.append(pd.DataFrame({"query_id": query["query_id"],
                                     "product_id": product_ids[hit].to_numpy(),
                                     "grade": grades[hit].to_numpy()}))

@@ -12,7 +12,6 @@ import io
 import json
 import logging
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -268,8 +267,12 @@ def query_text(attributes: dict[str, str], rng: np.random.Generator) -> str:
 
 def generate_synthetic_catalog(out: str, n_products: int = 2000, n_queries: int | None = None,
                                seed: int = 0, noise: TextNoise | None = None,
-                               fmt: str = "parquet", progress: bool = True) -> str:
-    """Write a synthetic catalog (tables + JPEG photos) to ``out``; same seed, same bytes."""
+                               fmt: str = "parquet", progress: bool = True,
+                               judged_per_query: int | None = None,
+                               image_size: int = IMAGE_SIZE) -> str:
+    """Write a synthetic catalog (tables + JPEG photos of ``image_size`` pixels a side) to
+    ``out``; same arguments, same bytes. ``judged_per_query`` caps each query's judgments
+    at a seeded sample (see ``judgments_for``): a large catalog's judgments stay a pool."""
     if n_products < 10:
         raise ValueError(f"n_products must be at least 10, got {n_products}")
     noise = noise or TextNoise()
@@ -279,11 +282,13 @@ def generate_synthetic_catalog(out: str, n_products: int = 2000, n_queries: int 
     queries = sample_queries(products, n_queries, rng)
     attributes = products[["category", "colour", "pattern", "material", "brand", "gender"]]
     judgments = judgments_for(queries, attributes, products["product_id"], "category",
-                              GENDER_EQUIVALENTS)
+                              GENDER_EQUIVALENTS, per_query=judged_per_query, seed=seed)
     root = write_catalog(out, products, queries_frame(queries), judgments, fmt)
-    _write_photos(root, products, seed, progress)
+    _write_photos(root, products, seed, progress, image_size)
     manifest = {"generator": "fusion_model.data.synthetic", "seed": seed,
                 "products": n_products, "queries": len(queries), "noise": noise.__dict__}
+    if judged_per_query is not None or image_size != IMAGE_SIZE:
+        manifest.update(judged_per_query=judged_per_query, image_size=image_size)
     storage.write_bytes(storage.join(root, "catalog.json"),
                         json.dumps(manifest, indent=2, sort_keys=True).encode())
     log.info("synthetic catalog: %d products, %d queries, %d judgments -> %s",
@@ -291,8 +296,9 @@ def generate_synthetic_catalog(out: str, n_products: int = 2000, n_queries: int 
     return root
 
 
-def _write_photos(root: str, products: pd.DataFrame, seed: int, progress: bool) -> None:
-    renderer = PhotoRenderer()
+def _write_photos(root: str, products: pd.DataFrame, seed: int, progress: bool,
+                  image_size: int = IMAGE_SIZE) -> None:
+    renderer = PhotoRenderer(image_size)
     with_image = products.dropna(subset=["image"])
 
     def write_one(row) -> None:
@@ -300,8 +306,7 @@ def _write_photos(root: str, products: pd.DataFrame, seed: int, progress: bool) 
         data = renderer.render(row.category, row.colour, row.pattern, photo_seed)
         storage.write_bytes(storage.join(root, row.image), data)
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        jobs = pool.map(write_one, with_image.itertuples(index=False))
-        for _ in progress_bar(jobs, total=len(with_image), desc="render photos", unit="img",
-                              show=progress):
-            pass
+    jobs = storage.parallel_map_iter(write_one, with_image.itertuples(index=False), 4)
+    for _ in progress_bar(jobs, total=len(with_image), desc="render photos", unit="img",
+                          show=progress):
+        pass

@@ -14,6 +14,20 @@ from fusion_model.errors import CatalogError, StorageError
 FORMATS = ("parquet", "csv", "jsonl")
 
 
+TABLES = ("products", "queries", "judgments")
+
+
+def table_files(root: str) -> list[str]:
+    """The table files present at ``root`` (``name.{parquet,csv,jsonl}``), found by asking
+    for each candidate: the catalog's photos (millions, maybe) are never listed. An empty
+    result lists ``root`` to tell a missing directory from one without tables."""
+    present = [candidate for name in TABLES for fmt in FORMATS
+               if storage.exists(candidate := storage.join(root, f"{name}.{fmt}"))]
+    if present:
+        return present
+    return storage.list_files(root)
+
+
 def find_table(root: str, name: str, files: list[str]) -> str | None:
     """The URI of ``name.{parquet,csv,jsonl}`` under ``root``; error if several exist."""
     candidates = [storage.join(root, f"{name}.{fmt}") for fmt in FORMATS]

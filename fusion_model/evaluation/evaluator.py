@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,14 +67,22 @@ class Evaluator:
                                 self.product_ids, self.qrels, self.ks, self.min_grade,
                                 self.segments)
 
+    def score_top(self, top: torch.Tensor) -> EvaluationResult:
+        """Given each query's top product indices (rows in query order), best first."""
+        rankings = {qid: [self.product_ids[j] for j in row]
+                    for qid, row in zip(self.query_ids, top.tolist())}
+        return self.score_rankings(rankings)
+
     def score_rankings(self, rankings: Mapping[str, Sequence[str]]) -> EvaluationResult:
         """Given rankings (an ANN index's) of this split's queries."""
         return evaluate_rankings(rankings, self.qrels, self.ks, self.min_grade, self.segments)
 
 
-def rank(query_vectors: torch.Tensor, product_vectors: torch.Tensor, query_ids: Sequence[str],
-         product_ids: Sequence[str], k: int) -> dict[str, list[str]]:
-    """Top-k product ids per query by inner product."""
+def rank(query_vectors: torch.Tensor, product_vectors: torch.Tensor | Iterable[torch.Tensor],
+         query_ids: Sequence[str], product_ids: Sequence[str], k: int
+         ) -> dict[str, list[str]]:
+    """Top-k product ids per query by inner product (products: a tensor or streamed
+    chunks in product order)."""
     _, index = exact_top_k(query_vectors, product_vectors, k)
     return {qid: [product_ids[j] for j in row] for qid, row in zip(query_ids, index.tolist())}
 
@@ -137,11 +145,12 @@ def query_segments(queries, products, judgments,
     parsed = [SegmentRule.parse(rule) for rule in rules]
     if "attributes" not in queries.columns:
         return {}
-    titles = dict(zip(products["product_id"], products["title"].str.lower()))
     exact: dict[str, list[str]] = {}
     for qid, pid in judgments.loc[judgments["grade"] == 3, ["query_id", "product_id"]
                                   ].itertuples(index=False):
         exact.setdefault(qid, []).append(pid)
+    judged = products[products["product_id"].isin({p for ps in exact.values() for p in ps})]
+    titles = dict(zip(judged["product_id"], judged["title"].str.lower()))  # judged ones only
     segments: dict[str, set[str]] = {rule.name: set() for rule in parsed}
     for qid, raw in zip(queries["query_id"], queries["attributes"]):
         attributes = json.loads(raw) if isinstance(raw, str) else {}

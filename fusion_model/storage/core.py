@@ -8,6 +8,7 @@ import logging
 import os
 import posixpath
 import re
+from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
@@ -269,10 +270,18 @@ def copy_tree(src: str, dst: str, *, progress: bool = True) -> int:
     return len(files)
 
 
-def parallel_map_iter(fn, items: list, workers: int = 16):
-    """``map`` over threads (I/O-bound work: reads, writes, S3 calls), in order."""
+def parallel_map_iter(fn, items: Iterable, workers: int = 16):
+    """``map`` over threads (I/O-bound work: reads, writes, S3 calls), in order. At most
+    ``4 * workers`` items are in flight: memory does not grow with the number of items
+    (``Executor.map`` submits them all at once, a future each)."""
+    window: deque = deque()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(fn, items)
+        for item in items:
+            if len(window) >= 4 * workers:
+                yield window.popleft().result()
+            window.append(pool.submit(fn, item))
+        while window:
+            yield window.popleft().result()
 
 
 def parallel_map(fn, items: list, workers: int = 16) -> list:

@@ -15,8 +15,9 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from fusion_model.data.catalog import Catalog
 from fusion_model.engines import resolve_runtime
 from fusion_model.errors import BadInputError
 from fusion_model.evaluation.evaluator import EvaluationResult, Evaluator
+from fusion_model.evaluation.search import exact_top_k
+from fusion_model.feature_store import Table, write_table
 from fusion_model.features import (
     image_batch,
     image_bottom_features,
@@ -135,10 +138,10 @@ class Trainer:
         self.data: RetrievalData | None = None
         self.model: TwoTower | None = None
         self.positive_sets: list[set[int]] = []
-        self.product_text: dict[str, torch.Tensor] = {}
+        self.product_text: Table = {}     # read from disk a batch at a time
         self.text_row: np.ndarray | None = None
         self.query_text: dict[str, dict[str, torch.Tensor]] = {}
-        self.image_features: torch.Tensor | None = None
+        self.image_features: Table | None = None
         self.image_present: torch.Tensor | None = None
         self.query_pooled: dict[str, torch.Tensor] | None = None
         self.negatives: list[np.ndarray] | None = None
@@ -200,9 +203,8 @@ class Trainer:
     def finish(self) -> TrainResult:
         """Evaluate the current model on val and test, save it and the result (rank 0)."""
         self.seconds["total"] = time.perf_counter() - self._started
-        products = self.product_vectors()
-        val = self.evaluate_split("val", products)
-        test = self.evaluate_split("test", products)
+        val, test = self.evaluate_splits(("val", "test"))
+        self._drop_scratch()
         model_dir = self.work_dir / "model"
         if self.rank == 0:
             self.model.save(model_dir, {
@@ -258,11 +260,32 @@ class Trainer:
                         (query_vectors, product_vectors))
 
     def _freeze_text_tokens(self) -> None:
-        """No domain fine-tuning: run the (frozen) text top once and keep its output."""
-        tokens = self._map_batches(len(self.data.product_ids), lambda idx: self.model.text.top(
-            self.product_text["hidden"][idx].float(), self.product_text["mask"][idx]))
-        self.product_text = {"hidden": tokens.to(torch.bfloat16),
-                             "mask": self.product_text["mask"], "final": torch.tensor(True)}
+        """The text top is frozen: run it once over every product and keep its output on
+        disk (scratch of this work dir), read back a batch at a time."""
+        source = self.product_text
+        scratch = self._scratch_dir() / "final-text-tokens"
+        shutil.rmtree(scratch, ignore_errors=True)
+
+        def final_tokens(rows: np.ndarray) -> dict[str, torch.Tensor]:
+            mask = source["mask"][rows]
+            tokens = self._map_batches(len(rows), lambda idx: self.model.text.top(
+                source["hidden"][rows[idx.numpy()]].float(), mask[idx]))
+            return {"hidden": tokens.to(torch.bfloat16), "mask": mask}
+
+        with torch.no_grad():
+            self.product_text = {**write_table(scratch, len(self.data.product_ids),
+                                               final_tokens), "final": torch.tensor(True),
+                                 "source": source}
+
+    def _drop_scratch(self) -> None:
+        """Delete the frozen tokens on disk; the text top then runs per batch again on the
+        cached bottoms (same vectors: it is frozen), should the trainer be used further."""
+        if "source" in self.product_text:
+            self.product_text = self.product_text["source"]
+        shutil.rmtree(self._scratch_dir(), ignore_errors=True)
+
+    def _scratch_dir(self) -> Path:
+        return self.work_dir / "scratch" / f"rank-{self.rank}"
 
     def _product_tokens(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
         """Final text tokens of products ``idx``. While the text top trains, it runs once per
@@ -286,7 +309,7 @@ class Trainer:
             images = image_bottom_features(model.image, self.data.image_uris, self.cache_root,
                                            self.runtime, progress=self.progress)
         self.seconds["image_features"] = time.perf_counter() - started
-        self.image_features, self.image_present = images["features"], images["present"]
+        self.image_features, self.image_present = images["features"], images["present"][:]
         with torch.no_grad():
             if "final" not in self.product_text:
                 self._freeze_text_tokens()
@@ -423,12 +446,9 @@ class Trainer:
     def _mine_negatives(self, count: int) -> list[np.ndarray]:
         """Per train query, the ``count`` highest-scoring products it has no judgment for,
         under the current model (re-mined every epoch)."""
-        from fusion_model.evaluation.search import exact_top_k
-
         queries = self.query_vectors("train")
-        products = self.product_vectors()
         depth = min(len(self.data.product_ids), count * 4 + 64)
-        _, top = exact_top_k(queries, products, depth)
+        _, top = exact_top_k(queries, self.product_vector_chunks(), depth)
         position = {pid: i for i, pid in enumerate(self.data.product_ids)}
         train = self.data.splits["train"]
         mined = []
@@ -480,17 +500,20 @@ class Trainer:
 
     # evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
-    def product_vectors(self) -> torch.Tensor:
-        """Every product's current embedding, from cached features."""
+    def product_vector_chunks(self) -> Iterator[torch.Tensor]:
+        """Every product's current embedding, ``EMBED_BATCH`` at a time in catalog order,
+        from cached features (never all in memory at once)."""
         model = self.model.eval()
-        if self.stage < 2:
-            return self._map_batches(len(self.data.product_ids),
-                                     lambda idx: model.product_text_vectors(
-                                         *self._product_tokens(idx)))
-        return self._map_batches(len(self.data.product_ids), lambda idx: (
-            model.products_from_features(*self._product_tokens(idx),
-                                         image_batch(self.image_features, idx),
-                                         self.image_present[idx])))
+        for start in range(0, len(self.data.product_ids), EMBED_BATCH):
+            idx = torch.arange(start, min(len(self.data.product_ids), start + EMBED_BATCH))
+            with self.runtime.autocast():
+                if self.stage < 2:
+                    vectors = model.product_text_vectors(*self._product_tokens(idx))
+                else:
+                    vectors = model.products_from_features(
+                        *self._product_tokens(idx), image_batch(self.image_features, idx),
+                        self.image_present[idx])
+            yield vectors.float()
 
     @torch.no_grad()
     def query_vectors(self, split: str) -> torch.Tensor:
@@ -507,14 +530,22 @@ class Trainer:
                 outs.append(fn(torch.arange(start, min(n, start + EMBED_BATCH))).float())
         return torch.cat(outs)
 
-    def evaluate_split(self, split: str,
-                       products: torch.Tensor | None = None) -> EvaluationResult:
+    def evaluate_split(self, split: str) -> EvaluationResult:
         """Exact-search metrics of the current model on one split."""
-        if split not in self.evaluators:
-            self.evaluators[split] = Evaluator.for_split(self.catalog, self.config, self.data,
-                                                         split)
-        products = self.product_vectors() if products is None else products
-        return self.evaluators[split].score_vectors(self.query_vectors(split), products)
+        return self.evaluate_splits((split,))[0]
+
+    def evaluate_splits(self, splits: tuple[str, ...]) -> list[EvaluationResult]:
+        """Exact-search metrics on each split, from one streamed pass over the products."""
+        for split in splits:
+            if split not in self.evaluators:
+                self.evaluators[split] = Evaluator.for_split(self.catalog, self.config,
+                                                             self.data, split)
+        evaluators = [self.evaluators[s] for s in splits]
+        queries = [self.query_vectors(s) for s in splits]
+        depth = max(max(e.ks) for e in evaluators)
+        _, top = exact_top_k(torch.cat(queries), self.product_vector_chunks(), depth)
+        bounds = np.cumsum([0, *(len(q) for q in queries)])
+        return [e.score_top(top[lo:hi]) for e, lo, hi in zip(evaluators, bounds, bounds[1:])]
 
 
 @dataclass

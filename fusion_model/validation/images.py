@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 from PIL import Image
@@ -58,9 +57,9 @@ def check_images(products: pd.DataFrame, min_side: int, max_pixels: int, workers
         return check_image(data, min_side, max_pixels)
 
     uris = products["image_uri"].tolist()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(progress_bar(pool.map(check, uris), total=len(uris),
-                                    desc="check images", unit="img", show=progress))
+    results = list(progress_bar(storage.parallel_map_iter(check, uris, workers),
+                                total=len(uris), desc="check images", unit="img",
+                                show=progress))
     return pd.DataFrame({"product_id": products["product_id"].astype(str).to_numpy(),
                          "image_uri": uris, "status": [s for s, _ in results],
                          "detail": [d for _, d in results]})

@@ -22,7 +22,7 @@ import pandas as pd
 from fusion_model import storage
 from fusion_model.data.catalog import resolve_image
 from fusion_model.data.splits import SPLITS
-from fusion_model.data.tables import find_table, read_table
+from fusion_model.data.tables import find_table, read_table, table_files
 from fusion_model.errors import BadInputError, CatalogError
 from fusion_model.validation import suites
 from fusion_model.validation.drift import (
@@ -148,7 +148,7 @@ def validate_catalog(uri: str, report_dir: str | Path, profile_uri: str | None =
 
 def _read_tables(root: str, checks: list[dict]) -> tuple[dict, dict]:
     """Raw tables (no contract checks, so GX sees every problem) and their file URIs."""
-    listed = storage.list_files(root)
+    listed = table_files(root)
     tables, files = {}, {}
     if not listed:
         checks.append(_file_check("catalog", root, "catalog directory exists and has files",

@@ -75,9 +75,9 @@ def test_switching_colour_tokens_on_reuses_the_cached_cnn_maps(tmp_path, caplog)
                                      progress=False)
     assert "image features: 3 cached, 0 computed" in caplog.text
     channels = first["features"].shape[1]
-    assert torch.equal(both["features"][:, :channels], first["features"])
+    assert torch.equal(both["features"][:, :channels], first["features"][:])
     assert both["features"].shape[1] == channels + COLOUR_LEVELS ** 3
-    assert both["present"].tolist() == [True, True, True, False]
+    assert both["present"][:].tolist() == [True, True, True, False]
     direct = colour.bottom(colour.preprocess([np.asarray(Image.open(uris[1]))]))
     assert torch.allclose(both["features"][1, channels:].float(), direct[0, channels:],
                           atol=1e-2)

@@ -1,0 +1,160 @@
+"""Scale benchmark: the lifecycle on synthetic catalogs of growing size, a step per process.
+
+    python benchmarks/scale.py [--sizes 10000,40000,160000] [--config tiny]
+        [--image-size 64] [--judged-per-query 50] [--queries 2000] [--work-dir DIR]
+        [--steps generate,validate,train,register,index,gate,promote]
+
+Each size gets a synthetic catalog (small photos; a judged pool of ``--judged-per-query``
+products per query, so that judgments do not grow with the catalog, as a shop's do not)
+and runs the pipeline steps that the Airflow DAG runs as tasks (``fusion_model.pipelines
+.steps``): validate, train (both stages, feature cache fill included), register, index
+(embed and write to Milvus Lite), gate and promote. Each step runs in a fresh process, as
+a task does on a worker, and reports its wall time, products per second and peak resident
+memory (``wait4``'s ``ru_maxrss`` of that process alone). The table puts the sizes side by
+side with the ratio of the largest to the smallest per step: flat memory reads 1.0x, and
+a time per product that does not grow reads 1.0x too.
+
+The ``tiny`` config (random-init encoders, fusion_model/models/tiny.py) stands in for the
+real encoders: this measures the platform's overhead (tables, caches, indexes, registry),
+not encoder FLOPs, which grow linearly by construction (benchmarks/throughput.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("scale")
+STEPS = ("generate", "validate", "train", "register", "index", "gate", "promote")
+
+
+def overrides_for(work: Path) -> list[str]:
+    """Everything a lifecycle writes, kept under one work directory."""
+    return [f"train.cache_dir={work / 'cache'}", f"index.uri={work / 'milvus.db'}",
+            f"registry.tracking_uri=sqlite:///{work / 'mlflow.db'}",
+            f"registry.artifact_location={work / 'artifacts'}"]
+
+
+def run_step(step: str, work: Path, args: argparse.Namespace) -> dict:
+    """One step in this process (the child side); returns what later steps need."""
+    from fusion_model.pipelines import steps
+
+    state_file = work / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    catalog, config, overrides = str(work / "catalog"), args.config, overrides_for(work)
+    if step == "generate":
+        from fusion_model.data.synthetic import generate_synthetic_catalog
+
+        generate_synthetic_catalog(catalog, n_products=args.size, n_queries=args.queries,
+                                   judged_per_query=args.judged_per_query,
+                                   image_size=args.image_size, progress=False)
+    elif step == "validate":
+        state["validate"] = steps.validate(catalog, str(work / "validation"))
+    elif step == "train":
+        state["train"] = steps.train(catalog, str(work / "run"), config, overrides)
+    elif step == "register":
+        state["register"] = steps.register(str(work / "run"), catalog, config, overrides)
+    elif step == "index":
+        state["index"] = steps.index(state["register"]["version"], catalog, config, overrides)
+    elif step == "gate":
+        state["gate"] = steps.gate(state["register"]["version"], catalog, config, overrides)
+    elif step == "promote":
+        state["promote"] = steps.promote_or_reject(state["register"]["version"],
+                                                   state["gate"], config, overrides)
+    state_file.write_text(json.dumps(state, default=str))
+    return state
+
+
+def measure(step: str, work: Path, args: argparse.Namespace) -> dict:
+    """Run ``step`` in a child process: wall seconds and its own peak RSS (MB)."""
+    command = [sys.executable, __file__, "--child", step, "--work-dir", str(work),
+               "--size", str(args.size), "--config", args.config,
+               "--queries", str(args.queries), "--image-size", str(args.image_size),
+               "--judged-per-query", str(args.judged_per_query)]
+    started = time.perf_counter()
+    with open(work / f"{step}.log", "w") as out:
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise SystemExit(f"step {step} at {args.size} products failed (exit "
+                         f"{child.returncode}); see {work / f'{step}.log'}")
+    return {"seconds": seconds, "peak_mb": usage.ru_maxrss / 1024,
+            "per_second": args.size / seconds}
+
+
+def table(results: dict[int, dict[str, dict]], steps: list[str]) -> str:
+    """Markdown: per step, per size time, products/s and peak RSS; ratios last/first."""
+    sizes = sorted(results)
+    head = ["step", *(f"{s:,}: s / prod/s / MB" for s in sizes),
+            f"time/product {sizes[-1]:,} vs {sizes[0]:,}", f"peak RSS {sizes[-1]:,} vs "
+            f"{sizes[0]:,}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for step in steps:
+        cells = []
+        for size in sizes:
+            r = results[size].get(step)
+            cells.append(f"{r['seconds']:.1f} / {r['per_second']:,.0f} / {r['peak_mb']:,.0f}"
+                         if r else "-")
+        first, last = results[sizes[0]].get(step), results[sizes[-1]].get(step)
+        if first and last and len(sizes) > 1:
+            per_product = (last["seconds"] / sizes[-1]) / (first["seconds"] / sizes[0])
+            cells += [f"{per_product:.2f}x", f"{last['peak_mb'] / first['peak_mb']:.2f}x"]
+        else:
+            cells += ["-", "-"]
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="10000,40000,160000")
+    parser.add_argument("--config", default="tiny")
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--judged-per-query", type=int, default=50)
+    parser.add_argument("--steps", default=",".join(STEPS))
+    parser.add_argument("--work-dir", default="runs/scale")
+    parser.add_argument("--output", help="write the results as JSON here too")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.child:
+        run_step(args.child, Path(args.work_dir), args)
+        return 0
+    steps = [s for s in args.steps.split(",") if s]
+    unknown = set(steps) - set(STEPS)
+    if unknown:
+        raise SystemExit(f"unknown steps {sorted(unknown)}; choose from {', '.join(STEPS)}")
+    results: dict[int, dict[str, dict]] = {}
+    for size in (int(s) for s in args.sizes.split(",")):
+        work = Path(args.work_dir) / f"{size}"
+        work.mkdir(parents=True, exist_ok=True)
+        args.size = size
+        results[size] = {}
+        for step in steps:
+            if step == "generate" and (work / "catalog" / "catalog.json").exists():
+                log.info("%d products: catalog already generated", size)
+                continue
+            results[size][step] = measure(step, work, args)
+            log.info("%d products, %s: %s", size, step, results[size][step])
+    print(table(results, steps))
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
