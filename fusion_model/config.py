@@ -119,6 +119,8 @@ class IndexConfig:
     metric: str = "IP"
     attribute_fields: tuple[str, ...] = ("category", "colour", "gender")
     batch_size: int = 512
+    shards: int = 1                     # Milvus shards of a new collection (write paths)
+    replicas: int = 1                   # in-memory replicas of the serving collection
     keep_collections: int = 3           # newest collections kept for rollback
     verify_samples: int = 50            # products that must retrieve themselves at rank 1
     max_delete_share: float = 0.05      # refresh refuses to delete a larger share of the
@@ -366,6 +368,8 @@ def validate(config: RunConfig) -> None:
         (config.index.keep_collections >= 1, "index.keep_collections must be >= 1"),
         (config.index.batch_size >= 1 and config.index.verify_samples >= 0,
          "index.batch_size must be >= 1 and index.verify_samples >= 0"),
+        (config.index.shards >= 1 and config.index.replicas >= 1,
+         "index.shards and index.replicas must be >= 1"),
         _metric_rule("gate.primary_metric", config.gate.primary_metric, config.eval.ks),
         (config.gate.segment_tolerance >= 0, "gate.segment_tolerance must be >= 0"),
         (config.text.trainable_layers >= 0 and config.image.trainable_blocks >= 0,

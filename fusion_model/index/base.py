@@ -76,6 +76,16 @@ class IndexBackend(Named):
 
     registry = BACKENDS
     kind = "index backend"
+    shards = 1      # of a new collection (``index.shards``), where the backend has them
+    replicas = 1    # in-memory replicas of a loaded collection (``index.replicas``)
+
+    def flush(self, name: str) -> None:
+        """Seal what was written to ``name`` (once, at the end of a build); a no-op for
+        backends without segments."""
+
+    def release(self, name: str) -> None:
+        """Free the memory of a collection nothing serves (reads load it again); a no-op
+        for backends that do not load collections."""
 
     def prune(self, prefix: str, keep: int) -> list[str]:
         """Drop the oldest ``prefix`` collections beyond the newest ``keep``, never an
@@ -144,4 +154,5 @@ def backend_class(name: str) -> type:
 def open_index(config: IndexConfig) -> Iterator[VectorIndex]:
     """The configured backend connected to ``config.uri``, closed on exit."""
     with backend_class(config.backend).open(config.uri, config.resolved_token()) as index:
+        index.shards, index.replicas = config.shards, config.replicas
         yield index

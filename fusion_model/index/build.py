@@ -147,6 +147,7 @@ def verify(index: VectorIndex, name: str, expected_ids: list[str], samples: int,
     if found != len(expected_ids):
         raise VectorIndexError(f"{name}: holds {found} products, the catalog has "
                                       f"{len(expected_ids)}; not safe to serve")
+    index.flush(name)               # once per build: seal the segments to index them
     index.wait_until_indexed(name)  # serve it indexed, not scanned
     rng = np.random.default_rng(seed)
     picked = [expected_ids[i] for i in rng.choice(len(expected_ids),

@@ -205,9 +205,10 @@ class MilvusIndex(IndexBackend, name="milvus"):
         params.add_index(field_name="vector", index_type=index_type, metric_type=metric,
                          params=index_params if index_params is not None
                          else DEFAULT_INDEX_PARAMS[index_type])
-        self.client.create_collection(name, schema=schema, index_params=params)
-        log.info("created collection %s (dim %d, %s/%s, attributes %s)", name, dim,
-                 index_type, metric, attribute_fields)
+        self.client.create_collection(name, schema=schema, index_params=params,
+                                      num_shards=self.shards)
+        log.info("created collection %s (dim %d, %s/%s, attributes %s, %d shard(s))", name,
+                 dim, index_type, metric, attribute_fields, self.shards)
 
     def has_collection(self, name: str) -> bool:
         return bool(self.client.has_collection(name))
@@ -224,7 +225,15 @@ class MilvusIndex(IndexBackend, name="milvus"):
         target = self.resolve_alias(name)
         state = str(self.client.get_load_state(target).get("state", ""))
         if "Loaded" not in state:
-            self.client.load_collection(target)
+            self.client.load_collection(target, replica_number=self.replicas)
+
+    def release(self, name: str) -> None:
+        self._prepared.pop(name, None)
+        self.client.release_collection(name)
+        log.info("released collection %s (nothing serves it; a read loads it again)", name)
+
+    def flush(self, name: str) -> None:
+        self.client.flush(name)
 
     def existing_hashes(self, name: str) -> dict[str, str]:
         """product_id -> content_hash of every row in the collection."""
@@ -298,7 +307,8 @@ class MilvusIndex(IndexBackend, name="milvus"):
             self.client.delete(name, filter=ids_expression(ids))
 
     def count(self, name: str) -> int:
-        self.client.flush(name)
+        """Rows of ``name``, by a Strong count: it sees every acknowledged write, flushed
+        or not (no flush per call: Milvus 2.4+ rate-limits flushes)."""
         return self._catch_up(name)
 
     def _catch_up(self, name: str) -> int:
@@ -391,8 +401,11 @@ class MilvusIndex(IndexBackend, name="milvus"):
         return list(self.client.list_aliases(name).get("aliases", []))
 
     def point_alias(self, alias: str, name: str) -> str | None:
-        """Point ``alias`` at ``name``; return the collection it pointed at before."""
+        """Point ``alias`` at ``name`` (loaded first, so that no search finds it released);
+        return the collection it pointed at before, released when no alias is left on it
+        (it stays for rollback, which loads it again)."""
         self._prepared.clear()
+        self.ensure_loaded(name)
         previous = self.resolve_alias(alias)
         if previous == alias:
             self.client.create_alias(name, alias)
@@ -400,6 +413,8 @@ class MilvusIndex(IndexBackend, name="milvus"):
         else:
             self.client.alter_alias(name, alias)
         log.info("alias %s -> %s (was %s)", alias, name, previous)
+        if previous and previous != name and not self.aliases_of(previous):
+            self.release(previous)
         return previous
 
     def drop_alias(self, alias: str) -> None:
