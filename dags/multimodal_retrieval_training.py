@@ -28,6 +28,7 @@ from fusion_platform import (
     default_args,
     flag_param,
     guarded_segments_param,
+    index_shard_task_args,
     platform_overrides,
     push_links,
     run_origin,
@@ -153,8 +154,9 @@ def multimodal_retrieval_training():
                                 params.get("shards") or 2, params["config_name"],
                                 _overrides(params))
 
-    @step_task(doc_md="Embed and upsert one shard of the catalog (resumable).",
-               max_active_tis_per_dag=4)
+    @step_task(doc_md="Embed and upsert one shard of the catalog (resumable): its rows "
+                      "from the partition manifest, its photos and its existing vectors.",
+               **index_shard_task_args())
     def index_shard(job: dict, params=None) -> dict:
         from fusion_model.pipelines import steps
 

@@ -103,6 +103,19 @@ def training_task_args() -> dict:
     return {"queue": queue} if queue else {}
 
 
+def index_shard_task_args() -> dict:
+    """Concurrency of the mapped index shards: ``$FUSION_INDEX_SHARD_CONCURRENCY`` (4) at
+    once per DAG, in the pool ``$FUSION_INDEX_POOL`` (``default_pool``; create a pool with
+    that many slots to share them across DAGs). Read at parse time, from the environment
+    only (no metadata-database call while parsing)."""
+    raw = os.environ.get("FUSION_INDEX_SHARD_CONCURRENCY", "4").strip()
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"FUSION_INDEX_SHARD_CONCURRENCY={raw!r}: expected a whole number "
+                         ">= 1")
+    return {"max_active_tis_per_dag": int(raw),
+            "pool": os.environ.get("FUSION_INDEX_POOL", "default_pool")}
+
+
 def _connection(conn_id: str):
     from airflow.sdk import BaseHook
 

@@ -71,6 +71,12 @@ class IndexConformance:
         assert {"product_id", "vector", "content_hash", *FIELDS} <= set(index.fields(filled))
         assert not index.has_collection(filled + "_missing")
 
+    def test_a_slice_of_ids_reads_its_own_hashes_and_count(self, index, filled):
+        """What one index shard reads: the rows of its products, not the collection."""
+        assert index.existing_hashes(filled, ["p4", "nope", "p1"]) == {"p4": "h4", "p1": "h1"}
+        assert index.count(filled, ["p4", "nope", "p1"]) == 2
+        assert index.count(filled, []) == 0 and index.existing_hashes(filled, []) == {}
+
     def test_rows_hashes_vectors_and_fields_come_back(self, index, filled):
         assert index.existing_hashes(filled) == {f"p{i}": f"h{i}" for i in range(6)}
         found, vectors = index.vectors_of(filled, ["p4", "nope", "p1"])

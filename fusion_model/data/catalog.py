@@ -166,7 +166,7 @@ def load_catalog(uri: str) -> Catalog:
         raise CatalogError(present, "queries and judgments come together",
                            detail="add the missing table or remove this one")
     products = _load_products(products_uri, root)
-    queries, judgments = _empty_queries(), _empty_judgments()
+    queries, judgments = empty_queries(), empty_judgments()
     if queries_uri and judgments_uri:
         queries = _load_queries(queries_uri)
         judgments = _load_judgments(judgments_uri, queries, products)
@@ -350,12 +350,12 @@ def _check_known(df: pd.DataFrame, uri: str, column: str, known: set[str], table
                            rows=_rows(unknown), detail=f"unknown {column} {value!r}")
 
 
-def _empty_queries() -> pd.DataFrame:
+def empty_queries() -> pd.DataFrame:
     return pd.DataFrame({"query_id": pd.Series(dtype=str), "text": pd.Series(dtype=str),
                          "split": pd.Series(dtype=str)})
 
 
-def _empty_judgments() -> pd.DataFrame:
+def empty_judgments() -> pd.DataFrame:
     return pd.DataFrame({"query_id": pd.Series(dtype=str), "product_id": pd.Series(dtype=str),
                          "grade": pd.Series(dtype="int8")})
 

@@ -88,9 +88,10 @@ def write_catalog(model: TwoTower, catalog: Catalog, index: VectorIndex, name: s
     index.create_collection(name, model.embedding_dim, fields, config.index_type,
                             config.metric)
     hashes = hashes or product_hashes(catalog, attribute_fields(catalog, config))
-    existing = index.existing_hashes(name)
     ids = catalog.products["product_id"].tolist()
-    rewrite = holds_duplicates(index, name, existing)
+    scope = None if delete_missing else ids  # a shard reads its own rows alone
+    existing = index.existing_hashes(name, scope)
+    rewrite = holds_duplicates(index, name, existing, scope)
     todo = [i for i, pid in enumerate(ids) if rewrite or existing.get(pid) != hashes[i]]
     stored = set(ids) if rewrite else set(existing)  # overwritten, not inserted
     removed = sorted(set(existing) - set(ids)) if delete_missing else []
@@ -111,11 +112,13 @@ def write_catalog(model: TwoTower, catalog: Catalog, index: VectorIndex, name: s
     return IndexResult(name, len(todo), len(ids) - len(todo), len(removed), index.count(name))
 
 
-def holds_duplicates(index: VectorIndex, name: str, existing: dict[str, str]) -> bool:
-    """Whether ``name`` holds an id twice: two writers inserted the same product (a task
-    thought dead still writing, say). Verification refuses such a collection; rewriting
-    every product with overwrites keeps one row per id."""
-    duplicated = index.count(name) - len(existing)
+def holds_duplicates(index: VectorIndex, name: str, existing: dict[str, str],
+                     ids: list[str] | None = None) -> bool:
+    """Whether ``name`` (its rows of ``ids``, when given) holds an id twice: two writers
+    inserted the same product (a task thought dead still writing, say). Verification
+    refuses such a collection; rewriting every product with overwrites keeps one row per
+    id."""
+    duplicated = index.count(name, ids) - len(existing)
     if duplicated > 0:
         log.warning("%s holds %d duplicated rows (two writers?); rewriting every product",
                     name, duplicated)

@@ -166,11 +166,14 @@ class MemoryIndex(IndexBackend, name="memory"):
             for pid in ids:
                 collection.rows.pop(pid, None)
 
-    def existing_hashes(self, name: str) -> dict[str, str]:
-        return {pid: row["content_hash"] for pid, row in self._get(name).rows.items()}
+    def existing_hashes(self, name: str, ids: list[str] | None = None) -> dict[str, str]:
+        rows = self._get(name).rows
+        chosen = rows if ids is None else [pid for pid in ids if pid in rows]
+        return {pid: rows[pid]["content_hash"] for pid in chosen}
 
-    def count(self, name: str) -> int:
-        return len(self._get(name).rows)
+    def count(self, name: str, ids: list[str] | None = None) -> int:
+        rows = self._get(name).rows
+        return len(rows) if ids is None else sum(pid in rows for pid in set(ids))
 
     def wait_until_indexed(self, name: str, timeout: float = 600, every: float = 2) -> bool:
         self._get(name)

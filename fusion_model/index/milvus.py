@@ -37,6 +37,7 @@ QUERY_PAGE = 16384
 # server is Bounded by default (reads may lag writes by a few seconds; Milvus Lite never
 # showed it); searches keep the collection's default.
 STRONG = {"consistency_level": "Strong"}
+IDS_PER_QUERY = 1000   # ids in one ``product_id in [...]`` expression
 
 
 # A connection of our own, closed on exit, and no keepalive pings while idle. pymilvus
@@ -235,10 +236,18 @@ class MilvusIndex(IndexBackend, name="milvus"):
     def flush(self, name: str) -> None:
         self.client.flush(name)
 
-    def existing_hashes(self, name: str) -> dict[str, str]:
-        """product_id -> content_hash of every row in the collection."""
+    def existing_hashes(self, name: str, ids: list[str] | None = None) -> dict[str, str]:
+        """product_id -> content_hash of every row in the collection, or of the rows of
+        ``ids`` alone (a shard reads its own slice, ``IDS_PER_QUERY`` ids a query)."""
         self._catch_up(name)
         found: dict[str, str] = {}
+        if ids is not None:
+            for chunk in _chunks(ids, IDS_PER_QUERY):
+                found.update((row["product_id"], row["content_hash"]) for row in
+                             self.client.query(name, filter=ids_expression(chunk),
+                                               output_fields=["product_id", "content_hash"],
+                                               **STRONG))
+            return found
         iterator = self.client.query_iterator(name, batch_size=QUERY_PAGE, filter="",
                                               output_fields=["product_id", "content_hash"],
                                               **STRONG)
@@ -306,10 +315,16 @@ class MilvusIndex(IndexBackend, name="milvus"):
         if ids:
             self.client.delete(name, filter=ids_expression(ids))
 
-    def count(self, name: str) -> int:
-        """Rows of ``name``, by a Strong count: it sees every acknowledged write, flushed
-        or not (no flush per call: Milvus 2.4+ rate-limits flushes)."""
-        return self._catch_up(name)
+    def count(self, name: str, ids: list[str] | None = None) -> int:
+        """Rows of ``name`` (of ``ids`` alone, when given), by a Strong count: it sees every
+        acknowledged write, flushed or not (no flush per call: Milvus 2.4+ rate-limits
+        flushes)."""
+        total = self._catch_up(name)
+        if ids is None:
+            return total
+        return sum(int(self.client.query(name, filter=ids_expression(chunk),
+                                         output_fields=["count(*)"], **STRONG)[0]["count(*)"])
+                   for chunk in _chunks(ids, IDS_PER_QUERY))
 
     def _catch_up(self, name: str) -> int:
         """Load ``name`` and wait until its query view holds every acknowledged write (a
@@ -435,6 +450,11 @@ class MilvusIndex(IndexBackend, name="milvus"):
 
     def compaction_done(self, job: int) -> bool:
         return self.client.get_compaction_state(job) == "Completed"
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 def ids_expression(ids: list[str]) -> str:

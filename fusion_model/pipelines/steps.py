@@ -260,8 +260,10 @@ def evaluate(work_dir: str) -> dict:
 
 def plan_index(version: str, catalog_uri: str, shards: int = 1, config_name: str = "default",
                overrides: list[str] | tuple = ()) -> list[dict]:
-    """Create the version's NEW collection and describe one indexing job per shard."""
+    """Create the version's NEW collection, write the snapshot's partition manifest (one
+    products table per shard, once per snapshot) and describe one indexing job per shard."""
     from fusion_model.data.catalog import load_catalog
+    from fusion_model.data.partitions import write_partitions
     from fusion_model.index.build import stored_fields
 
     config = _config(config_name, overrides)
@@ -272,25 +274,33 @@ def plan_index(version: str, catalog_uri: str, shards: int = 1, config_name: str
     with open_index(config.index) as index:
         index.create_collection(name, dim, stored_fields(catalog, config.index),
                                 config.index.index_type, config.index.metric)
+    partitions = write_partitions(catalog, shards, str(Path(config.train.cache_dir)
+                                                       .expanduser()))
     return [{"version": version, "catalog_uri": catalog_uri, "collection": name,
-             "shard": shard, "shards": shards} for shard in range(shards)]
+             "shard": shard, "shards": shards, "partition": partitions[shard]}
+            for shard in range(shards)]
 
 
 def index_shard(version: str, catalog_uri: str, collection: str, shard: int, shards: int,
-                config_name: str = "default", overrides: list[str] | tuple = ()) -> dict:
-    """Embed and upsert the products of one shard (stable hash of product_id)."""
+                config_name: str = "default", overrides: list[str] | tuple = (),
+                partition: str | None = None) -> dict:
+    """Embed and upsert the products of one shard (stable hash of product_id): its rows
+    from the ``partition`` table ``plan_index`` wrote (the whole catalog is read and
+    filtered only for a job planned without one)."""
     import dataclasses
-    import zlib
 
     from fusion_model.data.catalog import load_catalog
+    from fusion_model.data.partitions import read_partition, shard_of
     from fusion_model.index.build import write_catalog
 
     config = _config(config_name, overrides)
     _mlflow(config)
-    catalog = load_catalog(catalog_uri)
-    mine = catalog.products["product_id"].map(
-        lambda pid: zlib.crc32(pid.encode()) % shards == shard)
-    subset = dataclasses.replace(catalog, products=catalog.products[mine.to_numpy()])
+    if partition:
+        subset = read_partition(partition, catalog_uri)
+    else:
+        catalog = load_catalog(catalog_uri)
+        mine = shard_of(catalog.products["product_id"], shards) == shard
+        subset = dataclasses.replace(catalog, products=catalog.products[mine])
     model = load_registered_model(config.registry.model_name, version)
     cache = str(Path(config.train.cache_dir).expanduser())
     with open_index(config.index) as index:
