@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from fusion_model.data.catalog import Catalog
 from fusion_model.data.judging import assign_splits
@@ -43,7 +44,7 @@ def build_data(catalog: Catalog, min_positive_grade: int) -> RetrievalData:
         raise FusionModelError(f"{catalog.uri}: training and evaluation need queries and "
                                "judgments tables (see docs/catalog.md)")
     products = catalog.products
-    position = {pid: i for i, pid in enumerate(products["product_id"])}
+    position = pd.Index(products["product_id"])  # ids are unique (the loader checks)
     queries = catalog.queries.copy()
     if not (queries["split"] == "val").any():
         train = queries["split"] == "train"
@@ -60,8 +61,9 @@ def build_data(catalog: Catalog, min_positive_grade: int) -> RetrievalData:
         qrels: dict[str, dict[str, int]] = {}
         for qid, pid, grade in rel[["query_id", "product_id", "grade"]].itertuples(index=False):
             qrels.setdefault(qid, {})[pid] = int(grade)
-        positives = [np.array(sorted(position[p] for p, g in qrels.get(q, {}).items()
-                                     if g >= min_positive_grade), dtype=np.int64) for q in ids]
+        positives = [np.sort(position.get_indexer(
+            [p for p, g in qrels.get(q, {}).items() if g >= min_positive_grade]
+        ).astype(np.int64)) for q in ids]
         splits[split] = QuerySet(ids, subset["text"].tolist(), positives, qrels)
     if not splits["test"].ids:
         raise FusionModelError(f"{catalog.uri}: no query has split 'test'; evaluation, the "

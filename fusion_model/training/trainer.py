@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from fusion_model.config import RunConfig, StageConfig
@@ -226,9 +227,9 @@ class Trainer:
         self.product_text = text_bottom_features(
             self.model.text, self.data.product_texts, cfg.text.max_length, self.cache_root,
             self.runtime, desc="product text features", progress=self.progress)
-        first = {}
-        self.text_row = np.array([first.setdefault(t, i)
-                                  for i, t in enumerate(self.data.product_texts)])
+        codes, _ = pd.factorize(np.asarray(self.data.product_texts, dtype=object))
+        _, first = np.unique(codes, return_index=True)  # codes number texts as first seen
+        self.text_row = first[codes]                    # product -> first with its text
         all_queries = [t for s in self.data.splits.values() for t in s.texts]
         features = text_bottom_features(
             self.model.query_text, all_queries, cfg.text.query_max_length, self.cache_root,
