@@ -229,7 +229,11 @@ class FeatureCache:
         indexed = {name for (name,) in index.execute("SELECT name FROM shard")}
         for shard in self.store.shards():   # written, but its writer died before indexing
             if shard not in indexed:
-                self._add_to_index(index, shard, self.store.meta(shard)["keys"])
+                meta = self.store.meta(shard)
+                # a shard of the earlier format (a .pt file and a bare key list) is passed
+                # over for good: its keys are computed again into the new format
+                keys = meta.get("keys") or [] if isinstance(meta, dict) else []
+                self._add_to_index(index, shard, keys)
         return index
 
     @staticmethod

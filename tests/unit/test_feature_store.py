@@ -81,3 +81,21 @@ def test_write_table_stores_scratch_rows_in_order(tmp_path):
     assert table["x"].shape == (SHARD_ROWS + 5, 1)
     assert table["x"][[SHARD_ROWS + 4, 0, SHARD_ROWS]].flatten().tolist() == [
         SHARD_ROWS + 4, 0, SHARD_ROWS]
+
+
+def test_shards_of_the_earlier_format_are_passed_over_and_computed_again(tmp_path):
+    """A cache written before the feature store (torch files and bare key lists) must not
+    break a run: its keys are computed again, and the old shard is not read again."""
+    import json
+
+    old = tmp_path / "t" / "v1"
+    old.mkdir(parents=True)
+    torch.save({"hidden": torch.zeros(2, 2, 3)}, old / "shard-0123456789ab.pt")
+    (old / "shard-0123456789ab.json").write_text(json.dumps(["k0", "k1"]))
+    keys = ["k0", "k1"]
+    cache = FeatureCache(tmp_path, "t", "v1")
+    table = cache.get(keys, values_of(keys), 4, "t", False)
+    assert cache.stats == {"hits": 0, "computed": 2}
+    assert torch.equal(table["hidden"][:], values_of(keys)([0, 1])["hidden"])
+    again = FeatureCache(tmp_path, "t", "v1")
+    again.get(keys, lambda _: pytest.fail("recomputed"), 4, "t", False)
