@@ -99,6 +99,16 @@ class IndexBackend(Named):
                 dropped.append(name)
         return dropped
 
+    def release_idle(self, prefix: str, keep: set[str]) -> list[str]:
+        """Release the ``prefix`` collections that no alias points at, except ``keep``
+        (those a running service or a check may still read); they stay for rollback,
+        which loads a collection before the alias moves back."""
+        idle = [n for n in self.list_collections() if n.startswith(f"{prefix}_m")
+                and n not in keep and not self.aliases_of(n)]
+        for name in idle:
+            self.release(name)
+        return idle
+
     def refuse_drop_if_aliased(self, name: str) -> None:
         aliases = self.aliases_of(name)
         if aliases:

@@ -229,6 +229,8 @@ class MilvusIndex(IndexBackend, name="milvus"):
             self.client.load_collection(target, replica_number=self.replicas)
 
     def release(self, name: str) -> None:
+        if "Loaded" not in str(self.client.get_load_state(name).get("state", "")):
+            return
         self._prepared.pop(name, None)
         self.client.release_collection(name)
         log.info("released collection %s (nothing serves it; a read loads it again)", name)
@@ -416,9 +418,10 @@ class MilvusIndex(IndexBackend, name="milvus"):
         return list(self.client.list_aliases(name).get("aliases", []))
 
     def point_alias(self, alias: str, name: str) -> str | None:
-        """Point ``alias`` at ``name`` (loaded first, so that no search finds it released);
-        return the collection it pointed at before, released when no alias is left on it
-        (it stays for rollback, which loads it again)."""
+        """Point ``alias`` at ``name`` (loaded first, so that no search finds it released:
+        a rollback to a released collection); return the collection it pointed at before.
+        That one stays loaded: running services read it until they follow the champion
+        (``release_idle`` frees it at the next promotion)."""
         self._prepared.clear()
         self.ensure_loaded(name)
         previous = self.resolve_alias(alias)
@@ -428,8 +431,6 @@ class MilvusIndex(IndexBackend, name="milvus"):
         else:
             self.client.alter_alias(name, alias)
         log.info("alias %s -> %s (was %s)", alias, name, previous)
-        if previous and previous != name and not self.aliases_of(previous):
-            self.release(previous)
         return previous
 
     def drop_alias(self, alias: str) -> None:

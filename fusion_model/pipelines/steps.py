@@ -422,12 +422,17 @@ def promote_or_reject(version: str, decision: dict, config_name: str = "default"
     switch.recover(config)  # an interrupted switch first: it decides the champion
     candidate, tags = candidate_for(config.registry.model_name, version)
     entry = {**decision, "collection": tags["milvus_collection"]}
+    prefix = config.index.collection_prefix
     if decision["decision"] != "promote":
         record_decision(candidate, entry, config.registry)
+        with open_index(config.index) as index:  # the gate is done with it: free it
+            index.release_idle(prefix, keep=set())
         return {"promoted": False, "version": version, "reasons": decision["reasons"]}
     previous = switch.switch_serving(config, candidate, tags["milvus_collection"], entry)
     with open_index(config.index) as index:
-        dropped = index.prune(config.index.collection_prefix, config.index.keep_collections)
+        dropped = index.prune(prefix, config.index.keep_collections)
+        # services read the previous collection until they follow the new champion
+        index.release_idle(prefix, keep={previous} if previous else set())
     return {"promoted": True, "version": version, "collection": tags["milvus_collection"],
             "previous_collection": previous, "dropped": dropped}
 

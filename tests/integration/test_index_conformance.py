@@ -44,19 +44,21 @@ class TestMilvusLoadAndFlush:
         with MilvusIndex.open(str(tmp_path / "milvus.db")) as opened:
             yield opened
 
-    def test_the_collection_an_alias_leaves_is_released_and_loaded_again_on_return(
-            self, index):
-        for name in ("products_m1_a", "products_m2_b"):
+    def test_idle_collections_are_released_and_loaded_again_on_rollback(self, index):
+        names = ["products_m1_a", "products_m2_b", "products_m3_c"]
+        for name in names:
             index.create_collection(name, DIM, FIELDS, "FLAT", "IP")
             index.write_rows(name, ["p0", "p1"], unit_vectors(2), ["h0", "h1"],
                              {"category": ["a", "b"], "colour": ["c", "d"]})
-        index.point_alias("serving", "products_m1_a")
-        index.point_alias("serving", "products_m2_b")
-        state = {n: str(index.client.get_load_state(n)["state"])
-                 for n in ("products_m1_a", "products_m2_b")}
-        assert "NotLoad" in state["products_m1_a"] and "Loaded" in state["products_m2_b"]
-        assert index.point_alias("serving", "products_m1_a") == "products_m2_b"  # rollback
-        assert "Loaded" in str(index.client.get_load_state("products_m1_a")["state"])
+        index.point_alias("serving", "products_m3_c")
+        assert index.release_idle("products", keep={"products_m2_b"}) == ["products_m1_a"]
+
+        def loaded(name: str) -> bool:
+            return "NotLoad" not in str(index.client.get_load_state(name)["state"])
+
+        assert [loaded(n) for n in names] == [False, True, True]
+        assert index.point_alias("serving", "products_m1_a") == "products_m3_c"  # rollback
+        assert loaded("products_m1_a")
         hits = index.search("serving", unit_vectors(2)[[1]], k=1)
         assert hits[0][0]["product_id"] == "p1"
 
