@@ -80,12 +80,12 @@ def measure(step: str, work: Path, args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     with open(work / f"{step}.log", "w") as out:
         child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(child.pid, 0)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage
     seconds = time.perf_counter() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode:
-        raise SystemExit(f"step {step} at {args.size} products failed (exit "
-                         f"{child.returncode}); see {work / f'{step}.log'}")
+    code = os.waitstatus_to_exitcode(status)
+    if code:
+        raise SystemExit(f"step {step} at {args.size} products failed (exit {code}); see "
+                         f"{work / f'{step}.log'}")
     return {"seconds": seconds, "peak_mb": usage.ru_maxrss / 1024,
             "per_second": args.size / seconds}
 

@@ -84,11 +84,13 @@ class ShardSet:
         return sorted(p.stem for p in self.dir.glob("shard-*.json")) if self.dir.is_dir() \
             else []
 
-    def read_rows(self, shard: str, field: str, rows: np.ndarray) -> torch.Tensor:
-        """Rows of one field of one shard; runs of consecutive rows are read at once."""
-        offset, shape, dtype = self._header(shard, field)
-        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-        out = np.empty((len(rows), *shape[1:]), dtype=dtype)
+    def read_rows(self, shard: str, field: str, rows: np.ndarray,
+                  dtype: torch.dtype) -> torch.Tensor:
+        """Rows of one field of one shard as ``dtype`` (the field's, from ``dtype_of``);
+        runs of consecutive rows are read at once."""
+        offset, shape, stored = self._header(shard, field)
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * stored.itemsize
+        out = np.empty((len(rows), *shape[1:]), dtype=stored)
         flat = out.reshape(len(rows), -1).view(np.uint8) if row_bytes else None
         path = self.dir / f"{shard}.{field}.npy"
         with _opened(path) as fd:
@@ -103,7 +105,7 @@ class ShardSet:
                 if flat is not None:
                     flat[at:at + last - first + 1] = np.frombuffer(data, np.uint8).reshape(
                         last - first + 1, -1)
-        return _to_torch(out, self.dtype_of(shard, field))
+        return _to_torch(out, dtype)
 
     def dtype_of(self, shard: str, field: str) -> torch.dtype:
         if shard not in self._dtypes:
@@ -181,7 +183,7 @@ class StoredColumn(Column):
                 continue
             at = np.flatnonzero(shard_ids == shard_id)
             out[torch.from_numpy(at)] = self.store.read_rows(
-                self.shards[shard_id], self.field, self.rows[rows[at]])
+                self.shards[shard_id], self.field, self.rows[rows[at]], self.dtype)
         return out
 
 

@@ -69,9 +69,7 @@ class Evaluator:
 
     def score_top(self, top: torch.Tensor) -> EvaluationResult:
         """Given each query's top product indices (rows in query order), best first."""
-        rankings = {qid: [self.product_ids[j] for j in row]
-                    for qid, row in zip(self.query_ids, top.tolist())}
-        return self.score_rankings(rankings)
+        return self.score_rankings(rankings_from(top, self.query_ids, self.product_ids))
 
     def score_rankings(self, rankings: Mapping[str, Sequence[str]]) -> EvaluationResult:
         """Given rankings (an ANN index's) of this split's queries."""
@@ -84,7 +82,13 @@ def rank(query_vectors: torch.Tensor, product_vectors: torch.Tensor | Iterable[t
     """Top-k product ids per query by inner product (products: a tensor or streamed
     chunks in product order)."""
     _, index = exact_top_k(query_vectors, product_vectors, k)
-    return {qid: [product_ids[j] for j in row] for qid, row in zip(query_ids, index.tolist())}
+    return rankings_from(index, query_ids, product_ids)
+
+
+def rankings_from(top: torch.Tensor, query_ids: Sequence[str], product_ids: Sequence[str]
+                  ) -> dict[str, list[str]]:
+    """Query id -> product ids, from rows of product indices in query order."""
+    return {qid: [product_ids[j] for j in row] for qid, row in zip(query_ids, top.tolist())}
 
 
 def evaluate_vectors(query_vectors: torch.Tensor, product_vectors: torch.Tensor,

@@ -140,6 +140,7 @@ class Trainer:
         self.model: TwoTower | None = None
         self.positive_sets: list[set[int]] = []
         self.product_text: Table = {}     # read from disk a batch at a time
+        self.text_bottoms: Table | None = None  # set while product_text holds final tokens
         self.text_row: np.ndarray | None = None
         self.query_text: dict[str, dict[str, torch.Tensor]] = {}
         self.image_features: Table | None = None
@@ -274,15 +275,15 @@ class Trainer:
             return {"hidden": tokens.to(torch.bfloat16), "mask": mask}
 
         with torch.no_grad():
-            self.product_text = {**write_table(scratch, len(self.data.product_ids),
-                                               final_tokens), "final": torch.tensor(True),
-                                 "source": source}
+            self.product_text = write_table(scratch, len(self.data.product_ids),
+                                            final_tokens)
+        self.text_bottoms = source
 
     def _drop_scratch(self) -> None:
         """Delete the frozen tokens on disk; the text top then runs per batch again on the
         cached bottoms (same vectors: it is frozen), should the trainer be used further."""
-        if "source" in self.product_text:
-            self.product_text = self.product_text["source"]
+        if self.text_bottoms is not None:
+            self.product_text, self.text_bottoms = self.text_bottoms, None
         shutil.rmtree(self._scratch_dir(), ignore_errors=True)
 
     def _scratch_dir(self) -> Path:
@@ -292,7 +293,7 @@ class Trainer:
         """Final text tokens of products ``idx``. While the text top trains, it runs once per
         distinct text of the batch and only up to the batch's longest text (padding and
         duplicate titles are most of the work otherwise); the result is the same."""
-        if "final" in self.product_text:
+        if self.text_bottoms is not None:  # the frozen top's output, on disk
             return self.product_text["hidden"][idx].float(), self.product_text["mask"][idx]
         rows, inverse = np.unique(self.text_row[np.asarray(idx)], return_inverse=True)
         mask = self.product_text["mask"][rows]
@@ -312,7 +313,7 @@ class Trainer:
         self.seconds["image_features"] = time.perf_counter() - started
         self.image_features, self.image_present = images["features"], images["present"][:]
         with torch.no_grad():
-            if "final" not in self.product_text:
+            if self.text_bottoms is None:
                 self._freeze_text_tokens()
             self.query_pooled = {split: self._pool_queries(split) for split in self.query_text}
         self.stage = 2  # from here on evaluation uses the product head and full queries
@@ -450,12 +451,12 @@ class Trainer:
         queries = self.query_vectors("train")
         depth = min(len(self.data.product_ids), count * 4 + 64)
         _, top = exact_top_k(queries, self.product_vector_chunks(), depth)
-        position = {pid: i for i, pid in enumerate(self.data.product_ids)}
-        train = self.data.splits["train"]
+        ids, train = self.data.product_ids, self.data.splits["train"]
         mined = []
         for qid, row in zip(train.ids, top.tolist()):
-            judged = {position[p] for p in train.qrels.get(qid, {})}
-            mined.append(np.array([j for j in row if j not in judged][:count], dtype=np.int64))
+            judged = train.qrels.get(qid, {})
+            mined.append(np.array([j for j in row if ids[j] not in judged][:count],
+                                  dtype=np.int64))
         log.info("mined %d hard negatives for each of %d train queries", count, len(mined))
         return mined
 
