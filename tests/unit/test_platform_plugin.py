@@ -111,6 +111,19 @@ def test_cron_schedules_come_from_the_environment(platform, monkeypatch):
         platform.cron_schedule("FUSION_TRAINING_CRON", "0 3 * * 1")
 
 
+def test_index_shard_concurrency_and_pool_come_from_the_environment(platform, monkeypatch):
+    assert platform.index_shard_task_args() == {"max_active_tis_per_dag": 4,
+                                                "pool": "default_pool"}
+    monkeypatch.setenv("FUSION_INDEX_SHARD_CONCURRENCY", "12")
+    monkeypatch.setenv("FUSION_INDEX_POOL", "embedding")
+    assert platform.index_shard_task_args() == {"max_active_tis_per_dag": 12,
+                                                "pool": "embedding"}
+    for bad in ("0", "four", "-2"):
+        monkeypatch.setenv("FUSION_INDEX_SHARD_CONCURRENCY", bad)
+        with pytest.raises(ValueError, match=f"FUSION_INDEX_SHARD_CONCURRENCY='{bad}'"):
+            platform.index_shard_task_args()
+
+
 def test_bad_input_fails_a_task_at_once_and_other_errors_keep_retries(platform):
     from airflow.sdk.exceptions import AirflowFailException
 
