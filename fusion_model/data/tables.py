@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+from collections.abc import Iterator
 
 import pandas as pd
 
@@ -53,6 +55,50 @@ def read_table(uri: str, text_columns: tuple[str, ...]) -> pd.DataFrame:
     if fmt == "csv":
         return _read_csv(uri, text, text_columns)
     return _read_jsonl(uri, text)
+
+
+def iter_table(uri: str, text_columns: tuple[str, ...], rows: int) -> Iterator[pd.DataFrame]:
+    """``uri``'s rows, ``rows`` at a time, each frame indexed by its global row positions
+    (always at least one frame, empty for an empty table).
+
+    A local parquet file is decoded a batch at a time, so memory follows ``rows``, not the
+    table; CSV, JSON Lines and S3 objects are read whole (their checks need the whole text)
+    and then sliced. Large catalogs belong in parquet.
+    """
+    if uri.endswith(".parquet") and not storage.is_uri(uri):
+        yield from _iter_local_parquet(uri, rows)
+        return
+    table = read_table(uri, text_columns).reset_index(drop=True)
+    for start in range(0, max(len(table), 1), rows):
+        yield table.iloc[start:start + rows]
+
+
+def _iter_local_parquet(uri: str, rows: int) -> Iterator[pd.DataFrame]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        empty = os.path.getsize(uri) == 0
+    except OSError as exc:
+        raise CatalogError(uri, "file cannot be read", detail=str(exc)) from exc
+    if empty:
+        raise CatalogError(uri, "file is empty")
+    try:
+        parquet = pq.ParquetFile(uri)
+        _check_column_names(uri, parquet.schema_arrow.names)
+        start = 0
+        for batch in parquet.iter_batches(batch_size=rows):
+            frame = pa.Table.from_batches([batch], schema=parquet.schema_arrow).to_pandas()
+            frame.index = pd.RangeIndex(start, start + len(frame))
+            start += len(frame)
+            yield frame
+    except CatalogError:
+        raise
+    except Exception as exc:
+        raise CatalogError(uri, "not a readable parquet file",
+                           detail=str(exc).splitlines()[0]) from exc
+    if start == 0:
+        yield parquet.schema_arrow.empty_table().to_pandas()
 
 
 def _decode_utf8(uri: str, data: bytes) -> str:

@@ -20,13 +20,48 @@ class DriftBounds:
 
 def profile(products: pd.DataFrame, columns: tuple[str, ...]) -> dict:
     """Row count, columns, null rates and the shares of categorical columns."""
+    return finish_profile(profile_counts(products, columns))
+
+
+def profile_counts(products: pd.DataFrame, columns: tuple[str, ...]) -> dict:
+    """The additive part of a profile for one batch of rows (see ``merge_counts``)."""
     text = products.replace("", None)
     return {
         "row_count": len(products),
         "columns": sorted(map(str, products.columns)),
-        "null_rates": {str(c): float(text[c].isna().mean()) for c in products.columns},
-        "distributions": {c: products[c].astype(str).value_counts(normalize=True).round(6)
-                          .to_dict() for c in columns if c in products.columns},
+        "null_counts": {str(c): int(text[c].isna().sum()) for c in products.columns},
+        "value_counts": {c: {str(k): int(v) for k, v in
+                             products[c].astype(str).value_counts().items()}
+                         for c in columns if c in products.columns},
+    }
+
+
+def merge_counts(parts: list[dict]) -> dict:
+    """Batches' ``profile_counts`` summed (the columns are the first batch's)."""
+    merged = {"row_count": 0, "columns": parts[0]["columns"] if parts else [],
+              "null_counts": {}, "value_counts": {}}
+    for part in parts:
+        merged["row_count"] += part["row_count"]
+        for column, nulls in part["null_counts"].items():
+            merged["null_counts"][column] = merged["null_counts"].get(column, 0) + nulls
+        for column, counts in part["value_counts"].items():
+            total = merged["value_counts"].setdefault(column, {})
+            for value, count in counts.items():
+                total[value] = total.get(value, 0) + count
+    return merged
+
+
+def finish_profile(counts: dict) -> dict:
+    """Counts as the profile the drift checks compare (shares rounded to 6 places)."""
+    rows = counts["row_count"]
+    return {
+        "row_count": rows,
+        "columns": counts["columns"],
+        "null_rates": {c: (n / rows if rows else float("nan"))
+                       for c, n in counts["null_counts"].items()},
+        "distributions": {c: {v: round(n / rows, 6) for v, n in
+                              sorted(values.items(), key=lambda item: -item[1])}
+                          for c, values in counts["value_counts"].items()},
     }
 
 

@@ -17,25 +17,31 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from fusion_model import storage
 from fusion_model.data.catalog import resolve_image
 from fusion_model.data.splits import SPLITS
-from fusion_model.data.tables import find_table, read_table, table_files
+from fusion_model.data.tables import find_table, iter_table, read_table, table_files
 from fusion_model.errors import BadInputError, CatalogError
+from fusion_model.progress import progress_bar
 from fusion_model.validation import suites
 from fusion_model.validation.drift import (
     DriftBounds,
     compare,
+    finish_profile,
     load_profile,
-    profile,
+    merge_counts,
+    profile_counts,
     save_profile,
 )
 from fusion_model.validation.images import check_images
 
 log = logging.getLogger(__name__)
 MAX_EXAMPLES = 20
+# Product rows validated at a time: a part's memory follows this, not the catalog.
+PRODUCT_BATCH_ROWS = 20_000
 TEXT_COLUMNS = {"products": ("product_id", "title", "description", "image"),
                 "queries": ("query_id", "text", "split"),
                 "judgments": ("query_id", "product_id")}
@@ -106,29 +112,103 @@ class DataValidationError(BadInputError):
 def validate_catalog(uri: str, report_dir: str | Path, profile_uri: str | None = None,
                      settings: ValidationSettings | None = None, progress: bool = True,
                      raise_on_failure: bool = True) -> ValidationReport:
-    """Run every check on the catalog at ``uri``; write the report into ``report_dir``."""
-    settings = settings or ValidationSettings()
+    """Run every check on the catalog at ``uri``; write the report into ``report_dir``.
+
+    The products table is read ``PRODUCT_BATCH_ROWS`` rows at a time (one part), then the
+    catalog-wide rules run once (``finish_validation``); the Airflow DAGs run the same two
+    halves as mapped ``validate_products_part`` tasks and one finishing task.
+    """
     started = time.perf_counter()
-    root = uri.rstrip("/") if storage.is_s3(uri) else os.path.abspath(uri)
-    report_dir = Path(report_dir).expanduser().resolve()
-    report_dir.mkdir(parents=True, exist_ok=True)
+    settings = settings or ValidationSettings()
+    runner = _GXRunner(_report_dir(report_dir) / "data_docs")
+    validate_products_part(uri, report_dir, settings=settings, progress=progress,
+                           runner=runner)
+    return finish_validation(uri, report_dir, profile_uri, settings, runner=runner,
+                             started=started, raise_on_failure=raise_on_failure)
+
+
+def validate_products_part(uri: str, report_dir: str | Path, part: int = 0, parts: int = 1,
+                           settings: ValidationSettings | None = None,
+                           progress: bool = True, runner: _GXRunner | None = None) -> dict:
+    """Check the product rows of one part (batches ``part``, ``part + parts``, ...): GX
+    products suite, every photo, profile counts and id hashes, saved under
+    ``report_dir/parts`` for ``finish_validation``. Memory follows the batch size."""
+    if not 0 <= part < parts:
+        raise ValueError(f"part {part} is not one of 0..{parts - 1}")
+    settings = settings or ValidationSettings()
+    root, report_dir = catalog_root(uri), _report_dir(report_dir)
+    runner = runner or _GXRunner(report_dir / "data_docs")
+    products_uri = _products_file(root)
+    summary = {"part": part, "parts": parts, "products_file": products_uri, "checks": [],
+               "profile_counts": [], "rows": 0}
+    ids: list[np.ndarray] = []
+    if products_uri is not None:
+        try:
+            batches = iter_table(products_uri, TEXT_COLUMNS["products"], PRODUCT_BATCH_ROWS)
+            for number, batch in enumerate(progress_bar(
+                    batches, desc=f"validate products (part {part + 1}/{parts})",
+                    unit="batch", show=progress)):
+                if number % parts == part:
+                    _validate_product_batch(batch, root, products_uri, runner, settings,
+                                            summary, ids, first=number == part)
+            summary["checks"].append(_file_check("products", products_uri, "table readable",
+                                                 True))
+        except CatalogError as exc:
+            summary["checks"].append(_file_check("products", exc.file, "table readable",
+                                                 False, str(exc)))
+    _save_part(report_dir, summary, ids)
+    return {k: v for k, v in summary.items() if k in ("part", "parts", "rows")}
+
+
+def _validate_product_batch(batch: pd.DataFrame, root: str, file: str, runner: _GXRunner,
+                            settings: ValidationSettings, summary: dict,
+                            ids: list[np.ndarray], first: bool) -> None:
+    """One batch's row rules, photos, profile counts and id hashes into ``summary``."""
+    offset = int(batch.index[0]) if len(batch) else 0
+    batch = batch.reset_index(drop=True)
+    _normalise_ids(batch, ("product_id",))
+    label = f"rows {offset + 1}-{offset + len(batch)}"
+    summary["checks"] += runner.run("products", batch, suites.products_suite(settings.limits),
+                                    file, row_offset=offset, label=label, docs=first)
+    batch["image_uri"] = pd.Series(_image_uris(root, batch), index=batch.index, dtype=object)
+    images = check_images(batch, settings.min_image_side, settings.max_image_pixels,
+                          settings.workers, progress=False)
+    summary["checks"] += runner.run("image_status", images,
+                                    suites.image_status_suite(settings.limits), file,
+                                    row_offset=offset, label=label, docs=first)
+    summary["profile_counts"].append(profile_counts(batch, settings.drift.distribution_columns))
+    summary["rows"] += len(batch)
+    present = batch["product_id"].notna().to_numpy()
+    ids.append(np.stack([_id_hashes(batch["product_id"][present]).view(np.int64),
+                         offset + np.flatnonzero(present)]))
+
+
+def finish_validation(uri: str, report_dir: str | Path, profile_uri: str | None = None,
+                      settings: ValidationSettings | None = None, parts: int = 1,
+                      runner: _GXRunner | None = None, started: float | None = None,
+                      raise_on_failure: bool = True) -> ValidationReport:
+    """The catalog-wide rules over the saved parts: product ids unique across parts,
+    queries and judgments (judged products must exist), split counts, test coverage,
+    drift; then the summary, the Data Docs and (all passed) the new profile."""
+    started = time.perf_counter() if started is None else started
+    settings = settings or ValidationSettings()
+    root, report_dir = catalog_root(uri), _report_dir(report_dir)
+    runner = runner or _GXRunner(report_dir / "data_docs")
     checks: list[dict] = []
     tables, files = _read_tables(root, checks)
-    runner = _GXRunner(report_dir / "data_docs")
-    products = tables.get("products")
-    if products is not None:
-        _normalise_ids(products, ("product_id",))
-        checks += runner.run("products", products, suites.products_suite(settings.limits),
-                             files["products"])
-        products["image_uri"] = pd.Series(_image_uris(root, products), index=products.index,
-                                          dtype=object)
-        images = check_images(products, settings.min_image_side, settings.max_image_pixels,
-                              settings.workers, progress)
-        checks += runner.run("image_status", images,
-                             suites.image_status_suite(settings.limits), files["products"])
-    checks += _query_checks(tables, files, runner, settings)
-    current = profile(products, settings.drift.distribution_columns) \
-        if products is not None else None
+    loaded = [_load_part(report_dir, part, parts) for part in range(parts)]
+    product_parts = [p for p in loaded if p["products_file"] == files.get("products")
+                     and "products" in files]
+    current = None
+    hashes = np.zeros((2, 0), dtype=np.int64)
+    if product_parts:
+        checks += merge_checks([c for p in product_parts for c in p["checks"]])
+        hashes = np.concatenate([p["ids"] for p in product_parts], axis=1)
+        if all(c["success"] for c in checks if c["expectation"] == "table readable"):
+            checks.append(_unique_ids_check(hashes, files["products"]))
+            current = finish_profile(merge_counts(
+                [c for p in product_parts for c in p["profile_counts"]]))
+    checks += _query_checks(tables, files, runner, settings, hashes)
     if profile_uri and current is not None:
         checks += _drift_checks(current, profile_uri, settings.drift)
     success = bool(checks) and all(c["success"] for c in checks)
@@ -146,8 +226,121 @@ def validate_catalog(uri: str, report_dir: str | Path, profile_uri: str | None =
     return report
 
 
+def catalog_root(uri: str) -> str:
+    return uri.rstrip("/") if storage.is_s3(uri) else os.path.abspath(uri)
+
+
+def _report_dir(report_dir: str | Path) -> Path:
+    path = Path(report_dir).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _products_file(root: str) -> str | None:
+    """The one products table, or None (``finish_validation`` reports why)."""
+    try:
+        return find_table(root, "products", table_files(root))
+    except CatalogError:
+        return None
+
+
+def _part_path(report_dir: Path, part: int, parts: int, suffix: str) -> Path:
+    return report_dir / "parts" / f"products-{part:05d}-of-{parts:05d}.{suffix}"
+
+
+def _save_part(report_dir: Path, summary: dict, ids: list[np.ndarray]) -> None:
+    """The part's ids (hash, row) then its summary, each written whole (rename)."""
+    part, parts = summary["part"], summary["parts"]
+    target = _part_path(report_dir, part, parts, "npy")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stacked = np.concatenate(ids, axis=1) if ids else np.zeros((2, 0), dtype=np.int64)
+    with open(target.with_suffix(".npy.tmp"), "wb") as out:
+        np.save(out, stacked)
+    os.replace(target.with_suffix(".npy.tmp"), target)
+    json_path = _part_path(report_dir, part, parts, "json")
+    json_path.with_suffix(".tmp").write_text(json.dumps(summary, default=str))
+    os.replace(json_path.with_suffix(".tmp"), json_path)
+
+
+def _load_part(report_dir: Path, part: int, parts: int) -> dict:
+    path = _part_path(report_dir, part, parts, "json")
+    if not path.exists():
+        raise FileNotFoundError(f"validation part {part + 1} of {parts} is missing ({path}): "
+                                "run validate_products_part for it first")
+    summary = json.loads(path.read_text())
+    summary["ids"] = np.load(_part_path(report_dir, part, parts, "npy"))
+    return summary
+
+
+def _id_hashes(ids: pd.Series) -> np.ndarray:
+    """A stable 64-bit hash per id (the same in every process and part)."""
+    return pd.util.hash_pandas_object(ids.astype(str), index=False).to_numpy(np.uint64)
+
+
+def _unique_ids_check(hashes: np.ndarray, file: str) -> dict:
+    """product_id unique over the whole table (every part's ids), named by row and value."""
+    check = _file_check("products", file, "expect_column_values_to_be_unique", True)
+    check["column"] = "product_id"
+    _, inverse, counts = np.unique(hashes[0], return_inverse=True, return_counts=True)
+    repeated = np.sort(hashes[1][counts[inverse] > 1])
+    if len(repeated):
+        values = _product_ids_at(file, repeated[:MAX_EXAMPLES])
+        check.update(success=False, unexpected_count=int(len(repeated)),
+                     unexpected_percent=100.0 * len(repeated) / max(hashes.shape[1], 1),
+                     examples=[{"row": int(row) + 1, "value": values.get(int(row))}
+                               for row in repeated[:MAX_EXAMPLES]],
+                     detail=f"{len(repeated)} rows share their product_id with another row")
+    return check
+
+
+def _product_ids_at(file: str, rows: np.ndarray) -> dict[int, str]:
+    """The product_id of a few rows, read back from the table (failure path only)."""
+    wanted, found = set(int(r) for r in rows), {}
+    for batch in iter_table(file, TEXT_COLUMNS["products"], PRODUCT_BATCH_ROWS):
+        for row in wanted.intersection(batch.index):
+            found[row] = _plain(batch.at[row, "product_id"])
+    return {row: None if value is None else str(value) for row, value in found.items()}
+
+
+def merge_checks(checks: list[dict]) -> list[dict]:
+    """Per-batch results of the same rule as one check over all rows: counts summed,
+    the first examples kept, and a ``mostly`` rule decided on the whole table's share."""
+    merged: dict[tuple, dict] = {}
+    for check in checks:
+        key = (check["suite"], check.get("rule"), check["expectation"], check["column"],
+               check["file"])
+        if key not in merged:
+            merged[key] = {**check, "examples": list(check["examples"])}
+            continue
+        total = merged[key]
+        total["examples"] = (total["examples"] + check["examples"])[:MAX_EXAMPLES]
+        for name in ("unexpected_count", "element_count", "missing_count"):
+            if check.get(name) is not None:
+                total[name] = (total.get(name) or 0) + check[name]
+        total["success"] = total["success"] and check["success"]
+        total["detail"] = total["detail"] or check["detail"]
+    for total in merged.values():
+        _settle_share(total)
+    return list(merged.values())
+
+
+def _settle_share(check: dict) -> None:
+    """Recompute the unexpected share (and a ``mostly`` rule's outcome) from the sums."""
+    elements = check.get("element_count")
+    if elements is None or check.get("unexpected_count") is None:
+        return
+    counted = elements - (check.get("missing_count") or 0)
+    if counted <= 0:
+        return
+    share = check["unexpected_count"] / counted
+    check["unexpected_percent"] = 100.0 * share
+    if check.get("mostly") is not None and not check.get("raised"):
+        check["success"] = 1.0 - share >= check["mostly"]
+
+
 def _read_tables(root: str, checks: list[dict]) -> tuple[dict, dict]:
-    """Raw tables (no contract checks, so GX sees every problem) and their file URIs."""
+    """Raw queries and judgments (no contract checks, so GX sees every problem) and the
+    three tables' file URIs; the products table is read by the parts."""
     listed = table_files(root)
     tables, files = {}, {}
     if not listed:
@@ -166,6 +359,8 @@ def _read_tables(root: str, checks: list[dict]) -> tuple[dict, dict]:
                                           "expected products.parquet, .csv or .jsonl"))
             continue
         files[name] = found
+        if name == "products":
+            continue
         try:
             tables[name] = read_table(found, TEXT_COLUMNS[name]).reset_index(drop=True)
             checks.append(_file_check(name, found, "table readable", True))
@@ -208,7 +403,7 @@ def _image_uris(root: str, products: pd.DataFrame) -> list[str | None]:
 
 
 def _query_checks(tables: dict, files: dict, runner: _GXRunner,
-                  settings: ValidationSettings) -> list[dict]:
+                  settings: ValidationSettings, product_hashes: np.ndarray) -> list[dict]:
     queries, judgments = tables.get("queries"), tables.get("judgments")
     if queries is None or judgments is None:
         return []
@@ -218,8 +413,7 @@ def _query_checks(tables: dict, files: dict, runner: _GXRunner,
     if "grade" in judgments.columns:
         judgments["grade"] = judgments["grade"].map(_as_number)
     checks = runner.run("queries", queries, suites.queries_suite(limits), files["queries"])
-    products = tables.get("products")
-    product_ids = products["product_id"].dropna().tolist() if products is not None else []
+    product_ids = _judged_products_present(judgments, product_hashes)
     query_ids = queries["query_id"].dropna().tolist() if "query_id" in queries else []
     checks += runner.run("judgments", judgments, suites.judgments_suite(product_ids, query_ids),
                          files["judgments"])
@@ -231,6 +425,16 @@ def _query_checks(tables: dict, files: dict, runner: _GXRunner,
         checks += runner.run("test_coverage", _test_coverage(queries, judgments),
                              suites.test_coverage_suite(), files["queries"], key="query_id")
     return checks
+
+
+def _judged_products_present(judgments: pd.DataFrame, product_hashes: np.ndarray) -> list[str]:
+    """The judged product ids that the products table holds (the judgments suite's value
+    set: bounded by the judgments, not by the catalog)."""
+    if "product_id" not in judgments:
+        return []
+    judged = pd.Series(judgments["product_id"].dropna().unique())
+    present = np.isin(_id_hashes(judged).view(np.int64), product_hashes[0])
+    return sorted(judged[present].astype(str))
 
 
 def _test_coverage(queries: pd.DataFrame, judgments: pd.DataFrame) -> pd.DataFrame:
@@ -292,23 +496,40 @@ class _GXRunner:
         return str(index) if index.exists() else None
 
     def run(self, name: str, frame: pd.DataFrame, suite, file: str,
-            key: str | None = None) -> list[dict]:
+            key: str | None = None, row_offset: int = 0, label: str = "",
+            docs: bool = True) -> list[dict]:
+        """Validate ``frame`` (rows ``row_offset + 1``...) with ``suite``; Data Docs are
+        written when ``docs`` or when a rule failed."""
         gx = self.gx
-        batch = self.source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(
+        title = f"{name} {label}".strip()
+        batch = self.source.add_dataframe_asset(title).add_batch_definition_whole_dataframe(
             "all")
+        suite.name = title
         suite = self.context.suites.add(suite)
         definition = self.context.validation_definitions.add(
-            gx.ValidationDefinition(data=batch, suite=suite, name=name))
+            gx.ValidationDefinition(data=batch, suite=suite, name=title))
         checkpoint = self.context.checkpoints.add(gx.Checkpoint(
-            name=f"{name}_checkpoint", validation_definitions=[definition],
+            name=f"{title}_checkpoint", validation_definitions=[definition],
             actions=[], result_format={"result_format": "COMPLETE"}))
         result = checkpoint.run(batch_parameters={"dataframe": frame})
         checks = []
         for validation in result.run_results.values():
-            for item in validation.results:
-                checks.append(_to_check(name, item, frame, file, key))
-        self._write_docs(result)
+            for rule, item in enumerate(validation.results):
+                checks.append(_to_check(name, item, frame, file, key, row_offset, rule))
+        if docs or not result.success:
+            self._write_docs(result)
+        self._forget(title)
         return checks
+
+    def _forget(self, title: str) -> None:
+        """Drop a run's GX objects: the asset would otherwise keep its batch (the frame)
+        alive, and memory would grow with every batch validated."""
+        self.context.checkpoints.delete(f"{title}_checkpoint")
+        self.context.validation_definitions.delete(title)
+        self.source.delete_asset(title)
+        batches = self.source.get_execution_engine().batch_manager
+        batches.reset_batch_cache()
+        batches.batch_data_cache.clear()  # the frames themselves (reset keeps them)
 
     def _write_docs(self, result) -> None:
         """Data Docs from results whose catalog values are HTML-escaped (GX renders them
@@ -332,15 +553,17 @@ def _escaped(value):
     return value
 
 
-def _to_check(suite: str, item, frame: pd.DataFrame, file: str, key: str | None) -> dict:
+def _to_check(suite: str, item, frame: pd.DataFrame, file: str, key: str | None,
+              row_offset: int = 0, rule: int = 0) -> dict:
     config = item.expectation_config
     column = config.kwargs.get("column") or config.kwargs.get("column_list")
     result = item.result or {}
     indices = (result.get("unexpected_index_list") or [])[:MAX_EXAMPLES]
-    examples = [_example(frame, i, column, key) for i in indices
+    examples = [_example(frame, i, column, key, row_offset) for i in indices
                 if isinstance(i, int) and i < len(frame)]
     detail = ""
-    if item.exception_info and item.exception_info.get("raised_exception"):
+    raised = bool(item.exception_info and item.exception_info.get("raised_exception"))
+    if raised:
         detail = str(item.exception_info.get("exception_message"))
     elif not item.success and result.get("observed_value") is not None:
         detail = f"observed {result['observed_value']}"
@@ -348,12 +571,16 @@ def _to_check(suite: str, item, frame: pd.DataFrame, file: str, key: str | None)
             "column": ", ".join(column) if isinstance(column, list) else column,
             "success": bool(item.success), "unexpected_count": result.get("unexpected_count"),
             "unexpected_percent": result.get("unexpected_percent"), "file": file,
-            "examples": examples, "detail": detail}
+            "examples": examples, "detail": detail, "rule": rule,
+            "element_count": result.get("element_count"),
+            "missing_count": result.get("missing_count"),
+            "mostly": config.kwargs.get("mostly"), "raised": raised}
 
 
-def _example(frame: pd.DataFrame, index: int, column, key: str | None) -> dict:
+def _example(frame: pd.DataFrame, index: int, column, key: str | None,
+             row_offset: int = 0) -> dict:
     row = frame.iloc[index]
-    example = {"row": index + 1}
+    example = {"row": row_offset + index + 1}
     if key:
         example[key] = _plain(row[key])
     if isinstance(column, str) and column in frame.columns:
