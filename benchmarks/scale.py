@@ -3,6 +3,7 @@
     python benchmarks/scale.py [--sizes 10000,40000,160000] [--config tiny]
         [--image-size 64] [--judged-per-query 50] [--queries 2000] [--work-dir DIR]
         [--steps generate,validate,train,register,index,gate,promote]
+        [--index-server none|lite]
 
 Each size gets a synthetic catalog (small photos; a judged pool of ``--judged-per-query``
 products per query, so that judgments do not grow with the catalog, as a shop's do not)
@@ -14,6 +15,11 @@ memory (``wait4``'s ``ru_maxrss`` of that process alone). The table puts the siz
 side with the ratio of the largest to the smallest per step: flat memory reads 1.0x, and
 a time per product that does not grow reads 1.0x too.
 
+``--index-server lite`` runs the index in a ``milvus-lite server`` process beside the steps
+(as a Milvus server is in production), so the index, gate and promote steps' peak RSS is
+their own and not the collection's; the server's own peak is reported as ``milvus``.
+Without it (``none``), Milvus Lite runs inside each step's process.
+
 The ``tiny`` config (random-init encoders, fusion_model/models/tiny.py) stands in for the
 real encoders: this measures the platform's overhead (tables, caches, indexes, registry),
 not encoder FLOPs, which grow linearly by construction (benchmarks/throughput.py).
@@ -22,6 +28,7 @@ not encoder FLOPs, which grow linearly by construction (benchmarks/throughput.py
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -34,9 +41,9 @@ log = logging.getLogger("scale")
 STEPS = ("generate", "validate", "train", "register", "index", "gate", "promote")
 
 
-def overrides_for(work: Path) -> list[str]:
+def overrides_for(work: Path, index_uri: str | None = None) -> list[str]:
     """Everything a lifecycle writes, kept under one work directory."""
-    return [f"train.cache_dir={work / 'cache'}", f"index.uri={work / 'milvus.db'}",
+    return [f"train.cache_dir={work / 'cache'}", f"index.uri={index_uri or work / 'milvus.db'}",
             f"registry.tracking_uri=sqlite:///{work / 'mlflow.db'}",
             f"registry.artifact_location={work / 'artifacts'}"]
 
@@ -47,7 +54,8 @@ def run_step(step: str, work: Path, args: argparse.Namespace) -> dict:
 
     state_file = work / "state.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
-    catalog, config, overrides = str(work / "catalog"), args.config, overrides_for(work)
+    catalog, config = str(work / "catalog"), args.config
+    overrides = overrides_for(work, args.index_uri)
     if step == "generate":
         from fusion_model.data.synthetic import generate_synthetic_catalog
 
@@ -77,6 +85,8 @@ def measure(step: str, work: Path, args: argparse.Namespace) -> dict:
                "--size", str(args.size), "--config", args.config,
                "--queries", str(args.queries), "--image-size", str(args.image_size),
                "--judged-per-query", str(args.judged_per_query)]
+    if args.index_uri:
+        command += ["--index-uri", args.index_uri]
     started = time.perf_counter()
     with open(work / f"{step}.log", "w") as out:
         child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
@@ -101,16 +111,59 @@ def table(results: dict[int, dict[str, dict]], steps: list[str]) -> str:
         cells = []
         for size in sizes:
             r = results[size].get(step)
-            cells.append(f"{r['seconds']:.1f} / {r['per_second']:,.0f} / {r['peak_mb']:,.0f}"
-                         if r else "-")
+            if r and not r["seconds"]:  # the index server: its peak only
+                cells.append(f"- / - / {r['peak_mb']:,.0f}")
+            else:
+                cells.append(f"{r['seconds']:.1f} / {r['per_second']:,.0f} / "
+                             f"{r['peak_mb']:,.0f}" if r else "-")
         first, last = results[sizes[0]].get(step), results[sizes[-1]].get(step)
         if first and last and len(sizes) > 1:
-            per_product = (last["seconds"] / sizes[-1]) / (first["seconds"] / sizes[0])
-            cells += [f"{per_product:.2f}x", f"{last['peak_mb'] / first['peak_mb']:.2f}x"]
+            per_product = (f"{(last['seconds'] / sizes[-1]) / (first['seconds'] / sizes[0]):.2f}x"
+                           if first["seconds"] else "-")
+            cells += [per_product, f"{last['peak_mb'] / first['peak_mb']:.2f}x"]
         else:
             cells += ["-", "-"]
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def run_size(work: Path, steps: list[str], args: argparse.Namespace) -> dict[str, dict]:
+    """Every step at one size, each in its own process."""
+    measured = {}
+    for step in steps:
+        if step == "generate" and (work / "catalog" / "catalog.json").exists():
+            log.info("%d products: catalog already generated", args.size)
+            continue
+        measured[step] = measure(step, work, args)
+        log.info("%d products, %s: %s", args.size, step, measured[step])
+    return measured
+
+
+@contextlib.contextmanager
+def index_server(kind: str, work: Path):
+    """(URI, peak RSS reader) of a ``milvus-lite server`` for ``lite``; (None, None)
+    for ``none`` (Milvus Lite in each step's process)."""
+    if kind == "none":
+        yield None, None
+        return
+    from fusion_model.index.standalone import lite_server
+
+    with lite_server(work / "milvus-lite") as uri:
+        port = uri.rsplit(":", 1)[1]
+        yield uri, lambda: _peak_mb_of(f"--port {port}")
+
+
+def _peak_mb_of(command_part: str) -> float:
+    """VmHWM (peak RSS) of the process whose command line holds ``command_part``."""
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if command_part in command and "server" in command:
+                status = (proc / "status").read_text()
+                return int(status.split("VmHWM:")[1].split()[0]) / 1024
+        except (OSError, IndexError, ValueError):
+            continue
+    return float("nan")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -122,7 +175,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--judged-per-query", type=int, default=50)
     parser.add_argument("--steps", default=",".join(STEPS))
     parser.add_argument("--work-dir", default="runs/scale")
+    parser.add_argument("--index-server", choices=("none", "lite"), default="none",
+                        help="lite: a milvus-lite server process holds the collections")
     parser.add_argument("--output", help="write the results as JSON here too")
+    parser.add_argument("--index-uri", help=argparse.SUPPRESS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -143,13 +199,14 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(args.work_dir) / f"{size}"
         work.mkdir(parents=True, exist_ok=True)
         args.size = size
-        results[size] = {}
-        for step in steps:
-            if step == "generate" and (work / "catalog" / "catalog.json").exists():
-                log.info("%d products: catalog already generated", size)
-                continue
-            results[size][step] = measure(step, work, args)
-            log.info("%d products, %s: %s", size, step, results[size][step])
+        with index_server(args.index_server, work) as (uri, server_peak_mb):
+            args.index_uri = uri
+            results[size] = run_size(work, steps, args)
+            if uri:
+                results[size]["milvus"] = {"seconds": 0.0, "per_second": 0.0,
+                                           "peak_mb": server_peak_mb()}
+    if args.index_server != "none":
+        steps.append("milvus")
     print(table(results, steps))
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2))

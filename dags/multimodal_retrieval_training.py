@@ -1,11 +1,12 @@
 """
 ### Multimodal retrieval training
 
-Validate the catalog, run both training stages, evaluate, register the candidate as
-`challenger` in MLflow, re-embed the catalog into a **new** Milvus collection (mapped over
-shards), gate challenger vs champion through their real collections, then promote (alias
-swap + `champion`) or reject (nothing changes). Beside them, `tidy_runs` frees the disk
-of older runs' checkpoints and model copies.
+Validate the catalog (mapped over shards, then the catalog-wide rules), run both training
+stages, evaluate, register the candidate as `challenger` in MLflow, re-embed the catalog
+into a **new** Milvus collection (mapped over shards), gate challenger vs champion through
+their real collections, then promote (alias swap + `champion`) or reject (nothing
+changes). Beside them, `tidy_runs` frees the disk of older runs' checkpoints and model
+copies.
 
 Runs weekly (Monday 03:00 UTC; `FUSION_TRAINING_CRON`, `none` for no cron) **and**
 whenever the `catalog` asset is updated (the `catalog_refresh` DAG updates it): an
@@ -98,15 +99,31 @@ def multimodal_retrieval_training():
     def snapshot(params=None, triggering_asset_events=None) -> dict:
         return catalog_snapshot(params["catalog_uri"], triggering_asset_events)
 
-    @step_task(doc_md="Great Expectations suites, image integrity and drift; fails the run "
-                      "(nothing downstream) on bad data.")
-    def validate(snap: dict, run_id=None) -> dict:
+    @step_task(doc_md="The validation parts: one mapped task per shard (`shards`).")
+    def validation_parts(params=None) -> list[dict]:
+        parts = params.get("shards") or 2
+        return [{"part": part, "parts": parts} for part in range(parts)]
+
+    @step_task(doc_md="One part of the product rows: GX row rules, every photo, profile "
+                      "counts and id hashes (batches of 20,000 rows).",
+               **index_shard_task_args())
+    def validate_part(job: dict, snap: dict, run_id=None) -> dict:
+        from fusion_model.pipelines import steps
+
+        root = work_dir() / "runs" / run_id
+        return steps.validate_part(snap["catalog_uri"], str(root / "validation"), **job)
+
+    @step_task(doc_md="The catalog-wide rules over the parts (unique ids, judgments, "
+                      "splits, the missing-photo share, drift); fails the run (nothing "
+                      "downstream) on bad data.")
+    def validate(snap: dict, parts: list[dict], run_id=None) -> dict:
         from fusion_model.pipelines import steps
 
         root = work_dir() / "runs" / run_id
         return steps.validate(snap["catalog_uri"], str(root / "validation"),
                               str(work_dir() / "profiles" / "catalog.json"),
-                              fingerprint=snap["catalog_fingerprint"])
+                              fingerprint=snap["catalog_fingerprint"],
+                              parts=parts[0]["parts"])
 
     @step_task(doc_md="Stage 1: align queries with product text, fine-tuning the text encoder.",
                **training_task_args())
@@ -200,7 +217,8 @@ def multimodal_retrieval_training():
 
     tidy_runs()
     snap = snapshot()
-    report = validate(snap)
+    parts = validate_part.partial(snap=snap).expand(job=validation_parts())
+    report = validate(snap, parts)
     stage1 = train_stage1(snap, report)
     trained = train_stage2(snap, stage1)
     registered = register(snap, trained, report)

@@ -21,6 +21,7 @@ from fusion_model import storage
 from fusion_model.data.splits import SPLITS
 from fusion_model.data.tables import find_table, read_table, table_files
 from fusion_model.errors import CatalogError
+from fusion_model.memory import release_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ def load_catalog(uri: str) -> Catalog:
         queries = _load_queries(queries_uri)
         judgments = _load_judgments(judgments_uri, queries, products)
     tables = {"products": products_uri, "queries": queries_uri, "judgments": judgments_uri}
+    release_free_memory()  # the decode's and the checks' temporaries
     log.info("loaded catalog %s: %d products, %d queries, %d judgments",
              root, len(products), len(queries), len(judgments))
     return Catalog(root, products, queries, judgments,

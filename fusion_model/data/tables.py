@@ -42,6 +42,8 @@ def find_table(root: str, name: str, files: list[str]) -> str | None:
 
 def read_table(uri: str, text_columns: tuple[str, ...]) -> pd.DataFrame:
     """Read one table; ``text_columns`` are kept as strings exactly as written."""
+    if uri.endswith(".parquet") and os.path.isfile(uri) and os.path.getsize(uri):
+        return _read_parquet(uri, uri)  # by path: no copy of the file's bytes
     try:
         data = storage.read_bytes(uri)
     except StorageError as exc:
@@ -111,17 +113,19 @@ def _decode_utf8(uri: str, data: bytes) -> str:
                            ) from exc
 
 
-def _read_parquet(uri: str, data: bytes) -> pd.DataFrame:
+def _read_parquet(uri: str, data: bytes | str) -> pd.DataFrame:
+    """``data``: the file's bytes, or its local path."""
     import pyarrow.parquet as pq
 
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
-        names = pq.ParquetFile(io.BytesIO(data)).schema_arrow.names
+        names = pq.ParquetFile(source).schema_arrow.names
     except Exception as exc:
         raise CatalogError(uri, "not a readable parquet file",
                            detail=str(exc).splitlines()[0]) from exc
     _check_column_names(uri, names)
     try:
-        return pd.read_parquet(io.BytesIO(data))
+        return pd.read_parquet(io.BytesIO(data) if isinstance(data, bytes) else data)
     except Exception as exc:
         raise CatalogError(uri, "not a readable parquet file",
                            detail=str(exc).splitlines()[0]) from exc

@@ -52,16 +52,30 @@ def load_snapshot(catalog_uri: str, fingerprint: str | None = None):
 
 
 def validate(catalog_uri: str, report_dir: str, profile_uri: str | None = None,
-             fingerprint: str | None = None) -> dict:
+             fingerprint: str | None = None, parts: int | None = None) -> dict:
     """Raise DataValidationError (nothing downstream runs) or return the report's paths;
-    with ``fingerprint``, first check that the URI still holds that snapshot."""
+    with ``fingerprint``, first check that the URI still holds that snapshot. With
+    ``parts``, the product rows were checked by ``validate_part`` tasks: only the
+    catalog-wide rules run here, over their saved results."""
     from fusion_model.validation import validate_catalog
+    from fusion_model.validation.runner import finish_validation
 
     if fingerprint:
         load_snapshot(catalog_uri, fingerprint)
-    report = validate_catalog(catalog_uri, report_dir, profile_uri=profile_uri)
+    if parts is None:
+        report = validate_catalog(catalog_uri, report_dir, profile_uri=profile_uri)
+    else:
+        report = finish_validation(catalog_uri, report_dir, profile_uri, parts=parts)
     return {"success": report.success, "report": report.summary_uri,
             "data_docs": report.data_docs_uri, "checks": len(report.checks)}
+
+
+def validate_part(catalog_uri: str, report_dir: str, part: int, parts: int) -> dict:
+    """Check one part of the product rows (row rules, photos, profile counts, id hashes)
+    for ``validate(..., parts=parts)``; memory follows the batch size, not the catalog."""
+    from fusion_model.validation.runner import validate_products_part
+
+    return validate_products_part(catalog_uri, report_dir, part, parts, progress=False)
 
 
 def validate_report(catalog_uri: str, report_dir: str, profile_uri: str | None = None) -> dict:

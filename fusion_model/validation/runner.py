@@ -25,6 +25,7 @@ from fusion_model.data.catalog import resolve_image
 from fusion_model.data.splits import SPLITS
 from fusion_model.data.tables import find_table, iter_table, read_table, table_files
 from fusion_model.errors import BadInputError, CatalogError
+from fusion_model.memory import release_free_memory
 from fusion_model.progress import progress_bar
 from fusion_model.validation import suites
 from fusion_model.validation.drift import (
@@ -181,6 +182,7 @@ def _validate_product_batch(batch: pd.DataFrame, root: str, file: str, runner: _
     present = batch["product_id"].notna().to_numpy()
     ids.append(np.stack([_id_hashes(batch["product_id"][present]).view(np.int64),
                          offset + np.flatnonzero(present)]))
+    release_free_memory()  # the batch's frames and GX's temporaries
 
 
 def finish_validation(uri: str, report_dir: str | Path, profile_uri: str | None = None,

@@ -13,8 +13,9 @@ from tests.dags.conftest import REPO
 DAG_FILES = sorted((REPO / "dags").glob("*.py"))
 EXPECTED = {
     "multimodal_retrieval_training": {
-        "snapshot": ["validate", "train_stage1", "train_stage2", "register", "plan_index",
-                     "gate"],
+        "snapshot": ["validate_part", "validate", "train_stage1", "train_stage2", "register",
+                     "plan_index", "gate"],
+        "validation_parts": ["validate_part"], "validate_part": ["validate"],
         "validate": ["train_stage1", "register"], "train_stage1": ["train_stage2"],
         "train_stage2": ["evaluate", "register"], "evaluate": ["register"],
         "register": ["plan_index", "gate", "promote_or_reject"],
