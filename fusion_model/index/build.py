@@ -189,39 +189,76 @@ def refresh_serving(model: TwoTower, catalog: Catalog, config: IndexConfig, vers
     copied from the serving collection, new and changed products embedded, removed ones
     left out; verified before returning. The serving collection is never modified, and the
     caller moves the alias. Refuses to drop more than ``config.max_delete_share`` of the
-    serving products unless ``allow_deletions``."""
+    serving products unless ``allow_deletions``. One process: ``plan_refresh``, then
+    ``refresh_rows`` over the whole catalog (the DAG maps it over shards)."""
     with open_index(config) as index:
-        serving = index.resolve_alias(config.alias)
-        if serving == config.alias:
-            raise VectorIndexError(f"alias {config.alias!r} does not exist yet; "
-                                          "promote a model before refreshing")
-        ids = catalog.products["product_id"].tolist()
-        existing = index.existing_hashes(serving)
-        removed = len(set(existing) - set(ids))
-        check_deletions(serving, removed, len(existing), config.max_delete_share,
-                        allow_deletions)
-        target = collection_name(config.collection_prefix, version, catalog.fingerprint)
-        if target == serving:
-            log.info("%s already holds this snapshot; nothing to refresh", serving)
-            return IndexResult(serving, 0, len(ids), 0, len(existing), verified=True)
-        fields = stored_fields(catalog, config)
-        hashes = product_hashes(catalog, attribute_fields(catalog, config))
-        checkpoint("refresh.create")
-        index.create_collection(target, model.embedding_dim, fields, config.index_type,
-                                config.metric)
-        done = index.existing_hashes(target)  # a rerun continues a half-done target
-        checkpoint("refresh.copy")
-        unchanged = {pid for pid, h in zip(ids, hashes)
-                     if existing.get(pid) == h and done.get(pid) != h}
-        copied = index.copy_rows(serving, target, unchanged, fields,
-                                 display_values(catalog, unchanged), stored=set(done))
-        log.info("refresh %s -> %s: %d unchanged rows copied, %d products dropped", serving,
-                 target, copied, removed)
-        checkpoint("refresh.write")
-        result = write_catalog(model, catalog, index, target, config, cache_dir, progress,
-                               hashes=hashes)
-        verify(index, target, ids, config.verify_samples)
-    return dataclasses.replace(result, deleted=removed, verified=True)
+        plan = plan_refresh(index, catalog, config, version, model.embedding_dim,
+                            allow_deletions)
+        if plan.target == plan.serving:
+            return IndexResult(plan.serving, 0, len(catalog.products), 0, plan.kept,
+                               verified=True)
+        result = refresh_rows(model, catalog, index, plan, config, cache_dir, progress)
+        verify(index, plan.target, catalog.products["product_id"].tolist(),
+               config.verify_samples)
+    return dataclasses.replace(result, deleted=plan.removed, verified=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class RefreshPlan:
+    """Where a refresh reads (``serving``) and writes (``target``), and what it drops."""
+
+    serving: str
+    target: str
+    kept: int      # serving products still in the snapshot
+    removed: int   # serving products the snapshot no longer has
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def plan_refresh(index: VectorIndex, catalog: Catalog, config: IndexConfig, version: str,
+                 dim: int, allow_deletions: bool = False) -> RefreshPlan:
+    """Check the deletions against the cap and create the target collection (nothing to
+    create when the serving collection already holds this snapshot: target == serving).
+    Counts rows instead of reading the serving collection's hashes."""
+    serving = index.resolve_alias(config.alias)
+    if serving == config.alias:
+        raise VectorIndexError(f"alias {config.alias!r} does not exist yet; "
+                               "promote a model before refreshing")
+    total = index.count(serving)
+    kept = index.count(serving, catalog.products["product_id"].tolist())
+    check_deletions(serving, total - kept, total, config.max_delete_share, allow_deletions)
+    target = collection_name(config.collection_prefix, version, catalog.fingerprint)
+    plan = RefreshPlan(serving, target, kept, total - kept)
+    if target == serving:
+        log.info("%s already holds this snapshot; nothing to refresh", serving)
+        return plan
+    checkpoint("refresh.create")
+    index.create_collection(target, dim, stored_fields(catalog, config), config.index_type,
+                            config.metric)
+    return plan
+
+
+def refresh_rows(model: TwoTower, catalog: Catalog, index: VectorIndex, plan: RefreshPlan,
+                 config: IndexConfig, cache_dir: str | None = None, progress: bool = True
+                 ) -> IndexResult:
+    """Fill the target with ``catalog``'s products (the whole snapshot, or one shard's
+    slice): unchanged rows copied from the serving collection, the others embedded.
+    Reads only these products' rows of either collection; resumable."""
+    ids = catalog.products["product_id"].tolist()
+    fields = stored_fields(catalog, config)
+    hashes = product_hashes(catalog, attribute_fields(catalog, config))
+    existing = index.existing_hashes(plan.serving, ids)
+    done = index.existing_hashes(plan.target, ids)  # a rerun continues a half-done target
+    checkpoint("refresh.copy")
+    unchanged = {pid for pid, h in zip(ids, hashes)
+                 if existing.get(pid) == h and done.get(pid) != h}
+    copied = index.copy_rows(plan.serving, plan.target, unchanged, fields,
+                             display_values(catalog, unchanged), stored=set(done))
+    log.info("refresh %s -> %s: %d unchanged rows copied", plan.serving, plan.target, copied)
+    checkpoint("refresh.write")
+    return write_catalog(model, catalog, index, plan.target, config, cache_dir, progress,
+                         hashes=hashes)
 
 
 def check_deletions(collection: str, removed: int, total: int, max_share: float,

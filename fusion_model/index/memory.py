@@ -149,8 +149,9 @@ class MemoryIndex(IndexBackend, name="memory"):
         replace = replace or {}
         copied = 0
         with self.store.lock:
-            for pid, row in list(origin.rows.items()):
-                if pid not in keep_ids:
+            for pid in keep_ids:  # the kept rows alone, as Milvus reads them
+                row = origin.rows.get(pid)
+                if row is None:
                     continue
                 values = {f: row.get(f, "") for f in fields if f in destination.fields}
                 values |= {f: _text(v) for f, v in replace.get(pid, {}).items()

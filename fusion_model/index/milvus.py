@@ -267,30 +267,29 @@ class MilvusIndex(IndexBackend, name="milvus"):
         into ``target``, with the values in ``replace`` (product_id -> {field: value})
         instead of the stored ones; returns how many were copied. Idempotent: a row
         ``target`` already holds is overwritten, the others are inserted. ``stored``: the
-        ids ``target`` holds, when the caller has read them already."""
+        ids ``target`` holds, when the caller has read them already. Reads only the rows
+        of ``keep_ids`` (``IDS_PER_QUERY`` a query), so a refresh shard reads its slice."""
         self._catch_up(source)
-        present = set(self.existing_hashes(target)) if stored is None else stored
+        present = set(self.existing_hashes(target, sorted(keep_ids))) if stored is None \
+            else stored
         available = set(self.fields(source))
         wanted = ["product_id", "vector", "content_hash",
                   *[f for f in fields if f in available]]
-        iterator = self.client.query_iterator(source, batch_size=QUERY_PAGE // 4, filter="",
-                                              output_fields=wanted, **STRONG)
         replace = replace or {}
         copied = 0
-        try:
-            while batch := iterator.next():
-                rows = [{**{f: "" for f in fields}, **{k: row[k] for k in wanted},
-                         **{f: _text(v) for f, v in replace.get(row["product_id"], {}).items()
-                            if f in fields},
-                         "vector": [float(x) for x in row["vector"]]}
-                        for row in batch if row["product_id"] in keep_ids]
-                self._write([r for r in rows if r["product_id"] not in present], target,
-                            overwrite=False)
-                self._write([r for r in rows if r["product_id"] in present], target,
-                            overwrite=True)
-                copied += len(rows)
-        finally:
-            iterator.close()
+        for chunk in _chunks(sorted(keep_ids), IDS_PER_QUERY // 4):
+            batch = self.client.query(source, filter=ids_expression(chunk),
+                                      output_fields=wanted, **STRONG)
+            rows = [{**{f: "" for f in fields}, **{k: row[k] for k in wanted},
+                     **{f: _text(v) for f, v in replace.get(row["product_id"], {}).items()
+                        if f in fields},
+                     "vector": [float(x) for x in row["vector"]]}
+                    for row in batch]
+            self._write([r for r in rows if r["product_id"] not in present], target,
+                        overwrite=False)
+            self._write([r for r in rows if r["product_id"] in present], target,
+                        overwrite=True)
+            copied += len(rows)
         return copied
 
     def write_rows(self, name: str, ids: list[str], vectors: np.ndarray, hashes: list[str],

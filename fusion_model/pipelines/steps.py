@@ -492,6 +492,20 @@ def refresh(catalog_uri: str, config_name: str = "default",
 def _refresh(config: RunConfig, catalog_uri: str, allow_deletions: bool) -> dict:
     from fusion_model.data.catalog import load_catalog
     from fusion_model.index.build import refresh_serving
+
+    champion, candidate, tags = _serving_champion(config)
+    model = load_registered_model(champion.name, champion.version)
+    cache = str(Path(config.train.cache_dir).expanduser())
+    catalog = load_catalog(catalog_uri)
+    result = refresh_serving(model, catalog, config.index, champion.version,
+                             cache, allow_deletions=allow_deletions)
+    return _switch_refreshed(config, candidate, tags, catalog, catalog_uri, result.collection,
+                             {"written": result.written, "deleted": result.deleted,
+                              "unchanged": result.skipped, "count": result.count})
+
+
+def _serving_champion(config: RunConfig):
+    """(champion, its candidate, its tags) after recovering an interrupted switch."""
     from fusion_model.registry.registry import CHAMPION, candidate_for, get_alias
 
     switch.recover(config)  # an interrupted switch first: it decides the champion
@@ -499,24 +513,105 @@ def _refresh(config: RunConfig, catalog_uri: str, allow_deletions: bool) -> dict
     if champion is None:
         raise NoChampionError(config.registry.model_name)
     candidate, tags = candidate_for(champion.name, champion.version)
-    model = load_registered_model(champion.name, champion.version)
-    cache = str(Path(config.train.cache_dir).expanduser())
-    catalog = load_catalog(catalog_uri)
-    result = refresh_serving(model, catalog, config.index, champion.version,
-                             cache, allow_deletions=allow_deletions)
+    return champion, candidate, tags
+
+
+def _switch_refreshed(config: RunConfig, candidate, tags: dict, catalog, catalog_uri: str,
+                      collection: str, counts: dict) -> dict:
+    """Move the serving alias to the refreshed ``collection`` (recorded on the champion)."""
     previous = tags.get("milvus_collection")
-    if result.collection != previous:
-        switch.switch_serving(config, candidate, result.collection, {
-            "decision": "refresh", "metrics": {}, "collection": result.collection,
-            "reasons": [f"catalog {catalog_uri}: {result.written} embedded, "
-                        f"{result.deleted} deleted, {result.skipped} unchanged"]},
-            version_tags={"milvus_collection": result.collection, "image_roots": json.dumps(
+    if collection != previous:
+        switch.switch_serving(config, candidate, collection, {
+            "decision": "refresh", "metrics": {}, "collection": collection,
+            "reasons": [f"catalog {catalog_uri}: {counts['written']} embedded, "
+                        f"{counts['deleted']} deleted, {counts['unchanged']} unchanged"]},
+            version_tags={"milvus_collection": collection, "image_roots": json.dumps(
                 sorted({*json.loads(tags.get("image_roots") or "[]"),
                         *catalog.image_roots()}))})
-    return {"collection": result.collection, "previous_collection": previous,
-            "written": result.written, "deleted": result.deleted,
-            "unchanged": result.skipped, "count": result.count,
+    return {"collection": collection, "previous_collection": previous, **counts,
             "catalog_uri": catalog_uri, "catalog_fingerprint": catalog.fingerprint}
+
+
+def plan_refresh(catalog_uri: str, shards: int = 1, config_name: str = "default",
+                 overrides: list[str] | tuple = (), allow_deletions: bool = False
+                 ) -> list[dict]:
+    """The mapped refresh's first task: check the deletions, create the champion's new
+    collection and write the snapshot's partition manifest; one job per shard (one with
+    nothing to do when the serving collection already holds this snapshot). Each job
+    carries the plan (champion version, serving and target collections, counts)."""
+    from fusion_model.data.catalog import load_catalog
+    from fusion_model.data.partitions import write_partitions
+    from fusion_model.index.build import plan_refresh as plan_collections
+
+    config = _config(config_name, overrides)
+    _mlflow(config)
+    champion, _, _ = _serving_champion(config)
+    catalog = load_catalog(catalog_uri)
+    dim = load_registered_model(champion.name, champion.version).embedding_dim
+    with open_index(config.index) as index:
+        plan = plan_collections(index, catalog, config.index, champion.version, dim,
+                                allow_deletions)
+    if plan.target == plan.serving:  # one job that has nothing to do
+        return [{"catalog_uri": catalog_uri, "version": champion.version, **plan.as_dict(),
+                 "shard": 0, "shards": 1, "partition": None}]
+    partitions = write_partitions(catalog, shards, str(Path(config.train.cache_dir)
+                                                       .expanduser()))
+    return [{"catalog_uri": catalog_uri, "version": champion.version, **plan.as_dict(),
+             "shard": shard, "shards": shards, "partition": partitions[shard]}
+            for shard in range(shards)]
+
+
+def refresh_shard(job: dict, config_name: str = "default",
+                  overrides: list[str] | tuple = ()) -> dict:
+    """Fill the target with one shard's products: its rows of the partition manifest, its
+    rows of the serving and target collections, its photos (resumable)."""
+    from fusion_model.data.partitions import read_partition
+    from fusion_model.index.build import RefreshPlan, refresh_rows
+
+    if job["partition"] is None:
+        return {"shard": job["shard"], "written": 0, "unchanged": 0}
+    config = _config(config_name, overrides)
+    _mlflow(config)
+    subset = read_partition(job["partition"], job["catalog_uri"])
+    model = load_registered_model(config.registry.model_name, job["version"])
+    plan = RefreshPlan(job["serving"], job["target"], job["kept"], job["removed"])
+    cache = str(Path(config.train.cache_dir).expanduser())
+    with open_index(config.index) as index:
+        result = refresh_rows(model, subset, index, plan, config.index, cache, progress=False)
+    return {"shard": job["shard"], "written": result.written,
+            "unchanged": result.skipped}
+
+
+def finish_refresh(jobs: list[dict], shards: list[dict], config_name: str = "default",
+                   overrides: list[str] | tuple = ()) -> dict:
+    """Verify the filled target, then move the serving alias to it, recorded on the
+    champion; refused when the champion changed since the plan (run the refresh again)."""
+    from fusion_model.data.catalog import load_catalog
+    from fusion_model.index.build import verify
+
+    plan, catalog_uri = jobs[0], jobs[0]["catalog_uri"]
+    config = _config(config_name, overrides)
+    _mlflow(config)
+    catalog = load_catalog(catalog_uri)
+    with switch.registry_lock(config):
+        champion, candidate, tags = _serving_champion(config)
+        if champion.version != plan["version"]:
+            raise SnapshotChangedError(
+                f"the champion is v{champion.version} now, not v{plan['version']} that this "
+                "refresh embedded with; nothing was switched: run the refresh again")
+        if plan["target"] != plan["serving"]:
+            with open_index(config.index) as index:
+                verify(index, plan["target"], catalog.products["product_id"].tolist(),
+                       config.index.verify_samples)
+                count = index.count(plan["target"])
+        else:
+            count = plan["kept"]
+        written = sum(s["written"] for s in shards)
+        return _switch_refreshed(config, candidate, tags, catalog, catalog_uri,
+                                 plan["target"], {"written": written,
+                                                  "deleted": plan["removed"],
+                                                  "unchanged": count - written,
+                                                  "count": count})
 
 
 def recover(config_name: str = "default", overrides: list[str] | tuple = ()) -> dict | None:

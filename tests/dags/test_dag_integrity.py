@@ -22,7 +22,10 @@ EXPECTED = {
         "plan_index": ["index_shard", "verify_index"], "index_shard": ["verify_index"],
         "verify_index": ["gate"], "gate": ["promote_or_reject"], "promote_or_reject": [],
         "tidy_runs": []},
-    "catalog_refresh": {"validate": ["refresh"], "refresh": []},
+    "catalog_refresh": {"validation_parts": ["validate_part"], "validate_part": ["validate"],
+                        "validate": ["plan_refresh"],
+                        "plan_refresh": ["refresh_shard", "refresh"],
+                        "refresh_shard": ["refresh"], "refresh": []},
     "data_quality": {"validate": ["publish"], "publish": []},
 }
 

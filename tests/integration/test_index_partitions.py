@@ -47,3 +47,54 @@ def test_each_shard_reads_its_partition_alone_and_together_they_cover_the_catalo
     again = steps.plan_index(version, catalog, 3, "tiny", overrides)
     assert [j["partition"] for j in again] == list(written)
     assert all((tmp_path / uri).stat().st_mtime_ns == mtime for uri, mtime in written.items())
+
+
+def test_a_refresh_mapped_over_shards_reads_slices_and_serves_the_snapshot(tmp_path,
+                                                                            monkeypatch):
+    """plan_refresh -> refresh_shard x 3 -> finish_refresh: each shard reads its own
+    partition, its own rows of the serving and target collections and copies only its
+    unchanged products; the snapshot is then served (one change embedded, one product
+    dropped, the rest copied)."""
+    import shutil
+
+    from fusion_model.data.catalog import load_catalog, write_catalog
+    from tests.conftest import promote_tiny
+
+    catalog_uri, overrides = promote_tiny(tmp_path / "platform", products=90, queries=30,
+                                          seed=6)
+    catalog = load_catalog(catalog_uri)
+    products = catalog.products.copy()
+    products.loc[0, "title"] = "Renamed Shirt"
+    dropped = products.loc[1, "product_id"]
+    products = products.drop(index=1)
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(tmp_path / "platform" / "catalog" / "images", snapshot / "images")
+    write_catalog(str(snapshot), products, catalog.queries,
+                  catalog.judgments[catalog.judgments["product_id"] != dropped])
+    serving_before = steps.status("tiny", overrides)["serving"]
+
+    jobs = steps.plan_refresh(str(snapshot), 3, "tiny", overrides)
+    slices = [set(pd.read_parquet(job["partition"])["product_id"]) for job in jobs]
+    asked: list[set[str]] = []
+    copied: list[set[str]] = []
+    hashes, copy = MilvusIndex.existing_hashes, MilvusIndex.copy_rows
+    monkeypatch.setattr(MilvusIndex, "existing_hashes", lambda self, name, ids=None:
+                        asked.append(set(ids)) or hashes(self, name, ids))
+    monkeypatch.setattr(MilvusIndex, "copy_rows", lambda self, source, target, keep, *a,
+                        **k: copied.append(set(keep)) or copy(self, source, target, keep,
+                                                               *a, **k))
+    monkeypatch.setattr(catalog_module, "load_catalog",
+                        lambda *a: pytest.fail("a shard loaded the whole catalog"))
+    shards = [steps.refresh_shard(job, "tiny", overrides) for job in jobs]
+    monkeypatch.undo()
+    assert all(any(ids <= part for part in slices) for ids in asked)  # never all rows
+    assert all(any(keep <= part for part in slices) for keep in copied)
+    assert sum(s["written"] for s in shards) == 1                   # the renamed product
+    assert sum(len(keep) for keep in copied) == len(products) - 1   # the rest copied
+
+    refreshed = steps.finish_refresh(jobs, shards, "tiny", overrides)
+    status = steps.status("tiny", overrides)
+    assert refreshed["collection"] == status["serving"] != serving_before
+    assert (refreshed["count"], refreshed["deleted"], refreshed["written"]) == (89, 1, 1)
+    assert not status["problems"], status["problems"]
+    assert refreshed["catalog_fingerprint"] == load_catalog(str(snapshot)).fingerprint
