@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +16,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 MYNTRA_SOURCE = Path(os.environ.get("FUSION_MYNTRA_SOURCE",
                                     REPO.parent / "shared" / "data" / "myntra-fashion"))
+
+# The content tag cache of this test session (not the user's ~/.cache): subprocesses the
+# tests start inherit it.
+os.environ.setdefault("FUSION_CONTENT_TAG_CACHE",
+                      str(Path(tempfile.mkdtemp(prefix="fusion-tags-")) / "tags.sqlite"))
 
 
 @pytest.fixture(scope="session")

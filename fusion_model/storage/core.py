@@ -81,7 +81,32 @@ class LocalStorage:
         return sorted(str(p) for p in root.rglob("*") if p.is_file())
 
     def content_tags(self, uris: list[str]) -> dict[str, str]:
-        return dict(zip(uris, parallel_map(lambda u: md5_hex(self.read_bytes(u)), uris)))
+        """MD5 per file, remembered by (path, size, mtime, inode) in the host's tag cache
+        (``storage/tag_cache.py``): a file that did not change is stat-ed, not read."""
+        from fusion_model.storage.tag_cache import tag_cache
+
+        cache = tag_cache()
+        if cache is None:
+            return dict(zip(uris, parallel_map(self._md5, uris)))
+        stats = dict(zip(uris, parallel_map(self._stat, uris)))
+        tags = cache.lookup(stats)
+        missing = [u for u in dict.fromkeys(uris) if u not in tags]
+        computed = dict(zip(missing, parallel_map(self._md5, missing)))
+        cache.remember(computed, stats)
+        log.debug("content tags: %d remembered, %d hashed", len(tags), len(computed))
+        return {u: tags.get(u) or computed[u] for u in uris}
+
+    def _md5(self, uri: str) -> str:
+        return md5_hex(self.read_bytes(uri))
+
+    @staticmethod
+    def _stat(uri: str) -> os.stat_result:
+        try:
+            return os.stat(uri)
+        except FileNotFoundError as exc:
+            raise StorageError(f"{uri}: file does not exist") from exc
+        except OSError as exc:
+            raise StorageError(f"{uri}: cannot read file ({exc.strerror})") from exc
 
 
 def split_s3(uri: str) -> tuple[str, str]:
