@@ -241,15 +241,16 @@ class MilvusIndex(IndexBackend, name="milvus"):
     def existing_hashes(self, name: str, ids: list[str] | None = None) -> dict[str, str]:
         """product_id -> content_hash of every row in the collection, or of the rows of
         ``ids`` alone (a shard reads its own slice, ``IDS_PER_QUERY`` ids a query)."""
-        self._catch_up(name)
         found: dict[str, str] = {}
-        if ids is not None:
+        if ids is not None:  # Strong queries by id: no whole-collection count first
+            self.ensure_loaded(name)
             for chunk in _chunks(ids, IDS_PER_QUERY):
                 found.update((row["product_id"], row["content_hash"]) for row in
                              self.client.query(name, filter=ids_expression(chunk),
                                                output_fields=["product_id", "content_hash"],
                                                **STRONG))
             return found
+        self._catch_up(name)
         iterator = self.client.query_iterator(name, batch_size=QUERY_PAGE, filter="",
                                               output_fields=["product_id", "content_hash"],
                                               **STRONG)
@@ -320,9 +321,9 @@ class MilvusIndex(IndexBackend, name="milvus"):
         """Rows of ``name`` (of ``ids`` alone, when given), by a Strong count: it sees every
         acknowledged write, flushed or not (no flush per call: Milvus 2.4+ rate-limits
         flushes)."""
-        total = self._catch_up(name)
         if ids is None:
-            return total
+            return self._catch_up(name)
+        self.ensure_loaded(name)  # Strong counts by id: no whole-collection count first
         return sum(int(self.client.query(name, filter=ids_expression(chunk),
                                          output_fields=["count(*)"], **STRONG)[0]["count(*)"])
                    for chunk in _chunks(ids, IDS_PER_QUERY))
