@@ -166,6 +166,9 @@ class RuntimeConfig:
     device: str = "cpu"
 
 
+TRAINING_SECTIONS = ("text", "image", "model", "train", "eval", "runtime")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     name: str = "default"
@@ -207,6 +210,14 @@ class RunConfig:
         """Short stable hash of the resolved config (lineage tag)."""
         payload = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(payload).hexdigest()[:16]
+
+    @property
+    def training_hash(self) -> str:
+        """Short stable hash of what decides the trained weights (encoders, model,
+        training, evaluation, runtime): where a run indexes, registers or gates does not
+        make a half-done or finished training another one."""
+        trained = {k: v for k, v in self.to_dict().items() if k in TRAINING_SECTIONS}
+        return hashlib.sha256(json.dumps(trained, sort_keys=True).encode()).hexdigest()[:16]
 
     def replace(self, *overrides: str) -> RunConfig:
         return from_dict(apply_overrides(self.with_secrets(), overrides))

@@ -133,8 +133,9 @@ def _finished_training(work_dir: str, config: RunConfig, catalog):
     result = TrainResult.load(result_file)
     manifest_file = Path(result.model_dir) / MANIFEST_FILE
     manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
-    if (manifest.get("config_hash"), manifest.get("catalog_fingerprint")) != (
-            config.hash, catalog.fingerprint):
+    same_training = manifest.get("training_hash") == config.training_hash \
+        if "training_hash" in manifest else manifest.get("config_hash") == config.hash
+    if not same_training or manifest.get("catalog_fingerprint") != catalog.fingerprint:
         return None
     log.info("%s already holds this training run; reusing it", work_dir)
     return result

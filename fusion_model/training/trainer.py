@@ -124,7 +124,7 @@ class Trainer:
         self.catalog, self.config, self.progress = catalog, config, progress
         self.work_dir = Path(work_dir)
         self.stage1_from = Path(stage1_from) if stage1_from else None
-        self.run_key = f"{config.hash}-{catalog.fingerprint[:16]}-{self.stage1_from}"
+        self.run_key = f"{config.training_hash}-{catalog.fingerprint[:16]}-{self.stage1_from}"
         self.cache_root = str(Path(config.train.cache_dir).expanduser())
         self.history: list[dict] = []
         self.seconds: dict[str, float] = {}
@@ -211,7 +211,8 @@ class Trainer:
         if self.rank == 0:
             self.model.save(model_dir, {
                 "catalog_fingerprint": self.catalog.fingerprint,
-                "config_hash": self.config.hash, "test_metrics": test.metrics,
+                "config_hash": self.config.hash,
+                "training_hash": self.config.training_hash, "test_metrics": test.metrics,
                 "val_metrics": val.metrics, "seconds": self.seconds, "processes": self.world,
                 "stages": self.stage})
         result = TrainResult(str(model_dir), test, val, self.history, self.seconds)

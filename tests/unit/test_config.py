@@ -104,3 +104,17 @@ def test_names_are_checked_by_their_registries_not_by_the_config(override, messa
     load_config("default", [override])  # shapes and types are fine: the config says nothing
     with pytest.raises(ConfigError, match=message):
         load_checked_config("default", [override])
+
+
+def test_training_hash_follows_what_is_trained_not_where_it_is_served():
+    from fusion_model.config import load_config
+
+    base = load_config("tiny")
+    served_elsewhere = base.replace("index.uri=http://milvus:19530", "gate.min_improvement=0.1",
+                                    "registry.model_name=other")
+    assert served_elsewhere.hash != base.hash
+    assert served_elsewhere.training_hash == base.training_hash
+    for trained_otherwise in ("train.seed=9", "model.dropout=0.3", "text.max_length=24",
+                              "eval.min_relevant_grade=1"):
+        assert base.replace(trained_otherwise).training_hash != base.training_hash, \
+            trained_otherwise

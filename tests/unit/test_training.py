@@ -336,3 +336,10 @@ def test_both_stage_steps_share_one_rule_for_reusing_finished_work(synthetic_cat
                                                                   / "model"), "tiny",
                                 overrides, out=work)
     assert stage2["model_dir"] == first["model_dir"]
+    # where the model is indexed, registered or gated does not make it another training
+    elsewhere = [*overrides, f"index.uri={tmp_path / 'other.db'}", "gate.min_improvement=0.5",
+                 "registry.model_name=elsewhere"]
+    assert steps.train(str(synthetic_catalog), work, "tiny", elsewhere)["model_dir"] == \
+        first["model_dir"]
+    with pytest.raises(AssertionError, match="trained again"):  # what it learns does
+        steps.train(str(synthetic_catalog), work, "tiny", [*overrides, "train.seed=7"])
