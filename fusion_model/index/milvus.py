@@ -270,7 +270,7 @@ class MilvusIndex(IndexBackend, name="milvus"):
         ``target`` already holds is overwritten, the others are inserted. ``stored``: the
         ids ``target`` holds, when the caller has read them already. Reads only the rows
         of ``keep_ids`` (``IDS_PER_QUERY`` a query), so a refresh shard reads its slice."""
-        self._catch_up(source)
+        self.ensure_loaded(source)  # Strong queries by id: no whole-collection count
         present = set(self.existing_hashes(target, sorted(keep_ids))) if stored is None \
             else stored
         available = set(self.fields(source))

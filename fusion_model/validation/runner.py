@@ -206,7 +206,8 @@ def finish_validation(uri: str, report_dir: str | Path, profile_uri: str | None 
     if product_parts:
         checks += merge_checks([c for p in product_parts for c in p["checks"]])
         hashes = np.concatenate([p["ids"] for p in product_parts], axis=1)
-        if all(c["success"] for c in checks if c["expectation"] == "table readable"):
+        if all(c["success"] for c in checks
+               if c["suite"] == "products" and c["expectation"] == "table readable"):
             checks.append(_unique_ids_check(hashes, files["products"]))
             current = finish_profile(merge_counts(
                 [c for p in product_parts for c in p["profile_counts"]]))

@@ -92,6 +92,11 @@ def test_a_refresh_mapped_over_shards_reads_slices_and_serves_the_snapshot(tmp_p
     assert sum(s["written"] for s in shards) == 1                   # the renamed product
     assert sum(len(keep) for keep in copied) == len(products) - 1   # the rest copied
 
+    stale = [{**job, "version": "99"} for job in jobs]  # planned for another champion
+    with pytest.raises(steps.SnapshotChangedError, match="champion is v1 now, not v99"):
+        steps.finish_refresh(stale, shards, "tiny", overrides)
+    assert steps.status("tiny", overrides)["serving"] == serving_before  # nothing switched
+
     refreshed = steps.finish_refresh(jobs, shards, "tiny", overrides)
     status = steps.status("tiny", overrides)
     assert refreshed["collection"] == status["serving"] != serving_before

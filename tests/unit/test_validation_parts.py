@@ -114,3 +114,16 @@ def test_finish_refuses_when_a_part_is_missing(catalog, tmp_path):
     validate_products_part(str(catalog), tmp_path / "r", 0, 2, progress=False)
     with pytest.raises(FileNotFoundError, match="part 2 of 2 is missing"):
         finish_validation(str(catalog), tmp_path / "r", parts=2)
+
+
+def test_an_unreadable_queries_table_does_not_hide_duplicate_product_ids(catalog, tmp_path):
+    def duplicate(frame):
+        frame.loc[90, "product_id"] = frame.loc[3, "product_id"]
+
+    edit_products(catalog, duplicate)
+    (catalog / "queries.parquet").write_bytes(b"not parquet")
+    failures = failures_of(catalog, tmp_path / "r")
+    assert any(f["suite"] == "queries" and f["expectation"] == "table readable"
+               for f in failures)
+    [unique] = [f for f in failures if f["expectation"] == "expect_column_values_to_be_unique"]
+    assert [e["row"] for e in unique["examples"]] == [4, 91]
