@@ -27,7 +27,7 @@ from fusion_platform import (
     index_shard_task_args,
     platform_overrides,
     step_task,
-    work_dir,
+    work_uri,
 )
 
 
@@ -68,7 +68,7 @@ def catalog_refresh():
         from fusion_model.pipelines import steps
 
         return steps.validate(params["catalog_uri"], _report_dir(run_id),
-                              str(work_dir() / "profiles" / "catalog.json"),
+                              work_uri("profiles", "catalog.json"),
                               parts=parts[0]["parts"])
 
     @step_task(doc_md="Check the deletions against the cap, create the champion's new "
@@ -78,7 +78,8 @@ def catalog_refresh():
 
         return steps.plan_refresh(params["catalog_uri"], params.get("shards") or 2,
                                   params["config_name"], platform_overrides(),
-                                  allow_deletions=bool(params.get("allow_deletions")))
+                                  allow_deletions=bool(params.get("allow_deletions")),
+                                  work_uri=work_uri())
 
     @step_task(doc_md="Fill the new collection with one shard: unchanged rows copied from "
                       "the serving collection, new and changed products embedded.",
@@ -107,7 +108,7 @@ def catalog_refresh():
 
 
 def _report_dir(run_id: str) -> str:
-    return str(work_dir() / "refresh" / run_id / "validation")
+    return work_uri("refresh", run_id, "validation")
 
 
 catalog_refresh()

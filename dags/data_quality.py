@@ -16,7 +16,7 @@ from fusion_platform import (
     flag_param,
     platform_overrides,
     step_task,
-    work_dir,
+    work_uri,
 )
 
 
@@ -37,10 +37,10 @@ def data_quality():
     def validate(params=None, run_id=None) -> dict:
         from fusion_model.pipelines import steps
 
-        profile = str(work_dir() / "profiles" / "catalog.json") \
+        profile = work_uri("profiles", "catalog.json") \
             if params.get("update_profile") else None
         return steps.validate_report(params["catalog_uri"],
-                                     str(work_dir() / "quality" / run_id), profile)
+                                     work_uri("quality", run_id), profile)
 
     @step_task(doc_md="Log the report and Data Docs to MLflow; fail the run if checks failed.")
     def publish(report: dict, params=None) -> dict:

@@ -36,7 +36,7 @@ from fusion_platform import (
     run_retention,
     step_task,
     training_task_args,
-    work_dir,
+    work_uri,
 )
 
 FORM_KEYS = {"epochs_stage1": "train.stage1.epochs", "epochs_stage2": "train.stage2.epochs",
@@ -110,8 +110,8 @@ def multimodal_retrieval_training():
     def validate_part(job: dict, snap: dict, run_id=None) -> dict:
         from fusion_model.pipelines import steps
 
-        root = work_dir() / "runs" / run_id
-        return steps.validate_part(snap["catalog_uri"], str(root / "validation"), **job)
+        return steps.validate_part(snap["catalog_uri"],
+                                   work_uri("runs", run_id, "validation"), **job)
 
     @step_task(doc_md="The catalog-wide rules over the parts (unique ids, judgments, "
                       "splits, the missing-photo share, drift); fails the run (nothing "
@@ -119,9 +119,8 @@ def multimodal_retrieval_training():
     def validate(snap: dict, parts: list[dict], run_id=None) -> dict:
         from fusion_model.pipelines import steps
 
-        root = work_dir() / "runs" / run_id
-        return steps.validate(snap["catalog_uri"], str(root / "validation"),
-                              str(work_dir() / "profiles" / "catalog.json"),
+        return steps.validate(snap["catalog_uri"], work_uri("runs", run_id, "validation"),
+                              work_uri("profiles", "catalog.json"),
                               fingerprint=snap["catalog_fingerprint"],
                               parts=parts[0]["parts"])
 
@@ -130,7 +129,7 @@ def multimodal_retrieval_training():
     def train_stage1(snap: dict, report: dict, params=None, run_id=None) -> dict:
         from fusion_model.pipelines import steps
 
-        return steps.train_stage1(snap["catalog_uri"], str(work_dir() / "runs" / run_id),
+        return steps.train_stage1(snap["catalog_uri"], work_uri("runs", run_id),
                                   params["config_name"], _overrides(params),
                                   fingerprint=snap["catalog_fingerprint"])
 
@@ -139,7 +138,7 @@ def multimodal_retrieval_training():
     def train_stage2(snap: dict, stage1: dict, params=None, run_id=None) -> dict:
         from fusion_model.pipelines import steps
 
-        return steps.train_stage2(snap["catalog_uri"], str(work_dir() / "runs" / run_id),
+        return steps.train_stage2(snap["catalog_uri"], work_uri("runs", run_id),
                                   stage1["model_dir"], params["config_name"],
                                   _overrides(params), fingerprint=snap["catalog_fingerprint"])
 
@@ -169,7 +168,7 @@ def multimodal_retrieval_training():
 
         return steps.plan_index(registered["version"], snap["catalog_uri"],
                                 params.get("shards") or 2, params["config_name"],
-                                _overrides(params))
+                                _overrides(params), work_uri=work_uri())
 
     @step_task(doc_md="Embed and upsert one shard of the catalog (resumable): its rows "
                       "from the partition manifest, its photos and its existing vectors.",
@@ -212,7 +211,7 @@ def multimodal_retrieval_training():
         from fusion_model.pipelines.retention import prune_runs
 
         keep, days = run_retention()
-        return prune_runs(work_dir() / "runs", current=run_id, keep=keep,
+        return prune_runs(work_uri("runs"), current=run_id, keep=keep,
                           older_than_days=days)
 
     tidy_runs()

@@ -10,7 +10,17 @@ local files).
 - connection ``fusion_s3``       (aws):  login/password -> AWS keys, extra
                                           ``endpoint_url`` -> S3-compatible endpoint
 - variable   ``fusion_artifact_location``: MLflow artifact root (e.g. s3://bucket/mlflow)
-- variable   ``fusion_work_dir``:          where runs, caches and reports go
+- variable   ``fusion_work_dir``:          the work area: stage handoffs, validation
+                                          reports and parts, partition manifests, drift
+                                          profiles. A local folder (one host or a shared
+                                          volume) or ``s3://bucket/prefix``: tasks on
+                                          hosts with separate disks then pull what they
+                                          need into ``$FUSION_SCRATCH_DIR`` and upload
+                                          what they write
+- environment ``FUSION_LOCAL_DIR``:        this worker's own disk (default
+                                          ``$AIRFLOW_HOME/fusion``): the feature cache and,
+                                          with an S3 work area, its local mirror
+                                          (``scratch/``, ``$FUSION_SCRATCH_DIR``)
 - environment ``FUSION_CATALOG_URI``:      the catalog scheduled and asset-triggered runs
                                           use (the trigger form's default)
 - environment ``FUSION_CONFIG_NAME``:      the packaged config scheduled and asset-triggered
@@ -134,9 +144,26 @@ def _variable(key: str, default: str | None = None) -> str | None:
         return default
 
 
-def work_dir() -> Path:
+def work_uri(*parts: str) -> str:
+    """A path in the work area (Variable ``fusion_work_dir``: a folder or ``s3://``)."""
+    from fusion_model.storage import join
+
+    return join(_variable("fusion_work_dir") or str(_home_work_dir()), *parts)
+
+
+def local_work_dir() -> Path:
+    """This worker's own folder for what only works on a local disk (the feature cache,
+    the embedded Milvus Lite file and MLflow database): the work area when it is local."""
+    work = work_uri()
+    return _home_work_dir() if work.startswith("s3://") else Path(work)
+
+
+def _home_work_dir() -> Path:
+    """This worker's own disk: ``$FUSION_LOCAL_DIR`` or ``$AIRFLOW_HOME/fusion``."""
+    if os.environ.get("FUSION_LOCAL_DIR"):
+        return Path(os.environ["FUSION_LOCAL_DIR"])
     home = os.environ.get("AIRFLOW_HOME", str(Path.home() / "airflow"))
-    return Path(_variable("fusion_work_dir") or Path(home) / "fusion")
+    return Path(home) / "fusion"
 
 
 def run_retention() -> tuple[int, float]:
@@ -161,7 +188,7 @@ def _number_variable(key: str, default, kind):
 def platform_overrides() -> list[str]:
     """Config overrides for the deployment this task runs in (call inside a task; S3
     credentials are already exported by ``prepare_task``, every task's pre_execute)."""
-    base = work_dir()
+    base = local_work_dir()
     overrides = [f"train.cache_dir={base / 'cache'}", f"index.uri={base / 'milvus.db'}"]
     milvus = _connection("fusion_milvus")
     if milvus is not None and milvus.host:
@@ -307,10 +334,11 @@ def configure_milvus_token() -> None:
 
 def prepare_task(context) -> None:
     """Before every task: S3 credentials from ``fusion_s3`` (so that tasks which take no
-    config overrides, validation and reports, read s3:// catalogs too) and the Milvus
-    token from ``fusion_milvus``."""
+    config overrides, validation and reports, read s3:// catalogs too), the Milvus
+    token from ``fusion_milvus`` and this worker's scratch folder."""
     configure_s3()
     configure_milvus_token()
+    os.environ.setdefault("FUSION_SCRATCH_DIR", str(_home_work_dir() / "scratch"))
 
 
 def failure_callback(context) -> None:

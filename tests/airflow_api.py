@@ -14,7 +14,8 @@ from tests.conftest import REPO, wait_for
 TRAINING_DAG = "multimodal_retrieval_training"
 
 
-def airflow_environment(base: dict, home: Path, port: int, work_dir: Path) -> dict[str, str]:
+def airflow_environment(base: dict, home: Path, port: int, work_dir: Path | str
+                        ) -> dict[str, str]:
     """``base`` plus this repository's DAGs and plugin, an API server on 127.0.0.1:port,
     parallelism 2, and no cron runs of the defaults (only the test's own triggers)."""
     bin_dir = Path(sys.executable).parent  # `airflow standalone` starts `airflow ...` parts

@@ -14,11 +14,13 @@ import logging
 import os
 from pathlib import Path
 
+from fusion_model import storage
 from fusion_model.checks import load_checked_config
 from fusion_model.config import RunConfig
 from fusion_model.errors import BadInputError, NoChampionError, VectorIndexError
 from fusion_model.index.base import collection_name, open_index
 from fusion_model.pipelines import switch
+from fusion_model.storage import workarea
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +64,25 @@ def validate(catalog_uri: str, report_dir: str, profile_uri: str | None = None,
 
     if fingerprint:
         load_snapshot(catalog_uri, fingerprint)
-    if parts is None:
-        report = validate_catalog(catalog_uri, report_dir, profile_uri=profile_uri)
-    else:
-        report = finish_validation(catalog_uri, report_dir, profile_uri, parts=parts)
-    return {"success": report.success, "report": report.summary_uri,
-            "data_docs": report.data_docs_uri, "checks": len(report.checks)}
+    with workarea.staged(report_dir) as local:
+        if parts is None:
+            report = validate_catalog(catalog_uri, local, profile_uri=profile_uri)
+        else:
+            report = finish_validation(catalog_uri, local, profile_uri, parts=parts)
+    return {"success": report.success, "report": _in_work(report.summary_uri, local, report_dir),
+            "data_docs": _in_work(report.data_docs_uri, local, report_dir),
+            "checks": len(report.checks)}
+
+
+def _in_work(path: str | None, local: Path, uri: str) -> str | None:
+    """The work-area URI of ``path``, a file the task wrote in ``local`` (``uri``'s copy)."""
+    if path is None or not storage.is_s3(uri) or not Path(path).is_relative_to(local):
+        return path
+    return storage.join(uri, Path(path).relative_to(local).as_posix())
+
+
+def _parent(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[0] if storage.is_s3(uri) else str(Path(uri).parent)
 
 
 def validate_part(catalog_uri: str, report_dir: str, part: int, parts: int) -> dict:
@@ -75,17 +90,20 @@ def validate_part(catalog_uri: str, report_dir: str, part: int, parts: int) -> d
     for ``validate(..., parts=parts)``; memory follows the batch size, not the catalog."""
     from fusion_model.validation.runner import validate_products_part
 
-    return validate_products_part(catalog_uri, report_dir, part, parts, progress=False)
+    with workarea.staged(report_dir, pull_first=False) as local:
+        return validate_products_part(catalog_uri, local, part, parts, progress=False)
 
 
 def validate_report(catalog_uri: str, report_dir: str, profile_uri: str | None = None) -> dict:
     """Like ``validate`` but never raises: returns the outcome and the report paths."""
     from fusion_model.validation import validate_catalog
 
-    report = validate_catalog(catalog_uri, report_dir, profile_uri=profile_uri,
-                              raise_on_failure=False)
-    return {"success": report.success, "report": report.summary_uri,
-            "data_docs": report.data_docs_uri, "checks": len(report.checks),
+    with workarea.staged(report_dir) as local:
+        report = validate_catalog(catalog_uri, local, profile_uri=profile_uri,
+                                  raise_on_failure=False)
+    return {"success": report.success, "report": _in_work(report.summary_uri, local, report_dir),
+            "data_docs": _in_work(report.data_docs_uri, local, report_dir),
+            "checks": len(report.checks),
             "failures": [f"{f['suite']}: {f['expectation']}" for f in report.failures]}
 
 
@@ -103,7 +121,8 @@ def publish_report(report: dict, catalog_uri: str, config_name: str = "default",
     with mlflow.start_run(experiment_id=experiment) as run:
         mlflow.set_tags({"catalog_uri": catalog_uri, "success": str(report["success"])})
         mlflow.log_metrics({"checks": report["checks"], "failures": len(report["failures"])})
-        mlflow.log_artifacts(str(Path(report["report"]).parent), artifact_path="report")
+        mlflow.log_artifacts(str(workarea.pull(_parent(report["report"]))),
+                             artifact_path="report")
     if not report["success"]:
         raise BadInputError(f"{catalog_uri} failed {len(report['failures'])} check(s): "
                             + "; ".join(report["failures"][:10]))
@@ -161,7 +180,10 @@ def register(work_dir: str, catalog_uri: str, config_name: str = "default",
 
     config = _config(config_name, overrides)
     _mlflow(config)
-    result_file = Path(work_dir) / RESULT_FILE
+    result_file = _pull_model(storage.join(work_dir, "model")).parent / RESULT_FILE
+    if validation_report:
+        validation_report = str(workarea.pull(_parent(validation_report))
+                                / Path(validation_report).name)
     key = _training_key(TrainResult.load(result_file).model_dir, config)
     existing = _registered_with_key(config.registry.model_name, key)
     if existing is not None:  # a retried task: the candidate is already registered
@@ -238,10 +260,20 @@ def train_stage1(catalog_uri: str, work_dir: str, config_name: str = "default",
 
     config = _config(config_name, overrides)
     catalog = load_snapshot(catalog_uri, fingerprint)
-    out = str(Path(work_dir) / "stage1")
-    result = _finished_training(out, config.for_catalog(catalog.max_grade), catalog) \
-        or run_stage1(catalog, config, out)
-    return {"stage1_dir": out, "model_dir": result.model_dir, "test": result.test.metrics}
+    out = storage.join(work_dir, "stage1")
+    with workarea.staged(out) as local:
+        result = _finished_training(str(local), config.for_catalog(catalog.max_grade),
+                                    catalog) or run_stage1(catalog, config, str(local))
+    return {"stage1_dir": out, "model_dir": storage.join(out, "model"),
+            "test": result.test.metrics}
+
+
+def _pull_model(model_uri: str) -> Path:
+    """The local copy of a trained model folder and of the result file beside it."""
+    from fusion_model.training.trainer import RESULT_FILE
+
+    workarea.pull(storage.join(_parent(model_uri), RESULT_FILE))
+    return workarea.pull(model_uri)
 
 
 def train_stage2(catalog_uri: str, work_dir: str, stage1_model_dir: str,
@@ -256,11 +288,14 @@ def train_stage2(catalog_uri: str, work_dir: str, stage1_model_dir: str,
 
     config = _config(config_name, overrides)
     catalog = load_snapshot(catalog_uri, fingerprint)
-    out_dir = Path(out) if out else Path(work_dir) / "stage2"
-    result = _finished_training(str(out_dir), config.for_catalog(catalog.max_grade), catalog) \
-        or run_training(catalog, config, out_dir, stage1_from=stage1_model_dir)
-    return {"work_dir": str(out_dir), "model_dir": result.model_dir,
-            "result": str(out_dir / RESULT_FILE), "test": result.test.metrics,
+    out_uri = out or storage.join(work_dir, "stage2")
+    stage1 = _pull_model(stage1_model_dir)
+    with workarea.staged(out_uri) as local:
+        result = _finished_training(str(local), config.for_catalog(catalog.max_grade),
+                                    catalog) \
+            or run_training(catalog, config, local, stage1_from=str(stage1))
+    return {"work_dir": out_uri, "model_dir": storage.join(out_uri, "model"),
+            "result": storage.join(out_uri, RESULT_FILE), "test": result.test.metrics,
             "catalog_fingerprint": catalog.fingerprint, "config_hash": config.hash}
 
 
@@ -268,15 +303,16 @@ def evaluate(work_dir: str) -> dict:
     """The trained model's offline metrics (exact search), overall and per segment."""
     from fusion_model.training.trainer import RESULT_FILE, TrainResult
 
-    result = TrainResult.load(Path(work_dir) / RESULT_FILE)
+    result = TrainResult.load(workarea.pull(storage.join(work_dir, RESULT_FILE)))
     return {"test": result.test.metrics, "segments": result.test.segments,
             "val": result.val.metrics}
 
 
 def plan_index(version: str, catalog_uri: str, shards: int = 1, config_name: str = "default",
-               overrides: list[str] | tuple = ()) -> list[dict]:
+               overrides: list[str] | tuple = (), work_uri: str | None = None) -> list[dict]:
     """Create the version's NEW collection, write the snapshot's partition manifest (one
-    products table per shard, once per snapshot) and describe one indexing job per shard."""
+    products table per shard, once per snapshot, under ``work_uri``, where every shard
+    task reads it; default the feature cache folder) and describe one job per shard."""
     from fusion_model.data.catalog import load_catalog
     from fusion_model.data.partitions import write_partitions
     from fusion_model.index.build import stored_fields
@@ -289,11 +325,14 @@ def plan_index(version: str, catalog_uri: str, shards: int = 1, config_name: str
     with open_index(config.index) as index:
         index.create_collection(name, dim, stored_fields(catalog, config.index),
                                 config.index.index_type, config.index.metric)
-    partitions = write_partitions(catalog, shards, str(Path(config.train.cache_dir)
-                                                       .expanduser()))
+    partitions = write_partitions(catalog, shards, _partitions_root(config, work_uri))
     return [{"version": version, "catalog_uri": catalog_uri, "collection": name,
              "shard": shard, "shards": shards, "partition": partitions[shard]}
             for shard in range(shards)]
+
+
+def _partitions_root(config: RunConfig, work_uri: str | None) -> str:
+    return work_uri or str(Path(config.train.cache_dir).expanduser())
 
 
 def index_shard(version: str, catalog_uri: str, collection: str, shard: int, shards: int,
@@ -534,8 +573,8 @@ def _switch_refreshed(config: RunConfig, candidate, tags: dict, catalog, catalog
 
 
 def plan_refresh(catalog_uri: str, shards: int = 1, config_name: str = "default",
-                 overrides: list[str] | tuple = (), allow_deletions: bool = False
-                 ) -> list[dict]:
+                 overrides: list[str] | tuple = (), allow_deletions: bool = False,
+                 work_uri: str | None = None) -> list[dict]:
     """The mapped refresh's first task: check the deletions, create the champion's new
     collection and write the snapshot's partition manifest; one job per shard (one with
     nothing to do when the serving collection already holds this snapshot). Each job
@@ -555,8 +594,7 @@ def plan_refresh(catalog_uri: str, shards: int = 1, config_name: str = "default"
     if plan.target == plan.serving:  # one job that has nothing to do
         return [{"catalog_uri": catalog_uri, "version": champion.version, **plan.as_dict(),
                  "shard": 0, "shards": 1, "partition": None}]
-    partitions = write_partitions(catalog, shards, str(Path(config.train.cache_dir)
-                                                       .expanduser()))
+    partitions = write_partitions(catalog, shards, _partitions_root(config, work_uri))
     return [{"catalog_uri": catalog_uri, "version": champion.version, **plan.as_dict(),
              "shard": shard, "shards": shards, "partition": partitions[shard]}
             for shard in range(shards)]

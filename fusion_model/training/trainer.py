@@ -80,8 +80,12 @@ class TrainResult:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainResult:
+        """The result saved at ``path``; its model is the ``model`` folder beside it when
+        there is one (the result may have been copied from another host's work area)."""
         data = json.loads(Path(path).read_text())
-        return cls(data["model_dir"], EvaluationResult.from_dict(data["test"]),
+        beside = Path(path).parent / Path(data["model_dir"]).name
+        model_dir = str(beside) if beside.is_dir() else data["model_dir"]
+        return cls(model_dir, EvaluationResult.from_dict(data["test"]),
                    EvaluationResult.from_dict(data["val"]), data["history"], data["seconds"])
 
 

@@ -7,6 +7,8 @@ artifacts), ``mlflow server`` proxying artifacts to S3, the real Milvus standalo
 with the CeleryExecutor as separate api-server, scheduler and dag-processor processes and
 two ``airflow celery worker`` processes, one on the default queue and one on the training
 queue, configured only through environment variables, as infra/compose.yaml configures it.
+The two workers share no disk: each has its own ``AIRFLOW_HOME`` (feature cache, scratch
+folder, logs), and tasks hand work over through the S3 work area (``fusion_work_dir``).
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ def clean_environment() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def buckets(s3_server) -> dict[str, str]:
     client = s3_client(s3_server)
-    names = {"catalog": "shop", "artifacts": "mlflow-artifacts"}
+    names = {"catalog": "shop", "artifacts": "mlflow-artifacts", "work": "fusion-work"}
     for bucket in names.values():
         client.create_bucket(Bucket=bucket)
     return names
@@ -196,7 +198,8 @@ def airflow_stack(postgres, redis_server, mlflow_server, milvus_server, s3_serve
     port = free_port()
     milvus_host, milvus_port = milvus_server.removeprefix("http://").split(":")
     mlflow_host, mlflow_port = mlflow_server.removeprefix("http://").split(":")
-    env = {**airflow_environment(clean_environment(), root / "home", port, root / "work"),
+    work_uri = f"s3://{buckets['work']}/work"
+    env = {**airflow_environment(clean_environment(), root / "home", port, work_uri),
            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres["airflow"],
            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
            "AIRFLOW__CELERY__BROKER_URL": redis_server,
@@ -235,7 +238,8 @@ def airflow_stack(postgres, redis_server, mlflow_server, milvus_server, s3_serve
         components[f"worker-{queue}"] = (
             [airflow, "celery", "worker", "--queues", queue, "--concurrency", str(slots),
              "--celery-hostname", f"{queue}@%h", "--skip-serve-logs"],
-            {**worker_env, "FUSION_TEST_WORKER": f"{queue}-worker"})
+            {**worker_env, "FUSION_TEST_WORKER": f"{queue}-worker",
+             "AIRFLOW_HOME": str(root / f"disk-{queue}" / "home")})
     processes, logs = [], {}
     for name, (command, component_env) in components.items():
         logs[name] = root / f"{name}.log"
@@ -252,6 +256,9 @@ def airflow_stack(postgres, redis_server, mlflow_server, milvus_server, s3_serve
             wait_for(lambda log=log: " ready." in log.read_text(errors="replace"), 180,
                      f"the Celery worker on queue {queue}", logs=(log,))
         yield {"base": base, "home": root / "home", "logs": list(logs.values()),
+               "work_uri": work_uri, "root": root,
+               "disks": {queue: root / f"disk-{queue}" for queue in ("default",
+                                                                    TRAINING_QUEUE)},
                "catalog_uri": env["FUSION_CATALOG_URI"], "training_queue": TRAINING_QUEUE}
     finally:
         for process in processes:

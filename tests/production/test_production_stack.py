@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -75,7 +76,7 @@ def first_run(api, airflow_stack, catalog_on_s3):
 
 def test_training_dag_promotes_on_the_production_stack(first_run, mlflow_server,
                                                         milvus_server, postgres, s3_server,
-                                                        buckets):
+                                                        buckets, airflow_stack):
     from fusion_model.index import milvus
 
     assert first_run["promote_or_reject"][0]["state"] == "success"
@@ -91,6 +92,29 @@ def test_training_dag_promotes_on_the_production_stack(first_run, mlflow_server,
     assert sql(postgres["mlflow"], "SELECT count(*) FROM model_versions") >= 2
     artifacts = s3_keys(s3_server, buckets["artifacts"])
     assert any(k.endswith("MLmodel") for k in artifacts), artifacts[:20]
+    assert_handed_over_through_s3(airflow_stack, s3_keys(s3_server, buckets["work"]))
+
+
+def assert_handed_over_through_s3(stack: dict, work_keys: list[str]) -> None:
+    """Validation parts, both stages and the partition manifest reached the S3 work area;
+    the two workers kept separate disks: the training worker filled its own feature cache
+    and holds no validation report, the default worker pulled only the stage-2 model
+    (register) and never the checkpoints, and no shared work folder exists."""
+    def has(pattern: str) -> bool:
+        return any(re.fullmatch(pattern, key) for key in work_keys)
+
+    for pattern in (r"work/runs/[^/]+/validation/parts/products-00001-of-00002\.npy",
+                    r"work/runs/[^/]+/validation/validation\.json",
+                    r"work/runs/[^/]+/stage1/model/model\.pt",
+                    r"work/runs/[^/]+/stage2/result\.json",
+                    r"work/partitions/[^/]+/2/shard-00001\.parquet"):
+        assert has(pattern), (pattern, work_keys[:30])
+    training, default = (stack["disks"][TRAINING_QUEUE], stack["disks"]["default"])
+    assert any(path.is_file() for path in (training / "home" / "fusion" / "cache").rglob("*"))
+    assert not list(training.rglob("validation.json"))
+    assert list(default.rglob("stage2/model/model.pt"))
+    assert not list(default.rglob("checkpoints")) and not list(default.rglob("stage1"))
+    assert not (stack["root"] / "work").exists()
 
 
 def test_a_refreshed_snapshot_retrains_while_serving_keeps_answering(

@@ -125,6 +125,8 @@ def test_volumes_are_named_and_ports_bind_to_loopback(compose):
     declared = set(compose.get("volumes", {}))
     for name, spec in compose["services"].items():
         for volume in spec.get("volumes", []):
+            if isinstance(volume, str) and ":" not in volume:
+                continue  # anonymous: the container's own disk
             source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
             kind = volume.get("type") if isinstance(volume, dict) else (
                 "bind" if source.startswith((".", "/")) else "volume")
@@ -176,9 +178,11 @@ def test_airflow_services_get_every_setting_the_platform_reads(compose):
             connection = json.loads(env[f"AIRFLOW_CONN_{conn_id.upper()}"])
             host = connection.get("host") or connection["extra"]["endpoint_url"]
             assert re.sub(r"^https?://|:\d+$", "", host) in services, (name, conn_id)
-        assert env["AIRFLOW_VAR_FUSION_WORK_DIR"] in {
-            (v["target"] if isinstance(v, dict) else v.split(":")[1])
-            for v in spec["volumes"]}, f"{name}: work dir is not on the shared volume"
+        work_bucket = re.match(r"s3://([\w-]+)/", env["AIRFLOW_VAR_FUSION_WORK_DIR"])
+        assert work_bucket, f"{name}: the work area must be in S3 (no shared volume)"
+        assert work_bucket.group(1) in services["minio-init"]["environment"]["BUCKETS"]
+        own_disk = [v for v in spec["volumes"] if isinstance(v, str) and ":" not in v]
+        assert env["FUSION_LOCAL_DIR"] in own_disk, f"{name}: no disk of its own"
         assert "fusion_work_dir" in variables
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith(
             "postgresql+psycopg2://airflow:")

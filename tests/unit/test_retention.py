@@ -62,3 +62,29 @@ def test_missing_root_and_bad_settings(tmp_path):
     assert prune_runs(tmp_path / "none")["pruned"] == []
     with pytest.raises(ValueError, match="must not be negative"):
         prune_runs(tmp_path, keep=-1)
+
+
+def test_runs_in_an_s3_work_area_are_pruned_there_and_in_this_host_mirror(
+        s3_bucket, tmp_path, monkeypatch):
+    from fusion_model.storage import workarea
+
+    monkeypatch.setenv(workarea.SCRATCH_ENV, str(tmp_path / "scratch"))
+    runs = f"s3://{s3_bucket}/work/runs"
+    for run in ("old_run", "this_run"):
+        with workarea.staged(f"{runs}/{run}") as local:
+            for folder in ("stage1/model", "stage2/checkpoints"):
+                (local / folder).mkdir(parents=True)
+                (local / folder / "weights.pt").write_bytes(b"w" * 2**20)
+            (local / "result.json").write_text("{}")
+    outcome = prune_runs(runs, current="this_run", keep=0, older_than_days=1,
+                         now=time.time() + 3 * 86400)
+    assert outcome["pruned"] == ["old_run"] and outcome["freed_mb"] == 2.0
+    import boto3
+
+    keys = {o["Key"] for o in boto3.client("s3").list_objects_v2(
+        Bucket=s3_bucket, Prefix="work/runs")["Contents"]}
+    assert keys == {"work/runs/old_run/result.json", "work/runs/this_run/result.json",
+                    "work/runs/this_run/stage1/model/weights.pt",
+                    "work/runs/this_run/stage2/checkpoints/weights.pt"}
+    mirror = workarea.local_path(f"{runs}/old_run")
+    assert (mirror / "result.json").is_file() and not (mirror / "stage1" / "model").exists()
