@@ -131,7 +131,8 @@ def multimodal_retrieval_training():
 
         return steps.train_stage1(snap["catalog_uri"], work_uri("runs", run_id),
                                   params["config_name"], _overrides(params),
-                                  fingerprint=snap["catalog_fingerprint"])
+                                  fingerprint=snap["catalog_fingerprint"],
+                                  features_uri=work_uri("features"))
 
     @step_task(doc_md="Stage 2: align queries with product photos and train the fusion network.",
                **training_task_args())
@@ -140,7 +141,8 @@ def multimodal_retrieval_training():
 
         return steps.train_stage2(snap["catalog_uri"], work_uri("runs", run_id),
                                   stage1["model_dir"], params["config_name"],
-                                  _overrides(params), fingerprint=snap["catalog_fingerprint"])
+                                  _overrides(params), fingerprint=snap["catalog_fingerprint"],
+                                  features_uri=work_uri("features"))
 
     @step_task(doc_md="Publish the offline metrics (exact search over the whole catalog, "
                       "overall and per segment) that training computed, as this task's XCom.")

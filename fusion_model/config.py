@@ -119,6 +119,10 @@ class IndexConfig:
     metric: str = "IP"
     attribute_fields: tuple[str, ...] = ("category", "colour", "gender")
     batch_size: int = 512
+    # Full builds by Milvus bulk import (a server, not Milvus Lite): a folder on the
+    # server's disk (local storage) or s3://<Milvus's bucket>/<prefix>; "" inserts batches
+    import_uri: str = ""
+    import_rows: int = 50_000           # rows per import job (held in memory until sent)
     shards: int = 1                     # Milvus shards of a new collection (write paths)
     replicas: int = 1                   # in-memory replicas of the serving collection
     keep_collections: int = 3           # newest collections kept for rollback

@@ -90,6 +90,9 @@ def write_catalog(model: TwoTower, catalog: Catalog, index: VectorIndex, name: s
     hashes = hashes or product_hashes(catalog, attribute_fields(catalog, config))
     ids = catalog.products["product_id"].tolist()
     scope = None if delete_missing else ids  # a shard reads its own rows alone
+    imports = ImportBuffer(index, name, config) if config.import_uri else None
+    if imports:
+        index.settle_imports(name)
     existing = index.existing_hashes(name, scope)
     rewrite = holds_duplicates(index, name, existing, scope)
     todo = [i for i, pid in enumerate(ids) if rewrite or existing.get(pid) != hashes[i]]
@@ -105,8 +108,10 @@ def write_catalog(model: TwoTower, catalog: Catalog, index: VectorIndex, name: s
         for b in range(0, len(chunk), config.batch_size):
             rows = chunk[b:b + config.batch_size]
             write_products(index, name, catalog, rows, vectors[b:b + len(rows)], hashes,
-                           fields, stored)
+                           fields, stored, imports)
             bar.update(len(rows))
+    if imports:
+        imports.send()
     bar.close()
     index.delete_ids(name, removed)
     return IndexResult(name, len(todo), len(ids) - len(todo), len(removed), index.count(name))
@@ -125,11 +130,40 @@ def holds_duplicates(index: VectorIndex, name: str, existing: dict[str, str],
     return duplicated > 0
 
 
+class ImportBuffer:
+    """New rows held for one Milvus bulk import job (``index.import_rows`` of them), sent
+    when full and at the end of the build."""
+
+    def __init__(self, index: VectorIndex, name: str, config: IndexConfig):
+        self.index, self.name, self.config = index, name, config
+        self.parts: list[tuple[list[str], np.ndarray, list[str], dict[str, list]]] = []
+        self.rows = 0
+
+    def add(self, ids: list[str], vectors: np.ndarray, hashes: list[str],
+            attributes: dict[str, list]) -> None:
+        self.parts.append((ids, vectors, hashes, attributes))
+        self.rows += len(ids)
+        if self.rows >= self.config.import_rows:
+            self.send()
+
+    def send(self) -> None:
+        if not self.parts:
+            return
+        fields = self.parts[0][3].keys()
+        self.index.import_rows(
+            self.name, [pid for part in self.parts for pid in part[0]],
+            np.concatenate([part[1] for part in self.parts]),
+            [h for part in self.parts for h in part[2]],
+            {f: [v for part in self.parts for v in part[3][f]] for f in fields},
+            self.config.import_uri)
+        self.parts, self.rows = [], 0
+
+
 def write_products(index: VectorIndex, name: str, catalog: Catalog, rows: list[int],
                    vectors: np.ndarray, hashes: list[str], fields: list[str],
-                   stored: set[str]) -> None:
-    """Write the catalog's ``rows`` (positions) with their ``vectors``: inserted when the
-    product is not in ``stored``, overwritten when it is."""
+                   stored: set[str], imports: ImportBuffer | None = None) -> None:
+    """Write the catalog's ``rows`` (positions) with their ``vectors``: inserted (or held
+    for a bulk import) when the product is not in ``stored``, overwritten when it is."""
     products = catalog.products
     product_ids = products["product_id"].iloc[rows].tolist()
     for overwrite in (False, True):
@@ -137,10 +171,13 @@ def write_products(index: VectorIndex, name: str, catalog: Catalog, rows: list[i
         if not picked:
             continue
         chosen = [rows[j] for j in picked]
-        index.write_rows(name, [product_ids[j] for j in picked], vectors[picked],
-                         [hashes[i] for i in chosen],
-                         {f: products[f].iloc[chosen].tolist() for f in fields},
-                         overwrite=overwrite)
+        batch = ([product_ids[j] for j in picked], vectors[picked],
+                 [hashes[i] for i in chosen],
+                 {f: products[f].iloc[chosen].tolist() for f in fields})
+        if imports is not None and not overwrite:
+            imports.add(*batch)
+        else:
+            index.write_rows(name, *batch, overwrite=overwrite)
 
 
 def verify(index: VectorIndex, name: str, expected_ids: list[str], samples: int,

@@ -128,6 +128,15 @@ class MemoryIndex(IndexBackend, name="memory"):
 
     # -- rows --------------------------------------------------------------------------
 
+    def import_rows(self, name: str, ids: list[str], vectors: np.ndarray, hashes: list[str],
+                    attributes: dict[str, list[str]], import_uri: str,
+                    timeout: float = 3600) -> None:
+        raise VectorIndexError(f"{name}: the memory backend has no bulk import; leave "
+                               "index.import_uri empty")
+
+    def settle_imports(self, name: str, timeout: float = 3600) -> None:
+        return None
+
     def write_rows(self, name: str, ids: list[str], vectors: np.ndarray, hashes: list[str],
                    attributes: dict[str, list[str]], overwrite: bool = True) -> None:
         collection = self._get(name)

@@ -309,6 +309,54 @@ class MilvusIndex(IndexBackend, name="milvus"):
                 for i, pid in enumerate(ids)]
         self._write(rows, name, overwrite)
 
+    def import_rows(self, name: str, ids: list[str], vectors: np.ndarray, hashes: list[str],
+                    attributes: dict[str, list[str]], import_uri: str,
+                    timeout: float = 3600) -> None:
+        """Store rows none of whose ids is stored yet by one server-side bulk import (a
+        full build's batch): column files under ``import_uri``, imported, waited for until
+        every row is visible to a Strong count, then deleted."""
+        from fusion_model.index import bulk_import
+
+        if not ids:
+            return
+        columns = {"product_id": bulk_import.text_column([_text(pid) for pid in ids]),
+                   "vector": np.ascontiguousarray(vectors, dtype=np.float32),
+                   "content_hash": bulk_import.text_column(list(hashes)),
+                   **{field: bulk_import.text_column([_text(v) for v in values])
+                      for field, values in attributes.items()}}
+        batch, files = bulk_import.stage_columns(import_uri, name, columns)
+        try:
+            rows = bulk_import.run_import(self.client._get_connection(), name, files, timeout)
+            self._wait_until_visible(name, ids, timeout)
+        finally:
+            bulk_import.remove_batch(batch)
+        log.info("%s: bulk-imported %d rows", name, rows)
+
+    def settle_imports(self, name: str, timeout: float = 3600) -> None:
+        """Wait for import jobs on ``name`` still running (a crashed task's): rows they
+        are about to add must count as stored before a retry decides what to write."""
+        from fusion_model.index import bulk_import
+
+        handler = self.client._get_connection()
+        deadline = time.monotonic() + timeout
+        while running := bulk_import.running_imports(handler, name):
+            if time.monotonic() > deadline:
+                raise MilvusIndexError(f"{name}: {len(running)} import job(s) still "
+                                       f"running after {timeout:.0f} s")
+            log.info("%s: waiting for %d import job(s) of an earlier attempt", name,
+                     len(running))
+            time.sleep(bulk_import.POLL_SECONDS)
+
+    def _wait_until_visible(self, name: str, ids: list[str], timeout: float) -> None:
+        """Imported segments reach the query nodes some seconds after the job ends."""
+        self.ensure_loaded(name)
+        deadline = time.monotonic() + timeout
+        while (found := self.count(name, ids)) < len(ids):
+            if time.monotonic() > deadline:
+                raise MilvusIndexError(f"{name}: {found} of {len(ids)} imported rows "
+                                       f"visible after {timeout:.0f} s")
+            time.sleep(1.0)
+
     def _write(self, rows: list[dict], name: str, overwrite: bool) -> None:
         if rows:
             (self.client.upsert if overwrite else self.client.insert)(name, rows)

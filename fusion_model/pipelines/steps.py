@@ -8,10 +8,12 @@ Re-running a step after a crash continues or redoes its work without duplicates.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from fusion_model import storage
@@ -23,6 +25,7 @@ from fusion_model.pipelines import switch
 from fusion_model.storage import workarea
 
 log = logging.getLogger(__name__)
+FEATURE_NAMESPACES = ("text", "image", "colour")  # the feature cache's, under cache_dir
 
 
 def _config(config_name: str, overrides: list[str] | tuple = ()) -> RunConfig:
@@ -252,20 +255,40 @@ def load_registered_model(name: str, version: str):
 
 
 def train_stage1(catalog_uri: str, work_dir: str, config_name: str = "default",
-                 overrides: list[str] | tuple = (), fingerprint: str | None = None) -> dict:
+                 overrides: list[str] | tuple = (), fingerprint: str | None = None,
+                 features_uri: str | None = None) -> dict:
     """Stage 1 alone of the config's model, into ``work_dir/stage1``: align queries with
     product text (domain fine-tuning). A finished stage 1 of the same config and catalog
-    there is reused."""
+    there is reused. ``features_uri``: the work area's feature cache (see
+    ``_shared_features``)."""
     from fusion_model.training.trainer import train_stage1 as run_stage1
 
     config = _config(config_name, overrides)
     catalog = load_snapshot(catalog_uri, fingerprint)
     out = storage.join(work_dir, "stage1")
-    with workarea.staged(out) as local:
+    with workarea.staged(out) as local, _shared_features(config, features_uri):
         result = _finished_training(str(local), config.for_catalog(catalog.max_grade),
                                     catalog) or run_stage1(catalog, config, str(local))
     return {"stage1_dir": out, "model_dir": storage.join(out, "model"),
             "test": result.test.metrics}
+
+
+@contextlib.contextmanager
+def _shared_features(config: RunConfig, features_uri: str | None) -> Iterator[None]:
+    """With an S3 work area, a training task's feature cache (``train.cache_dir``, on its
+    worker's disk) starts from the work area's copy (files it holds already are not
+    downloaded) and adds what the task computed to it: a training worker on a new host
+    does not recompute the catalog's features. Index shards keep a cache of their own:
+    each embeds a different slice."""
+    if not features_uri or not storage.is_s3(features_uri):
+        yield
+        return
+    local = Path(config.train.cache_dir).expanduser()
+    with contextlib.ExitStack() as stack:
+        for namespace in FEATURE_NAMESPACES:
+            stack.enter_context(workarea.staged(storage.join(features_uri, namespace),
+                                                local=local / namespace))
+        yield
 
 
 def _pull_model(model_uri: str) -> Path:
@@ -278,7 +301,8 @@ def _pull_model(model_uri: str) -> Path:
 
 def train_stage2(catalog_uri: str, work_dir: str, stage1_model_dir: str,
                  config_name: str = "default", overrides: list[str] | tuple = (),
-                 fingerprint: str | None = None, out: str | None = None) -> dict:
+                 fingerprint: str | None = None, out: str | None = None,
+                 features_uri: str | None = None) -> dict:
     """Stage 2 from a stage-1 model, into ``out`` (default ``work_dir/stage2``): query <->
     image alignment and the fusion network. A finished run of the same config and
     catalog there is reused (the rule of stage 1); the result's history holds both
@@ -290,7 +314,7 @@ def train_stage2(catalog_uri: str, work_dir: str, stage1_model_dir: str,
     catalog = load_snapshot(catalog_uri, fingerprint)
     out_uri = out or storage.join(work_dir, "stage2")
     stage1 = _pull_model(stage1_model_dir)
-    with workarea.staged(out_uri) as local:
+    with workarea.staged(out_uri) as local, _shared_features(config, features_uri):
         result = _finished_training(str(local), config.for_catalog(catalog.max_grade),
                                     catalog) \
             or run_training(catalog, config, local, stage1_from=str(stage1))

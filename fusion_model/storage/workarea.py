@@ -41,18 +41,20 @@ def local_path(uri: str) -> Path:
     return scratch_root() / "s3" / bucket / key
 
 
-def pull(uri: str) -> Path:
+def pull(uri: str, local: Path | None = None) -> Path:
     """The local copy of the folder or file at ``uri``: for S3, every object under it is
     downloaded into the mirror unless the mirror holds it already (same size and time).
-    A folder with nothing in it yet gives an empty local folder."""
-    local = local_path(uri)
+    A folder with nothing in it yet gives an empty local folder. ``local``: another local
+    folder to hold the copy (a worker's feature cache) instead of the mirror."""
+    local = local or local_path(uri)
     if not is_s3(uri):
         return local
     objects = list_objects(uri)
     if not objects:
         local.mkdir(parents=True, exist_ok=True)
         return local
-    jobs = [(key, stamp, _mirror_of(uri, local, key)) for key, size, stamp in objects
+    bucket, _ = split_s3(uri)
+    jobs = [(bucket, key, stamp, _mirror_of(uri, local, key)) for key, size, stamp in objects
             if not _is_current(_mirror_of(uri, local, key), size, stamp)]
     parallel_map(_download, jobs)
     log.info("pulled %s -> %s (%d of %d objects downloaded)", uri, local, len(jobs),
@@ -60,12 +62,12 @@ def pull(uri: str) -> Path:
     return local
 
 
-def push(uri: str, before: FileState | None = None) -> int:
+def push(uri: str, before: FileState | None = None, local: Path | None = None) -> int:
     """Upload the files under the local copy of ``uri`` that are new or changed since
     ``before`` (a ``file_state``; all files when None); returns how many."""
     if not is_s3(uri):
         return 0
-    local = local_path(uri)
+    local = local or local_path(uri)
     now = file_state(local)
     changed = [path for path, stamp in now.items() if (before or {}).get(path) != stamp]
     bucket, key = split_s3(uri.rstrip("/"))
@@ -88,22 +90,22 @@ def push(uri: str, before: FileState | None = None) -> int:
 
 
 @contextmanager
-def staged(uri: str, pull_first: bool = True) -> Iterator[Path]:
+def staged(uri: str, pull_first: bool = True, local: Path | None = None) -> Iterator[Path]:
     """A local folder for the work at ``uri``: pulled first (unless ``pull_first`` is
     False), and what the block wrote uploaded when it ends, also when it fails (a failed
     validation's report, the checkpoints a retry on another host resumes from)."""
-    local = pull(uri) if pull_first else local_path(uri)
+    local = pull(uri, local) if pull_first else (local or local_path(uri))
     local.mkdir(parents=True, exist_ok=True)
     before = file_state(local)
     try:
         yield local
     except BaseException:
         try:
-            push(uri, before)
+            push(uri, before, local)
         except StorageError as exc:  # the block's own error is the one to report
             log.warning("could not upload the work left in %s: %s", local, exc)
         raise
-    push(uri, before)
+    push(uri, before, local)
 
 
 def file_state(local: Path) -> FileState:
@@ -156,11 +158,10 @@ def _is_current(target: Path, size: int, stamp: float) -> bool:
         and int(target.stat().st_mtime) == int(stamp)
 
 
-def _download(job: tuple[str, float, Path]) -> None:
-    key, stamp, target = job
+def _download(job: tuple[str, str, float, Path]) -> None:
+    bucket, key, stamp, target = job
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
-    bucket = _bucket_of(target)
     try:
         s3_client().download_file(bucket, key, str(partial))
     except Exception as exc:  # noqa: BLE001
@@ -168,7 +169,3 @@ def _download(job: tuple[str, float, Path]) -> None:
         raise StorageError(f"s3://{bucket}/{key}: cannot download ({exc})") from exc
     os.utime(partial, (stamp, stamp))
     partial.replace(target)
-
-
-def _bucket_of(mirrored: Path) -> str:
-    return mirrored.relative_to(scratch_root() / "s3").parts[0]

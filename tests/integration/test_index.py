@@ -247,3 +247,19 @@ def test_a_process_reconnects_after_idling_longer_than_the_servers_ping_policy(
         with milvus.MilvusIndex.open(uri) as index:
             assert isinstance(index.list_collections(), list)
         assert isinstance(held.list_collections(), list)
+
+
+def test_bulk_import_on_milvus_lite_is_a_named_error_that_leaves_nothing_staged(
+        model, catalog, index_uri, tmp_path):
+    """Milvus Lite has no bulk import: a build configured for it fails before writing a
+    row, says what to change, and removes the column files it staged."""
+    from fusion_model.index.bulk_import import BulkImportError
+
+    config = index_config(index_uri, import_uri=str(tmp_path / "import"), import_rows=40)
+    small = dataclasses.replace(catalog, products=catalog.products.head(50))
+    with pytest.raises(BulkImportError, match="Milvus Lite has no bulk import: leave "
+                                              "index.import_uri empty"):
+        build_collection(model, small, config, "lite_m1_abc", progress=False)
+    with milvus.MilvusIndex.open(index_uri) as index:
+        assert index.count("lite_m1_abc") == 0
+    assert not [p for p in (tmp_path / "import").rglob("*") if p.is_file()]

@@ -36,9 +36,11 @@ def test_tasks_on_separate_disks_hand_work_over_through_s3(tmp_path, s3_bucket, 
                             parts=2)
     assert report["success"] and report["report"].startswith(f"{run}/validation/")
 
-    stage1 = steps.train_stage1(catalog, run, "tiny", on_host("a"))
+    features = f"{work}/features"
+    stage1 = steps.train_stage1(catalog, run, "tiny", on_host("a"), features_uri=features)
     assert stage1["model_dir"] == f"{run}/stage1/model"
-    trained = steps.train_stage2(catalog, run, stage1["model_dir"], "tiny", on_host("b"))
+    trained = steps.train_stage2(catalog, run, stage1["model_dir"], "tiny", on_host("b"),
+                                 features_uri=features)
     assert trained["work_dir"] == f"{run}/stage2"
     assert not (tmp_path / "a" / "scratch" / "s3" / s3_bucket / "work/runs/r1/stage2").exists()
 
@@ -62,5 +64,13 @@ def test_tasks_on_separate_disks_hand_work_over_through_s3(tmp_path, s3_bucket, 
                      "work/runs/r1/stage1/model/model.pt", "work/runs/r1/stage2/result.json",
                      "work/profiles/catalog.json"):
         assert expected in keys
-    for host in ("a", "b"):  # each training host filled its own feature cache
-        assert any((tmp_path / host / "cache").rglob("*"))
+    assert any(k.startswith("work/features/text/") for k in keys)
+    assert any(k.startswith("work/features/image/") for k in keys)
+
+    # a training worker on a new host starts from the work area's features: none computed
+    from fusion_model import engines
+
+    monkeypatch.setattr(engines, "text_bottom", lambda *a, **k: pytest.fail(
+        "a text feature was computed again on a new host"))
+    steps.train_stage1(catalog, f"{work}/runs/r2", "tiny", on_host("d"), features_uri=features)
+    assert any((tmp_path / "d" / "cache" / "text").rglob("*"))

@@ -92,3 +92,33 @@ class TestMilvusServerConformance(IndexConformance):
     def index(self, milvus_server):
         with milvus.MilvusIndex.open(milvus_server) as opened:
             yield opened
+
+
+def test_a_full_build_by_bulk_import_equals_one_by_batched_inserts(  # noqa: F811
+        model, catalog, index_uri, tmp_path):  # noqa: F811 - the fixtures imported above
+    """Bulk import (three jobs of at most 70 rows, column files the server reads from its
+    own disk) stores the same rows, hashes, vectors and attributes as batched inserts,
+    passes verification and leaves no staged files behind."""
+    small = dataclasses.replace(catalog, products=catalog.products.head(150))
+    ids = small.products["product_id"].tolist()
+    inserted = index_config(index_uri)
+    imported = index_config(index_uri, import_uri=str(tmp_path / "import"), import_rows=70)
+    jobs = []
+    real_import = milvus.MilvusIndex.import_rows
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(milvus.MilvusIndex, "import_rows", lambda self, name, ids_, *a, **k:
+                      jobs.append(len(ids_)) or real_import(self, name, ids_, *a, **k))
+        result = build_collection(model, small, imported, "imported_m1_abc", progress=False)
+    build_collection(model, small, inserted, "inserted_m1_abc", progress=False)
+    assert result.verified and result.written == 150 and sorted(jobs) == [10, 70, 70]
+    fields = stored_fields(small, inserted)
+    with milvus.MilvusIndex.open(index_uri) as index:
+        assert index.existing_hashes("imported_m1_abc") == \
+            index.existing_hashes("inserted_m1_abc")
+        got = dict(zip(*index.vectors_of("imported_m1_abc", ids)))
+        want = dict(zip(*index.vectors_of("inserted_m1_abc", ids)))
+        assert all(np.allclose(got[pid], want[pid], atol=1e-6) for pid in ids)
+        assert index.rows_of("imported_m1_abc", ids, fields) == \
+            index.rows_of("inserted_m1_abc", ids, fields)
+        assert index.count("imported_m1_abc") == 150
+    assert not [p for p in (tmp_path / "import").rglob("*") if p.is_file()]

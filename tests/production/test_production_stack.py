@@ -96,10 +96,10 @@ def test_training_dag_promotes_on_the_production_stack(first_run, mlflow_server,
 
 
 def assert_handed_over_through_s3(stack: dict, work_keys: list[str]) -> None:
-    """Validation parts, both stages and the partition manifest reached the S3 work area;
-    the two workers kept separate disks: the training worker filled its own feature cache
-    and holds no validation report, the default worker pulled only the stage-2 model
-    (register) and never the checkpoints, and no shared work folder exists."""
+    """Validation parts, both stages, the feature cache and the partition manifest reached
+    the S3 work area; the two workers kept separate disks: the training worker filled its
+    own feature cache and holds no validation report, the default worker pulled only the
+    stage-2 model (register) and never the checkpoints, and no shared work folder exists."""
     def has(pattern: str) -> bool:
         return any(re.fullmatch(pattern, key) for key in work_keys)
 
@@ -107,7 +107,8 @@ def assert_handed_over_through_s3(stack: dict, work_keys: list[str]) -> None:
                     r"work/runs/[^/]+/validation/validation\.json",
                     r"work/runs/[^/]+/stage1/model/model\.pt",
                     r"work/runs/[^/]+/stage2/result\.json",
-                    r"work/partitions/[^/]+/2/shard-00001\.parquet"):
+                    r"work/partitions/[^/]+/2/shard-00001\.parquet",
+                    r"work/features/text/.+", r"work/features/image/.+"):
         assert has(pattern), (pattern, work_keys[:30])
     training, default = (stack["disks"][TRAINING_QUEUE], stack["disks"]["default"])
     assert any(path.is_file() for path in (training / "home" / "fusion" / "cache").rglob("*"))

@@ -47,7 +47,7 @@ def test_only_changed_files_travel(s3_bucket, tmp_path, monkeypatch):
 
     downloads = []
     real = workarea._download
-    monkeypatch.setattr(workarea, "_download", lambda job: downloads.append(job[0])
+    monkeypatch.setattr(workarea, "_download", lambda job: downloads.append(job[1])
                         or real(job))
     workarea.pull(uri)                                  # the uploader's own copy is current
     assert downloads == []
