@@ -165,8 +165,8 @@ class RuntimeConfig:
     # where frozen encoders and trained towers run at inference time (fusion_model.engines,
     # which checks the name): "auto" = openvino when installed and on the CPU, else torch
     engine: str = "auto"
-    # torch device: cpu, cuda, cuda:N, or auto (cuda when a GPU is visible). Inference
-    # (frozen encoders, catalog embedding) follows it; training runs on the CPU so far.
+    # torch device: cpu, cuda, cuda:N, or auto (cuda when a GPU is visible). Training (both
+    # stages, evaluation), the feature cache fill and inference all follow it.
     device: str = "cpu"
 
 

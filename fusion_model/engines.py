@@ -40,6 +40,7 @@ from fusion_model.named import Named
 from fusion_model.runtime import (
     Runtime,
     prefetched,
+    process_device,
     resolve_device,
     resolve_precision,
     weights_fingerprint,
@@ -119,7 +120,7 @@ def resolve_engine(engine: str, device: str = "cpu") -> str:
 def resolve_runtime(config, engine: str | None = None) -> Runtime:
     """The ``Runtime`` of ``config`` (a RunConfig): every ``auto`` resolved, once; ``engine``
     overrides ``runtime.engine``."""
-    device = resolve_device(config.runtime.device)
+    device = process_device(resolve_device(config.runtime.device))
     return Runtime(engine=resolve_engine(engine or config.runtime.engine, device),
                    precision=resolve_precision(config.train.precision, device),
                    device=device,
@@ -198,8 +199,7 @@ def torch_frozen(graph: nn.Module, runtime: Runtime) -> Frozen:
     graph.eval().to(runtime.device)
 
     def run(inputs: Inputs) -> torch.Tensor:
-        on_device = {name: tensor.to(runtime.device, non_blocking=True)
-                     for name, tensor in inputs.items()}
+        on_device = {name: runtime.put(tensor) for name, tensor in inputs.items()}
         with torch.no_grad(), runtime.autocast():
             return graph(**on_device).float().cpu()
 

@@ -39,9 +39,9 @@ class InfoNCELoss(nn.Module):
         logits = scale * queries.float() @ products.float().T                # (B, P)
         if known_positive is not None:
             own = torch.zeros_like(known_positive)
-            own[:, :batch] = torch.eye(batch, dtype=torch.bool)
+            own[:, :batch] = torch.eye(batch, dtype=torch.bool, device=logits.device)
             logits = logits.masked_fill(known_positive & ~own, float("-inf"))
-        target = torch.arange(batch)
+        target = torch.arange(batch, device=logits.device)
         query_to_product = F.cross_entropy(logits, target)
         product_to_query = F.cross_entropy(logits[:, :batch].T, target)
         return (query_to_product + product_to_query) / 2

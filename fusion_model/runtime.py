@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,13 @@ class Runtime:
         return torch.autocast(self.device_type, dtype=torch.bfloat16,
                               enabled=self.precision == "bf16")
 
+    def put(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` on this runtime's device: as it is on the CPU; on CUDA copied from
+        pinned memory without blocking (the copy overlaps the work queued before it)."""
+        if self.device_type == "cpu" or tensor.device.type != "cpu":
+            return tensor.to(self.device)
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
 
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; a named error for a CUDA
@@ -56,6 +64,14 @@ def resolve_device(device: str) -> str:
             raise BadInputError(f"runtime.device={device}: no such CUDA device here "
                                 f"({torch.cuda.device_count()} visible); use "
                                 "runtime.device=auto or cpu")
+    return device
+
+
+def process_device(device: str) -> str:
+    """Under torchrun each process takes its own GPU: ``cuda`` -> ``cuda:$LOCAL_RANK``
+    (a named ``cuda:N`` stays as it is; so does the CPU)."""
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return device
 
 
@@ -92,7 +108,8 @@ def weights_fingerprint(label: str, modules: list[nn.Module]) -> str:
     for module in modules:
         for name, tensor in sorted(module.state_dict().items()):
             digest.update(name.encode())
-            digest.update(tensor.detach().float().contiguous().numpy().tobytes()[:4096])
+            digest.update(tensor.detach().float().cpu().contiguous().numpy()
+                          .tobytes()[:4096])
     return digest.hexdigest()[:20]
 
 

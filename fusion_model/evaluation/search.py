@@ -21,8 +21,8 @@ def exact_top_k(queries: torch.Tensor, products: torch.Tensor | Iterable[torch.T
     ``SCORES_PER_BLOCK`` scores (at least 1,024 products).
     """
     chunk_size = chunk_size or max(1024, SCORES_PER_BLOCK // max(1, queries.shape[0]))
-    best_scores = torch.full((queries.shape[0], 0), float("-inf"))
-    best_index = torch.empty((queries.shape[0], 0), dtype=torch.long)
+    best_scores = torch.full((queries.shape[0], 0), float("-inf"), device=queries.device)
+    best_index = torch.empty((queries.shape[0], 0), dtype=torch.long, device=queries.device)
     queries = queries.float()
     start = 0
     for block in _blocks(products, chunk_size):

@@ -173,7 +173,8 @@ class TwoTower(nn.Module):
     def save(self, directory: str | Path, manifest: dict | None = None) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        torch.save(self.state_dict(), directory / MODEL_FILE)
+        torch.save({k: v.cpu() for k, v in self.state_dict().items()},  # loads anywhere
+                   directory / MODEL_FILE)
         (directory / CONFIG_FILE).write_text(yaml.safe_dump(self.config.to_dict(),
                                                             sort_keys=False))
         (directory / MANIFEST_FILE).write_text(json.dumps(manifest or {}, indent=2))

@@ -133,10 +133,8 @@ class Trainer:
         self.history: list[dict] = []
         self.seconds: dict[str, float] = {}
         self.runtime = resolve_runtime(config)  # engine, precision, device: resolved once
-        if self.runtime.device_type != "cpu":
-            raise BadInputError(f"runtime.device={config.runtime.device} resolves to "
-                                f"{self.runtime.device}: training runs on the CPU so far; "
-                                "train with runtime.device=cpu")
+        if self.runtime.device_type == "cuda":  # NCCL and unnamed CUDA calls use this GPU
+            torch.cuda.set_device(self.runtime.device)
         self.rank, self.world = init_from_environment(self.runtime.distributed)
         # what each step below fills in: prepare(), then the stage-2 features
         self.stage = 0                      # the stage whose vectors evaluation uses
@@ -172,7 +170,7 @@ class Trainer:
         seed_everything(self.config.train.seed)
         self._started = time.perf_counter()
         self.data = build_data(self.catalog, self.config.train.min_positive_grade)
-        self.model = TwoTower(self.config)
+        self.model = TwoTower(self.config).to(self.runtime.device)
         self.positive_sets = [set(p.tolist()) for p in self.data.splits["train"].positives]
         with rank_zero_first(self.rank, self.world):  # rank 0 fills the feature cache
             self._prepare_text_features()
@@ -257,8 +255,8 @@ class Trainer:
         queries = self.query_text["train"]
 
         def query_vectors(q_idx: np.ndarray) -> torch.Tensor:
-            return model.queries_from_hidden(queries["hidden"][q_idx].float(),
-                                             queries["mask"][q_idx], text_half=True)
+            return model.queries_from_hidden(self._put(queries["hidden"][q_idx]).float(),
+                                             self._put(queries["mask"][q_idx]), text_half=True)
 
         def product_vectors(p_idx: np.ndarray, noise: torch.Tensor) -> torch.Tensor:
             return model.product_text_vectors(*self._product_tokens(p_idx))
@@ -276,8 +274,8 @@ class Trainer:
         def final_tokens(rows: np.ndarray) -> dict[str, torch.Tensor]:
             mask = source["mask"][rows]
             tokens = self._map_batches(len(rows), lambda idx: self.model.text.top(
-                source["hidden"][rows[idx.numpy()]].float(), mask[idx]))
-            return {"hidden": tokens.to(torch.bfloat16), "mask": mask}
+                self._put(source["hidden"][rows[idx.numpy()]]).float(), self._put(mask[idx])))
+            return {"hidden": tokens.to(torch.bfloat16).cpu(), "mask": mask}
 
         with torch.no_grad():
             self.product_text = write_table(scratch, len(self.data.product_ids),
@@ -299,14 +297,20 @@ class Trainer:
         distinct text of the batch and only up to the batch's longest text (padding and
         duplicate titles are most of the work otherwise); the result is the same."""
         if self.text_bottoms is not None:  # the frozen top's output, on disk
-            return self.product_text["hidden"][idx].float(), self.product_text["mask"][idx]
+            return (self._put(self.product_text["hidden"][idx]).float(),
+                    self._put(self.product_text["mask"][idx]))
         rows, inverse = np.unique(self.text_row[np.asarray(idx)], return_inverse=True)
         mask = self.product_text["mask"][rows]
         length = int(mask.any(dim=0).nonzero().max()) + 1 if mask.any() else 1
         mask = mask[:, :length]
-        hidden = self.product_text["hidden"][rows, :length].float()
-        inverse = torch.from_numpy(inverse.reshape(-1))
+        hidden = self._put(self.product_text["hidden"][rows, :length]).float()
+        mask = self._put(mask)
+        inverse = self._put(torch.from_numpy(inverse.reshape(-1)))
         return self.model.text.top(hidden, mask)[inverse], mask[inverse]
+
+    def _put(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A batch read from the feature tables (CPU, memory-mapped) on the run's device."""
+        return self.runtime.put(tensor)
 
     # stage 2 ------------------------------------------------------------------------------
     def _stage2(self) -> None:
@@ -333,22 +337,22 @@ class Trainer:
 
         def product_vectors(p_idx: np.ndarray, noise: torch.Tensor) -> torch.Tensor:
             tokens, mask = self._product_tokens(p_idx)
-            present = self.image_present[p_idx].clone()
+            present = self._put(self.image_present[p_idx].clone())
             if dropout:  # hide one modality of some products (noise: uniform per product)
                 hide_image = (noise < dropout) & present
                 hide_text = (noise > 1 - dropout) & present
                 present &= ~hide_image
                 mask = mask & ~hide_text.unsqueeze(1)
-            features = image_batch(self.image_features, p_idx)
+            features = self._put(image_batch(self.image_features, p_idx))
             return model.products_from_features(tokens, mask, features, present)
 
         self._run_stage("stage2", stage, encoder_params, head_params,
                         (query_vectors, product_vectors))
 
     def _pool_queries(self, split: str) -> torch.Tensor:
-        feats = self.query_text[split]
-        tokens = self.model.query_text.top(feats["hidden"].float(), feats["mask"])
-        return mean_pool(tokens, feats["mask"]).float()
+        hidden, mask = self._put(self.query_text[split]["hidden"]).float(), \
+            self._put(self.query_text[split]["mask"])
+        return mean_pool(self.model.query_text.top(hidden, mask), mask).float()
 
     # the shared epoch loop ----------------------------------------------------------------
     def _run_stage(self, name: str, stage: StageConfig, encoder_params: list, head_params: list,
@@ -425,7 +429,7 @@ class Trainer:
         query_fn, product_fn = batch_vectors
         for step, (q_idx, p_idx) in enumerate(bar):
             schedule.apply(optimizer, step)
-            noise = torch.rand(len(p_idx))   # drawn for the whole batch on every rank
+            noise = self._put(torch.rand(len(p_idx)))  # the whole batch's, on every rank
             lo, hi = shard_bounds(len(p_idx), self.rank, self.world)
             with self.runtime.autocast():
                 q = gather_rows(query_fn(q_idx[lo:hi]).float(), len(p_idx), self.world)
@@ -433,10 +437,11 @@ class Trainer:
                                 self.world)
                 negatives = self._batch_negatives(q_idx, p_idx)
                 if len(negatives):  # every rank embeds the (few) mined negatives
-                    p = torch.cat([p, product_fn(negatives, torch.full((len(negatives),), 0.5)
-                                                 ).float()])
+                    half = self._put(torch.full((len(negatives),), 0.5))
+                    p = torch.cat([p, product_fn(negatives, half).float()])
                     p_idx = np.concatenate([p_idx, negatives])
-                known = torch.from_numpy(known_positive_mask(q_idx, p_idx, self.positive_sets))
+                known = self._put(torch.from_numpy(
+                    known_positive_mask(q_idx, p_idx, self.positive_sets)))
                 loss = self.model.loss(q, p, known)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -518,8 +523,9 @@ class Trainer:
                     vectors = model.product_text_vectors(*self._product_tokens(idx))
                 else:
                     vectors = model.products_from_features(
-                        *self._product_tokens(idx), image_batch(self.image_features, idx),
-                        self.image_present[idx])
+                        *self._product_tokens(idx),
+                        self._put(image_batch(self.image_features, idx)),
+                        self._put(self.image_present[idx]))
             yield vectors.float()
 
     @torch.no_grad()
@@ -528,7 +534,8 @@ class Trainer:
             return self.model.query_head(self.query_pooled[split])
         feats = self.query_text[split]
         return self._map_batches(len(feats["mask"]), lambda idx: self.model.queries_from_hidden(
-            feats["hidden"][idx].float(), feats["mask"][idx], text_half=True))
+            self._put(feats["hidden"][idx]).float(), self._put(feats["mask"][idx]),
+            text_half=True))
 
     def _map_batches(self, n: int, fn) -> torch.Tensor:
         outs = []

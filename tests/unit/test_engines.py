@@ -353,6 +353,18 @@ def test_the_runtime_is_resolved_once_with_every_choice_made(monkeypatch):
         resolve_runtime(load_config("default", ["runtime.device=cuda",
                                                 "runtime.engine=openvino"]))
     assert resolve_runtime(load_config("default", ["runtime.device=cpu"])).distributed == "gloo"
+    # under torchrun each process takes its own GPU (LOCAL_RANK); named devices stay
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_runtime(load_config("default", ["runtime.device=cuda"])).device == "cuda:1"
+    assert resolve_runtime(load_config("default", ["runtime.device=cuda:0"])).device == "cuda:0"
+    assert resolve_runtime(load_config("default", ["runtime.device=cpu"])).device == "cpu"
+
+
+def test_batches_reach_the_runtime_device_as_they_are_on_the_cpu():
+    batch = torch.arange(6).reshape(2, 3)
+    moved = Runtime(device="cpu").put(batch)
+    assert moved.device.type == "cpu" and torch.equal(moved, batch)
 
 
 def test_engines_register_themselves_by_name():
@@ -380,18 +392,3 @@ def test_embed_catalog_honours_the_engine_on_the_cached_path(tmp_path, synthetic
         embed_catalog(model, catalog, str(tmp_path / "cache"), progress=False,
                       engine="openvino")
     assert used and used[0].startswith("text-bottom")  # the asked-for engine was used
-
-
-def test_training_on_a_device_it_does_not_support_yet_is_a_named_error(monkeypatch,
-                                                                       synthetic_catalog,
-                                                                       tmp_path):
-    from fusion_model.config import load_config
-    from fusion_model.data.catalog import load_catalog
-    from fusion_model.training.trainer import Trainer
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args: True)
-    config = load_config("tiny", ["runtime.device=cuda", f"train.cache_dir={tmp_path}"])
-    with pytest.raises(FusionModelError, match="training runs on the CPU so far"):
-        Trainer(load_catalog(str(synthetic_catalog)), config, tmp_path / "run")
