@@ -15,8 +15,9 @@ import contextlib
 import functools
 import hashlib
 import logging
+import multiprocessing
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -51,14 +52,29 @@ def photos_named_by_product(products) -> Iterator[None]:
         raise ImageDecodeError(exc.uri, exc.reason, str(owners.iloc[0])) from exc
 
 
-def load_images(uris: list[str | None], size: int, workers: int = 8) -> list[np.ndarray | None]:
-    """Decode images in parallel threads; ``None`` for products without a photo."""
-
-    def load(uri: str | None) -> np.ndarray | None:
-        return None if uri is None else decode_image(storage.read_bytes(uri), size, uri=uri)
-
+def load_images(uris: list[str | None], size: int, workers: int = 8,
+                processes: int = 0) -> list[np.ndarray | None]:
+    """Decode images in ``workers`` parallel threads, or with ``processes`` in that many
+    worker processes (what keeps a GPU fed: decoding in threads shares one interpreter with
+    the loop that drives the device); ``None`` for products without a photo."""
+    jobs = [(uri, size) for uri in uris]
+    if processes:
+        chunk = max(1, len(jobs) // (4 * processes))
+        return list(decode_processes(processes).map(_load_one, jobs, chunksize=chunk))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(load, uris))
+        return list(pool.map(_load_one, jobs))
+
+
+def _load_one(job: tuple[str | None, int]) -> np.ndarray | None:
+    uri, size = job
+    return None if uri is None else decode_image(storage.read_bytes(uri), size, uri=uri)
+
+
+@functools.cache
+def decode_processes(count: int) -> ProcessPoolExecutor:
+    """A pool of ``count`` decoding processes, started once per process (forkserver: the
+    children never inherit a CUDA context)."""
+    return ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("forkserver"))
 
 
 def text_bottom_features(encoder, texts: list[str], max_length: int, cache_root: str,
@@ -113,7 +129,8 @@ def _cached_bottoms(encoder, uris: list[str | None], keys: list[str | None], cac
 
     def prepare(indices: list[int], workers: int = 1) -> tuple[list[int], torch.Tensor]:
         return indices, encoder.preprocess(load_images([uris[i] for i in indices],
-                                                       encoder.image_size, workers),
+                                                       encoder.image_size, workers,
+                                                       runtime.decode_processes),
                                            channels_last)
 
     def compute(prepared: tuple[list[int], torch.Tensor]) -> Batch:

@@ -93,7 +93,8 @@ def _embed_uncached(towers: FrozenTowers, texts: list[str], uris: list[str | Non
         for start in starts:
             rows = order[start:start + batch_size]
             batch_uris = [uris[row] for row in rows]
-            images = load_images(batch_uris, size, workers) if size else \
+            images = load_images(batch_uris, size, workers,
+                                 towers.runtime.decode_processes) if size else \
                 [None] * len(batch_uris)
             yield [texts[row] for row in rows], images
 

@@ -36,6 +36,9 @@ class ImageDecodeError(BadInputError):
         super().__init__(f"{who}{uri}: cannot use this photo ({reason}); fix or remove the "
                          "image reference (`fusion-model validate` lists every bad photo)")
 
+    def __reduce__(self):  # raised in a decoding process, re-raised in the caller
+        return type(self), (self.uri, self.reason, self.product_id)
+
 
 def open_photo(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, uri: str = "<bytes>",
                draft: int | None = None) -> Image.Image:

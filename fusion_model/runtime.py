@@ -41,6 +41,12 @@ class Runtime:
         return torch.autocast(self.device_type, dtype=torch.bfloat16,
                               enabled=self.precision == "bf16")
 
+    @property
+    def decode_processes(self) -> int:
+        """Photo-decoding processes that feed this device: every core for a GPU; none on
+        the CPU, where threads beside the encoder measured fastest (RESULTS.md)."""
+        return (os.cpu_count() or 1) if self.device_type == "cuda" else 0
+
     def put(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` on this runtime's device: as it is on the CPU; on CUDA copied from
         pinned memory without blocking (the copy overlaps the work queued before it)."""

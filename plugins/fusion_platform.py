@@ -32,6 +32,8 @@ local files).
                                           then runs on catalog asset events only)
 - environment ``FUSION_TRAINING_QUEUE``:   Celery queue of the two training tasks (e.g.
                                           ``gpu`` workers); unset: the default queue
+- environment ``FUSION_RUNTIME_DEVICE``:   the torch device of the tasks this worker runs
+                                          (``runtime.device``: ``auto`` on a GPU worker)
 - environment ``FUSION_MLFLOW_UI_URL``,
               ``FUSION_REVIEW_URL``:       the MLflow UI and ``fusion-model serve`` as people
                                           reach them, for links (MLflow version <-> Airflow
@@ -190,6 +192,8 @@ def platform_overrides() -> list[str]:
     credentials are already exported by ``prepare_task``, every task's pre_execute)."""
     base = local_work_dir()
     overrides = [f"train.cache_dir={base / 'cache'}", f"index.uri={base / 'milvus.db'}"]
+    if os.environ.get("FUSION_RUNTIME_DEVICE"):  # this worker's device (a GPU worker: auto)
+        overrides.append(f"runtime.device={os.environ['FUSION_RUNTIME_DEVICE']}")
     milvus = _connection("fusion_milvus")
     if milvus is not None and milvus.host:
         overrides.append(f"index.uri=http://{milvus.host}:{milvus.port or 19530}")

@@ -186,10 +186,24 @@ def load_model(directory: str | Path) -> TwoTower:
     directory = Path(directory)
     if not (directory / CONFIG_FILE).is_file():
         raise BadInputError(_not_a_saved_model(directory))
-    config = from_dict(yaml.safe_load((directory / CONFIG_FILE).read_text()))
+    config = runs_here(from_dict(yaml.safe_load((directory / CONFIG_FILE).read_text())))
     model = TwoTower(config)
     model.load_state_dict(load_tensors(directory / MODEL_FILE, "model weights"))
     return model.eval()
+
+
+def runs_here(config: RunConfig) -> RunConfig:
+    """``config`` with ``runtime.device=auto`` when the device it was trained on is not on
+    this host (a model trained on a GPU worker, embedding or serving on a CPU one)."""
+    from fusion_model.runtime import resolve_device
+
+    try:
+        resolve_device(config.runtime.device)
+    except BadInputError:
+        log.info("trained on %s, which this host lacks: running on runtime.device=auto",
+                 config.runtime.device)
+        return config.replace("runtime.device=auto")
+    return config
 
 
 def _not_a_saved_model(directory: Path) -> str:

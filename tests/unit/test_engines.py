@@ -392,3 +392,39 @@ def test_embed_catalog_honours_the_engine_on_the_cached_path(tmp_path, synthetic
         embed_catalog(model, catalog, str(tmp_path / "cache"), progress=False,
                       engine="openvino")
     assert used and used[0].startswith("text-bottom")  # the asked-for engine was used
+
+
+def test_a_model_trained_on_a_gpu_loads_and_runs_on_a_host_without_one(tmp_path):
+    from fusion_model.models.towers import load_model
+
+    trained = tiny_model(tmp_path, "runtime.device=cuda:3")
+    trained.save(tmp_path / "model")
+    loaded = load_model(tmp_path / "model")
+    assert loaded.config.runtime.device == "auto"
+    assert resolve_runtime(loaded.config).device == "cpu"
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, trained.state_dict()[name]), name
+
+
+def test_photos_decode_the_same_in_worker_processes_as_in_threads(tmp_path):
+    """A GPU runtime decodes in processes (threads on the CPU); the pixels are the same and
+    a broken photo is still named."""
+    from PIL import Image
+
+    from fusion_model.features import load_images
+    from fusion_model.photos import ImageDecodeError
+
+    uris = []
+    for i in range(5):
+        path = tmp_path / f"p{i}.png"
+        Image.new("RGB", (40 + i, 30), (40 * i, 100, 200)).save(path)
+        uris.append(str(path))
+    threads = load_images([*uris, None], 32, workers=2)
+    processes = load_images([*uris, None], 32, processes=2)
+    assert processes[-1] is None and all(np.array_equal(a, b) for a, b in
+                                         zip(threads[:-1], processes[:-1]))
+    (tmp_path / "broken.png").write_bytes(b"not a photo")
+    with pytest.raises(ImageDecodeError, match="broken.png"):
+        load_images([str(tmp_path / "broken.png")], 32, processes=2)
+    assert Runtime(device="cpu").decode_processes == 0
+    assert Runtime(device="cuda").decode_processes >= 1

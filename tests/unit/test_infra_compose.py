@@ -381,6 +381,16 @@ def test_postgres_health_redis_licence_and_startup_order(compose):
             "service_healthy", name
 
 
+def test_the_gpu_worker_reserves_a_gpu_and_runs_a_cuda_torch_image(compose):
+    worker = compose["services"]["airflow-worker-gpu"]
+    assert worker["profiles"] == ["gpu"] and worker["command"][-4:-2] == ["--queues", "gpu"]
+    device = worker["deploy"]["resources"]["reservations"]["devices"][0]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert "/whl/cu" in worker["build"]["args"]["TORCH_INDEX_URL"]
+    assert worker["image"] != compose["services"]["airflow-worker"]["image"]
+    assert worker["environment"]["FUSION_RUNTIME_DEVICE"] == "auto"
+
+
 def test_the_training_queue_worker_consumes_only_that_queue(compose):
     worker = compose["services"]["airflow-worker-training"]
     assert worker["profiles"] == ["training-queue"]

@@ -19,8 +19,8 @@ def platform(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(REPO / "plugins"))
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
     for key in (*AWS_KEYS, "FUSION_CATALOG_URI", "FUSION_TRAINING_QUEUE", "FUSION_CONFIG_NAME",
-                "FUSION_TRAINING_CRON",
-                "AIRFLOW_CONN_FUSION_MILVUS",
+                "FUSION_TRAINING_CRON", "FUSION_LOCAL_DIR", "FUSION_RUNTIME_DEVICE",
+                "FUSION_SCRATCH_DIR", "AIRFLOW_CONN_FUSION_MILVUS",
                 "AIRFLOW_CONN_FUSION_MLFLOW", "AIRFLOW_CONN_FUSION_S3",
                 "AIRFLOW_VAR_FUSION_WORK_DIR", "AIRFLOW_VAR_FUSION_ARTIFACT_LOCATION",
                 "AIRFLOW_VAR_FUSION_KEEP_RUNS", "AIRFLOW_VAR_FUSION_RUN_RETENTION_DAYS"):
@@ -61,6 +61,22 @@ def test_connections_point_at_servers_and_the_server_keeps_its_artifacts(platfor
     assert platform.default_catalog_uri() == "s3://shop/catalogs/current"
     monkeypatch.setenv("AIRFLOW_VAR_FUSION_ARTIFACT_LOCATION", "s3://ml/artifacts")
     assert platform.platform_overrides()[-1] == "registry.artifact_location=s3://ml/artifacts"
+
+
+def test_an_s3_work_area_keeps_the_local_stores_on_the_worker_disk(platform, monkeypatch,
+                                                                   tmp_path):
+    monkeypatch.setenv("AIRFLOW_VAR_FUSION_WORK_DIR", "s3://work-bucket/work")
+    monkeypatch.setenv("FUSION_LOCAL_DIR", str(tmp_path / "disk"))
+    monkeypatch.setenv("FUSION_RUNTIME_DEVICE", "auto")
+    assert platform.work_uri("runs", "r1") == "s3://work-bucket/work/runs/r1"
+    assert platform.local_work_dir() == tmp_path / "disk"
+    overrides = platform.platform_overrides()
+    assert overrides[:3] == [f"train.cache_dir={tmp_path / 'disk' / 'cache'}",
+                             f"index.uri={tmp_path / 'disk' / 'milvus.db'}",
+                             "runtime.device=auto"]
+    monkeypatch.delenv("FUSION_SCRATCH_DIR", raising=False)
+    platform.default_args()["pre_execute"]({})
+    assert os.environ.pop("FUSION_SCRATCH_DIR") == str(tmp_path / "disk" / "scratch")
 
 
 def test_every_task_exports_the_s3_connection_before_it_runs(platform, monkeypatch):
