@@ -124,7 +124,8 @@ def resolve_runtime(config, engine: str | None = None) -> Runtime:
     return Runtime(engine=resolve_engine(engine or config.runtime.engine, device),
                    precision=resolve_precision(config.train.precision, device),
                    device=device,
-                   distributed="nccl" if torch.device(device).type == "cuda" else "gloo")
+                   distributed="nccl" if torch.device(device).type == "cuda" else "gloo",
+                   compile=config.runtime.compile)
 
 
 def engine_cache_root(cache_dir: str) -> Path:
@@ -188,7 +189,8 @@ class ProductTowerGraph(nn.Module):
         tokens = model.text.top(hidden, mask)[text_index]
         features = model.image.bottom(pixels) if model.image is not None else None
         if present is None:
-            present = torch.zeros(text_index.shape[0], dtype=torch.bool)
+            present = torch.zeros(text_index.shape[0], dtype=torch.bool,
+                                  device=text_index.device)
         return model.products_from_features(tokens, mask[text_index], features, present)
 
 
@@ -197,11 +199,14 @@ def torch_frozen(graph: nn.Module, runtime: Runtime) -> Frozen:
     """The reference: the module itself on the run's device, without gradients, under the
     run's autocast; inputs move to the device, the output comes back to the CPU."""
     graph.eval().to(runtime.device)
+    forward = graph
+    if runtime.compile and runtime.device_type == "cuda":  # kernels fused for the GPU
+        forward = torch.compile(graph, dynamic=True)
 
     def run(inputs: Inputs) -> torch.Tensor:
         on_device = {name: runtime.put(tensor) for name, tensor in inputs.items()}
         with torch.no_grad(), runtime.autocast():
-            return graph(**on_device).float().cpu()
+            return forward(**on_device).float().cpu()
 
     return run
 

@@ -32,6 +32,7 @@ class Runtime:
     precision: str = "fp32"
     device: str = "cpu"
     distributed: str = "gloo"
+    compile: bool = False  # torch.compile the frozen graphs (on CUDA only)
 
     @property
     def device_type(self) -> str:

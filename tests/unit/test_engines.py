@@ -428,3 +428,14 @@ def test_photos_decode_the_same_in_worker_processes_as_in_threads(tmp_path):
         load_images([str(tmp_path / "broken.png")], 32, processes=2)
     assert Runtime(device="cpu").decode_processes == 0
     assert Runtime(device="cuda").decode_processes >= 1
+
+
+def test_compile_is_a_cuda_option_that_the_cpu_ignores(monkeypatch):
+    from fusion_model.config import load_config
+    from fusion_model.engines import torch_frozen
+
+    runtime = resolve_runtime(load_config("tiny", ["runtime.compile=true"]), "torch")
+    assert runtime.compile and runtime.device == "cpu"
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled on the CPU"))
+    run = torch_frozen(torch.nn.Linear(3, 2), runtime)
+    assert run({"input": torch.ones(4, 3)}).shape == (4, 2)
