@@ -141,10 +141,16 @@ class ImportBuffer:
 
     def add(self, ids: list[str], vectors: np.ndarray, hashes: list[str],
             attributes: dict[str, list]) -> None:
-        self.parts.append((ids, vectors, hashes, attributes))
-        self.rows += len(ids)
-        if self.rows >= self.config.import_rows:
-            self.send()
+        """Hold the rows; every ``import_rows`` of them go out as one job."""
+        start = 0
+        while start < len(ids):
+            end = start + min(len(ids) - start, self.config.import_rows - self.rows)
+            self.parts.append((ids[start:end], vectors[start:end], hashes[start:end],
+                               {f: values[start:end] for f, values in attributes.items()}))
+            self.rows += end - start
+            start = end
+            if self.rows >= self.config.import_rows:
+                self.send()
 
     def send(self) -> None:
         if not self.parts:

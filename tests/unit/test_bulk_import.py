@@ -38,3 +38,26 @@ def test_local_staging_passes_paths_and_loads_without_pickle(tmp_path):
     assert np.load(files[2], allow_pickle=False).tolist() == ["", "red"]
     bulk_import.remove_batch(batch)
     assert not any((tmp_path / "import").rglob("*.npy"))
+
+
+def test_the_build_sends_jobs_of_exactly_import_rows_and_the_rest_at_the_end():
+    from fusion_model.config import IndexConfig
+    from fusion_model.index.build import ImportBuffer
+
+    sent = []
+
+    class Recorder:
+        def import_rows(self, name, ids, vectors, hashes, attributes, import_uri):
+            assert len(ids) == len(vectors) == len(hashes) == len(attributes["colour"])
+            sent.append(ids)
+
+    buffer = ImportBuffer(Recorder(), "c", IndexConfig(import_uri="/x", import_rows=70))
+    ids = [f"p{i}" for i in range(150)]
+    for start in range(0, 150, 50):
+        part = ids[start:start + 50]
+        buffer.add(part, np.zeros((len(part), 4), np.float32), ["h"] * len(part),
+                   {"colour": ["red"] * len(part)})
+    buffer.send()
+    buffer.send()  # nothing left: no empty job
+    assert [len(job) for job in sent] == [70, 70, 10]
+    assert [pid for job in sent for pid in job] == ids
