@@ -212,7 +212,9 @@ def register(work_dir: str, catalog_uri: str, config_name: str = "default",
 
 def review_description(version: str, origin: dict[str, str]) -> str:
     """Markdown for the version's description: where it was trained, where to review it."""
-    lines = [f"Candidate v{version}, registered as `challenger`."]
+    from fusion_model.registry.registry import CANDIDATE_LINE
+
+    lines = [f"Candidate v{version}, {CANDIDATE_LINE}"]
     if origin.get("airflow.url"):
         lines.append(f"Trained by Airflow run [{origin.get('airflow.run_id')}]"
                      f"({origin['airflow.url']}) of `{origin.get('airflow.dag_id')}`.")

@@ -159,6 +159,8 @@ def _apply(intent: SwitchIntent, index: VectorIndex, config: RunConfig,
     checkpoint("switch.champion")
     done.append("champion")  # set_alias writes two aliases: either may have moved
     registry.set_alias(candidate, registry.CHAMPION)
+    done.append("marked")  # the description and the challenger alias
+    registry.mark_champion(candidate)
     checkpoint("switch.audit")
     _record_once(candidate, intent, config)
 
@@ -203,6 +205,9 @@ def _undo(intent: SwitchIntent, index: VectorIndex, config: RunConfig,
                 and intent.previous_champion != intent.version:
             before, _ = registry.candidate_for(intent.model, intent.previous_champion)
             registry.set_alias(before, registry.CHAMPION)
+        if "marked" in done and intent.previous_champion != intent.version:
+            registry.unmark_champion(registry.Candidate(intent.model, intent.version,
+                                                        intent.query_version))
         _clear_intent(intent)
     except Exception as exc:  # noqa: BLE001 - MLflow is the thing that is failing
         log.warning("could not restore MLflow after a failed switch (%s); the recorded "

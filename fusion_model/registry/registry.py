@@ -101,6 +101,57 @@ def describe_version(candidate: Candidate, text: str) -> None:
                                 description=text)
 
 
+CANDIDATE_LINE = "registered as `challenger`."
+PROMOTED_PREFIX = "**Champion**"
+
+
+def mark_champion(candidate: Candidate) -> bool:
+    """After ``candidate`` became the champion: its description says so (not "registered as
+    `challenger`") and ``challenger`` leaves it (on both encoders). Idempotent; True when
+    something was written."""
+    client = _client()
+    wrote = False
+    description = client.get_model_version(candidate.name, candidate.version).description
+    if description and CANDIDATE_LINE in description.split("\n", 1)[0]:
+        checkpoint("switch.describe")
+        when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        first, _, rest = description.partition("\n")
+        promoted = (f"{PROMOTED_PREFIX} since {when} (v{candidate.version} was registered as "
+                    "the challenger and promoted).")
+        describe_version(candidate, promoted + ("\n" + rest if rest else ""))
+        wrote = True
+    challenger = get_alias(candidate.name, CHALLENGER)
+    if challenger is not None and challenger.version == candidate.version:
+        checkpoint("switch.challenger")
+        _delete_alias(candidate.name, CHALLENGER)
+        _delete_alias(query_model_name(candidate.name), CHALLENGER)
+        log.info("%s v%s is the champion: the challenger alias is removed",
+                 candidate.name, candidate.version)
+        wrote = True
+    return wrote
+
+
+def unmark_champion(candidate: Candidate) -> None:
+    """Undo ``mark_champion`` after a switch that was taken back."""
+    client = _client()
+    description = client.get_model_version(candidate.name, candidate.version).description
+    if description and description.startswith(PROMOTED_PREFIX):
+        _, _, rest = description.partition("\n")
+        describe_version(candidate, f"Candidate v{candidate.version}, {CANDIDATE_LINE}"
+                         + ("\n" + rest if rest else ""))
+    set_alias(candidate, CHALLENGER)
+
+
+def _delete_alias(name: str, alias: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _client().delete_registered_model_alias(name, alias)
+    except MlflowException as exc:
+        if not _is_not_found(exc):
+            raise
+
+
 def _ui_base() -> str | None:
     """The MLflow UI: ``$FUSION_MLFLOW_UI_URL`` (the address people use), else the tracking
     server's; None for a file or database store (no UI)."""

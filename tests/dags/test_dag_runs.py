@@ -101,6 +101,8 @@ def test_mlflow_and_airflow_link_both_ways(first_run, airflow_home):
                                                   "training/runs/")
     assert version.tags["airflow.url"] in version.description
     assert "http://search.example:8080/?left=champion&right=1" in version.description
+    assert version.description.startswith("**Champion** since ")  # promoted by this run
+    assert "challenger" not in version.aliases
     training_run = mlflow.MlflowClient().get_run(version.tags["run_id"])
     assert training_run.data.tags["airflow.run_id"] == run.run_id
     gate = next(ti for ti in run.get_task_instances() if ti.task_id == "gate")

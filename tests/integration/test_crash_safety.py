@@ -29,6 +29,7 @@ from tests.conftest import champion_and_challenger
 pytestmark = pytest.mark.integration
 
 SWITCH_POINTS = ["switch.intent", "switch.alias", "switch.champion", "alias.champion.query",
+                 "switch.describe", "switch.challenger",
                  "switch.audit", "switch.clear"]
 REFRESH_POINTS = ["refresh.create", "refresh.copy", "refresh.write", "switch.intent",
                   "switch.alias", "switch.tags", "switch.champion", "alias.champion.query",
@@ -86,7 +87,8 @@ def test_the_kill_points_cover_every_write_of_a_switch(platform):
     steps.rollback(platform["v2"], "tiny", platform["overrides"])
     with faults.recording() as seen:
         steps.rollback("1", "tiny", platform["overrides"])
-    assert seen == [p for p in SWITCH_POINTS if p != "switch.tags"]
+    assert seen == [p for p in SWITCH_POINTS  # v1 was never the challenger
+                    if p not in ("switch.tags", "switch.describe", "switch.challenger")]
     with faults.recording() as again:  # already served: nothing to write
         steps.rollback("1", "tiny", platform["overrides"])
     assert again == []
@@ -95,6 +97,8 @@ def test_the_kill_points_cover_every_write_of_a_switch(platform):
 @pytest.mark.parametrize("point", SWITCH_POINTS)
 def test_a_promotion_killed_at_each_write_is_recovered(point, platform, capsys):
     steps.rollback("1", "tiny", platform["overrides"])
+    challenger, _ = registry.candidate_for("fusion_products", platform["v2"])
+    registry.unmark_champion(challenger)  # v2 is the fresh challenger again
     before = audit_records(platform)
     decision = {"decision": "promote", "reasons": ["test"], "metrics": {}, "baseline": "x"}
     with faults.crash_at(point), pytest.raises(faults.Crash):
@@ -106,6 +110,11 @@ def test_a_promotion_killed_at_each_write_is_recovered(point, platform, capsys):
     capsys.readouterr()
     assert main(["status", *platform["argv"]]) == 0, capsys.readouterr().out
     assert audit_records(platform) == before + (expected != "1")  # never twice
+    promoted = expected != "1"
+    assert (registry.get_alias("fusion_products", "challenger") is None) == promoted
+    description = mlflow.MlflowClient().get_model_version("fusion_products",
+                                                          platform["v2"]).description
+    assert description.startswith("**Champion**") == promoted
 
 
 def test_the_next_mutating_command_finishes_an_interrupted_promotion(platform, capsys):
@@ -236,3 +245,27 @@ def test_a_promotion_retried_after_its_switch_finished_is_recorded_once(platform
     assert served_version(platform) == platform["v2"]
     assert audit_records(platform) == before + 1
     assert not steps.status("tiny", platform["overrides"])["problems"]
+
+
+def test_a_promotion_that_mlflow_refuses_leaves_the_challenger_as_it_was(platform,
+                                                                         monkeypatch):
+    """The audit write fails after the challenger was marked champion: the undo gives the
+    candidate back its challenger alias and description."""
+    steps.rollback("1", "tiny", platform["overrides"])
+    challenger, _ = registry.candidate_for("fusion_products", platform["v2"])
+    registry.unmark_champion(challenger)
+    client = mlflow.MlflowClient()
+    description = client.get_model_version("fusion_products", platform["v2"]).description
+
+    def refused(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(registry, "record_decision", refused)
+    decision = {"decision": "promote", "reasons": ["test"], "metrics": {}, "baseline": "x"}
+    with pytest.raises(switch.ServingSwitchError, match="restored to"):
+        steps.promote_or_reject(platform["v2"], decision, "tiny", platform["overrides"])
+    assert served_version(platform) == "1"
+    assert registry.get_alias("fusion_products", "challenger").version == platform["v2"]
+    assert registry.get_alias("fusion_products_query", "challenger") is not None
+    assert client.get_model_version("fusion_products", platform["v2"]).description \
+        == description

@@ -64,6 +64,11 @@ def test_first_candidate_beats_zero_shot_and_is_promoted(promoted, platform):
     assert serving_target(platform) == promoted["collection"]
     champion = registry.get_alias("fusion_products", "champion")
     assert champion.version == promoted["version"] == "1"
+    assert registry.get_alias("fusion_products", "challenger") is None  # it is the champion
+    assert registry.get_alias("fusion_products_query", "challenger") is None
+    description = mlflow.MlflowClient().get_model_version("fusion_products", "1").description
+    assert description.startswith("**Champion** since ") and "registered as `challenger`." \
+        not in description
     tags = registry.version_tags(champion)
     assert {"catalog_fingerprint", "config_hash", "git_commit", "run_id", "milvus_collection",
             "gate.decision"} <= set(tags)
