@@ -31,6 +31,7 @@ from fusion_platform import (
     guarded_segments_param,
     index_shard_task_args,
     platform_overrides,
+    primary_metric_param,
     push_links,
     run_origin,
     run_retention,
@@ -78,10 +79,7 @@ def _schedule():
         "epochs_stage2": Param(None, type=["null", "integer"], minimum=0, maximum=50,
                                description="Stage 2 epochs (query <-> image + fusion); "
                                "empty: the config's"),
-        "primary_metric": Param(None, type=["null", "string"],
-                                enum=[None, "recall@10", "recall@100", "ndcg@10", "mrr"],
-                                description="Metric the gate decides on; empty: the "
-                                "config's (recall@10)"),
+        "primary_metric": primary_metric_param(),
         "min_improvement": Param(None, type=["null", "number"], minimum=0,
                                  description="Required absolute gain over the champion; "
                                  "empty: the config's (0)"),

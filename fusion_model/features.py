@@ -103,14 +103,9 @@ def image_bottom_features(encoder, uris: list[str | None], cache_root: str, runt
     """Columns {"features": (N, ...) bf16, "present": (N,) bool} read from the cache;
     products without photo read as zeros. Missing photos are encoded on the runtime's
     engine and device (fusion_model.engines)."""
-    with_photo = [i for i, u in enumerate(uris) if u is not None]
-    tags = storage.content_tags([uris[i] for i in with_photo])
-    keys: list[str | None] = [None] * len(uris)
-    for i in with_photo:
-        keys[i] = tags[uris[i]]
+    keys = storage.content_tag_list(uris)  # None where no photo
     features = _cached_bottoms(encoder, uris, keys, cache_root, runtime, batch_size, progress)
-    present = torch.zeros(len(uris), dtype=torch.bool)
-    present[with_photo] = True
+    present = torch.tensor([u is not None for u in uris], dtype=torch.bool)
     return {"features": features, "present": TensorColumn(present)}
 
 

@@ -252,12 +252,46 @@ def default_config_name() -> str:
     return name
 
 
+TEST_CONFIGS = frozenset({"tiny"})  # random-weight encoders: for tests, not for people
+
+
+def offered_configs() -> list[str]:
+    """The configs the trigger form offers: the packaged ones but the test-only ``tiny``
+    (offered when it is the deployment's own, ``$FUSION_CONFIG_NAME``)."""
+    default = default_config_name()
+    return [name for name in packaged_configs()
+            if name not in TEST_CONFIGS or name == default]
+
+
 def config_name_param():
     from airflow.sdk import Param
 
-    return Param(default_config_name(), type="string", enum=packaged_configs(),
+    return Param(default_config_name(), type="string", enum=offered_configs(),
                  description="Packaged config (fusion_model/configs); params left empty "
-                 "take their values from it")
+                 "take their values from it. The deployment's default: $FUSION_CONFIG_NAME")
+
+
+def config_defaults(key: str) -> str:
+    """What each offered config sets for ``key`` (``gate.primary_metric``), for a form
+    field's description: ``default: recall@10; fast: recall@10``."""
+    from fusion_model.config import load_config
+
+    def shown(value) -> str:
+        return ", ".join(value) if isinstance(value, (tuple, list)) else str(value)
+
+    section, field = key.split(".")
+    return "; ".join(f"{name}: {shown(getattr(getattr(load_config(name), section), field))}"
+                     for name in offered_configs())
+
+
+def primary_metric_param():
+    from airflow.sdk import Param
+
+    metrics = ["recall@10", "recall@100", "ndcg@10", "mrr"]
+    return Param(None, type=["null", "string"], enum=[None, *metrics],
+                 values_display={None: "the config's", **{m: m for m in metrics}},
+                 description="Metric the gate decides on; empty: the config's "
+                 f"({config_defaults('gate.primary_metric')})")
 
 
 def segment_names() -> list[str]:
@@ -276,7 +310,7 @@ def guarded_segments_param():
     names = segment_names()
     return Param(None, type=["null", "array"], items={"type": "string", "enum": names},
                  examples=names, description="Segments whose metric must not drop beyond "
-                 f"the tolerance; empty: the config's. Choices: {', '.join(names)}")
+                 f"the tolerance; empty: the config's ({config_defaults('gate.guarded_segments')})")
 
 
 def flag_param(description: str):
@@ -311,9 +345,11 @@ def step_task(**task_kwargs):
             from airflow.sdk.exceptions import AirflowFailException
 
             from fusion_model.errors import BadInputError
+            from fusion_model.library_output import quiet_step_output
 
             try:
-                return function(*args, **kwargs)
+                with quiet_step_output():  # MLflow's stderr is not an ERROR line
+                    return function(*args, **kwargs)
             except BadInputError as exc:
                 raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
         return task(**task_kwargs)(run)

@@ -15,6 +15,12 @@ export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
 export AIRFLOW__CORE__PLUGINS_FOLDER="$ROOT/plugins"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 FUSION="$AIRFLOW_HOME/fusion"
+# the three UIs link to each other: version descriptions -> Airflow run and review page,
+# Airflow task links -> MLflow version and gate review (docs/registry-and-gate.md)
+SERVE_PORT=8090 MLFLOW_PORT=5000 AIRFLOW_PORT=8080
+export FUSION_MLFLOW_UI_URL="http://127.0.0.1:$MLFLOW_PORT"
+export AIRFLOW__API__BASE_URL="http://127.0.0.1:$AIRFLOW_PORT"
+export FUSION_REVIEW_URL="http://127.0.0.1:$SERVE_PORT"
 OVERRIDES=("index.uri=$FUSION/milvus.db" "registry.tracking_uri=sqlite:///$FUSION/mlflow.db"
            "registry.artifact_location=$FUSION/mlartifacts" "train.cache_dir=$FUSION/cache")
 
@@ -35,34 +41,62 @@ step "3/6 training DAG end to end (airflow dags test multimodal_retrieval_traini
 CONF=$(printf '{"catalog_uri": "%s", "config_name": "fast", "primary_metric": "ndcg@10", "shards": 2}' "$DEMO/catalog")
 "$BIN/airflow" dags test multimodal_retrieval_training -c "$CONF" > "$DEMO/dag-run.log" 2>&1 \
   || { tail -50 "$DEMO/dag-run.log"; echo "DAG run failed; full log: $DEMO/dag-run.log"; exit 1; }
-grep -E "Marking run|DagRun Finished" "$DEMO/dag-run.log" | tail -1 | cut -c1-200
+FINISHED=$(grep -E "DagRun Finished|Marking run" "$DEMO/dag-run.log" | tail -1)
+RUN_ID=$(grep -oE "run_id=[^,]+" <<<"$FINISHED" | head -1 | cut -d= -f2)
+STATE=$(grep -oE "state=[a-z_]+" <<<"$FINISHED" | head -1 | cut -d= -f2)
+echo "DAG run ${RUN_ID:-?}: ${STATE:-unknown} (every task's log: $DEMO/dag-run.log)"
 
 step "4/6 gate decision and registry state"
 "$BIN/fusion-model" status --config fast "${OVERRIDES[@]}"
 
-step "5/6 ablation table (text-only, three simple fusions and the fusion network; same data and recipe)"
+step "5/6 ablation table: text-only, three simple fusions and the fusion network on the same data and recipe (about half of the demo's time; DEMO_ABLATION=0 skips it)"
+if [ "${DEMO_ABLATION:-1}" = "0" ]; then echo "skipped (DEMO_ABLATION=0)"; else
 "$BIN/fusion-model" benchmark --catalog "$DEMO/catalog" --config fast \
   --models zero_shot_text,text_only,concat,weighted_sum,late_fusion,fusion \
   --output "$DEMO/ablation.json" \
   --work-dir "$DEMO/ablation" "train.cache_dir=$FUSION/cache" 2> "$DEMO/ablation.log" \
   | grep -v "^$"
+fi
 
 step "6/6 sample search through the serving alias with the champion"
+echo 'query "red striped t-shirt", top 5:'
 "$BIN/fusion-model" search "red striped t-shirt" -k 5 --config fast "${OVERRIDES[@]}"
+echo 'query "black leather boots", filter gender == "women", top 5:'
 "$BIN/fusion-model" search "black leather boots" -k 5 --filter 'gender == "women"' \
   --config fast "${OVERRIDES[@]}"
 
+# short commands for the three UIs: demo/env.sh holds the settings they share
+cat > "$DEMO/env.sh" <<EOV
+# sourced by the demo's UI scripts: one Airflow home, one MLflow store, linked UIs
+export PATH="$BIN:\$PATH"
+export AIRFLOW_HOME="$AIRFLOW_HOME" AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
+export AIRFLOW__CORE__PLUGINS_FOLDER="$ROOT/plugins" AIRFLOW__CORE__LOAD_EXAMPLES=False
+export AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$AIRFLOW_PORT
+export AIRFLOW__API__BASE_URL="$AIRFLOW__API__BASE_URL"
+export FUSION_MLFLOW_UI_URL="$FUSION_MLFLOW_UI_URL" FUSION_REVIEW_URL="$FUSION_REVIEW_URL"
+export MLFLOW_DISABLE_TELEMETRY=true
+# what a run triggered from the form (or by the schedule) trains, as the demo did
+export FUSION_CATALOG_URI="$DEMO/catalog" FUSION_CONFIG_NAME=fast
+# no weekly/daily runs: unpausing a DAG does not start one with the deployment defaults
+export FUSION_TRAINING_CRON=none FUSION_REFRESH_CRON=none
+EOV
+OVERRIDES_TEXT="${OVERRIDES[*]}"
+write_ui() {  # write_ui NAME COMMAND...: demo/NAME.sh starts one UI with env.sh
+  printf '#!/usr/bin/env bash\n# %s\nsource "%s/env.sh"\nexec %s\n' \
+    "made by make demo" "$DEMO" "$*" > "$DEMO/$1.sh"
+  chmod +x "$DEMO/$1.sh"
+}
+write_ui serve "fusion-model serve --port $SERVE_PORT --config fast $OVERRIDES_TEXT"
+write_ui mlflow-ui "mlflow ui --backend-store-uri sqlite:///$FUSION/mlflow.db --host 127.0.0.1 --port $MLFLOW_PORT"
+write_ui airflow-ui "airflow standalone"
+
+REL="${DEMO#"$ROOT"/}"
 cat <<EOT
 
-=== where to look
-Search service and review page (champion beside the challenger, photos, filters):
-  $BIN/fusion-model serve --port 8090 --config fast ${OVERRIDES[*]}   # http://127.0.0.1:8090/
-MLflow UI (runs, registry, review gallery under each run's artifacts review/gallery.html):
-  MLFLOW_DISABLE_TELEMETRY=true $BIN/mlflow ui --backend-store-uri sqlite:///$FUSION/mlflow.db --host 127.0.0.1 --port 5000
-Airflow UI (DAGs, runs, trigger form with params; login printed at start-up):
-  AIRFLOW_HOME=$AIRFLOW_HOME AIRFLOW__CORE__DAGS_FOLDER=$ROOT/dags \\
-  AIRFLOW__CORE__PLUGINS_FOLDER=$ROOT/plugins AIRFLOW__CORE__LOAD_EXAMPLES=False \\
-  AIRFLOW__API__HOST=127.0.0.1 PATH=$BIN:\$PATH airflow standalone   # binds 127.0.0.1:8080 only
+=== where to look (each in its own terminal; the three link to each other)
+Search service and review page:  bash $REL/serve.sh       # $FUSION_REVIEW_URL/
+MLflow UI (registry, runs):      bash $REL/mlflow-ui.sh   # $FUSION_MLFLOW_UI_URL/
+Airflow UI (DAGs, trigger form): bash $REL/airflow-ui.sh  # $AIRFLOW__API__BASE_URL/ (login printed at start-up)
 Validation report: $FUSION/runs/*/validation/validation.json (+ data_docs/index.html)
 Ablation results:  $DEMO/ablation.json
 DAG run log:       $DEMO/dag-run.log

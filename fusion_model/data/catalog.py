@@ -15,6 +15,7 @@ import posixpath
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+import numpy as np
 import pandas as pd
 
 from fusion_model import storage
@@ -92,10 +93,15 @@ class Catalog:
         digest.update(_frame_digest(self.products.drop(columns=["image_uri"]), "product_id"))
         digest.update(_frame_digest(self.queries, "query_id"))
         digest.update(_frame_digest(self.judgments, ["query_id", "product_id"]))
-        with_image = self.products.dropna(subset=["image_uri"])
-        tags = storage.content_tags(with_image["image_uri"].tolist())
-        for pid, uri in sorted(zip(with_image["product_id"], with_image["image_uri"])):
-            digest.update(f"{pid}\x1f{tags[uri]}\x1e".encode())
+        with_image = self.products["image_uri"].notna().to_numpy()
+        pids = self.products["product_id"].to_numpy(dtype=object)[with_image]
+        uris = self.products["image_uri"].to_numpy(dtype=object)[with_image]
+        order = np.argsort(pids, kind="stable")  # ids are unique: the (id, uri) order
+        for start in range(0, len(order), storage.TAG_CHUNK):  # flat memory (core.py)
+            chunk = order[start:start + storage.TAG_CHUNK]
+            tags = storage.content_tag_list(uris[chunk].tolist())
+            for pid, tag in zip(pids[chunk], tags):
+                digest.update(f"{pid}\x1f{tag}\x1e".encode())
         return digest.hexdigest()
 
     def image_roots(self) -> list[str]:

@@ -40,13 +40,12 @@ class IndexResult:
 
 def product_hashes(catalog: Catalog, fields: list[str]) -> list[str]:
     """Content hash per product: its text, its photo's content tag and its attributes."""
-    uris = catalog.products["image_uri"]
-    tags = storage.content_tags(uris.dropna().tolist())
     products = catalog.products
-    return [content_hash(t, d, tags.get(u, "") if isinstance(u, str) else "",
-                                *(products[f].iloc[i] for f in fields))
-            for i, (t, d, u) in enumerate(zip(products["title"], products["description"],
-                                              uris))]
+    tags = storage.content_tag_list([u if isinstance(u, str) else None
+                                     for u in products["image_uri"]])
+    return [content_hash(t, d, tag or "", *(products[f].iloc[i] for f in fields))
+            for i, (t, d, tag) in enumerate(zip(products["title"], products["description"],
+                                                tags))]
 
 
 

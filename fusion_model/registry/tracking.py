@@ -26,8 +26,17 @@ def experiment_id(name: str, artifact_location: str | None = None) -> str:
 
     existing = mlflow.get_experiment_by_name(name)
     if existing is not None:
+        if EXPERIMENT_KIND_TAG not in existing.tags:
+            mlflow.MlflowClient().set_experiment_tag(existing.experiment_id,
+                                                     EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return existing.experiment_id
-    return mlflow.create_experiment(name, artifact_location=artifact_location)
+    return mlflow.create_experiment(name, artifact_location=artifact_location,
+                                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+
+
+# MLflow 3 opens an experiment without this tag in its GenAI view (traces, an assistant
+# panel); ours holds trained models, metrics and artifacts
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def metric_key(name: str) -> str:
@@ -90,6 +99,7 @@ def log_training_run(result: TrainResult, config: RunConfig, catalog: Catalog,
             log_metrics({f"{record['stage']}/{k}": v for k, v in record.items()
                          if k not in ("stage", "epoch")}, step=step)
         log_metrics({f"test/{k}": v for k, v in result.test.metrics.items()})
+        log_metrics(confidence_bounds("test", result.test))
         log_metrics({f"val/{k}": v for k, v in result.val.metrics.items()})
         for segment, values in result.test.segments.items():
             log_metrics({f"test_segment/{segment}/{k}": v for k, v in values.items()
@@ -109,6 +119,18 @@ def log_training_run(result: TrainResult, config: RunConfig, catalog: Catalog,
         uris = log_encoders(result.model_dir, _embedding_dim(result.model_dir))
     log.info("logged run %s with encoders %s", run.info.run_id, uris)
     return run.info.run_id, uris
+
+
+def confidence_bounds(split: str, evaluation) -> dict[str, float]:
+    """95% bootstrap bounds over queries of each headline metric, beside its value:
+    ``test/ndcg@10_ci95_low`` and ``_high``."""
+    bounds = {}
+    for metric in SEGMENT_METRICS:
+        if metric in evaluation.metrics and evaluation.per_query:
+            interval = evaluation.ci95(metric)
+            bounds[f"{split}/{metric}_ci95_low"] = interval["low"]
+            bounds[f"{split}/{metric}_ci95_high"] = interval["high"]
+    return bounds
 
 
 def _embedding_dim(model_dir: str) -> int:

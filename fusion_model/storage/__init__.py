@@ -6,7 +6,9 @@ the AWS environment variables or config files, and the endpoint from
 """
 
 from fusion_model.storage.core import (
+    TAG_CHUNK,
     Storage,
+    content_tag_list,
     content_tags,
     copy_tree,
     exists,
@@ -24,7 +26,9 @@ from fusion_model.storage.core import (
 )
 
 __all__ = [
+    "TAG_CHUNK",
     "Storage",
+    "content_tag_list",
     "content_tags",
     "copy_tree",
     "exists",

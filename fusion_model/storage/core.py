@@ -9,7 +9,7 @@ import os
 import posixpath
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -275,6 +275,21 @@ def content_tags(uris: Iterable[str]) -> dict[str, str]:
     tags = _LOCAL.content_tags(local) if local else {}
     if remote:
         tags.update(_S3.content_tags(remote))
+    return tags
+
+
+TAG_CHUNK = 20_000
+
+
+def content_tag_list(uris: Sequence[str | None]) -> list[str | None]:
+    """``content_tags`` as a list aligned with ``uris`` (None stays None), found
+    ``TAG_CHUNK`` URIs at a time: beside the list, memory does not grow with the catalog
+    (a whole-catalog dict of stats and tags costs about 1 KB a photo)."""
+    tags: list[str | None] = []
+    for start in range(0, len(uris), TAG_CHUNK):
+        chunk = uris[start:start + TAG_CHUNK]
+        found = content_tags(u for u in chunk if u is not None)
+        tags.extend(None if u is None else found[u] for u in chunk)
     return tags
 
 

@@ -38,6 +38,7 @@ from fusion_model.validation.drift import (
     save_profile,
 )
 from fusion_model.validation.images import check_images
+from fusion_model.validation.offline_docs import make_offline
 
 log = logging.getLogger(__name__)
 MAX_EXAMPLES = 20
@@ -543,6 +544,7 @@ class _GXRunner:
                 item.result = _escaped(item.result or {})
             store.set(identifier, validation)
         self.gx.checkpoint.UpdateDataDocsAction(name="docs").run(checkpoint_result=result)
+        make_offline(self.docs_dir)  # no CDN: readable offline and inside MLflow
 
 
 def _escaped(value):

@@ -122,6 +122,8 @@ def test_form_params_override_only_what_the_user_set(dagbag):
 
     from fusion_platform import packaged_configs
 
+    from fusion_model.config import load_config
+
     training = dagbag.dags["multimodal_retrieval_training"]
     form = dict(training.params)
     spec = importlib.util.spec_from_file_location("training_dag", training.fileloc)
@@ -134,8 +136,13 @@ def test_form_params_override_only_what_the_user_set(dagbag):
         "train.stage1.epochs=0", "gate.guarded_segments=[visual_query]"]
     assert {"default", "fast"} <= set(packaged_configs())
     for dag_id in ("multimodal_retrieval_training", "catalog_refresh", "data_quality"):
-        assert dagbag.dags[dag_id].params.get_param("config_name").schema["enum"] == \
-            packaged_configs()
+        offered = dagbag.dags[dag_id].params.get_param("config_name").schema["enum"]
+        assert offered == [c for c in packaged_configs() if c != "tiny"]  # random weights
+    metric = training.params.get_param("primary_metric")
+    assert metric.schema["values_display"][None] == "the config's"  # not a literal "null"
+    assert f"default: {load_config('default').gate.primary_metric}" in metric.description
+    segments = training.params.get_param("guarded_segments").description
+    assert "default: visual_query, text_only_attribute" in segments
 
 
 def test_deployment_environment_sets_catalog_default_and_training_queue(airflow_home,

@@ -22,6 +22,7 @@ def standalone(tmp_path):
     home = tmp_path / "airflow"
     home.mkdir()
     env = airflow_environment(dict(os.environ), home, port, tmp_path / "work")
+    env["FUSION_CONFIG_NAME"] = "tiny"  # the form offers tiny only to a tiny deployment
     log = (tmp_path / "standalone.log").open("w")
     process = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), "standalone"],
                                env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -74,6 +74,11 @@ def test_first_candidate_beats_zero_shot_and_is_promoted(promoted, platform):
             "gate.decision"} <= set(tags)
     run = mlflow.MlflowClient().get_run(tags["run_id"])
     assert {"stage1/loss", "test/ndcg_at_10"} <= set(run.data.metrics)
+    metrics = run.data.metrics
+    assert metrics["test/ndcg_at_10_ci95_low"] <= metrics["test/ndcg_at_10"] <= \
+        metrics["test/ndcg_at_10_ci95_high"]
+    experiment = mlflow.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.data.params["model.fusion"] == "fusion"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(tags["run_id"], "review")}
     assert {"review/gallery.html", "review/loss_curve.png", "review/recall_curve.png",

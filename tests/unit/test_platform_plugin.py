@@ -102,6 +102,9 @@ def test_runs_nobody_filled_a_form_for_use_the_deployments_config(platform, monk
     assert platform.config_name_param().value == "default"
     monkeypatch.setenv("FUSION_CONFIG_NAME", "fast")
     assert platform.config_name_param().value == "fast"
+    assert platform.offered_configs() == ["default", "fast"]  # tiny has random weights
+    monkeypatch.setenv("FUSION_CONFIG_NAME", "tiny")
+    assert platform.offered_configs() == ["default", "fast", "tiny"]  # the deployment's own
     monkeypatch.setenv("FUSION_CONFIG_NAME", "fastest")
     with pytest.raises(ValueError, match=r"FUSION_CONFIG_NAME='fastest'.*default, fast, tiny"):
         platform.config_name_param()

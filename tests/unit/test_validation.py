@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import struct
 import zlib
 from pathlib import Path
+from urllib.parse import unquote
 
 import pandas as pd
 import pytest
@@ -64,7 +66,17 @@ def test_good_catalog_passes_and_writes_report_docs_and_profile(catalog, tmp_pat
     assert report.success and report.profile_saved and len(report.checks) > 25
     assert json.loads(profile.read_text())["row_count"] == 80
     assert Path(report.data_docs_uri).is_file()
-    assert "products" in Path(report.data_docs_uri).read_text()
+    index = Path(report.data_docs_uri).read_text()
+    assert "products" in index
+    # offline: no CDN asset on any page, the index's tables written out (no script draws them)
+    pages = [p.read_text() for p in Path(report.data_docs_uri).parent.rglob("*.html")]
+    assert not any(re.search(r"<(script|link|img)\b[^>]*(src|href)=\"https?://", p)
+                   for p in pages)
+    assert not any("<script" in p for p in pages)
+    links = re.findall(r'<a href="(validations/[^"]+\.html)"', index)
+    assert len(links) >= 4 and all((Path(report.data_docs_uri).parent / unquote(link))
+                                   .is_file() for link in links)
+    assert "Success" in index
     summary = json.loads(Path(report.summary_uri).read_text())
     assert summary["success"] and summary["failures"] == 0
 
