@@ -84,9 +84,11 @@ class VectorIndexError(FusionModelError):
 class InvalidFilterError(BadInputError):
     """A search filter that Milvus cannot parse or that names an unknown field."""
 
-    def __init__(self, expression: str, reason: str, fields: list[str]):
-        super().__init__(f"invalid --filter {expression!r}: {reason}. Filterable fields: "
-                         f"{', '.join(fields)}; example: 'gender == \"Women\"'")
+    def __init__(self, expression: str, reason: str, fields: list[str], example: str = ""):
+        listed = "filterable fields" in reason or not fields
+        super().__init__(f"invalid filter {expression!r}: {reason}"
+                         + ("" if listed else f". Filterable fields: {', '.join(fields)}")
+                         + (f"; example: {example}" if example else ""))
 
 
 def _type_names(exc: BaseException) -> set[str]:

@@ -56,8 +56,8 @@ def tokens(text: str) -> list[Token]:
 class _Parser:
     """Recursive descent: or-expression > and-expression > group or condition."""
 
-    def __init__(self, text: str, fields: list[str]):
-        self.text, self.fields = text, fields
+    def __init__(self, text: str, fields: list[str], facets: dict[str, dict] | None = None):
+        self.text, self.fields, self.facets = text, fields, facets or {}
         if len(text) > MAX_FILTER_CHARS:
             raise ValueError(f"the filter has {len(text)} characters; at most "
                              f"{MAX_FILTER_CHARS}")
@@ -144,16 +144,37 @@ class _Parser:
                              f"fields: {', '.join(self.fields)}")
         operator = self._operator()
         if operator in ("==", "!="):
-            return f"{field.text} {operator} {self._value()}"
-        self._expect("[")
-        values = [self._value()]
-        while self._peek() is not None and self._peek().text == ",":
-            self.pos += 1
-            values.append(self._value())
-        self._expect("]")
-        if len(values) > MAX_VALUES:
-            raise ValueError(f"at most {MAX_VALUES} values in a list, got {len(values)}")
-        return f"{field.text} {operator} [{', '.join(values)}]"
+            values = self._stored(field.text, self._value())
+            if len(values) == 1:
+                return f"{field.text} {operator} {quote(values[0])}"
+            operator = "in" if operator == "==" else "not in"
+        else:
+            self._expect("[")
+            typed = [self._value()]
+            while self._peek() is not None and self._peek().text == ",":
+                self.pos += 1
+                typed.append(self._value())
+            self._expect("]")
+            if len(typed) > MAX_VALUES:
+                raise ValueError(f"at most {MAX_VALUES} values in a list, got {len(typed)}")
+            values = list(dict.fromkeys(v for raw in typed
+                                        for v in self._stored(field.text, raw)))
+        return f"{field.text} {operator} [{', '.join(quote(v) for v in values)}]"
+
+    def _stored(self, field: str, typed: str) -> list[str]:
+        """The stored values ``typed`` means: those equal to it regardless of case when the
+        field's values are known, else ``typed`` itself. A value the field never holds
+        (all its values known) is an error naming them."""
+        facet = self.facets.get(field)
+        if not facet:
+            return [typed]
+        matching = [v for v in facet["values"] if v.casefold() == typed.casefold()]
+        if matching:
+            return matching
+        if facet.get("complete"):
+            raise ValueError(f"{field} has no value {typed!r}; its values: "
+                             f"{', '.join(facet['values'][:20])}")
+        return [typed]
 
     def _operator(self) -> str:
         token = self._peek()
@@ -172,15 +193,14 @@ class _Parser:
         self._fail("'==', '!=', 'in' or 'not in'")
 
     def _value(self) -> str:
+        """The typed value, unquoted and unescaped."""
         token = self._take("a value")
         if token.kind == "string":
-            raw = re.sub(r"\\(.)", r"\1", token.text[1:-1])
-        elif token.kind == "word" and token.text.lower() not in KEYWORDS:
-            raw = token.text
-        else:
-            self.pos -= 1
-            self._fail("a value")
-        return quote(raw)
+            return re.sub(r"\\(.)", r"\1", token.text[1:-1])
+        if token.kind == "word" and token.text.lower() not in KEYWORDS:
+            return token.text
+        self.pos -= 1
+        self._fail("a value")
 
 
 def quote(value: str) -> str:
@@ -188,12 +208,25 @@ def quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def to_milvus(text: str, fields: list[str]) -> str:
+def to_milvus(text: str, fields: list[str], facets: dict[str, dict] | None = None) -> str:
     """The Milvus expression for the user's filter ``text`` over ``fields``; an empty or
-    blank filter is no filter (""). InvalidFilterError says what is wrong and where."""
+    blank filter is no filter (""). With ``facets`` (index/facets.py) a value matches the
+    stored values equal to it regardless of case. InvalidFilterError says what is wrong
+    and where."""
     if not text or not text.strip():
         return ""
     try:
-        return _Parser(text, list(fields)).parse()
+        return _Parser(text, list(fields), facets).parse()
     except ValueError as error:
-        raise InvalidFilterError(text, str(error), list(fields)) from None
+        raise InvalidFilterError(text, str(error), list(fields),
+                                 example_filter(list(fields), facets)) from None
+
+
+def example_filter(fields: list[str], facets: dict[str, dict] | None = None) -> str:
+    """A filter that works on these fields: ``gender == women`` from a known value."""
+    for field in fields:
+        values = (facets or {}).get(field, {}).get("values") or []
+        if values:
+            shown = values[0] if re.fullmatch(r"[\w.-]+", values[0]) else quote(values[0])
+            return f"{field} == {shown}"
+    return f'{fields[0]} == "..."' if fields else ""

@@ -397,12 +397,23 @@ def verify_index(version: str, catalog_uri: str, collection: str,
 
     config = _config(config_name, overrides)
     _mlflow(config)
-    ids = load_catalog(catalog_uri).products["product_id"].tolist()
+    catalog = load_catalog(catalog_uri)
+    ids = catalog.products["product_id"].tolist()
     with open_index(config.index) as index:
         verify(index, collection, ids, config.index.verify_samples)
     candidate, _ = candidate_for(config.registry.model_name, version)
-    tag_version(candidate, {"milvus_collection": collection, "milvus_uri": config.index.uri})
+    tag_version(candidate, {"milvus_collection": collection, "milvus_uri": config.index.uri,
+                            **_facets_tag(catalog, config)})
     return {"collection": collection, "count": len(ids), "verified": True}
+
+
+def _facets_tag(catalog, config: RunConfig) -> dict[str, str]:
+    """The ``filter_values`` tag: the values of the collection's filter fields."""
+    from fusion_model.index.build import attribute_fields
+    from fusion_model.index.facets import TAG, facets_of, facets_tag
+
+    facets = facets_of(catalog.products, attribute_fields(catalog, config.index))
+    return {TAG: facets_tag(facets)}
 
 
 def index(version: str, catalog_uri: str, config_name: str = "default",
@@ -593,7 +604,7 @@ def _switch_refreshed(config: RunConfig, candidate, tags: dict, catalog, catalog
                         f"{counts['deleted']} deleted, {counts['unchanged']} unchanged"]},
             version_tags={"milvus_collection": collection, "image_roots": json.dumps(
                 sorted({*json.loads(tags.get("image_roots") or "[]"),
-                        *catalog.image_roots()}))})
+                        *catalog.image_roots()})), **_facets_tag(catalog, config)})
     return {"collection": collection, "previous_collection": previous, **counts,
             "catalog_uri": catalog_uri, "catalog_fingerprint": catalog.fingerprint}
 

@@ -40,6 +40,7 @@ from fusion_model.errors import (
     ServingMismatchError,
     StorageError,
 )
+from fusion_model.index.filters import example_filter
 from fusion_model.photos import ImageDecodeError, open_photo, reencode
 from fusion_model.serving.batcher import BatchStats, SearchBatcher
 from fusion_model.serving.searcher import (
@@ -401,7 +402,11 @@ def _versions(searcher: ChampionSearcher) -> dict:
             "champion": served and served.version,
             "challenger": challenger and challenger.version,
             "collection": served and served.collection,
-            "filter_fields": list(served.filter_fields) if served else []}
+            "filter_fields": list(served.filter_fields) if served else [],
+            "filter_values": {f: d["values"] for f, d in served.facets.items()}
+            if served else {},
+            "example_filter": example_filter(list(served.filter_fields), served.facets)
+            if served else ""}
 
 
 class CannotListenError(BadInputError):

@@ -20,7 +20,7 @@ import threading
 import time
 import unicodedata
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,6 +29,8 @@ from fusion_model.config import RunConfig
 from fusion_model.data.catalog import PRODUCT_ID_PATTERN
 from fusion_model.errors import BadInputError, NoChampionError, ServingMismatchError
 from fusion_model.index.base import DISPLAY_FIELDS, VectorIndex, open_index
+from fusion_model.index.facets import TAG as FACETS_TAG
+from fusion_model.index.facets import read_facets
 from fusion_model.index.filters import to_milvus
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ class Served:
     filter_fields: tuple[str, ...]
     display_fields: tuple[str, ...]
     image_roots: tuple[str, ...] = ()  # where its photos may be read from
+    facets: dict = field(default_factory=dict)  # recorded values per filter field
 
 
 @dataclass(frozen=True)
@@ -318,10 +321,11 @@ class ChampionSearcher:
             raise ServingMismatchError(
                 f"serving alias {self.config.index.alias} -> {target}, but champion "
                 f"v{champion.version} was indexed into {recorded}; {repair}")
-        return champion.version, candidate.query_version, recorded, recorded_roots(tags)
+        return (champion.version, candidate.query_version, recorded, recorded_roots(tags),
+                tags.get(FACETS_TAG))
 
     def _load(self, version: str, query_version: str, collection: str,
-              image_roots: tuple[str, ...]) -> Served:
+              image_roots: tuple[str, ...], facets_text: str | None = None) -> Served:
         encode = self._encoders.get(query_version)
         if encode is None:
             encode = BatchingEncoder(load_query_encoder(
@@ -335,10 +339,10 @@ class ChampionSearcher:
             self._encoders = {**dict(list(self._encoders.items())[-KEEP_OTHERS:]),
                               query_version: encode}
         available = set(self.index.fields(collection))
-        return Served(version, query_version, collection, encode,
-                      tuple(f for f in self.config.index.attribute_fields if f in available),
+        fields = tuple(f for f in self.config.index.attribute_fields if f in available)
+        return Served(version, query_version, collection, encode, fields,
                       tuple(f for f in DISPLAY_FIELDS if f in available),
-                      (*image_roots, *self.image_roots))
+                      (*image_roots, *self.image_roots), read_facets(facets_text, fields))
 
     def _describe(self) -> str:
         return f"v{self.served.version}" if self.served else "nothing"
@@ -380,7 +384,8 @@ class ChampionSearcher:
                                          f"{' was pruned' if collection else ''})")
             others = dict(list(self._others.items())[-(KEEP_OTHERS - 1):])
             self._others = {**others, reference: self._load(
-                reference, candidate.query_version, collection, recorded_roots(tags))}
+                reference, candidate.query_version, collection, recorded_roots(tags),
+                tags.get(FACETS_TAG))}
         return self._others[reference]
 
     def search(self, query: str, k: int = 10, filter_text: str = "",
@@ -394,7 +399,7 @@ class ChampionSearcher:
                     model: str | None = None) -> list[SearchResult]:
         served = self.for_model(model)
         texts = [check_request(q, k) for q in queries]
-        expression = to_milvus(filter_text, list(served.filter_fields))
+        expression = to_milvus(filter_text, list(served.filter_fields), served.facets)
         vectors = served.encode(texts)
         rows = self.index.search(served.collection, vectors, k, expression,
                                  [*served.filter_fields, *served.display_fields])
