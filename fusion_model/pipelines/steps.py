@@ -470,7 +470,8 @@ def gate(version: str, catalog_uri: str, config_name: str = "default",
         baseline_name = "zero_shot_text"
         baseline, baseline_ranks = zero_shot_rankings(catalog, config)
     decision = decide(challenger, baseline, baseline_name, config.gate, force_promote)
-    _log_review(tags["run_id"], f"{name} v{version} vs {baseline_name}", decision.as_dict(),
+    _log_review(tags["run_id"], f"{name} v{version} vs {baseline_name}",
+                {**decision.as_dict(), "version": version},
                 {f"challenger v{version}": (challenger, challenger_ranks),
                  baseline_name: (baseline, baseline_ranks)}, test, catalog, config)
     return {**decision.as_dict(), "version": version, "collection": tags["milvus_collection"],
@@ -485,6 +486,7 @@ def _log_review(run_id: str, title: str, decision: dict, models: dict, test, cat
     import mlflow
 
     from fusion_model.registry.gallery import build_gallery, decision_header
+    from fusion_model.registry.review_pack import ARTIFACT, build_review_pack
     from fusion_model.registry.tracking import segment_html, segment_table
 
     metric = config.gate.primary_metric
@@ -499,6 +501,10 @@ def _log_review(run_id: str, title: str, decision: dict, models: dict, test, cat
         mlflow.log_dict(decision, "review/gate_decision.json")
         mlflow.log_text(table.to_csv(index=False), "review/segments.csv")
         mlflow.log_text(segment_html(table), "review/segments.html")
+        mlflow.log_dict(build_review_pack(
+            decision.get("version", ""), decision["baseline"], metric, test.query_ids,
+            test.query_texts, challenger.per_query, baseline.per_query, test.qrels),
+            ARTIFACT)
 
 
 def promote_or_reject(version: str, decision: dict, config_name: str = "default",

@@ -18,6 +18,7 @@ served, a 503. With ``FUSION_SERVE_TOKEN`` set every endpoint but the health che
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import errno
@@ -45,9 +46,11 @@ from fusion_model.photos import ImageDecodeError, open_photo, reencode
 from fusion_model.serving.batcher import BatchStats, SearchBatcher
 from fusion_model.serving.searcher import (
     MAX_K,
+    WEAK_MATCH,
     ChampionSearcher,
     PhotoRefusedError,
     check_request,
+    visible_text,
 )
 
 log = logging.getLogger(__name__)
@@ -189,9 +192,15 @@ def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
         started = time.perf_counter()
         check_request(q, k)  # a bad request never joins (and fails) a batch
         result = await batcher.search(q, k, filter, model)
+        took_ms = round((time.perf_counter() - started) * 1000, 2)
+        typical = await asyncio.to_thread(searcher.typical_top_score, model)
+        best = float(result.hits[0]["score"]) if result.hits else None
         return _json({"query": q, "k": k, "filter": filter, "model": model,
                       "version": result.version, "collection": result.collection,
-                      "took_ms": round((time.perf_counter() - started) * 1000, 2),
+                      "took_ms": took_ms,
+                      "typical_top_score": None if typical is None else round(typical, 4),
+                      "weak_match": bool(typical and best is not None
+                                         and best < WEAK_MATCH * typical),
                       "hits": [_hit(hit, result.version) for hit in result.hits]})
 
     @app.get("/products/{product_id}/image")
@@ -215,6 +224,13 @@ def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
     @app.get("/versions")
     def versions():
         return _versions(searcher)
+
+    @app.get("/review")
+    def review(model: str = "challenger", q: str = "", regressions: int = Query(
+            REGRESSIONS_SHOWN, ge=0, le=MAX_REGRESSIONS)):
+        """The gate's results for ``model``: its metric beside the baseline's per query,
+        the queries it loses most on, and with ``q`` that query's grades."""
+        return _review(searcher, model, q, regressions)
 
     @app.get("/healthz")
     def healthz():
@@ -241,7 +257,7 @@ def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
     return app
 
 
-ROUTES = frozenset({"/search", "/versions", "/healthz", "/readyz", "/metrics", "/",
+ROUTES = frozenset({"/search", "/versions", "/review", "/healthz", "/readyz", "/metrics", "/",
                     "/openapi.json"})
 
 
@@ -398,7 +414,9 @@ def _versions(searcher: ChampionSearcher) -> dict:
 
     challenger = get_alias(searcher.config.registry.model_name, CHALLENGER)
     served = searcher.served
+    versions = {v for v in (served and served.version, challenger and challenger.version) if v}
     return {"model": searcher.config.registry.model_name,
+            "links": {v: _links(searcher.config.registry.model_name, v) for v in versions},
             "champion": served and served.version,
             "challenger": challenger and challenger.version,
             "collection": served and served.collection,
@@ -407,6 +425,44 @@ def _versions(searcher: ChampionSearcher) -> dict:
             if served else {},
             "example_filter": example_filter(list(served.filter_fields), served.facets)
             if served else ""}
+
+
+def _links(name: str, version: str) -> dict[str, str]:
+    """Where a version is described: its MLflow page, its run's gate review artifacts and
+    the Airflow run that trained it (those that are known; MLflow on a file or SQLite
+    store without ``$FUSION_MLFLOW_UI_URL`` has no page)."""
+    from fusion_model.registry.registry import candidate_for, run_artifacts_url, version_url
+
+    _, tags = candidate_for(name, version)
+    links = {"mlflow": version_url(name, version)}
+    run_id = tags.get("run_id", "")
+    if re.fullmatch(r"[0-9a-f]{32}", run_id) and links["mlflow"]:
+        links["gate_review"] = run_artifacts_url(run_id)
+    airflow = tags.get("airflow.url", "")
+    if airflow.startswith(("http://", "https://")):
+        links["airflow"] = airflow
+    return {k: v for k, v in links.items() if v}
+
+
+REGRESSIONS_SHOWN, MAX_REGRESSIONS = 15, 200
+
+
+def _review(searcher: ChampionSearcher, model: str, query: str, regressions: int) -> dict:
+    from fusion_model.registry.review_pack import query_key
+
+    version = searcher.for_model(model).version
+    pack = searcher.review_pack(model)
+    if pack is None:
+        return {"version": version, "gated": False}
+    rows = pack["queries"]
+    losing = [{k: row[k] for k in ("text", "candidate", "baseline", "difference")}
+              for row in rows[:regressions] if row["difference"] < 0]
+    body = {"version": version, "gated": True, "metric": pack["metric"],
+            "baseline": pack["baseline"], "queries": len(rows), "regressions": losing}
+    if query:
+        key = query_key(visible_text(query)[:512])
+        body["query"] = next((row for row in rows if query_key(row["text"]) == key), None)
+    return body
 
 
 class CannotListenError(BadInputError):

@@ -207,6 +207,11 @@ class QueryCache:
             self.stats.misses += len(missing)
         return np.stack([found[t] for t in texts])
 
+    @property
+    def uncached(self):
+        """The encoder behind the cache, for texts that are not shoppers' queries."""
+        return self._encode
+
     def _lookup(self, texts: list[str]) -> dict[str, np.ndarray]:
         with self._lock:
             found = {t: self._vectors[t] for t in texts if t in self._vectors}
@@ -242,6 +247,10 @@ def _warm_up(encode, query_version: str) -> None:
              time.perf_counter() - started)
 
 
+TYPICAL_QUERIES = 32
+WEAK_MATCH = 0.7  # a best score under this share of the typical one: no close match
+
+
 class ChampionSearcher:
     """Searches the champion's collection with its query encoder; follows promotions."""
 
@@ -258,6 +267,8 @@ class ChampionSearcher:
         self._encoders: dict[str, object] = {}
         self._others: dict[str, Served] = {}
         self._follow_lock = threading.Lock()
+        self._packs: OrderedDict[str, dict | None] = OrderedDict()  # version -> gate pack
+        self._typical: dict[str, float | None] = {}  # version -> typical best score
 
     @classmethod
     @contextlib.contextmanager
@@ -404,6 +415,43 @@ class ChampionSearcher:
         rows = self.index.search(served.collection, vectors, k, expression,
                                  [*served.filter_fields, *served.display_fields])
         return [SearchResult(hits, served.version, served.collection) for hits in rows]
+
+    def review_pack(self, model: str | None = None) -> dict | None:
+        """The gate's per-query results for the model's version (registry/review_pack.py),
+        or None when it was never gated. Read once per version, checked."""
+        from fusion_model.registry.registry import candidate_for
+        from fusion_model.registry.review_pack import load_review_pack
+
+        version = self.for_model(model).version
+        if version not in self._packs:
+            _, tags = candidate_for(self.config.registry.model_name, version)
+            run_id = tags.get("run_id", "")
+            self._packs[version] = load_review_pack(run_id) if re.fullmatch(
+                r"[0-9a-f]{32}", run_id) else None
+            while len(self._packs) > KEEP_OTHERS + 1:
+                self._packs.popitem(last=False)
+        return self._packs[version]
+
+    def typical_top_score(self, model: str | None = None) -> float | None:
+        """The median best score of up to ``TYPICAL_QUERIES`` judged queries (from the gate's
+        pack) with this model: what a query that matches something scores. None when the
+        version was never gated."""
+        served = self.for_model(model)
+        if served.version not in self._typical:
+            pack = self.review_pack(model)
+            texts = sorted(row["text"] for row in pack["queries"])[:TYPICAL_QUERIES] \
+                if pack else []
+            texts = [visible_text(t) for t in texts if visible_text(t)]
+            scores = self._best_scores(served, texts) if texts else []
+            self._typical[served.version] = float(np.median(scores)) if scores else None
+        return self._typical[served.version]
+
+    def _best_scores(self, served: Served, texts: list[str]) -> list[float]:
+        """Each text's best score, past the query cache (its statistics are shoppers')."""
+        encode = served.encode.uncached if isinstance(served.encode, QueryCache) \
+            else served.encode
+        rows = self.index.search(served.collection, encode(texts), 1, "", [])
+        return [float(hits[0]["score"]) for hits in rows if hits]
 
     def image_uri(self, product_id: str, model: str | None = None) -> str | None:
         """The photo URI stored for ``product_id`` in the model's collection (None when

@@ -39,6 +39,7 @@ def platform(tmp_path_factory) -> dict:
     """v1 promoted (champion), v2 trained, registered and indexed (challenger)."""
     made = champion_and_challenger(tmp_path_factory.mktemp("serving"), products=150,
                                    queries=40, seed=11, challenger_seed=2)
+    steps.gate(made["v2"], made["catalog"], "tiny", made["overrides"])  # its review pack
     return {**made, "catalog": Path(made["catalog"]),
             "config": load_config("tiny", made["overrides"])}
 
@@ -84,7 +85,9 @@ def test_filters_are_applied_and_quoted(client):
                         for h in hits)
     injected = client.get("/search", params={"q": "shirt", "filter":
                                              "colour == 'x\" or colour != \"'"})
-    assert injected.status_code == 200 and injected.json()["hits"] == []
+    # a value that breaks out of its quotes is one value the field never holds: refused
+    assert injected.status_code == 400 and "colour" in injected.json()["error"]
+    assert "hits" not in injected.json()
 
 
 @pytest.mark.parametrize(("params", "match"), [
@@ -125,6 +128,39 @@ def test_challenger_and_versions_are_searchable_side_by_side(client, platform):
         "v2_collection"] != left["collection"]
     by_number = client.get("/search", params={"q": "blue jeans", "model": platform["v2"]})
     assert by_number.json()["hits"] == right["hits"]
+
+
+def test_review_lists_the_candidates_losses_and_a_judged_querys_grades(client, platform):
+    review = client.get("/review", params={"model": "challenger"}).json()
+    assert review["gated"] and review["version"] == platform["v2"]
+    assert review["baseline"] == "champion v1" and review["metric"]
+    assert review["queries"] >= len(review["regressions"]) > 0
+    differences = [row["difference"] for row in review["regressions"]]
+    assert differences == sorted(differences) and all(d < 0 for d in differences)
+    worst = review["regressions"][0]
+    assert worst["difference"] == round(worst["candidate"] - worst["baseline"], 4)
+    typed = "  " + worst["text"].upper() + " "
+    judged = client.get("/review", params={"model": "challenger", "q": typed}).json()
+    assert judged["query"]["text"] == worst["text"] and judged["query"]["grades"]
+    assert all(isinstance(g, int) and g > 0 for g in judged["query"]["grades"].values())
+    unjudged = client.get("/review", params={"model": "challenger", "q": "zz unjudged"})
+    assert unjudged.json()["query"] is None
+    capped = client.get("/review", params={"model": "challenger", "regressions": 1}).json()
+    assert capped["regressions"] == review["regressions"][:1]
+    assert client.get("/review", params={"regressions": 10_000}).status_code == 400
+
+
+def test_versions_link_to_mlflow_and_searches_say_when_nothing_matches_well(
+        client, searcher, monkeypatch):
+    versions = client.get("/versions").json()
+    assert set(versions["links"]) == {"1", versions["challenger"]}
+    assert versions["filter_values"]["gender"] and versions["example_filter"]
+    body = client.get("/search", params={"q": "red striped shirt"}).json()
+    typical = body["typical_top_score"]
+    assert typical is not None and 0 < typical <= 1.0001
+    assert body["weak_match"] == (body["hits"][0]["score"] < 0.7 * typical)
+    monkeypatch.setattr(searcher, "typical_top_score", lambda model=None: 10.0)
+    assert client.get("/search", params={"q": "red striped shirt"}).json()["weak_match"]
 
 
 def test_health_readiness_metrics_and_the_review_page(client):
@@ -347,7 +383,13 @@ def test_review_page_in_headless_chromium(platform, tmp_path):
             browser.goto(f"{url}/?left=champion&right={platform['v2']}&k=12")
             browser.wait_until("document.getElementById('meta').textContent"
                                ".includes('champion v1')", "the versions header")
-            browser.evaluate("document.getElementById('q').focus()")
+            browser.wait_until("document.body.dataset.state === 'done'",
+                               "the comparison the gate's review link opens on")
+            opened = browser.evaluate("[document.getElementById('q').value, document."
+                                      "querySelector('#regressions a.regression').textContent,"
+                                      " document.querySelectorAll('.column').length]")
+            browser.evaluate("{const q = document.getElementById('q'); q.value = '';"
+                             "q.focus()}")
             browser.call("Input.insertText", text="red striped shirt")
             browser.evaluate("document.getElementById('go').click()")
             browser.wait_until("document.body.dataset.state === 'done'", "the results")
@@ -363,12 +405,17 @@ def test_review_page_in_headless_chromium(platform, tmp_path):
                     placeholders: c.querySelectorAll('.card .placeholder').length}));
             })()""")
             shot = browser.screenshot(ARTIFACTS / "review-page.png")
-            browser.evaluate("document.getElementById('filter').value = 'price == 3'")
+            review = review_in_browser(browser)
+            expected = httpx.get(f"{url}/review", params={
+                "model": platform["v2"], "q": review["query"]}).json()["query"]
+            browser.evaluate("document.getElementById('q').value = 'red striped shirt';"
+                             "document.getElementById('filter').value = 'price == 3'")
             browser.evaluate("document.getElementById('go').click()")
             browser.wait_until("document.body.dataset.state === 'error'", "the filter error")
             error = browser.evaluate("document.getElementById('error').textContent")
         finally:
             browser.close()
+    assert opened[0] == opened[1] and opened[2] == 2, opened  # the worst query, pre-filled
     assert [c["heading"].split(" ")[0:2] for c in page] == [
         ["champion:", "v1"], [f"{platform['v2']}:", f"v{platform['v2']}"]]
     for column in page:
@@ -378,6 +425,51 @@ def test_review_page_in_headless_chromium(platform, tmp_path):
     assert "invalid filter" in error and "price" in error
     with Image.open(shot) as image:
         assert image.width >= 1000 and image.height >= 600
+    assert review["judged"].startswith("Judged query: gate ") and "difference -" in review[
+        "judged"]
+    assert review["regressions"] and review["query"] == review["regressions"][0]
+    assert review["grades"] and all(
+        int(grade) == expected["grades"].get(product, 0)
+        for product, grade in review["grades"].items())
+    assert set(review["moves"]) <= {"up", "down", "same", "new"} and review["moves"]
+    assert review["facet"] and review["filter"] == review["facet"]
+    assert review["cleared"] == 0 and review["notice"] == "Type a query to search."
+
+
+def review_in_browser(browser: Browser) -> dict:
+    """The review tool's parts, as a reviewer uses them: the regressions list (one click to
+    its side-by-side view with grades and the gate's metric), rank moves, a facet chip that
+    fills the filter, and an emptied query that clears the page."""
+    browser.wait_until("document.querySelectorAll('#regressions a.regression').length",
+                       "the regressions list")
+    regressions = browser.evaluate(
+        "[...document.querySelectorAll('#regressions a.regression')].map(a => a.textContent)")
+    browser.evaluate("document.body.dataset.state = 'busy';"
+                     "document.querySelector('#regressions a.regression').click()")
+    browser.wait_until("document.body.dataset.state === 'done' && "
+                       "document.getElementById('judged').textContent", "the judged query")
+    page = browser.evaluate("""(() => {
+        const right = document.querySelectorAll('.column')[1];
+        const grades = {};
+        for (const c of right.querySelectorAll('.card')) grades[c.dataset.productId] =
+            c.dataset.grade;
+        const chip = document.querySelector('#facet-list button[data-field="gender"]');
+        document.getElementById('filter').value = '';
+        chip.click();
+        return {query: document.getElementById('q').value, grades,
+                judged: document.getElementById('judged').textContent,
+                moves: [...right.querySelectorAll('.move')].map(m => m.classList[1]),
+                facet: 'gender == ' + chip.textContent,
+                filter: document.getElementById('filter').value};
+    })()""")
+    browser.evaluate("{const q = document.getElementById('q'); q.value = '';"
+                     "q.dispatchEvent(new Event('input'));"
+                     "document.getElementById('filter').value = '';"
+                     "document.getElementById('go').click()}")
+    browser.wait_until("document.body.dataset.state === 'empty'", "the emptied page")
+    return {**page, "regressions": regressions,
+            "cleared": browser.evaluate("document.querySelectorAll('.card').length"),
+            "notice": browser.evaluate("document.getElementById('notice').textContent")}
 
 
 # --- security: what the service trusts at request time (docs/serving.md, "Threat model") --------
