@@ -26,7 +26,7 @@ from fusion_model.pipelines import steps
 from fusion_model.serving.app import create_app
 from fusion_model.serving.searcher import ChampionSearcher
 from tests.browser import Browser
-from tests.conftest import champion_and_challenger, free_port
+from tests.conftest import Uvicorn, champion_and_challenger
 
 pytestmark = pytest.mark.integration
 
@@ -262,30 +262,6 @@ def test_a_champion_that_is_not_served_is_refused(platform, searcher):
         with open_index(config.index) as index:
             index.point_alias(config.index.alias, served)
     assert searcher.follow() is False and searcher.problem is None
-
-
-class Uvicorn:
-    """The app on a real uvicorn server in a thread, on a free loopback port."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
 
 
 def hammer(url: str, stop: threading.Event, seen: list) -> None:
