@@ -188,9 +188,11 @@ def _check_serve_lists(hosts: list[str], roots: list[str]) -> None:
 
 def format_hit(rank: int, hit: dict) -> str:
     """Two lines per hit: rank, id, score and title; then attributes and the photo."""
-    shown = ("product_id", "score", "title", "image_uri")
+    shown = ("product_id", "score", "title", "image_uri", "photo_weight")
     attributes = "  ".join(f"{k}={printable(v)}" for k, v in hit.items() if k not in shown)
     photo = f"photo: {printable(hit['image_uri'])}" if hit.get("image_uri") else "no photo"
+    if hit.get("photo_weight"):
+        photo += f" (weight {printable(hit['photo_weight'])[:8]})"
     return (f"{rank:>3}. {printable(hit['product_id']):<16} {hit['score']:.4f}  "
             f"{printable(hit.get('title', ''))}\n"
             f"     {attributes}{'  ' if attributes else ''}{photo}")

@@ -37,6 +37,16 @@ def embed_catalog(model: TwoTower, catalog: Catalog, cache_dir: str | None = Non
     without it every product is encoded from its files in batches by the product tower.
     Either way on the model's runtime, ``engine`` overriding ``runtime.engine``.
     """
+    return embed_catalog_with_photo_weights(model, catalog, cache_dir, batch_size, progress,
+                                            engine)[0]
+
+
+def embed_catalog_with_photo_weights(
+        model: TwoTower, catalog: Catalog, cache_dir: str | None = None,
+        batch_size: int = 256, progress: bool = True, engine: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``embed_catalog`` and each product's photo weight (N,), from the feature cache's
+    path; None without a cache or for a head that does not weigh the modalities."""
     model.eval()
     texts = [product_text(t, d) for t, d in zip(catalog.products["title"],
                                                 catalog.products["description"])]
@@ -44,20 +54,21 @@ def embed_catalog(model: TwoTower, catalog: Catalog, cache_dir: str | None = Non
     with photos_named_by_product(catalog.products):
         if cache_dir is None:
             return _embed_uncached(towers_for(model, engine), texts, uris, batch_size,
-                                   progress)
+                                   progress), None
         return _embed_cached(model, texts, uris, cache_dir, batch_size, progress,
                              resolve_runtime(model.config, engine))
 
 
 def _embed_cached(model: TwoTower, texts: list[str], uris: list[str | None], cache_dir: str,
-                  batch_size: int, progress: bool, runtime: Runtime) -> torch.Tensor:
+                  batch_size: int, progress: bool, runtime: Runtime
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     text = text_bottom_features(model.text, texts, model.config.text.max_length, cache_dir,
                                 runtime, progress=progress)
     images = None
     if model.image is not None:
         images = image_bottom_features(model.image, uris, cache_dir, runtime,
                                        progress=progress)
-    out = []
+    out, weights = [], []
     device = runtime.device
     model.to(device)
     with torch.no_grad(), runtime.autocast():
@@ -67,14 +78,18 @@ def _embed_cached(model: TwoTower, texts: list[str], uris: list[str | None], cac
             mask = text["mask"][idx].to(device, non_blocking=True)
             tokens = model.text.top(hidden, mask)
             if images is None:
-                vectors = model.products_from_features(tokens, mask, None, torch.zeros(
-                    tokens.shape[0], dtype=torch.bool, device=device))
+                features, present = None, torch.zeros(tokens.shape[0], dtype=torch.bool,
+                                                      device=device)
             else:
                 features = image_batch(images["features"], idx).to(device, non_blocking=True)
                 present = images["present"][idx].to(device, non_blocking=True)
-                vectors = model.products_from_features(tokens, mask, features, present)
+            vectors, weight = model.products_with_photo_weight(tokens, mask, features,
+                                                               present)
             out.append(vectors.float().cpu())
-    return torch.cat(out)
+            weights.append(None if weight is None else weight.float().cpu())
+    if not out:
+        return torch.empty(0, model.embedding_dim), None
+    return torch.cat(out), None if weights[0] is None else torch.cat(weights)
 
 
 def _embed_uncached(towers: FrozenTowers, texts: list[str], uris: list[str | None],

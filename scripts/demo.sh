@@ -88,7 +88,7 @@ write_ui() {  # write_ui NAME COMMAND...: demo/NAME.sh starts one UI with env.sh
 }
 write_ui serve "fusion-model serve --port $SERVE_PORT --config fast $OVERRIDES_TEXT"
 write_ui mlflow-ui "mlflow ui --backend-store-uri sqlite:///$FUSION/mlflow.db --host 127.0.0.1 --port $MLFLOW_PORT"
-write_ui airflow-ui "airflow standalone"
+write_ui airflow-ui "env AIRFLOW__API__HOST=127.0.0.1 airflow standalone"
 
 REL="${DEMO#"$ROOT"/}"
 cat <<EOT

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 
 DISPLAY_FIELDS = ("title", "image_uri")  # stored for search results, not filterable
+# computed by the model at indexing, shown with results: the photo's share of the product
+# vector ("0.630"; "" for a head that does not weigh text and photo, or an older row)
+PHOTO_WEIGHT = "photo_weight"
 
 
 class VectorIndex(Protocol):

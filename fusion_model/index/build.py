@@ -15,12 +15,13 @@ from fusion_model.errors import BadInputError, VectorIndexError
 from fusion_model.faults import checkpoint
 from fusion_model.index.base import (
     DISPLAY_FIELDS,
+    PHOTO_WEIGHT,
     VectorIndex,
     collection_name,
     content_hash,
     open_index,
 )
-from fusion_model.inference import embed_catalog
+from fusion_model.inference import embed_catalog_with_photo_weights
 from fusion_model.models.towers import TwoTower
 from fusion_model.progress import progress_bar
 
@@ -60,7 +61,15 @@ def stored_fields(catalog: Catalog, config: IndexConfig) -> list[str]:
     attributes, then what a search result shows (title, photo URI). The display fields
     are not hashed: a snapshot in a new folder moves every photo URI, not the content."""
     wanted = [*attribute_fields(catalog, config), *DISPLAY_FIELDS]
-    return [f for f in dict.fromkeys(wanted) if f in catalog.products.columns]
+    return [*(f for f in dict.fromkeys(wanted) if f in catalog.products.columns),
+            PHOTO_WEIGHT]
+
+
+def photo_weight_texts(weights: np.ndarray | None, count: int) -> list[str]:
+    """The stored form of each product's photo weight ("" where there is none)."""
+    if weights is None:
+        return [""] * count
+    return [f"{w:.3f}" if np.isfinite(w) else "" for w in weights.tolist()]
 
 
 def display_values(catalog: Catalog, ids: set[str]) -> dict[str, dict[str, object]]:
@@ -103,11 +112,15 @@ def write_catalog(model: TwoTower, catalog: Catalog, index: VectorIndex, name: s
     for start in range(0, len(todo), CHUNK):
         chunk = todo[start:start + CHUNK]
         subset = dataclasses.replace(catalog, products=catalog.products.iloc[chunk])
-        vectors = embed_catalog(model, subset, cache_dir, progress=False).numpy()
+        vectors, weights = embed_catalog_with_photo_weights(model, subset, cache_dir,
+                                                            progress=False)
+        vectors = vectors.numpy()
+        shares = photo_weight_texts(None if weights is None else weights.numpy(), len(chunk))
         for b in range(0, len(chunk), config.batch_size):
             rows = chunk[b:b + config.batch_size]
             write_products(index, name, catalog, rows, vectors[b:b + len(rows)], hashes,
-                           fields, stored, imports)
+                           fields, stored, imports,
+                           computed={PHOTO_WEIGHT: shares[b:b + len(rows)]})
             bar.update(len(rows))
     if imports:
         imports.send()
@@ -166,10 +179,13 @@ class ImportBuffer:
 
 def write_products(index: VectorIndex, name: str, catalog: Catalog, rows: list[int],
                    vectors: np.ndarray, hashes: list[str], fields: list[str],
-                   stored: set[str], imports: ImportBuffer | None = None) -> None:
+                   stored: set[str], imports: ImportBuffer | None = None,
+                   computed: dict[str, list] | None = None) -> None:
     """Write the catalog's ``rows`` (positions) with their ``vectors``: inserted (or held
-    for a bulk import) when the product is not in ``stored``, overwritten when it is."""
+    for a bulk import) when the product is not in ``stored``, overwritten when it is.
+    ``computed``: values of fields the catalog does not hold, one per row ("" if absent)."""
     products = catalog.products
+    computed = computed or {}
     product_ids = products["product_id"].iloc[rows].tolist()
     for overwrite in (False, True):
         picked = [j for j, pid in enumerate(product_ids) if (pid in stored) == overwrite]
@@ -178,7 +194,9 @@ def write_products(index: VectorIndex, name: str, catalog: Catalog, rows: list[i
         chosen = [rows[j] for j in picked]
         batch = ([product_ids[j] for j in picked], vectors[picked],
                  [hashes[i] for i in chosen],
-                 {f: products[f].iloc[chosen].tolist() for f in fields})
+                 {f: [computed[f][j] for j in picked] if f in computed
+                  else products[f].iloc[chosen].tolist() if f in products.columns
+                  else [""] * len(picked) for f in fields})
         if imports is not None and not overwrite:
             imports.add(*batch)
         else:

@@ -80,6 +80,13 @@ class ProductHead(nn.Module, Named):
     def image_vector(self, image_tokens: torch.Tensor) -> torch.Tensor:
         return self.image_proj(image_pool(image_tokens))
 
+    def with_photo_weight(self, text_tokens, text_mask, image_tokens, image_present
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The product vectors and, for heads that weigh the two modalities, each
+        product's photo weight (B,) in [0, 1] (text weight: 1 minus it); None for the
+        others. What the review page shows to say why the photo moved a product."""
+        return self(text_tokens, text_mask, image_tokens, image_present), None
+
 
 class TextOnlyHead(ProductHead, name="text_only"):
     uses_image = False
@@ -124,6 +131,10 @@ class WeightedSumHead(ProductHead, name="weighted_sum"):
         present = image_present.unsqueeze(-1).float()
         return l2(text * (a * present + (1 - present)) + (1 - a) * image * present)
 
+    def with_photo_weight(self, text_tokens, text_mask, image_tokens, image_present):
+        vectors = self(text_tokens, text_mask, image_tokens, image_present)
+        return vectors, (1 - torch.sigmoid(self.mix)) * image_present.float()
+
 
 class LateFusionHead(ProductHead, name="late_fusion"):
     """Score-level fusion: separate text and image scores mixed by a learned weight."""
@@ -141,6 +152,10 @@ class LateFusionHead(ProductHead, name="late_fusion"):
         image = l2(self.image_vector(image_tokens))
         text_weight = a * present + (1 - present)
         return torch.cat([text * text_weight, image * (1 - a) * present], dim=-1)
+
+    def with_photo_weight(self, text_tokens, text_mask, image_tokens, image_present):
+        vectors = self(text_tokens, text_mask, image_tokens, image_present)
+        return vectors, (1 - torch.sigmoid(self.mix)) * image_present.float()
 
 
 class CrossModalBlock(nn.Module):
@@ -202,6 +217,9 @@ class FusionHead(ProductHead, name="fusion"):
             self.gate[-1].bias.copy_(torch.tensor([1.0, 0.0]))  # start text-leaning
 
     def forward(self, text_tokens, text_mask, image_tokens, image_present):
+        return self.with_photo_weight(text_tokens, text_mask, image_tokens, image_present)[0]
+
+    def with_photo_weight(self, text_tokens, text_mask, image_tokens, image_present):
         text = self.text_proj(text_tokens)                         # (B, Lt, d)
         image = self.image_proj(image_tokens)                      # (B, Li, d)
         has_text = text_mask.any(dim=1)                            # (B,)
@@ -224,7 +242,7 @@ class FusionHead(ProductHead, name="fusion"):
         both = (has_text & image_present).float().unsqueeze(-1)
         fused = weights[:, :1] * t + weights[:, 1:] * i
         fused = fused + both * self.complement(torch.cat([t, i], dim=-1))
-        return l2(fused)
+        return l2(fused), weights[:, 1]
 
 
     def _pool_regions(self, image: torch.Tensor, pooled_text: torch.Tensor) -> torch.Tensor:

@@ -131,6 +131,18 @@ class TwoTower(nn.Module):
             image_tokens = self.image.top(image_features)
         return self.product_head(text_tokens, text_mask, image_tokens, image_present)
 
+    def products_with_photo_weight(self, text_tokens: torch.Tensor, text_mask: torch.Tensor,
+                                   image_features: torch.Tensor | None,
+                                   image_present: torch.Tensor
+                                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``products_from_features`` and each product's photo weight (None when the head
+        does not weigh the modalities, see ``ProductHead.with_photo_weight``)."""
+        image_tokens = None
+        if self.image is not None:
+            image_tokens = self.image.top(image_features)
+        return self.product_head.with_photo_weight(text_tokens, text_mask, image_tokens,
+                                                   image_present)
+
     # raw-input paths (serving and indexing) ----------------------------------------------
     @torch.no_grad()
     def embed_queries(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:

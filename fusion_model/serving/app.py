@@ -41,6 +41,7 @@ from fusion_model.errors import (
     ServingMismatchError,
     StorageError,
 )
+from fusion_model.index.base import PHOTO_WEIGHT
 from fusion_model.index.filters import example_filter
 from fusion_model.photos import ImageDecodeError, open_photo, reencode
 from fusion_model.serving.batcher import BatchStats, SearchBatcher
@@ -402,11 +403,23 @@ def _authorised(headers, token: str) -> bool:
 
 
 def _hit(hit: dict, version: str) -> dict:
-    shown = {k: v for k, v in hit.items() if k != "image_uri"}
+    shown = {k: v for k, v in hit.items() if k not in ("image_uri", PHOTO_WEIGHT)}
     shown["score"] = round(float(hit["score"]), 6)
     shown["image_url"] = (f"/products/{quote(hit['product_id'], safe='')}/image"
                           f"?model={version}" if hit.get("image_uri") else None)
+    if PHOTO_WEIGHT in hit:
+        shown[PHOTO_WEIGHT] = _share(hit[PHOTO_WEIGHT])
     return shown
+
+
+def _share(stored: object) -> float | None:
+    """A stored photo weight as a number in [0, 1]; None when absent or not one (the
+    index is read as untrusted input)."""
+    try:
+        value = float(str(stored)[:16])
+    except ValueError:
+        return None
+    return round(value, 3) if 0.0 <= value <= 1.0 else None
 
 
 def _versions(searcher: ChampionSearcher) -> dict:

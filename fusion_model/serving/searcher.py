@@ -28,7 +28,7 @@ from fusion_model import storage
 from fusion_model.config import RunConfig
 from fusion_model.data.catalog import PRODUCT_ID_PATTERN
 from fusion_model.errors import BadInputError, NoChampionError, ServingMismatchError
-from fusion_model.index.base import DISPLAY_FIELDS, VectorIndex, open_index
+from fusion_model.index.base import DISPLAY_FIELDS, PHOTO_WEIGHT, VectorIndex, open_index
 from fusion_model.index.facets import TAG as FACETS_TAG
 from fusion_model.index.facets import read_facets
 from fusion_model.index.filters import to_milvus
@@ -352,7 +352,7 @@ class ChampionSearcher:
         available = set(self.index.fields(collection))
         fields = tuple(f for f in self.config.index.attribute_fields if f in available)
         return Served(version, query_version, collection, encode, fields,
-                      tuple(f for f in DISPLAY_FIELDS if f in available),
+                      tuple(f for f in (*DISPLAY_FIELDS, PHOTO_WEIGHT) if f in available),
                       (*image_roots, *self.image_roots), read_facets(facets_text, fields))
 
     def _describe(self) -> str:

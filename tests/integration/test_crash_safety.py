@@ -41,8 +41,9 @@ def platform(tmp_path_factory) -> dict:
     """v1 promoted, v2 registered and indexed."""
     made = champion_and_challenger(tmp_path_factory.mktemp("crash"), products=120,
                                    queries=30, seed=3, challenger_seed=4)
-    overrides = made["overrides"]
-    return {**made, "argv": ["--config", "tiny", *overrides],
+    # refreshes add collections; keep v1's so that every test can roll back to it
+    overrides = [*made["overrides"], "index.keep_collections=20"]
+    return {**made, "overrides": overrides, "argv": ["--config", "tiny", *overrides],
             "config": load_config("tiny", overrides)}
 
 

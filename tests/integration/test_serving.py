@@ -66,6 +66,9 @@ def test_search_returns_titles_attributes_and_photos(client, platform):
                                                         reverse=True)
     for hit in body["hits"]:
         assert hit["title"] and {"category", "colour", "gender"} <= set(hit)
+        # the fusion network's share for the photo, computed at indexing
+        assert 0 < hit["photo_weight"] < 1 if hit["image_url"] else hit["photo_weight"] == 0
+    assert len({h["photo_weight"] for h in body["hits"] if h["image_url"]}) > 1
     with_photo = [h for h in body["hits"] if h["image_url"]]
     assert with_photo, body
     photo = client.get(with_photo[0]["image_url"])
@@ -378,7 +381,9 @@ def test_review_page_in_headless_chromium(platform, tmp_path):
                     cards: c.querySelectorAll('.card').length,
                     titles: [...c.querySelectorAll('.card .title')].map(t => t.textContent),
                     photos: [...c.querySelectorAll('.card img')].map(i => i.naturalWidth),
-                    placeholders: c.querySelectorAll('.card .placeholder').length}));
+                    placeholders: c.querySelectorAll('.card .placeholder').length,
+                    weights: [...c.querySelectorAll('.card .weight')].map(w => w.textContent)
+                    }));
             })()""")
             shot = browser.screenshot(ARTIFACTS / "review-page.png")
             review = review_in_browser(browser)
@@ -398,6 +403,8 @@ def test_review_page_in_headless_chromium(platform, tmp_path):
         assert column["cards"] == 12 and all(column["titles"])
         assert column["photos"] and all(width > 0 for width in column["photos"]), column
         assert len(column["photos"]) + column["placeholders"] == 12
+        assert len(column["weights"]) == 12 and all(
+            re.fullmatch(r"photo \d+% · text \d+%", w) for w in column["weights"]), column
     assert "invalid filter" in error and "price" in error
     with Image.open(shot) as image:
         assert image.width >= 1000 and image.height >= 600

@@ -182,3 +182,29 @@ def _gate_only(fusion, text, mask, image, present):
                                 float("-inf"))
     weights = torch.softmax(logits, dim=-1)
     return l2(weights[:, :1] * t + weights[:, 1:] * i)
+
+
+@pytest.mark.parametrize("kind", sorted(HEADS))
+def test_heads_that_weigh_the_modalities_report_each_products_photo_weight(kind):
+    """The review page's "photo x%": the fusion gate's per-product share, the learned mix
+    of the simple fusions; 0 without a photo, 1 without text; the vectors unchanged."""
+    torch.manual_seed(0)
+    head_ = head(kind).eval()
+    if kind == "fusion":
+        for p in head_.gate.parameters():  # a per-product gate, as after training
+            torch.nn.init.normal_(p)
+    text, mask, image, present = inputs()
+    with torch.no_grad():
+        vectors, weight = head_.with_photo_weight(text, mask, image, present)
+    assert torch.allclose(vectors, head_(text, mask, image, present))
+    if kind not in ("fusion", "weighted_sum", "late_fusion"):
+        assert weight is None
+        return
+    assert weight.shape == (B,) and ((weight >= 0) & (weight <= 1)).all()
+    assert weight[2] == 0  # no photo
+    if kind == "fusion":
+        assert weight[3] == 1  # no text: the photo alone
+        assert len({round(float(w), 4) for w in weight[[0, 1, 4]]}) > 1  # per product
+    else:
+        expected = 1 - torch.sigmoid(head_.mix)
+        assert torch.allclose(weight[[0, 1, 3, 4]], expected.expand(4))
