@@ -192,7 +192,7 @@ def format_hit(rank: int, hit: dict) -> str:
     attributes = "  ".join(f"{k}={printable(v)}" for k, v in hit.items() if k not in shown)
     photo = f"photo: {printable(hit['image_uri'])}" if hit.get("image_uri") else "no photo"
     if hit.get("photo_weight"):
-        photo += f" (weight {printable(hit['photo_weight'])[:8]})"
+        photo += f" (photo weight {printable(hit['photo_weight'])[:8]})"
     return (f"{rank:>3}. {printable(hit['product_id']):<16} {hit['score']:.4f}  "
             f"{printable(hit.get('title', ''))}\n"
             f"     {attributes}{'  ' if attributes else ''}{photo}")

@@ -49,8 +49,6 @@ def product_hashes(catalog: Catalog, fields: list[str]) -> list[str]:
                                                 tags))]
 
 
-
-
 def attribute_fields(catalog: Catalog, config: IndexConfig) -> list[str]:
     """The filterable attributes the catalog has (part of the content hash)."""
     return [f for f in config.attribute_fields if f in catalog.products.columns]

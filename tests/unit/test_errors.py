@@ -55,7 +55,7 @@ def test_verbose_adds_the_traceback(monkeypatch, capsys):
 
 def test_documented_airflow_commands_bind_localhost():
     root = Path(__file__).parents[2]
-    for doc in (root / "README.md", root / "docs" / "dags.md", root / "scripts" / "demo.sh"):
+    for doc in (root / "README.md", root / "docs" / "dags.md", root / "scripts" / "demo_uis.sh"):
         lines = [line for line in doc.read_text().splitlines()
                  if "airflow standalone" in line and not line.lstrip().startswith("#")
                  and "`airflow standalone`" not in line]
