@@ -375,15 +375,16 @@ def index_shard(version: str, catalog_uri: str, collection: str, shard: int, sha
 
     config = _config(config_name, overrides)
     _mlflow(config)
+    tags: dict[str, str] = {}
     if partition:
-        subset = read_partition(partition, catalog_uri)
+        subset, tags = read_partition(partition, catalog_uri)
     else:
         catalog = load_catalog(catalog_uri)
         mine = shard_of(catalog.products["product_id"], shards) == shard
         subset = dataclasses.replace(catalog, products=catalog.products[mine])
     model = load_registered_model(config.registry.model_name, version)
     cache = str(Path(config.train.cache_dir).expanduser())
-    with open_index(config.index) as index:
+    with open_index(config.index) as index, storage.known_content_tags(tags):
         result = write_catalog(model, subset, index, collection, config.index, cache)
     return {"shard": shard, "written": result.written, "skipped": result.skipped}
 
@@ -654,11 +655,11 @@ def refresh_shard(job: dict, config_name: str = "default",
         return {"shard": job["shard"], "written": 0, "unchanged": 0}
     config = _config(config_name, overrides)
     _mlflow(config)
-    subset = read_partition(job["partition"], job["catalog_uri"])
+    subset, tags = read_partition(job["partition"], job["catalog_uri"])
     model = load_registered_model(config.registry.model_name, job["version"])
     plan = RefreshPlan(job["serving"], job["target"], job["kept"], job["removed"])
     cache = str(Path(config.train.cache_dir).expanduser())
-    with open_index(config.index) as index:
+    with open_index(config.index) as index, storage.known_content_tags(tags):
         result = refresh_rows(model, subset, index, plan, config.index, cache, progress=False)
     return {"shard": job["shard"], "written": result.written,
             "unchanged": result.skipped}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import hashlib
 import logging
@@ -9,7 +11,7 @@ import os
 import posixpath
 import re
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -171,20 +173,27 @@ class S3Storage:
             by_bucket.setdefault(split_s3(uri)[0], []).append(uri)
         for bucket, bucket_uris in by_bucket.items():
             keys = [split_s3(u)[1] for u in bucket_uris]
-            listed = self._list_with_etags(f"{S3_SCHEME}{bucket}/{os.path.commonprefix(keys)}")
+            listed = self._list_with_etags(f"{S3_SCHEME}{bucket}/{os.path.commonprefix(keys)}",
+                                           first=min(keys), last=max(keys))
             missing = [u for u in bucket_uris if u not in listed]
             if missing:
                 raise StorageError(f"{missing[0]}: object does not exist ({len(missing)} missing)")
             tags.update({u: listed[u] for u in bucket_uris})
         return tags
 
-    def _list_with_etags(self, prefix: str) -> dict[str, str]:
+    def _list_with_etags(self, prefix: str, first: str = "", last: str | None = None
+                         ) -> dict[str, str]:
+        """ETags of the objects under ``prefix`` whose keys lie in [first, last]: the
+        listing starts just before ``first`` and stops after ``last``."""
         bucket, key_prefix = split_s3(prefix)
         paginator = s3_client().get_paginator("list_objects_v2")
         found: dict[str, str] = {}
         try:
-            for page in paginator.paginate(Bucket=bucket, Prefix=key_prefix):
+            start = {"StartAfter": first[:-1]} if first[:-1] else {}
+            for page in paginator.paginate(Bucket=bucket, Prefix=key_prefix, **start):
                 for obj in page.get("Contents", []):
+                    if last is not None and obj["Key"] > last:
+                        return found
                     found[f"{S3_SCHEME}{bucket}/{obj['Key']}"] = obj["ETag"].strip('"')
         except Exception as exc:
             raise StorageError(f"{prefix}: cannot list objects ({_s3_reason(exc)})") from exc
@@ -279,17 +288,36 @@ def content_tags(uris: Iterable[str]) -> dict[str, str]:
 
 
 TAG_CHUNK = 20_000
+_KNOWN_TAGS: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "known_content_tags", default=None)
+
+
+@contextlib.contextmanager
+def known_content_tags(tags: Mapping[str, str]) -> Iterator[None]:
+    """Within the block, ``content_tag_list`` takes these URIs' tags from ``tags`` (a
+    partition manifest's, found once per snapshot) instead of the storage."""
+    token = _KNOWN_TAGS.set(tags)
+    try:
+        yield
+    finally:
+        _KNOWN_TAGS.reset(token)
 
 
 def content_tag_list(uris: Sequence[str | None]) -> list[str | None]:
     """``content_tags`` as a list aligned with ``uris`` (None stays None), found
-    ``TAG_CHUNK`` URIs at a time: beside the list, memory does not grow with the catalog
-    (a whole-catalog dict of stats and tags costs about 1 KB a photo)."""
-    tags: list[str | None] = []
-    for start in range(0, len(uris), TAG_CHUNK):
-        chunk = uris[start:start + TAG_CHUNK]
-        found = content_tags(u for u in chunk if u is not None)
-        tags.extend(None if u is None else found[u] for u in chunk)
+    ``TAG_CHUNK`` URIs at a time in key order, so that on S3 each chunk lists only the
+    key range it spans and the whole list costs one pass over the prefix; beside the
+    list, memory does not grow with the catalog (a whole-catalog dict of stats and tags
+    costs about 1 KB a photo). Tags given to ``known_content_tags`` are not looked up."""
+    known = _KNOWN_TAGS.get() or {}
+    wanted = [i for i, u in enumerate(uris) if u is not None and u not in known]
+    wanted.sort(key=uris.__getitem__)
+    tags: list[str | None] = [None if u is None else known.get(u) for u in uris]
+    for start in range(0, len(wanted), TAG_CHUNK):
+        chunk = wanted[start:start + TAG_CHUNK]
+        found = content_tags(uris[i] for i in chunk)
+        for i in chunk:
+            tags[i] = found[uris[i]]
     return tags
 
 

@@ -3,9 +3,12 @@ and each shard task reads only its own rows and its own existing vectors."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
+from fusion_model import storage
 from fusion_model.data import catalog as catalog_module
 from fusion_model.index.milvus import MilvusIndex
 from fusion_model.pipelines import steps
@@ -30,16 +33,31 @@ def test_each_shard_reads_its_partition_alone_and_together_they_cover_the_catalo
     written = {job["partition"]: (tmp_path / job["partition"]).stat().st_mtime_ns
                for job in jobs}
 
+    manifest = pd.concat([pd.read_parquet(job["partition"]) for job in jobs])
+    photos = manifest.dropna(subset=["image_uri"])
+    assert len(photos) > 100 and all(  # each photo's content tag, found once by the plan
+        tag == storage.core.md5_hex(Path(uri).read_bytes())
+        for uri, tag in zip(photos["image_uri"], photos["image_tag"]))
+
     asked: list[list[str]] = []
-    hashes = MilvusIndex.existing_hashes
+    tagged: list[str] = []
+    hashes, tags = MilvusIndex.existing_hashes, storage.core.content_tags
     monkeypatch.setattr(MilvusIndex, "existing_hashes", lambda self, name, ids=None:
                         asked.append(ids) or hashes(self, name, ids))
+
+    def recording_tags(uris):
+        uris = list(uris)
+        tagged.extend(uris)
+        return tags(uris)
+
+    monkeypatch.setattr(storage.core, "content_tags", recording_tags)
     monkeypatch.setattr(catalog_module, "load_catalog",
                         lambda *a: pytest.fail("a shard loaded the whole catalog"))
     results = [steps.index_shard(**job, config_name="tiny", overrides=overrides)
                for job in jobs]
     assert [r["written"] for r in results] == [len(s) for s in slices]
     assert [set(ids) for ids in asked] == slices      # its own vectors, never all
+    assert tagged == []  # no photo hashed or listed: the manifest's tags
     monkeypatch.undo()
 
     verified = steps.verify_index(version, catalog, jobs[0]["collection"], "tiny", overrides)

@@ -50,3 +50,36 @@ def test_cli_generates_straight_to_s3_and_shows_it(s3_bucket, capsys):
     out = capsys.readouterr().out
     assert '"products": 40' in out and '"fingerprint"' in out
     assert storage.exists(f"{prefix}/products.jsonl")
+
+
+def test_content_tags_list_each_key_range_once(s3_bucket, monkeypatch):
+    """Tags of many photos cost one pass over the prefix: each chunk lists only the key
+    range it spans (in key order, whatever the input order), not the whole prefix."""
+    from fusion_model.storage import core
+
+    prefix = f"s3://{s3_bucket}/shop/images"
+    uris = [f"{prefix}/P{i:05d}.jpg" for i in range(120)]
+    for i, uri in enumerate(uris):
+        storage.write_bytes(uri, f"photo {i}".encode())
+    listed: list[int] = []
+    original = core.S3Storage._list_with_etags
+
+    def counting(self, prefix, first="", last=None):
+        found = original(self, prefix, first, last)
+        listed.append(len(found))
+        return found
+
+    monkeypatch.setattr(core.S3Storage, "_list_with_etags", counting)
+    monkeypatch.setattr(core, "TAG_CHUNK", 25)
+    shuffled = uris[::-1][:100] + [None]  # 100 photos in reverse order and one without
+    tags = storage.content_tag_list(shuffled)
+    assert tags[-1] is None
+    assert tags[:-1] == [core.md5_hex(storage.read_bytes(u)) for u in shuffled[:-1]]
+    assert len(listed) == 4 and sum(listed) <= 100 + 4  # not 4 x 120
+
+    monkeypatch.setattr(core, "TAG_CHUNK", 20_000)
+    listed.clear()
+    known = {uris[0]: "from-the-manifest"}
+    with storage.known_content_tags(known):
+        assert storage.content_tag_list([uris[0]]) == ["from-the-manifest"]
+    assert listed == []  # nothing asked of the storage
