@@ -36,13 +36,15 @@ def write_partitions(catalog: Catalog, shards: int, root: str) -> list[str]:
         log.info("partition manifest of %d shards already written: %s", shards, directory)
         return uris
     owner = shard_of(catalog.products["product_id"], shards)
-    tags = storage.content_tag_list([u if isinstance(u, str) else None
-                                     for u in catalog.products["image_uri"]])
-    products = catalog.products.assign(**{TAG_COLUMN: pd.Series(tags, dtype=object,
-                                                                index=catalog.products.index)})
+    tags = np.array(storage.content_tag_list([u if isinstance(u, str) else None
+                                              for u in catalog.products["image_uri"]]),
+                    dtype=object)
     for shard, uri in enumerate(uris):
+        mine = owner == shard  # one shard's rows copied at a time, never the whole table
+        part = catalog.products[mine].reset_index(drop=True)
+        part[TAG_COLUMN] = tags[mine]
         buffer = io.BytesIO()
-        products[owner == shard].reset_index(drop=True).to_parquet(buffer, index=False)
+        part.to_parquet(buffer, index=False)
         storage.write_bytes(uri, buffer.getvalue())
     log.info("partition manifest: %d products in %d shards -> %s", len(owner), shards,
              directory)
