@@ -168,8 +168,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
           args.follow_interval, token, access_log=not args.no_access_log,
           query_cache=args.query_cache, max_batch=args.max_batch,
           encoder_streams=args.encoder_streams, allowed_hosts=tuple(args.allowed_host),
-          image_roots=tuple(args.image_root))
+          image_roots=tuple(args.image_root), events=_event_settings(args))
     return 0
+
+
+def _event_settings(args: argparse.Namespace):
+    """Where ``serve --events`` records searches and interactions (None: off)."""
+    if not args.events:
+        return None
+    from fusion_model.feedback.events import EventSettings
+
+    return EventSettings(args.events, retention_days=args.events_retention_days)
 
 
 def _check_serve_lists(hosts: list[str], roots: list[str]) -> None:
@@ -479,6 +488,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--image-root", action="append", default=[], metavar="DIR_OR_S3",
                        help="a folder or s3:// prefix photos may be served from besides "
                             "the roots recorded on each version (repeatable)")
+    serve.add_argument("--events", default="", metavar="DIR_OR_S3",
+                       help="record every served search and the POST /events interactions "
+                            "(click, cart, purchase) under this folder or s3:// prefix, "
+                            "date-partitioned JSON Lines; session ids only as salted hashes "
+                            "($FUSION_EVENTS_SALT)")
+    serve.add_argument("--events-retention-days", type=_positive_int, default=90,
+                       metavar="N", help="delete event partitions older than N days (90)")
     serve.add_argument("--config", default="default")
     serve.add_argument("overrides", nargs="*", metavar="key=value")
     serve.set_defaults(func=_cmd_serve)

@@ -24,6 +24,7 @@ import contextlib
 import errno
 import hashlib
 import hmac
+import json
 import logging
 import re
 import threading
@@ -40,6 +41,12 @@ from fusion_model.errors import (
     RegistryUnavailableError,
     ServingMismatchError,
     StorageError,
+)
+from fusion_model.feedback.events import (
+    MAX_EVENT_BYTES,
+    MAX_ID_CHARS,
+    EventLog,
+    EventSettings,
 )
 from fusion_model.index.base import PHOTO_WEIGHT
 from fusion_model.index.filters import example_filter
@@ -147,10 +154,12 @@ class Follower:
 
 def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
                token: str | None = None, max_batch: int = 32,
-               allowed_hosts: tuple[str, ...] | None = DEFAULT_HOSTS):
+               allowed_hosts: tuple[str, ...] | None = DEFAULT_HOSTS,
+               events: EventLog | None = None):
     """The FastAPI application over a loaded ``searcher`` (``max_batch``: concurrent
     searches merged into one encoder pass and one index call; 1 for none;
-    ``allowed_hosts``: the ``Host`` header values answered, None for any)."""
+    ``allowed_hosts``: the ``Host`` header values answered, None for any; ``events``:
+    where served searches and ``POST /events`` interactions are recorded, None: off)."""
     check_token(token)
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
@@ -164,9 +173,13 @@ def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         follower.start()
+        if events is not None:
+            events.start()
         yield
         follower.stop()
         batcher.close()
+        if events is not None:
+            await asyncio.to_thread(events.close)
 
     # no /docs: Swagger UI loads scripts from a CDN, which the page policy forbids
     app = FastAPI(title="fusion-model search", lifespan=lifespan,
@@ -189,20 +202,45 @@ def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
 
     @app.get("/search")
     async def search(q: str = "", k: int = Query(10, ge=1, le=MAX_K), filter: str = "",
-                     model: str = "champion"):
+                     model: str = "champion",
+                     session: str = Query("", max_length=MAX_ID_CHARS)):
         started = time.perf_counter()
         check_request(q, k)  # a bad request never joins (and fails) a batch
         result = await batcher.search(q, k, filter, model)
         took_ms = round((time.perf_counter() - started) * 1000, 2)
         typical = await asyncio.to_thread(searcher.typical_top_score, model)
         best = float(result.hits[0]["score"]) if result.hits else None
+        search_id = None if events is None else events.search(
+            q, model, result.version, result.collection,
+            [hit["product_id"] for hit in result.hits], session or None)
         return _json({"query": q, "k": k, "filter": filter, "model": model,
+                      "search_id": search_id,
                       "version": result.version, "collection": result.collection,
                       "took_ms": took_ms,
                       "typical_top_score": None if typical is None else round(typical, 4),
                       "weak_match": bool(typical and best is not None
                                          and best < WEAK_MATCH * typical),
                       "hits": [_hit(hit, result.version) for hit in result.hits]})
+
+    async def interaction(request):
+        """A shopper's click, add-to-cart or purchase on a result of a served search."""
+        if events is None:
+            return JSONResponse({"error": "event logging is off: start the service with "
+                                          "`fusion-model serve --events DIR_OR_S3`"}, 404)
+        body = await _limited_body(request, MAX_EVENT_BYTES)
+        if body is None:
+            return JSONResponse({"error": f"an event is at most {MAX_EVENT_BYTES} bytes"},
+                                413)
+        try:
+            parsed = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return JSONResponse({"error": "the body is not JSON", "kind": "EventRejectedError"},
+                                400)
+        event = events.interaction(parsed)  # EventRejectedError: 400, nothing stored
+        return JSONResponse({"accepted": event.kind, "search_id": event.search_id}, 202)
+
+    interaction.__annotations__["request"] = Request  # the class: FastAPI injects it
+    app.post("/events")(interaction)
 
     @app.get("/products/{product_id}/image")
     def image(product_id: str, model: str = "champion"):
@@ -258,8 +296,21 @@ def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
     return app
 
 
-ROUTES = frozenset({"/search", "/versions", "/review", "/healthz", "/readyz", "/metrics", "/",
-                    "/openapi.json"})
+async def _limited_body(request, limit: int) -> bytes | None:
+    """The request body, or None once it exceeds ``limit`` bytes (read no further)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+ROUTES = frozenset({"/search", "/events", "/versions", "/review", "/healthz", "/readyz",
+                    "/metrics", "/", "/openapi.json"})
 
 
 def _endpoint_of(path: str) -> str:
@@ -504,12 +555,13 @@ def check_can_listen(host: str, port: int) -> None:
 def serve(config, host: str = "127.0.0.1", port: int = 8080, follow_interval: float = 5.0,
           token: str | None = None, access_log: bool = True, query_cache: int = 0,
           max_batch: int = 32, encoder_streams: int = 1,
-          allowed_hosts: tuple[str, ...] = (), image_roots: tuple[str, ...] = ()) -> None:
+          allowed_hosts: tuple[str, ...] = (), image_roots: tuple[str, ...] = (),
+          events: EventSettings | None = None) -> None:
     """Load the champion and serve until interrupted (``query_cache``: query vectors kept
     per encoder, 0 for none; ``max_batch``: see ``create_app``; ``encoder_streams``: see
     ``ChampionSearcher.open``; ``allowed_hosts``: Host values answered besides localhost
     and ``host``; ``image_roots``: places photos may be read from besides each version's
-    recorded roots)."""
+    recorded roots; ``events``: where searches and interactions are recorded)."""
     import uvicorn
 
     check_token(token)
@@ -518,7 +570,11 @@ def serve(config, host: str = "127.0.0.1", port: int = 8080, follow_interval: fl
                                encoder_streams=encoder_streams,
                                image_roots=image_roots) as searcher:
         app = create_app(searcher, follow_interval, token, max_batch,
-                         hosts_for(host, allowed_hosts))
+                         hosts_for(host, allowed_hosts),
+                         None if events is None else EventLog(events))
+        if events is not None:
+            log.info("recording searches and POST /events interactions under %s (kept %d "
+                     "days)", events.root, events.retention_days)
         if searcher.served is None:
             log.warning("not ready: %s; /readyz answers 503 until a champion is served "
                         "(checked every %.0f s)", searcher.problem, follow_interval)

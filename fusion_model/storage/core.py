@@ -287,6 +287,30 @@ def content_tags(uris: Iterable[str]) -> dict[str, str]:
     return tags
 
 
+def delete_files(uris: Iterable[str]) -> int:
+    """Delete files (local paths, or S3 objects 1,000 a request); a missing one is
+    skipped. Returns how many were asked for."""
+    local, remote = [], {}
+    for uri in uris:
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            remote.setdefault(bucket, []).append(key)
+        else:
+            local.append(uri)
+    for uri in local:
+        Path(uri).unlink(missing_ok=True)
+    for bucket, keys in remote.items():
+        for start in range(0, len(keys), 1000):
+            chunk = [{"Key": key} for key in keys[start:start + 1000]]
+            try:
+                s3_client().delete_objects(Bucket=bucket, Delete={"Objects": chunk,
+                                                                  "Quiet": True})
+            except Exception as exc:  # noqa: BLE001 - botocore's errors, network errors
+                raise StorageError(f"s3://{bucket}: cannot delete {len(chunk)} objects "
+                                   f"({_s3_reason(exc)})") from exc
+    return len(local) + sum(map(len, remote.values()))
+
+
 TAG_CHUNK = 20_000
 _KNOWN_TAGS: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
     "known_content_tags", default=None)

@@ -621,6 +621,58 @@ print(json.dumps(sorted(m for m in sys.modules if m.startswith(
 """
 
 
+def test_searches_and_shoppers_interactions_are_recorded(searcher, tmp_path):
+    """With an event log every served search gets an id and a record; POST /events takes
+    a click on one of its results, and refuses (4xx, nothing stored) what names no
+    served search, result or kind, or is too large."""
+    from fastapi.testclient import TestClient
+
+    from fusion_model.feedback.events import (
+        INTERACTIONS,
+        SEARCHES,
+        EventLog,
+        EventSettings,
+        read_events,
+    )
+
+    root = str(tmp_path / "events")
+    events = EventLog(EventSettings(root, flush_seconds=0.05), salt="s")
+    with TestClient(create_app(searcher, follow_interval=0, events=events),
+                    base_url=LOCAL) as http:
+        body = http.get("/search", params={"q": "red shirt", "k": 5,
+                                           "session": "shopper-7"}).json()
+        search_id, shown = body["search_id"], [h["product_id"] for h in body["hits"]]
+        click = {"search_id": search_id, "product_id": shown[1], "kind": "click",
+                 "position": 2}
+        accepted = http.post("/events", json=click)
+        assert accepted.status_code == 202, accepted.text
+        refused = {
+            "unknown search": http.post("/events", json={**click, "search_id": "f" * 32}),
+            "position": http.post("/events", json={**click, "position": 6}),
+            "kind": http.post("/events", json={**click, "kind": "hover"}),
+            "not shown there": http.post("/events", json={**click, "position": 1}),
+            "not JSON": http.post("/events", content=b"{oops",
+                                  headers={"content-type": "application/json"}),
+            "too large": http.post("/events", json={**click, "pad": "x" * 5000}),
+        }
+    codes = {name: r.status_code for name, r in refused.items()}
+    assert codes == {"unknown search": 400, "position": 400, "kind": 400,
+                     "not shown there": 400, "not JSON": 400, "too large": 413}, codes
+    assert "unknown search_id" in refused["unknown search"].json()["error"]
+    [search] = list(read_events(root, SEARCHES))  # closing the app wrote what was queued
+    assert search["search_id"] == search_id and search["product_ids"] == shown
+    assert search["version"] == body["version"] and search["session"] != "shopper-7"
+    assert [(e["product_id"], e["position"]) for e in read_events(root, INTERACTIONS)] == \
+        [(shown[1], 2)]
+
+
+def test_events_are_off_unless_asked_for(client):
+    assert client.get("/search", params={"q": "red shirt"}).json()["search_id"] is None
+    off = client.post("/events", json={"search_id": "x", "product_id": "y",
+                                       "kind": "click", "position": 1})
+    assert off.status_code == 404 and "--events" in off.json()["error"]
+
+
 def test_searching_loads_the_query_encoder_and_the_index_but_no_training_code(platform):
     import json
     import subprocess
@@ -633,3 +685,4 @@ def test_searching_loads_the_query_encoder_and_the_index_but_no_training_code(pl
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+

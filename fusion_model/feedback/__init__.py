@@ -1,0 +1,1 @@
+"""Learning from shoppers: search and interaction events (``events``)."""
