@@ -83,3 +83,22 @@ def test_content_tags_list_each_key_range_once(s3_bucket, monkeypatch):
     with storage.known_content_tags(known):
         assert storage.content_tag_list([uris[0]]) == ["from-the-manifest"]
     assert listed == []  # nothing asked of the storage
+
+
+def test_search_events_are_written_read_and_pruned_on_s3(s3_bucket):
+    import datetime as dt
+
+    from fusion_model.feedback.events import SEARCHES, EventLog, EventSettings, read_events
+
+    root = f"s3://{s3_bucket}/events"
+    events = EventLog(EventSettings(root, retention_days=7), salt="s")
+    search_id = events.search("red shirt", "champion", "1", "c", ["P1", "P2"], "shopper")
+    events.interaction({"search_id": search_id, "product_id": "P1", "kind": "cart",
+                        "position": 1})
+    assert events.flush() == 2
+    assert [r["search_id"] for r in read_events(root, SEARCHES)] == [search_id]
+    old = f"{root}/{SEARCHES}/date=2020-01-01/part-old-000001.jsonl"
+    storage.write_bytes(old, b'{"search_id": "old"}\n')
+    assert events.prune(dt.datetime.now(dt.UTC).date()) == [old]
+    assert not storage.exists(old)
+    assert [r["search_id"] for r in read_events(root, SEARCHES)] == [search_id]
