@@ -50,6 +50,7 @@ class SearchRecord:
     collection: str
     product_ids: list[str]
     session: str | None     # a salted hash of the shopper's session id, never the id
+    interleaving: dict | None = None   # {"A": version, "B": version, "teams": [...]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,13 +163,15 @@ class EventLog:
 
     # the request side: never blocks -------------------------------------------------
     def search(self, query: str, model: str, version: str, collection: str,
-               product_ids: list[str], session: str | None) -> str:
-        """Record a served search; returns its id for the response."""
+               product_ids: list[str], session: str | None,
+               interleaving: dict | None = None) -> str:
+        """Record a served search (``interleaving``: the two versions and, per position,
+        the team that showed it); returns its id for the response."""
         search_id = uuid.uuid4().hex
         self.recent.add(search_id, product_ids)
         self._put(SEARCHES, SearchRecord(search_id, now_utc().isoformat(), query, model,
                                          version, collection, list(product_ids),
-                                         self.hash_session(session)))
+                                         self.hash_session(session), interleaving))
         return search_id
 
     def interaction(self, body: Any) -> Interaction:
