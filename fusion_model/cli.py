@@ -164,21 +164,38 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger(__name__).warning(
             "serving on %s without a bearer token: anyone who reaches it can search; "
             "set %s", args.host, TOKEN_ENV)
-    serve(load_checked_config(args.config, list(args.overrides)), args.host, args.port,
+    config = load_checked_config(args.config, list(args.overrides))
+    serve(config, args.host, args.port,
           args.follow_interval, token, access_log=not args.no_access_log,
           query_cache=args.query_cache, max_batch=args.max_batch,
           encoder_streams=args.encoder_streams, allowed_hosts=tuple(args.allowed_host),
-          image_roots=tuple(args.image_root), events=_event_settings(args))
+          image_roots=tuple(args.image_root), events=_event_settings(args, config),
+          interleave=_interleave_share(args, config))
     return 0
 
 
-def _event_settings(args: argparse.Namespace):
-    """Where ``serve --events`` records searches and interactions (None: off)."""
-    if not args.events:
+def _event_settings(args: argparse.Namespace, config):
+    """Where ``serve --events`` (or the config's ``feedback.events``) records searches and
+    interactions (None: off)."""
+    root = args.events or config.feedback.events
+    if not root:
         return None
     from fusion_model.feedback.events import EventSettings
 
-    return EventSettings(args.events, retention_days=args.events_retention_days)
+    return EventSettings(root, retention_days=args.events_retention_days
+                         or config.feedback.retention_days)
+
+
+def _interleave_share(args: argparse.Namespace, config) -> float:
+    """``--interleave``, else ``feedback.share`` when the online stage is on, else 0."""
+    if args.interleave is not None:
+        if not 0 <= args.interleave <= 1:
+            from fusion_model.errors import BadInputError
+
+            raise BadInputError(f"--interleave {args.interleave}: a share of searches in "
+                                "[0, 1]")
+        return args.interleave
+    return config.feedback.share if config.feedback.online else 0.0
 
 
 def _check_serve_lists(hosts: list[str], roots: list[str]) -> None:
@@ -241,6 +258,9 @@ def _lifecycle(args: argparse.Namespace, steps, work) -> int:
         print(f"  - {reason}")
     if outcome["promoted"]:
         print(f"serving alias -> {outcome['collection']}")
+    elif outcome.get("interleaving"):
+        print(f"v{registered['version']} is the `candidate`: interleaved with the champion "
+              "until shoppers decide (`fusion-model feedback decide`)")
     return 0
 
 
@@ -275,6 +295,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"{alias:<11} {found['model']} v{version.version}" if version
               else f"{alias:<11} -")
     print(f"serving     {found['alias']} -> {found['serving'] or '- (no collection yet)'}")
+    if found.get("online"):
+        print(f"online      {found['online']}")
     for problem in found["problems"]:
         print(f"PROBLEM     {problem}")
     for orphan in found["orphans"]:
@@ -286,6 +308,55 @@ def _cmd_status(args: argparse.Namespace) -> int:
         for reason in entry.get("reasons", []):
             print(f"    - {reason}")
     return 1 if found["problems"] else 0
+
+
+def _cmd_feedback_interleaving(args: argparse.Namespace) -> int:
+    """Shoppers' preference between the champion and an interleaved version."""
+    from fusion_model.checks import load_checked_config
+    from fusion_model.errors import BadInputError
+    from fusion_model.feedback.online import describe, online_preference
+
+    config = load_checked_config(args.config, list(args.overrides))
+    root = args.events or config.feedback.events
+    version = args.version
+    if not version:
+        from fusion_model.registry.connection import configure
+        from fusion_model.registry.registry import CANDIDATE, get_alias
+
+        configure(config.registry.resolved_tracking_uri())
+        found = get_alias(config.registry.model_name, CANDIDATE)
+        if found is None:
+            raise BadInputError("no `candidate` is being interleaved; name one with --version")
+        version = found.version
+    if not root:
+        raise BadInputError("give --events or set feedback.events")
+    found = online_preference(root, version)
+    print(f"v{version} vs the champion: {describe(found)}")
+    verdict = found.prefers(config.feedback.alpha)
+    print("verdict: " + ("candidate preferred" if verdict == "B" else "champion preferred"
+                         if verdict == "A" else "no significant preference yet"))
+    return 0
+
+
+def _cmd_feedback_decide(args: argparse.Namespace) -> int:
+    from fusion_model.pipelines import steps
+
+    outcome = steps.decide_online(args.config, args.overrides)
+    print(f"{outcome['state']}" + (f" v{outcome['version']}" if "version" in outcome else "")
+          + f": {outcome['reason']}")
+    return 0
+
+
+def _cmd_feedback_build(args: argparse.Namespace) -> int:
+    from fusion_model.pipelines import steps
+
+    summary = steps.build_feedback(args.catalog, args.out, args.config, args.overrides,
+                                   args.events, args.since, args.keep_labels)
+    print(f"{summary['catalog']}: {summary['queries_judged']} queries judged from "
+          f"{summary['searches']} searches ({summary['queries_too_rare']} too rare, "
+          f"{summary['queries_held_out']} are val/test queries, {summary['new_queries']} new); "
+          f"pairs per grade {summary['pairs']}")
+    return 0
 
 
 def _cmd_recover(args: argparse.Namespace) -> int:
@@ -492,9 +563,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="record every served search and the POST /events interactions "
                             "(click, cart, purchase) under this folder or s3:// prefix, "
                             "date-partitioned JSON Lines; session ids only as salted hashes "
-                            "($FUSION_EVENTS_SALT)")
-    serve.add_argument("--events-retention-days", type=_positive_int, default=90,
-                       metavar="N", help="delete event partitions older than N days (90)")
+                            "($FUSION_EVENTS_SALT); default: the config's feedback.events")
+    serve.add_argument("--events-retention-days", type=_positive_int, default=None,
+                       metavar="N", help="delete event partitions older than N days "
+                                         "(feedback.retention_days, 90)")
+    serve.add_argument("--interleave", type=float, default=None, metavar="SHARE",
+                       help="interleave the registry's `candidate` with the champion on this "
+                            "share of searches (team draft; needs --events); default: "
+                            "feedback.share when feedback.online is on, else 0")
     serve.add_argument("--config", default="default")
     serve.add_argument("overrides", nargs="*", metavar="key=value")
     serve.set_defaults(func=_cmd_serve)
@@ -521,6 +597,36 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--config", default="default")
     rollback.add_argument("overrides", nargs="*", metavar="key=value")
     rollback.set_defaults(func=_cmd_rollback)
+
+    feedback = steps.add_parser("feedback", help="learn from search traffic: the online "
+                                                 "comparison and judgments from clicks")
+    feedback_actions = feedback.add_subparsers(dest="action", required=True, metavar="ACTION")
+    interleaving = feedback_actions.add_parser(
+        "interleaving", help="shoppers' preference between the champion and the candidate")
+    interleaving.add_argument("--events", default="", metavar="DIR_OR_S3",
+                              help="the service's --events (default: feedback.events)")
+    interleaving.add_argument("--version", default="",
+                              help="the interleaved version (default: the `candidate` alias)")
+    decide = feedback_actions.add_parser(
+        "decide", help="promote the candidate when shoppers prefer it, withdraw it when they "
+                       "prefer the champion (feedback.online)")
+    build = feedback_actions.add_parser(
+        "build", help="a catalog snapshot whose training judgments come from the clicks, "
+                      "corrected for position bias")
+    build.add_argument("--catalog", required=True, help="the snapshot whose products, "
+                                                        "val and test queries are kept")
+    build.add_argument("--out", required=True, help="where the new snapshot is written")
+    build.add_argument("--events", default="", metavar="DIR_OR_S3",
+                       help="the recorded searches (default: feedback.events)")
+    build.add_argument("--since", default=None, metavar="YYYY-MM-DD",
+                       help="only events from this date on")
+    build.add_argument("--keep-labels", action="store_true",
+                       help="keep the catalog's own train judgments where the logs say nothing")
+    for action, func in ((interleaving, _cmd_feedback_interleaving),
+                         (decide, _cmd_feedback_decide), (build, _cmd_feedback_build)):
+        action.add_argument("--config", default="default")
+        action.add_argument("overrides", nargs="*", metavar="key=value")
+        action.set_defaults(func=func)
 
     refresh = steps.add_parser("refresh", help="validate a new catalog snapshot, re-embed what "
                                "changed into a new collection with the champion, verify it "

@@ -161,6 +161,30 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True)
+class FeedbackConfig:
+    """Search traffic: where the service records it, the online comparison it decides,
+    and the judgments built from it (docs/feedback.md)."""
+
+    events: str = ""                    # folder or s3:// prefix of the search events
+    retention_days: int = 90
+    # online stage: a version that passes the offline gate becomes the ``candidate`` and is
+    # interleaved with the champion on ``share`` of the searches; promoted when shoppers
+    # prefer it (sign test at ``alpha``), withdrawn when they prefer the champion or when
+    # ``max_decided`` decided searches show no preference
+    online: bool = False
+    share: float = 0.1
+    alpha: float = 0.05
+    min_decided: int = 100              # searches with a winner before any decision
+    max_decided: int = 20000
+    # judgments from logs (``fusion-model feedback build``)
+    min_searches: int = 20              # a query's searches before it is judged
+    min_examinations: float = 5.0       # a pair's bias-corrected views before it is judged
+    position_bias: str = "em"           # "em": position-based click model; "none": raw
+    # the attractiveness (P(click | seen)) at which grades 1, 2 and 3 start
+    grade_floors: tuple[float, ...] = (0.2, 0.45, 0.7)
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     # where frozen encoders and trained towers run at inference time (fusion_model.engines,
     # which checks the name): "auto" = openvino when installed and on the CPU, else torch
@@ -187,6 +211,7 @@ class RunConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -343,6 +368,29 @@ def _coerce(value: Any, hint, key: str):
     return float(value) if hint is float else value
 
 
+POSITION_BIAS = ("em", "none")
+
+
+def _feedback_rules(feedback: FeedbackConfig) -> list[tuple[bool, str]]:
+    return [
+        (0 < feedback.share <= 1, f"feedback.share={feedback.share}: a share in (0, 1]"),
+        (0 < feedback.alpha < 0.5, f"feedback.alpha={feedback.alpha}: a level in (0, 0.5)"),
+        (1 <= feedback.min_decided <= feedback.max_decided,
+         "feedback.min_decided must be at least 1 and at most feedback.max_decided"),
+        (feedback.retention_days >= 1, "feedback.retention_days must be at least 1"),
+        (feedback.min_searches >= 1 and feedback.min_examinations > 0,
+         "feedback.min_searches must be >= 1 and feedback.min_examinations > 0"),
+        (len(feedback.grade_floors) == 3 and list(feedback.grade_floors)
+         == sorted(feedback.grade_floors) and feedback.grade_floors[0] > 0
+         and feedback.grade_floors[-1] < 1,
+         "feedback.grade_floors: three increasing attractiveness values in (0, 1), where "
+         "grades 1, 2 and 3 start"),
+        (feedback.position_bias in POSITION_BIAS,
+         f"feedback.position_bias={feedback.position_bias!r}: choose one of "
+         f"{', '.join(POSITION_BIAS)}"),
+    ]
+
+
 def validate(config: RunConfig) -> None:
     """Value ranges and combinations; each message says what to change. Names that a
     registry owns (product heads, index backends and what they build, segment rules) are
@@ -384,6 +432,7 @@ def validate(config: RunConfig) -> None:
         (all(k > 0 for k in config.eval.ks), "eval.ks must be positive integers"),
         *_index_rules(config.index),
         (config.index.keep_collections >= 1, "index.keep_collections must be >= 1"),
+        *_feedback_rules(config.feedback),
         (config.index.batch_size >= 1 and config.index.verify_samples >= 0,
          "index.batch_size must be >= 1 and index.verify_samples >= 0"),
         (config.index.shards >= 1 and config.index.replicas >= 1,

@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY=true
 # what a run triggered from the form (or by the schedule) trains, as the demo did
 export FUSION_CATALOG_URI="$DEMO/catalog" FUSION_CONFIG_NAME=fast
 # no weekly/daily runs: unpausing a DAG does not start one with the deployment defaults
-export FUSION_TRAINING_CRON=none FUSION_REFRESH_CRON=none
+export FUSION_TRAINING_CRON=none FUSION_REFRESH_CRON=none FUSION_FEEDBACK_CRON=none
 EOV
 OVERRIDES_TEXT="${OVERRIDES[*]}"
 write_ui() {  # write_ui NAME COMMAND: demo/NAME.sh starts one UI with env.sh

@@ -264,11 +264,14 @@ def _listed(prefix: str) -> list[str]:
     return storage.list_files(prefix.rstrip("/") + "/" if storage.is_s3(prefix) else prefix)
 
 
-def read_events(root: str, kind: str) -> Iterator[dict]:
-    """Every record of ``kind`` under ``root``, part by part (a line that does not parse
-    is named and skipped)."""
+def read_events(root: str, kind: str, since: dt.date | None = None) -> Iterator[dict]:
+    """Every record of ``kind`` under ``root`` (from the date partition ``since`` on),
+    part by part (a line that does not parse is named and skipped)."""
     for uri in sorted(_listed(storage.join(root, kind))):
         if not uri.endswith(".jsonl"):
+            continue
+        day = _partition_date(uri)
+        if since is not None and (day is None or day < since):
             continue
         for number, line in enumerate(storage.read_bytes(uri).decode().splitlines(), 1):
             try:

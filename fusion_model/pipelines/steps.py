@@ -511,7 +511,8 @@ def _log_review(run_id: str, title: str, decision: dict, models: dict, test, cat
 def promote_or_reject(version: str, decision: dict, config_name: str = "default",
                       overrides: list[str] | tuple = ()) -> dict:
     """Apply a gate decision. Promote: serving alias -> the verified collection, then
-    ``champion`` -> version and the audit record (the alias moves back if MLflow fails).
+    ``champion`` -> version and the audit record (the alias moves back if MLflow fails);
+    with ``feedback.online`` the version becomes the interleaved ``candidate`` instead.
     Reject: nothing changes but the audit record."""
     from fusion_model.registry.registry import candidate_for, record_decision
 
@@ -526,6 +527,10 @@ def promote_or_reject(version: str, decision: dict, config_name: str = "default"
         with open_index(config.index) as index:  # the gate is done with it: free it
             index.release_idle(prefix, keep=set())
         return {"promoted": False, "version": version, "reasons": decision["reasons"]}
+    if config.feedback.online:  # shoppers decide: interleaved first (pipelines/online.py)
+        from fusion_model.pipelines import online
+
+        return online.start(config, candidate, tags["milvus_collection"], decision)
     previous = switch.switch_serving(config, candidate, tags["milvus_collection"], entry)
     with open_index(config.index) as index:
         dropped = index.prune(prefix, config.index.keep_collections)
@@ -737,7 +742,7 @@ def status(config_name: str = "default", overrides: list[str] | tuple = (),
     _mlflow(config)
     name = config.registry.model_name
     aliases = {alias: registry.get_alias(name, alias)
-               for alias in (registry.CHAMPION, registry.CHALLENGER)}
+               for alias in (registry.CHAMPION, registry.CHALLENGER, registry.CANDIDATE)}
     history = registry.promotion_history(name,
                                          registry.audit_experiment(config.registry.experiment))
     recorded = registry.recorded_collections(name) | {
@@ -752,7 +757,19 @@ def status(config_name: str = "default", overrides: list[str] | tuple = (),
                                  config.index.alias)
     return {"model": name, "aliases": aliases, "alias": config.index.alias,
             "serving": serving, "collections": sorted(ours), "orphans": orphans,
-            "problems": problems, "history": history[-last:]}
+            "problems": problems, "history": history[-last:],
+            "online": _online_summary(config, aliases[registry.CANDIDATE])}
+
+
+def _online_summary(config: RunConfig, candidate) -> str | None:
+    """The running comparison in one line (None without a candidate)."""
+    if candidate is None:
+        return None
+    from fusion_model.pipelines import online
+
+    running = online.current(config)
+    return running and f"v{running['candidate'].version} interleaved since " \
+        f"{running['since']}: {running['summary']}"
 
 
 def disagreements(name: str, champion, serving: str | None, index, alias: str) -> list[str]:
@@ -784,3 +801,57 @@ def disagreements(name: str, champion, serving: str | None, index, alias: str) -
                         f"v{champion.version} records {recorded}: search refuses to answer; "
                         f"run `fusion-model rollback {champion.version}` to re-align them")
     return problems
+
+
+def decide_online(config_name: str = "default", overrides: list[str] | tuple = ()) -> dict:
+    """Promote, withdraw or keep the interleaved candidate (``pipelines/online.py``)."""
+    from fusion_model.pipelines import online
+
+    config = _config(config_name, overrides)
+    _mlflow(config)
+    return online.decide(config)
+
+
+def build_feedback(catalog_uri: str, out: str, config_name: str = "default",
+                   overrides: list[str] | tuple = (), events: str = "",
+                   since: str | None = None, keep_labels: bool = False) -> dict:
+    """A catalog snapshot whose training judgments are built from the search events
+    (``feedback/judgments.py``): position-bias corrected, with minimum evidence."""
+    import datetime as dt
+
+    from fusion_model.data.catalog import load_catalog
+    from fusion_model.feedback.judgments import build_judgments, judged_snapshot, read_click_log
+
+    config = _config(config_name, overrides)
+    root = events or config.feedback.events
+    if not root:
+        raise BadInputError("no search events to build judgments from: give --events or "
+                            "set feedback.events")
+    settings = config.feedback
+    clicks = read_click_log(root, dt.date.fromisoformat(since) if since else None)
+    if clicks.cells.empty:
+        raise BadInputError(f"{root}: no recorded searches"
+                            f"{f' since {since}' if since else ''}")
+    built = build_judgments(clicks, settings.position_bias, settings.min_searches,
+                            settings.min_examinations, settings.grade_floors)
+    if built.judgments.empty:
+        raise BadInputError(
+            f"{root}: {built.searches} searches of {len(clicks.searches)} queries, but no "
+            f"query reached feedback.min_searches={settings.min_searches} with a product "
+            f"examined feedback.min_examinations={settings.min_examinations} times")
+    summary = judged_snapshot(load_catalog(catalog_uri), built, out, keep_labels)
+    summary = {**summary, "catalog_uri": summary["catalog"],
+               "catalog_fingerprint": load_catalog(summary["catalog"]).fingerprint}
+    log.info("judgments from %d searches: %d queries judged (%d too rare, %d held out as "
+             "val/test), grades %s -> %s", summary["searches"], summary["queries_judged"],
+             summary["queries_too_rare"], summary["queries_held_out"], summary["pairs"],
+             summary["catalog"])
+    return summary
+
+
+def decide_online_if_on(config_name: str = "default", overrides: list[str] | tuple = ()
+                        ) -> dict:
+    """``decide_online`` when ``feedback.online`` is on, else a note that it is off."""
+    if not _config(config_name, overrides).feedback.online:
+        return {"state": "off", "reason": "feedback.online is off"}
+    return decide_online(config_name, overrides)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHALLENGER, CHAMPION = "challenger", "champion"
+CANDIDATE = "candidate"   # passed the offline gate; interleaved with the champion online
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,10 @@ def mark_champion(candidate: Candidate) -> bool:
         log.info("%s v%s is the champion: the challenger alias is removed",
                  candidate.name, candidate.version)
         wrote = True
+    online = get_alias(candidate.name, CANDIDATE)
+    if online is not None and online.version == candidate.version:
+        remove_alias(candidate, CANDIDATE)  # its online comparison is over
+        wrote = True
     return wrote
 
 
@@ -140,6 +145,12 @@ def unmark_champion(candidate: Candidate) -> None:
         describe_version(candidate, f"Candidate v{candidate.version}, {CANDIDATE_LINE}"
                          + ("\n" + rest if rest else ""))
     set_alias(candidate, CHALLENGER)
+
+
+def remove_alias(candidate: Candidate, alias: str) -> None:
+    """``alias`` off both encoders (nothing when it is not set)."""
+    _delete_alias(candidate.name, alias)
+    _delete_alias(query_model_name(candidate.name), alias)
 
 
 def _delete_alias(name: str, alias: str) -> None:

@@ -52,6 +52,7 @@ from fusion_model.index.base import PHOTO_WEIGHT
 from fusion_model.index.filters import example_filter
 from fusion_model.photos import ImageDecodeError, open_photo, reencode
 from fusion_model.serving.batcher import BatchStats, SearchBatcher
+from fusion_model.serving.interleaver import Interleaver
 from fusion_model.serving.searcher import (
     MAX_K,
     WEAK_MATCH,
@@ -155,12 +156,17 @@ class Follower:
 def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
                token: str | None = None, max_batch: int = 32,
                allowed_hosts: tuple[str, ...] | None = DEFAULT_HOSTS,
-               events: EventLog | None = None):
+               events: EventLog | None = None, interleaver: Interleaver | None = None):
     """The FastAPI application over a loaded ``searcher`` (``max_batch``: concurrent
     searches merged into one encoder pass and one index call; 1 for none;
     ``allowed_hosts``: the ``Host`` header values answered, None for any; ``events``:
-    where served searches and ``POST /events`` interactions are recorded, None: off)."""
+    where served searches and ``POST /events`` interactions are recorded, None: off;
+    ``interleaver``: interleaves the registry's candidate with the champion on a share of
+    the searches, which needs ``events``)."""
     check_token(token)
+    if interleaver is not None and events is None:
+        raise BadInputError("interleaving needs event logging: without the recorded clicks "
+                            "no comparison can be decided (add --events DIR_OR_S3)")
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -206,13 +212,15 @@ def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
                      session: str = Query("", max_length=MAX_ID_CHARS)):
         started = time.perf_counter()
         check_request(q, k)  # a bad request never joins (and fails) a batch
-        result = await batcher.search(q, k, filter, model)
+        versus = interleaver.pick() if interleaver is not None and model == "champion" \
+            else None
+        result, shown, interleaving = await _searched(q, k, filter, model, versus)
         took_ms = round((time.perf_counter() - started) * 1000, 2)
         typical = await asyncio.to_thread(searcher.typical_top_score, model)
         best = float(result.hits[0]["score"]) if result.hits else None
         search_id = None if events is None else events.search(
             q, model, result.version, result.collection,
-            [hit["product_id"] for hit in result.hits], session or None)
+            [hit["product_id"] for hit, _ in shown], session or None, interleaving)
         return _json({"query": q, "k": k, "filter": filter, "model": model,
                       "search_id": search_id,
                       "version": result.version, "collection": result.collection,
@@ -220,7 +228,26 @@ def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
                       "typical_top_score": None if typical is None else round(typical, 4),
                       "weak_match": bool(typical and best is not None
                                          and best < WEAK_MATCH * typical),
-                      "hits": [_hit(hit, result.version) for hit in result.hits]})
+                      "hits": [_hit(hit, version) for hit, version in shown]})
+
+    async def _searched(q: str, k: int, filter_text: str, model: str, versus: str | None):
+        """The search's result, its hits each with the version that found it, and the
+        interleaving record (None when only ``model`` was searched). A candidate that
+        fails leaves the champion's results alone."""
+        if versus is None:
+            result = await batcher.search(q, k, filter_text, model)
+            return result, [(hit, result.version) for hit in result.hits], None
+        result, other = await asyncio.gather(batcher.search(q, k, filter_text, model),
+                                             batcher.search(q, k, filter_text, versus),
+                                             return_exceptions=True)
+        if isinstance(result, BaseException):
+            raise result
+        if isinstance(other, BaseException) or other.version == result.version:
+            if isinstance(other, BaseException):
+                log.warning("interleaving skipped: candidate v%s failed: %s", versus, other)
+            return result, [(hit, result.version) for hit in result.hits], None
+        shown, interleaving = interleaver.merge(result, other, k)
+        return result, shown, interleaving
 
     async def interaction(request):
         """A shopper's click, add-to-cart or purchase on a result of a served search."""
@@ -556,25 +583,33 @@ def serve(config, host: str = "127.0.0.1", port: int = 8080, follow_interval: fl
           token: str | None = None, access_log: bool = True, query_cache: int = 0,
           max_batch: int = 32, encoder_streams: int = 1,
           allowed_hosts: tuple[str, ...] = (), image_roots: tuple[str, ...] = (),
-          events: EventSettings | None = None) -> None:
+          events: EventSettings | None = None, interleave: float = 0.0) -> None:
     """Load the champion and serve until interrupted (``query_cache``: query vectors kept
     per encoder, 0 for none; ``max_batch``: see ``create_app``; ``encoder_streams``: see
     ``ChampionSearcher.open``; ``allowed_hosts``: Host values answered besides localhost
     and ``host``; ``image_roots``: places photos may be read from besides each version's
-    recorded roots; ``events``: where searches and interactions are recorded)."""
+    recorded roots; ``events``: where searches and interactions are recorded;
+    ``interleave``: the share of searches that interleave the registry's candidate with the
+    champion, 0 for none)."""
     import uvicorn
 
     check_token(token)
+    if interleave and events is None:
+        raise BadInputError("--interleave needs --events: the comparison is decided from "
+                            "the recorded clicks")
     check_can_listen(host, port)  # before seconds of loading, not after
     with ChampionSearcher.open(config, strict=False, query_cache=query_cache,
                                encoder_streams=encoder_streams,
                                image_roots=image_roots) as searcher:
         app = create_app(searcher, follow_interval, token, max_batch,
                          hosts_for(host, allowed_hosts),
-                         None if events is None else EventLog(events))
+                         None if events is None else EventLog(events),
+                         Interleaver(searcher, interleave) if interleave else None)
         if events is not None:
             log.info("recording searches and POST /events interactions under %s (kept %d "
-                     "days)", events.root, events.retention_days)
+                     "days)%s", events.root, events.retention_days,
+                     f"; interleaving the candidate on {interleave:.0%} of searches"
+                     if interleave else "")
         if searcher.served is None:
             log.warning("not ready: %s; /readyz answers 503 until a champion is served "
                         "(checked every %.0f s)", searcher.problem, follow_interval)

@@ -27,6 +27,8 @@ EXPECTED = {
                         "plan_refresh": ["refresh_shard", "refresh"],
                         "refresh_shard": ["refresh"], "refresh": []},
     "data_quality": {"validate": ["publish"], "publish": []},
+    "search_feedback": {"decide_online": ["build_judgments"], "build_judgments": ["validate"],
+                        "validate": ["publish"], "publish": []},
 }
 
 
@@ -75,6 +77,8 @@ def test_schedules(dagbag):
     assert "fusion://catalog/current" in repr(training.timetable)
     assert "0 0 * * *" in repr(dagbag.dags["catalog_refresh"].timetable)
     assert type(dagbag.dags["data_quality"].timetable).__name__ == "NullTimetable"
+    assert "0 0 * * *" in repr(dagbag.dags["search_feedback"].timetable)
+    assert "fusion://catalog/current" in repr(dagbag.dags["search_feedback"].tasks[-1].outlets)
 
 
 def test_trigger_form_params_are_described_and_validated(dagbag):
@@ -93,7 +97,7 @@ def test_trigger_form_params_are_described_and_validated(dagbag):
 
 
 @pytest.mark.parametrize("dag_id", ["multimodal_retrieval_training", "catalog_refresh",
-                                    "data_quality"])
+                                    "data_quality", "search_feedback"])
 def test_only_the_catalog_and_config_are_required_in_the_trigger_form(dagbag, dag_id):
     """The form marks a field required when its type does not allow null."""
     params = dagbag.dags[dag_id].params
@@ -135,7 +139,8 @@ def test_form_params_override_only_what_the_user_set(dagbag):
     assert [o for o in module._overrides(form) if o not in deployment] == [
         "train.stage1.epochs=0", "gate.guarded_segments=[visual_query]"]
     assert {"default", "fast"} <= set(packaged_configs())
-    for dag_id in ("multimodal_retrieval_training", "catalog_refresh", "data_quality"):
+    for dag_id in ("multimodal_retrieval_training", "catalog_refresh", "data_quality",
+                   "search_feedback"):
         offered = dagbag.dags[dag_id].params.get_param("config_name").schema["enum"]
         assert offered == [c for c in packaged_configs() if c != "tiny"]  # random weights
     metric = training.params.get_param("primary_metric")
@@ -169,8 +174,10 @@ def test_cron_schedules_can_be_turned_off_leaving_the_asset_trigger(airflow_home
 
     monkeypatch.setenv("FUSION_TRAINING_CRON", "none")
     monkeypatch.setenv("FUSION_REFRESH_CRON", "none")
+    monkeypatch.setenv("FUSION_FEEDBACK_CRON", "none")
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.import_errors == {}
+    assert type(bag.dags["search_feedback"].timetable).__name__ == "NullTimetable"
     training = bag.dags["multimodal_retrieval_training"]
     assert not hasattr(training.timetable, "timetable"), "no cron part"
     assert type(bag.dags["catalog_refresh"].timetable).__name__ == "NullTimetable"

@@ -4,6 +4,7 @@ nothing; a corrupted catalog stops at validation and changes nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pandas as pd
@@ -168,3 +169,75 @@ def test_catalog_refresh_announces_the_snapshot_it_validated(first_run, dagbag, 
                                          {platform.CATALOG_ASSET: [SimpleNamespace(extra=extra)]})
     assert (snapshot["catalog_uri"], snapshot["catalog_fingerprint"]) == (
         s3_catalog["good"], fingerprint)
+
+
+def simulated_traffic(catalog_uri: str, events_uri: str, queries: int, searches: int,
+                      seed: int = 0) -> None:
+    """Shoppers (``feedback/simulator.py``) search ``queries`` train queries ``searches``
+    times each; the lists mix the judged products with others, in a varying order; clicks
+    follow the catalog's grades. Written where the service writes (here: S3)."""
+    import random
+
+    from fusion_model.data.catalog import load_catalog
+    from fusion_model.feedback.events import EventLog, EventSettings
+    from fusion_model.feedback.simulator import Shopper, simulate_interactions
+
+    rng = random.Random(seed)
+    catalog = load_catalog(catalog_uri)
+    qrels = catalog.qrels("train", min_grade=1)
+    texts = dict(zip(catalog.queries["query_id"], catalog.queries["text"]))
+    products = catalog.products["product_id"].tolist()
+    log = EventLog(EventSettings(events_uri), salt="e2e")
+    for query_id in sorted(qrels)[:queries]:
+        grades = qrels[query_id]
+        pool = list(grades) + rng.sample(products, 10)
+        for _ in range(searches):
+            shown = sorted(set(pool), key=lambda p: grades.get(p, 0) + rng.gauss(0, 1.5),
+                           reverse=True)[:10]
+            search_id = log.search(texts[query_id], "champion", "1", "c", shown, None)
+            for position, product, kind in simulate_interactions(shown, grades, Shopper(), rng):
+                log.interaction({"search_id": search_id, "product_id": product,
+                                 "kind": kind, "position": position})
+    log.flush()
+
+
+def test_search_feedback_turns_logged_clicks_into_a_snapshot_that_retrains(
+        first_run, dagbag, s3_catalog, airflow_home):
+    """Logged searches and clicks (on S3) -> the search_feedback DAG: judgments built with
+    the position-bias correction, the snapshot validated and announced on the `catalog`
+    asset -> the training run that event starts trains and registers on exactly it."""
+    import sys
+    from types import SimpleNamespace
+
+    import mlflow
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    from fusion_model.data.catalog import load_catalog
+
+    simulated_traffic(s3_catalog["good"], "s3://shop/events", queries=40, searches=25)
+    before = platform_state(airflow_home)
+    run = dagbag.dags["search_feedback"].test(run_conf={
+        "catalog_uri": s3_catalog["good"], "config_name": "fast",
+        "events_uri": "s3://shop/events", "keep_labels": True})
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "success", states
+    with create_session() as session:
+        extra = dict(session.query(AssetEvent).order_by(AssetEvent.id.desc()).first().extra)
+    snapshot = load_catalog(extra["catalog_uri"])
+    assert extra["catalog_fingerprint"] == snapshot.fingerprint
+    summary = json.loads(storage.read_bytes(storage.join(extra["catalog_uri"],
+                                                         "feedback.json")))
+    assert summary["queries_judged"] == 40 and summary["searches"] == 40 * 25
+    assert summary["theta"][0] == 1.0 and summary["theta"][4] < 0.6  # rank 5: seen less
+    assert platform_state(airflow_home) == before                     # nothing served moved
+
+    platform = sys.modules["fusion_platform"]
+    resolved = platform.catalog_snapshot(s3_catalog["good"], {
+        platform.CATALOG_ASSET: [SimpleNamespace(extra=extra)]})
+    retrain, states = run_training(dagbag, catalog_uri=resolved["catalog_uri"],
+                                   epochs_stage1=1, epochs_stage2=1)
+    assert retrain.state == "success", states
+    newest = max(mlflow.MlflowClient().search_model_versions("name='fusion_products'"),
+                 key=lambda v: int(v.version))
+    assert newest.tags["catalog_fingerprint"] == snapshot.fingerprint

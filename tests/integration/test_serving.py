@@ -673,6 +673,56 @@ def test_events_are_off_unless_asked_for(client):
     assert off.status_code == 404 and "--events" in off.json()["error"]
 
 
+def test_the_candidate_is_interleaved_and_clicks_credit_its_team(searcher, platform,
+                                                                   tmp_path):
+    """With a ``candidate`` alias and ``--interleave 1`` every champion search shows one
+    team-drafted list of both versions' results; the record says which team showed each
+    rank, and clicks on the candidate's picks make it the preferred one."""
+    from fastapi.testclient import TestClient
+
+    from fusion_model.feedback.events import SEARCHES, EventLog, EventSettings, read_events
+    from fusion_model.feedback.online import online_preference
+    from fusion_model.registry.registry import CANDIDATE, get_alias, remove_alias, set_alias
+    from fusion_model.serving.interleaver import Interleaver
+
+    name = platform["config"].registry.model_name
+    candidate = get_alias(name, "challenger")
+    assert candidate.version == platform["v2"]
+    set_alias(candidate, CANDIDATE)
+    root = str(tmp_path / "events")
+    events = EventLog(EventSettings(root, flush_seconds=0.05), salt="s")
+    try:
+        with TestClient(create_app(searcher, follow_interval=0, events=events,
+                                   interleaver=Interleaver(searcher, 1.0, seed=3)),
+                        base_url=LOCAL) as http:
+            champion_only = http.get("/search", params={"q": "red shirt", "k": 8,
+                                                        "model": "champion"})
+            clicked = set()
+            for query in ("red shirt", "blue dress", "green shoes", "black bag") * 3:
+                body = http.get("/search", params={"q": query, "k": 8}).json()
+                clicked.add(body["search_id"])
+                assert len({h["product_id"] for h in body["hits"]}) == len(body["hits"])
+                http.post("/events", json={"search_id": body["search_id"], "kind": "click",
+                                           "product_id": body["hits"][0]["product_id"],
+                                           "position": 1})
+            reviewed = http.get("/search", params={"q": "red shirt", "model": "challenger"})
+        assert champion_only.status_code == reviewed.status_code == 200
+        records = list(read_events(root, SEARCHES))
+        interleaved = [r for r in records if r["interleaving"]]
+        assert (len(records), len(interleaved)) == (14, 13)  # the review search is not
+        for record in interleaved:
+            record_teams = record["interleaving"]
+            assert record_teams["A"] != record_teams["B"] == platform["v2"]
+            assert set(record_teams["teams"]) <= {"A", "B"}
+            assert len(record_teams["teams"]) == len(record["product_ids"])
+        found = online_preference(root, platform["v2"])
+        firsts = [r["interleaving"]["teams"][0] for r in interleaved
+                  if r["search_id"] in clicked]
+        assert (found.wins_a, found.wins_b) == (firsts.count("A"), firsts.count("B"))
+    finally:
+        remove_alias(candidate, CANDIDATE)
+
+
 def test_searching_loads_the_query_encoder_and_the_index_but_no_training_code(platform):
     import json
     import subprocess

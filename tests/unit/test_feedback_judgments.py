@@ -1,0 +1,134 @@
+"""Judgments from search logs: the position-based click model recovers how often each
+rank is seen and grades what shoppers like better than raw click-through; the snapshot
+keeps val and test hand-judged and needs enough evidence per query and pair."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fusion_model.data.catalog import load_catalog, write_catalog
+from fusion_model.feedback.events import EventLog, EventSettings
+from fusion_model.feedback.interleaving import team_draft
+from fusion_model.feedback.judgments import (
+    ClickLog,
+    build_judgments,
+    grade_of,
+    judged_snapshot,
+    read_click_log,
+)
+from fusion_model.feedback.simulator import Shopper, simulate_interactions
+
+
+def simulated_log(searches: int, seed: int = 0, shuffled: float = 0.2
+                  ) -> tuple[ClickLog, dict]:
+    """100 queries of 30 products with random grades, ranked by a noisy ranker; a share
+    of searches interleaves it with a second noisy ranker (what moves products between
+    ranks). Returns the log and the true grades."""
+    rng = random.Random(seed)
+    truth = {}
+    for q in range(100):
+        products = [f"q{q}p{i}" for i in range(30)]
+        grades = {p: rng.choice((0, 0, 0, 1, 2, 3)) for p in products}
+        rankings = [sorted(products, key=lambda p: grades[p] + rng.gauss(0, 2), reverse=True)
+                    for _ in range(2)]
+        truth[f"query {q}"] = (grades, rankings)
+    shown, clicks, counts = Counter(), Counter(), Counter()
+    for _ in range(searches):
+        query = rng.choice(list(truth))
+        grades, (a, b) = truth[query]
+        products = team_draft(a, b, 10, rng)[0] if rng.random() < shuffled else a[:10]
+        counts[query] += 1
+        clicked = {p for p, _, kind in simulate_interactions(products, grades, Shopper(), rng)}
+        for rank, product in enumerate(products, 1):
+            shown[(query, product, rank)] += 1
+            clicks[(query, product, rank)] += rank in clicked
+    cells = pd.DataFrame([(*k, n, clicks[k]) for k, n in shown.items()],
+                         columns=["query", "product_id", "rank", "shown", "clicked"])
+    return ClickLog(cells, counts, {q: q for q in counts}, Counter()), truth
+
+
+def true_grades(judgments: pd.DataFrame, truth: dict) -> np.ndarray:
+    return np.array([truth[q][0][p] for q, p in zip(judgments["query"],
+                                                    judgments["product_id"])])
+
+
+def test_the_click_model_recovers_examination_and_beats_raw_click_through():
+    log, truth = simulated_log(30_000)
+    corrected = build_judgments(log, "em", min_searches=20, min_examinations=5)
+    raw = build_judgments(log, "none", min_searches=20, min_examinations=5)
+    examined = Shopper().examine ** np.arange(10)
+    assert np.abs(corrected.theta[:10] - examined).max() < 0.05
+    exact = {name: (built.judgments["grade"].to_numpy()
+                    == true_grades(built.judgments, truth)).mean()
+             for name, built in (("em", corrected), ("raw", raw))}
+    assert exact["em"] > 0.85 and exact["em"] > exact["raw"] + 0.3, exact
+    assert (raw.theta == 1).all()
+
+
+def test_thin_evidence_is_not_judged():
+    log, _ = simulated_log(3_000)
+    strict = build_judgments(log, "em", min_searches=40, min_examinations=5)
+    loose = build_judgments(log, "em", min_searches=5, min_examinations=1)
+    assert strict.queries_too_rare > 90 and strict.queries_judged < 10
+    assert loose.queries_judged == 100 and len(loose.judgments) > len(strict.judgments)
+    assert (strict.judgments["examinations"] >= 5).all()
+
+
+def test_grades_start_at_their_floors():
+    assert grade_of(np.array([0.0, 0.19, 0.2, 0.5, 0.7, 0.99])).tolist() == [0, 0, 1, 2, 3, 3]
+
+
+@pytest.fixture
+def small_catalog(tmp_path) -> str:
+    products = pd.DataFrame({"product_id": [f"p{i}" for i in range(6)],
+                             "title": [f"item {i}" for i in range(6)],
+                             "description": [""] * 6, "image": [None] * 6})
+    queries = pd.DataFrame({"query_id": ["t1", "t2", "v1", "s1"],
+                            "text": ["Red Shirt", "blue dress", "green shoe", "black bag"],
+                            "split": ["train", "train", "val", "test"]})
+    judgments = pd.DataFrame({"query_id": ["t1", "t2", "v1", "s1"],
+                              "product_id": ["p0", "p1", "p2", "p3"],
+                              "grade": [3, 2, 3, 3]}).astype({"grade": "int8"})
+    return write_catalog(str(tmp_path / "catalog"), products, queries, judgments)
+
+
+def logged_searches(root: str, query: str, shown: list[str], clicked_rank: int, n: int
+                    ) -> None:
+    events = EventLog(EventSettings(root), salt="s")
+    for _ in range(n):
+        search_id = events.search(query, "champion", "1", "c", shown, None)
+        events.interaction({"search_id": search_id, "product_id": shown[clicked_rank - 1],
+                            "kind": "click", "position": clicked_rank})
+    events.flush()
+
+
+def test_the_snapshot_judges_train_queries_from_logs_and_keeps_val_and_test(
+        small_catalog, tmp_path):
+    root = str(tmp_path / "events")
+    logged_searches(root, "red  SHIRT", ["p4", "p0", "p5"], 2, 30)   # a train query
+    logged_searches(root, "green shoe", ["p2", "p0"], 1, 30)          # a val query
+    logged_searches(root, "yellow hat", ["p5", "p1", "gone"], 1, 30)  # a new query
+    logged_searches(root, "rare query", ["p1"], 1, 3)                 # too rare
+    built = build_judgments(read_click_log(root), "none", min_searches=20,
+                            min_examinations=5)
+    summary = judged_snapshot(load_catalog(small_catalog), built, str(tmp_path / "new"))
+    assert (summary["queries_held_out"], summary["new_queries"],
+            summary["queries_too_rare"]) == (1, 1, 1)
+    snapshot = load_catalog(summary["catalog"])
+    grades = {(q, p): g for q, p, g in snapshot.judgments.itertuples(index=False)}
+    assert grades[("t1", "p0")] == 3 and grades[("t1", "p4")] == 0   # clicked vs passed by
+    assert ("t2", "p1") not in grades and "t2" not in set(snapshot.queries["query_id"])
+    assert grades[("v1", "p2")] == 3 and ("v1", "p0") not in grades  # hand-made, kept
+    assert grades[("s1", "p3")] == 3
+    new = snapshot.queries[snapshot.queries["text"] == "yellow hat"]
+    assert new["split"].tolist() == ["train"] and new["query_id"].str.startswith("log-").all()
+    assert not any(p == "gone" for _, p in grades)                   # deleted products
+    kept = judged_snapshot(load_catalog(small_catalog), built, str(tmp_path / "kept"),
+                           keep_labels=True)
+    assert ("t2", "p1") in {(q, p) for q, p, _ in
+                            load_catalog(kept["catalog"]).judgments.itertuples(index=False)}
