@@ -170,7 +170,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
           query_cache=args.query_cache, max_batch=args.max_batch,
           encoder_streams=args.encoder_streams, allowed_hosts=tuple(args.allowed_host),
           image_roots=tuple(args.image_root), events=_event_settings(args, config),
-          interleave=_interleave_share(args, config))
+          interleave=_interleave_share(args, config), explore=args.explore)
     return 0
 
 
@@ -571,6 +571,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="interleave the registry's `candidate` with the champion on this "
                             "share of searches (team draft; needs --events); default: "
                             "feedback.share when feedback.online is on, else 0")
+    serve.add_argument("--explore", type=float, default=0.0, metavar="SHARE",
+                       help="show this share of recorded searches' results in a random "
+                            "order: the randomised traffic that separates a rank's "
+                            "visibility from its relevance in `feedback build` (e.g. 0.05)")
     serve.add_argument("--config", default="default")
     serve.add_argument("overrides", nargs="*", metavar="key=value")
     serve.set_defaults(func=_cmd_serve)

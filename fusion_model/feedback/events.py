@@ -26,6 +26,7 @@ from typing import Any
 
 from fusion_model import storage
 from fusion_model.errors import BadInputError
+from fusion_model.feedback.live import LiveFeedback
 
 log = logging.getLogger(__name__)
 
@@ -95,23 +96,30 @@ def session_hasher(salt: str | None = None):
 
 
 class RecentSearches:
-    """The result lists of the last ``capacity`` searches, by search id: what an
-    interaction event is checked against."""
+    """The result lists (and queries) of the last ``capacity`` searches, by search id:
+    what an interaction event is checked against."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
         self._lists: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self._queries: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def add(self, search_id: str, product_ids: list[str]) -> None:
+    def add(self, search_id: str, product_ids: list[str], query: str = "") -> None:
         with self._lock:
             self._lists[search_id] = tuple(product_ids)
+            self._queries[search_id] = query
             while len(self._lists) > self.capacity:
-                self._lists.popitem(last=False)
+                gone, _ = self._lists.popitem(last=False)
+                self._queries.pop(gone, None)
 
     def get(self, search_id: str) -> tuple[str, ...] | None:
         with self._lock:
             return self._lists.get(search_id)
+
+    def query_of(self, search_id: str) -> str:
+        with self._lock:
+            return self._queries.get(search_id, "")
 
 
 def checked_interaction(body: Any, recent: RecentSearches, when: dt.datetime
@@ -151,6 +159,7 @@ class EventLog:
     def __init__(self, settings: EventSettings, salt: str | None = None):
         self.settings = settings
         self.recent = RecentSearches(settings.remembered_searches)
+        self.live = LiveFeedback()
         self.hash_session = session_hasher(salt)
         self.dropped = 0
         self.written = {SEARCHES: 0, INTERACTIONS: 0}
@@ -168,7 +177,8 @@ class EventLog:
         """Record a served search (``interleaving``: the two versions and, per position,
         the team that showed it); returns its id for the response."""
         search_id = uuid.uuid4().hex
-        self.recent.add(search_id, product_ids)
+        self.recent.add(search_id, product_ids, query)
+        self.live.searched(search_id, query, product_ids, interleaving)
         self._put(SEARCHES, SearchRecord(search_id, now_utc().isoformat(), query, model,
                                          version, collection, list(product_ids),
                                          self.hash_session(session), interleaving))
@@ -178,6 +188,8 @@ class EventLog:
         """Check and record an interaction event (``EventRejectedError`` if it is bad)."""
         event = checked_interaction(body, self.recent, now_utc())
         self._put(INTERACTIONS, event)
+        self.live.interacted(event.search_id, self.recent.query_of(event.search_id),
+                             event.product_id, event.kind, event.position)
         return event
 
     def _put(self, kind: str, record) -> None:

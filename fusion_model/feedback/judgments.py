@@ -26,14 +26,10 @@ import numpy as np
 import pandas as pd
 
 from fusion_model.feedback.events import INTERACTIONS, SEARCHES, read_events
+from fusion_model.feedback.live import query_key as query_text_key
 
 log = logging.getLogger(__name__)
 GRADE_FLOORS = (0.2, 0.45, 0.7)   # attractiveness at which grades 1, 2 and 3 start
-
-
-def query_text_key(text: str) -> str:
-    """How logged queries group: case and spacing do not matter."""
-    return " ".join(str(text).casefold().split())
 
 
 @dataclasses.dataclass

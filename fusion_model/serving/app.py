@@ -2,8 +2,13 @@
 
 Endpoints (JSON unless said otherwise):
 
-- ``GET /search?q=&k=&filter=&model=``: hits with product_id, score, title, attributes
-  and ``image_url``; ``model`` is ``champion`` (default), ``challenger`` or a version.
+- ``GET /search?q=&k=&filter=&model=&session=&review=``: hits with product_id, score,
+  title, attributes and ``image_url``; ``model`` is ``champion`` (default), ``challenger``
+  or a version. With ``--events`` each search gets a ``search_id`` (``review=true``, the
+  review page's searches: not recorded, never interleaved).
+- ``POST /events``: a shopper's click, cart or purchase on a recorded search's result.
+- ``GET /feedback?q=``: this process's click-through of ``q``'s products and the running
+  interleaved comparison.
 - ``GET /products/{id}/image?model=``: the product's photo, from local disk or S3.
 - ``GET /versions``: champion, challenger and what is served, for the review page.
 - ``GET /healthz`` (the process answers), ``GET /readyz`` (a champion is loaded; a later
@@ -26,6 +31,7 @@ import hashlib
 import hmac
 import json
 import logging
+import random
 import re
 import threading
 import time
@@ -156,14 +162,20 @@ class Follower:
 def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
                token: str | None = None, max_batch: int = 32,
                allowed_hosts: tuple[str, ...] | None = DEFAULT_HOSTS,
-               events: EventLog | None = None, interleaver: Interleaver | None = None):
+               events: EventLog | None = None, interleaver: Interleaver | None = None,
+               explore: float = 0.0):
     """The FastAPI application over a loaded ``searcher`` (``max_batch``: concurrent
     searches merged into one encoder pass and one index call; 1 for none;
     ``allowed_hosts``: the ``Host`` header values answered, None for any; ``events``:
     where served searches and ``POST /events`` interactions are recorded, None: off;
     ``interleaver``: interleaves the registry's candidate with the champion on a share of
-    the searches, which needs ``events``)."""
+    the searches, which needs ``events``; ``explore``: the share of recorded champion
+    searches whose results are shown in a random order, the randomised traffic that tells
+    how much a rank is seen apart from what it shows)."""
     check_token(token)
+    if not 0 <= explore <= 1:
+        raise BadInputError(f"--explore {explore}: a share of searches in [0, 1]")
+    shuffler = random.Random()
     if interleaver is not None and events is None:
         raise BadInputError("interleaving needs event logging: without the recorded clicks "
                             "no comparison can be decided (add --events DIR_OR_S3)")
@@ -209,16 +221,22 @@ def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
     @app.get("/search")
     async def search(q: str = "", k: int = Query(10, ge=1, le=MAX_K), filter: str = "",
                      model: str = "champion",
-                     session: str = Query("", max_length=MAX_ID_CHARS)):
+                     session: str = Query("", max_length=MAX_ID_CHARS),
+                     review: bool = False):
+        """``review``: a reviewer's search (the review page): never interleaved, never
+        recorded, so it neither skews the comparison nor the logged click-through."""
         started = time.perf_counter()
         check_request(q, k)  # a bad request never joins (and fails) a batch
         versus = interleaver.pick() if interleaver is not None and model == "champion" \
-            else None
+            and not review else None
         result, shown, interleaving = await _searched(q, k, filter, model, versus)
+        if explore and versus is None and events is not None and not review \
+                and shuffler.random() < explore:
+            shown = shuffler.sample(shown, len(shown))  # one search's ranks randomised
         took_ms = round((time.perf_counter() - started) * 1000, 2)
         typical = await asyncio.to_thread(searcher.typical_top_score, model)
         best = float(result.hits[0]["score"]) if result.hits else None
-        search_id = None if events is None else events.search(
+        search_id = None if events is None or review else events.search(
             q, model, result.version, result.collection,
             [hit["product_id"] for hit, _ in shown], session or None, interleaving)
         return _json({"query": q, "k": k, "filter": filter, "model": model,
@@ -268,6 +286,12 @@ def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
 
     interaction.__annotations__["request"] = Request  # the class: FastAPI injects it
     app.post("/events")(interaction)
+
+    @app.get("/feedback")
+    def feedback(q: str = Query("", max_length=512)):
+        """What shoppers did in this process: ``q``'s click-through per shown product and
+        the running comparison of the interleaved candidate (empty when logging is off)."""
+        return _feedback(events, interleaver, q)
 
     @app.get("/products/{product_id}/image")
     def image(product_id: str, model: str = "champion"):
@@ -336,8 +360,8 @@ async def _limited_body(request, limit: int) -> bytes | None:
     return bytes(body)
 
 
-ROUTES = frozenset({"/search", "/events", "/versions", "/review", "/healthz", "/readyz",
-                    "/metrics", "/", "/openapi.json"})
+ROUTES = frozenset({"/search", "/events", "/feedback", "/versions", "/review", "/healthz",
+                    "/readyz", "/metrics", "/", "/openapi.json"})
 
 
 def _endpoint_of(path: str) -> str:
@@ -518,6 +542,21 @@ def _versions(searcher: ChampionSearcher) -> dict:
             if served else ""}
 
 
+def _feedback(events: EventLog | None, interleaver: Interleaver | None, query: str) -> dict:
+    if events is None:
+        return {"recording": False, "clickthrough": {}, "comparison": None}
+    candidate = interleaver.candidate() if interleaver is not None else None
+    found = events.live.comparison(candidate) if candidate else None
+    comparison = None if candidate is None else {
+        "candidate": candidate, "share": interleaver.share,
+        **({"searches": found.searches, "wins_candidate": found.wins_b,
+            "wins_champion": found.wins_a, "candidate_share": round(found.share_b, 4),
+            "low": round(found.low, 4), "high": round(found.high, 4),
+            "p_value": found.p_value} if found else {"searches": 0})}
+    return {"recording": True, "clickthrough": events.live.clickthrough(visible_text(query))
+            if query else {}, "comparison": comparison}
+
+
 def _links(name: str, version: str) -> dict[str, str]:
     """Where a version is described: its MLflow page, its run's gate review artifacts and
     the Airflow run that trained it (those that are known; MLflow on a file or SQLite
@@ -583,20 +622,21 @@ def serve(config, host: str = "127.0.0.1", port: int = 8080, follow_interval: fl
           token: str | None = None, access_log: bool = True, query_cache: int = 0,
           max_batch: int = 32, encoder_streams: int = 1,
           allowed_hosts: tuple[str, ...] = (), image_roots: tuple[str, ...] = (),
-          events: EventSettings | None = None, interleave: float = 0.0) -> None:
+          events: EventSettings | None = None, interleave: float = 0.0,
+          explore: float = 0.0) -> None:
     """Load the champion and serve until interrupted (``query_cache``: query vectors kept
     per encoder, 0 for none; ``max_batch``: see ``create_app``; ``encoder_streams``: see
     ``ChampionSearcher.open``; ``allowed_hosts``: Host values answered besides localhost
     and ``host``; ``image_roots``: places photos may be read from besides each version's
     recorded roots; ``events``: where searches and interactions are recorded;
     ``interleave``: the share of searches that interleave the registry's candidate with the
-    champion, 0 for none)."""
+    champion, 0 for none; ``explore``: see ``create_app``)."""
     import uvicorn
 
     check_token(token)
-    if interleave and events is None:
-        raise BadInputError("--interleave needs --events: the comparison is decided from "
-                            "the recorded clicks")
+    if (interleave or explore) and events is None:
+        raise BadInputError("--interleave and --explore need --events: both only serve the "
+                            "recorded clicks")
     check_can_listen(host, port)  # before seconds of loading, not after
     with ChampionSearcher.open(config, strict=False, query_cache=query_cache,
                                encoder_streams=encoder_streams,
@@ -604,7 +644,8 @@ def serve(config, host: str = "127.0.0.1", port: int = 8080, follow_interval: fl
         app = create_app(searcher, follow_interval, token, max_batch,
                          hosts_for(host, allowed_hosts),
                          None if events is None else EventLog(events),
-                         Interleaver(searcher, interleave) if interleave else None)
+                         Interleaver(searcher, interleave) if interleave else None,
+                         explore)
         if events is not None:
             log.info("recording searches and POST /events interactions under %s (kept %d "
                      "days)%s", events.root, events.retention_days,

@@ -20,7 +20,7 @@ from PIL import Image
 
 from fusion_model.cli import main
 from fusion_model.config import load_config
-from fusion_model.errors import ServingMismatchError
+from fusion_model.errors import BadInputError, ServingMismatchError
 from fusion_model.index.base import open_index
 from fusion_model.pipelines import steps
 from fusion_model.serving.app import create_app
@@ -706,7 +706,10 @@ def test_the_candidate_is_interleaved_and_clicks_credit_its_team(searcher, platf
                                            "product_id": body["hits"][0]["product_id"],
                                            "position": 1})
             reviewed = http.get("/search", params={"q": "red shirt", "model": "challenger"})
+            unrecorded = http.get("/search", params={"q": "red shirt", "review": "true"})
+            live = http.get("/feedback", params={"q": "RED  shirt"}).json()
         assert champion_only.status_code == reviewed.status_code == 200
+        assert unrecorded.json()["search_id"] is None
         records = list(read_events(root, SEARCHES))
         interleaved = [r for r in records if r["interleaving"]]
         assert (len(records), len(interleaved)) == (14, 13)  # the review search is not
@@ -719,8 +722,74 @@ def test_the_candidate_is_interleaved_and_clicks_credit_its_team(searcher, platf
         firsts = [r["interleaving"]["teams"][0] for r in interleaved
                   if r["search_id"] in clicked]
         assert (found.wins_a, found.wins_b) == (firsts.count("A"), firsts.count("B"))
+        comparison = live["comparison"]
+        assert comparison["candidate"] == platform["v2"] and comparison["searches"] == 13
+        assert (comparison["wins_champion"], comparison["wins_candidate"]) == (
+            found.wins_a, found.wins_b)
+        shown = live["clickthrough"]
+        red = [r for r in records if r["query"] == "red shirt"]  # the review one too
+        assert sum(c["shown"] for c in shown.values()) == sum(len(r["product_ids"])
+                                                               for r in red)
+        assert sum(c["clicked"] for c in shown.values()) == 3   # three clicked searches
     finally:
         remove_alias(candidate, CANDIDATE)
+
+
+def test_explored_searches_show_the_same_results_in_a_random_order(searcher, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from fusion_model.feedback.events import EventLog, EventSettings
+
+    events = EventLog(EventSettings(str(tmp_path / "events")), salt="s")
+    with TestClient(create_app(searcher, follow_interval=0, events=events, explore=1.0),
+                    base_url=LOCAL) as http:
+        ranked = [h["product_id"] for h in http.get("/search", params={
+            "q": "red shirt", "k": 8, "review": "true"}).json()["hits"]]
+        explored = [[h["product_id"] for h in http.get("/search", params={
+            "q": "red shirt", "k": 8}).json()["hits"]] for _ in range(5)]
+    assert all(sorted(order) == sorted(ranked) for order in explored)
+    assert any(order != ranked for order in explored)
+    with pytest.raises(BadInputError, match="explore"):
+        create_app(searcher, events=events, explore=1.5)
+
+
+def test_the_review_page_shows_click_through_and_the_running_comparison(
+        searcher, platform, tmp_path):
+    """Shoppers search and click (the candidate interleaved); the review page then shows,
+    for their query, each clicked product's click-through and the comparison's score."""
+    from fusion_model.feedback.events import EventLog, EventSettings
+    from fusion_model.registry.registry import CANDIDATE, get_alias, remove_alias, set_alias
+    from fusion_model.serving.interleaver import Interleaver
+
+    candidate = get_alias(platform["config"].registry.model_name, "challenger")
+    set_alias(candidate, CANDIDATE)
+    events = EventLog(EventSettings(str(tmp_path / "events")), salt="s")
+    browser = None
+    try:
+        with Uvicorn(create_app(searcher, follow_interval=0, events=events,
+                                interleaver=Interleaver(searcher, 1.0, seed=1))) as url:
+            for _ in range(4):
+                body = httpx.get(f"{url}/search", params={"q": "red shirt", "k": 6}).json()
+                httpx.post(f"{url}/events", json={
+                    "search_id": body["search_id"], "product_id": body["hits"][0][
+                        "product_id"], "kind": "click", "position": 1})
+            browser = Browser(tmp_path / "chromium")
+            browser.goto(f"{url}/?q=red+shirt&k=6")
+            browser.wait_until("document.body.dataset.state === 'done' && "
+                               "document.getElementById('online').textContent", "the page")
+            shown = browser.evaluate("[document.getElementById('online').textContent, "
+                                     "[...document.querySelectorAll('.card .ctr')]"
+                                     ".map(c => c.textContent)]")
+    finally:
+        if browser is not None:
+            browser.close()
+        remove_alias(candidate, CANDIDATE)
+    online, rates = shown
+    assert f"candidate v{platform['v2']}" in online and "4 searches" in online, online
+    assert rates and all(re.fullmatch(r"clicked \d+ of [1-4] times shown \(\d+%\)", r)
+                         for r in rates), rates
+    # the page's list is the champion's alone: a click on a candidate's pick may be off it
+    assert 1 <= sum(int(r.split()[1]) for r in rates) <= 4
 
 
 def test_searching_loads_the_query_encoder_and_the_index_but_no_training_code(platform):

@@ -1,0 +1,258 @@
+"""Learning from shoppers, by simulation on a catalog with graded judgments (Myntra).
+
+    python benchmarks/feedback_sim.py --catalog myntra_s05 --work-dir runs/feedback_sim \
+        [--sizes 10000,50000,200000] [--explore 0.1] [--experiments 400]
+
+Part (b), judgments from logs: the shop's search is the zero-shot text model (MiniLM,
+mean pooled). Simulated shoppers (``feedback/simulator.py``: rank r examined with
+probability 0.8^(r-1), clicks by the catalog's true grade with noise, some purchases) issue
+the catalog's train queries with Zipf popularity (s=1); ``--explore`` of the searches show
+the top 10 in a random order (the randomised traffic that identifies the position bias).
+Every search and click goes through the service's event log (``EventLog``: JSON Lines
+files); ``fusion-model feedback build``'s functions turn them into judgments, with the
+position-based click model (``em``) and without (``none``: raw click-through); a text
+model (stage 1, the ``default`` recipe) is trained on each snapshot and on the true train
+judgments, and scored on the true test judgments (nDCG@10, bootstrap CI over queries).
+
+Part (a), interleaving: for a pair of those real models whose test nDCG@10 differ by about
+0.02, ``--experiments`` simulated experiments per number of searches (test queries drawn
+uniformly; team draft of both top 10s; clicks by true grade) say how many interleaved
+searches detect the better model at 95% confidence (sign test), and A/A experiments (a
+model against itself) give the false-preference rate at that number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fusion_model.benchmark import zero_shot_rankings  # noqa: E402
+from fusion_model.config import load_config  # noqa: E402
+from fusion_model.data.catalog import Catalog, load_catalog  # noqa: E402
+from fusion_model.evaluation.bootstrap import (  # noqa: E402
+    bootstrap_mean,
+    paired_bootstrap_difference,
+)
+from fusion_model.feedback.events import EventLog, EventSettings  # noqa: E402
+from fusion_model.feedback.interleaving import (  # noqa: E402
+    preference,
+    team_draft,
+    winner,
+)
+from fusion_model.feedback.judgments import (  # noqa: E402
+    build_judgments,
+    judged_snapshot,
+    read_click_log,
+)
+from fusion_model.feedback.simulator import Shopper, simulate_interactions  # noqa: E402
+
+log = logging.getLogger("feedback_sim")
+SHOWN = 10
+
+
+def zipf_weights(n: int, s: float = 1.0) -> np.ndarray:
+    weights = 1.0 / np.arange(1, n + 1) ** s
+    return weights / weights.sum()
+
+
+def simulate_traffic(root: str, rankings: dict[str, list[str]], texts: dict[str, str],
+                     grades: dict[str, dict[str, int]], searches: int, explore: float,
+                     seed: int) -> None:
+    """``searches`` searches of the train queries through the event log."""
+    rng = random.Random(seed)
+    queries = sorted(rankings)
+    random.Random(seed + 1).shuffle(queries)          # popularity unrelated to id
+    drawn = np.random.default_rng(seed).choice(len(queries), searches,
+                                               p=zipf_weights(len(queries)))
+    events = EventLog(EventSettings(root, batch_size=20000, queue_size=4 * searches + 10),
+                      salt="simulation")
+    shopper = Shopper()
+    for index in drawn:
+        query = queries[index]
+        shown = rankings[query][:SHOWN]
+        if rng.random() < explore:
+            shown = rng.sample(shown, len(shown))
+        search_id = events.search(texts[query], "champion", "0", "zero-shot", shown, None)
+        for position, product, kind in simulate_interactions(shown, grades.get(query, {}),
+                                                             shopper, rng):
+            events.interaction({"search_id": search_id, "product_id": product, "kind": kind,
+                                "position": position})
+    events.flush()
+
+
+def train_text_model(catalog_uri: str, work: Path, cache_dir: str, seed: int):
+    """The default recipe's stage 1 (text tower) on a snapshot: its test result, model dir
+    and seconds."""
+    from fusion_model.training.trainer import train
+
+    catalog = load_catalog(catalog_uri)
+    config = load_config("default", [f"train.cache_dir={cache_dir}", "model.fusion=text_only",
+                                     f"train.seed={seed}"]).for_catalog(catalog.max_grade)
+    started = time.perf_counter()
+    result = train(catalog, config, work, progress=False)
+    return result.test, result.model_dir, time.perf_counter() - started
+
+
+def saved_rankings(model_dir: str, catalog: Catalog, split: str, cache_dir: str
+                   ) -> dict[str, list[str]]:
+    """Top-10 per ``split`` query of a saved model, by exact search."""
+    from fusion_model.engines import towers_for
+    from fusion_model.evaluation.evaluator import Evaluator, rank
+    from fusion_model.inference import data_for, embed_catalog
+    from fusion_model.models.towers import load_model
+
+    model = load_model(model_dir)
+    evaluator = Evaluator.for_split(catalog, model.config, data_for(catalog, model.config),
+                                    split)
+    products = embed_catalog(model, catalog, cache_dir, progress=False)
+    queries = towers_for(model).embed_queries(evaluator.query_texts)
+    return rank(queries, products, evaluator.query_ids, evaluator.product_ids, SHOWN)
+
+
+def interleaving_power(a: dict[str, list[str]], b: dict[str, list[str]],
+                       grades: dict[str, dict[str, int]], sizes: list[int],
+                       experiments: int, seed: int) -> dict[int, dict]:
+    """Per number of searches: the share of experiments preferring B (p < 0.05), A, none."""
+    rng = random.Random(seed)
+    queries = sorted(set(a) & set(b))
+    shopper = Shopper()
+    found = {}
+    for size in sizes:
+        verdicts = []
+        for _ in range(experiments):
+            winners = []
+            for _ in range(size):
+                query = rng.choice(queries)
+                shown, teams = team_draft(a[query][:SHOWN], b[query][:SHOWN], SHOWN, rng)
+                clicked = [p for p, _, kind in simulate_interactions(
+                    shown, grades.get(query, {}), shopper, rng) if kind == "click"]
+                winners.append(winner(teams, clicked))
+            verdicts.append(preference(winners).prefers())
+        found[size] = {"B": verdicts.count("B") / experiments,
+                       "A": verdicts.count("A") / experiments,
+                       "experiments": experiments}
+        log.info("%d searches: B preferred in %.1f%%, A in %.1f%%", size,
+                 100 * found[size]["B"], 100 * found[size]["A"])
+    return found
+
+
+def part_b(args, catalog: Catalog, config, work: Path) -> dict:
+    train_ids = set(catalog.queries_in("train")["query_id"])
+    texts = dict(zip(catalog.queries["query_id"], catalog.queries["text"]))
+    grades = catalog.qrels(min_grade=1)
+    _, zero_train = zero_shot_rankings(catalog, config, "train")
+    zero_test, zero_test_rankings = zero_shot_rankings(catalog, config, "test")
+    rows = {"zero_shot": {"result": zero_test, "searches": 0}}
+    models: dict[str, str] = {}
+    test, model_dir, seconds = train_text_model(args.catalog, work / "true", args.cache_dir,
+                                                args.seed)
+    rows["true_judgments"] = {"result": test, "seconds": seconds}
+    models["true_judgments"] = model_dir
+    for size in args.sizes:
+        root = str(work / f"events-{size}")
+        if not Path(root, "searches").exists():
+            started = time.perf_counter()
+            simulate_traffic(root, {q: r for q, r in zero_train.items() if q in train_ids},
+                             texts, grades, size, args.explore, args.seed + size)
+            log.info("simulated %d searches in %.0f s", size, time.perf_counter() - started)
+        clicks = read_click_log(root)
+        for bias in ("em", "none"):
+            built = build_judgments(clicks, bias)
+            name = f"{bias}_{size}"
+            summary = judged_snapshot(catalog, built, str(work / f"catalog-{name}"))
+            test, model_dir, seconds = train_text_model(summary["catalog"], work / name,
+                                                        args.cache_dir, args.seed)
+            rows[name] = {"result": test, "seconds": seconds, "searches": size,
+                          "queries_judged": summary["queries_judged"],
+                          "pairs": summary["pairs"], "theta": summary["theta"][:SHOWN]}
+            models[name] = model_dir
+            log.info("%s: nDCG@10 %.4f (%d queries judged)", name,
+                     test.metrics["ndcg@10"], summary["queries_judged"])
+    return {"rows": rows, "models": models, "zero_test_rankings": zero_test_rankings}
+
+
+def report_b(rows: dict) -> list[str]:
+    zero = rows["zero_shot"]["result"]
+    true_gain = rows["true_judgments"]["result"].metrics["ndcg@10"] - zero.metrics["ndcg@10"]
+    lines = ["| judgments | searches | queries judged | test nDCG@10 [95% CI] | gain over "
+             "zero-shot [95% CI] | share of the true-judgment gain |", "|---|---|---|---|---|---|"]
+    ids = sorted(zero.per_query)
+    for name, row in rows.items():
+        result = row["result"]
+        ci = bootstrap_mean(result.values("ndcg@10", ids))
+        gain = paired_bootstrap_difference(result.values("ndcg@10", ids),
+                                           zero.values("ndcg@10", ids))
+        share = gain.mean / true_gain if true_gain else float("nan")
+        lines.append(f"| {name} | {row.get('searches', '-')} | {row.get('queries_judged', '-')}"
+                     f" | {ci.mean:.4f} [{ci.low:.3f}, {ci.high:.3f}] | {gain.mean:+.4f} "
+                     f"[{gain.low:+.3f}, {gain.high:+.3f}] | {share:.0%} |")
+    return lines
+
+
+def part_a(args, catalog: Catalog, found: dict, work: Path) -> list[str]:
+    rows, models = found["rows"], found["models"]
+    scores = {name: row["result"].metrics["ndcg@10"] for name, row in rows.items()
+              if name in models}
+    pairs = [(abs(abs(scores[x] - scores[y]) - 0.02), x, y) for x in scores for y in scores
+             if scores[x] < scores[y]]
+    _, worse, better = min(pairs)
+    a = saved_rankings(models[worse], catalog, "test", args.cache_dir)
+    b = saved_rankings(models[better], catalog, "test", args.cache_dir)
+    grades = catalog.qrels("test", min_grade=1)
+    power = interleaving_power(a, b, grades, args.searches, args.experiments, args.seed)
+    detected = [n for n, p in power.items() if p["B"] >= 0.8]
+    at = detected[0] if detected else max(power)
+    aa = interleaving_power(a, a, grades, [at], args.aa_experiments, args.seed + 1)[at]
+    lines = [f"A = {worse} (test nDCG@10 {scores[worse]:.4f}), B = {better} "
+             f"({scores[better]:.4f}): difference {scores[better] - scores[worse]:+.4f}",
+             "", "| interleaved searches | B preferred (p < 0.05) | A preferred | "
+             "experiments |", "|---|---|---|---|"]
+    lines += [f"| {n} | {p['B']:.1%} | {p['A']:.1%} | {p['experiments']} |"
+              for n, p in power.items()]
+    lines += ["", f"A/A at {at} searches: a preference (either way, p < 0.05) in "
+              f"{aa['A'] + aa['B']:.1%} of {aa['experiments']} experiments"]
+    (work / "interleaving.json").write_text(json.dumps({"power": power, "aa": aa,
+                                                        "pair": [worse, better]}, indent=2))
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--catalog", required=True)
+    parser.add_argument("--work-dir", default="runs/feedback_sim")
+    parser.add_argument("--cache-dir", default="~/.cache/fusion-model/features")
+    parser.add_argument("--sizes", default="10000,50000,200000",
+                        type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--searches", default="250,500,1000,2000,4000",
+                        type=lambda s: [int(x) for x in s.split(",")],
+                        help="interleaved searches per experiment (part a)")
+    parser.add_argument("--explore", type=float, default=0.1)
+    parser.add_argument("--experiments", type=int, default=200)
+    parser.add_argument("--aa-experiments", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    catalog = load_catalog(args.catalog)
+    config = load_config("default", [f"train.cache_dir={args.cache_dir}"])
+    found = part_b(args, catalog, config, work)
+    table_b = report_b(found["rows"])
+    print("\n".join(table_b), flush=True)
+    table_a = part_a(args, catalog, found, work)
+    print("\n".join(table_a), flush=True)
+    (work / "report.md").write_text("\n".join(table_b + [""] + table_a) + "\n")
+
+
+if __name__ == "__main__":
+    main()
