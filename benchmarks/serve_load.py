@@ -4,6 +4,7 @@ and a forced promotion in the middle of the run.
     python benchmarks/serve_load.py [--products 100000] [--clients 32] [--seconds 30]
         [--backends lite,standalone] [--max-batch 1,32] [--query-cache 0,10000]
         [--sweep 2,4,8,16 [--sweep-seconds 10]] [--encoders real,zero-cost] [--work-dir DIR]
+    python benchmarks/serve_load.py --rates 100,200 [--repeats 2] [--seconds 30] ...
 
 Set-up (cached in ``--work-dir``): a ``fast``-config champion v1 and a second version v2
 trained on a small synthetic catalog (real MiniLM query tower, OpenVINO engine), so that
@@ -27,6 +28,11 @@ which tells up to how many clients a latency goal holds. ``--encoders real,zero-
 per setting, a service whose query encoder costs nothing (random unit vectors,
 ``zero_cost_encoder_serve.py``): the ceiling of the HTTP service and the Milvus search
 alone, which no cheaper query encoder could pass on the same machine.
+
+``--rates`` measures what recording search events costs instead: open-loop runs at each
+fixed arrival rate (a request is sent when due, whatever the answers; latency counts from
+then), against a service with ``--events`` and one without, alternating, ``--repeats``
+times; with events 30% of the searches get a click (``POST /events``).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import functools
 import itertools
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -207,6 +214,7 @@ def service(work: Path, uri: str, log_file: Path, setting: dict[str, int | str])
              "--no-access-log", "--follow-interval", "1", "--config", "fast",
              "--query-cache", str(setting["query_cache"]),
              "--max-batch", str(setting["max_batch"]),
+             *(["--events", str(setting["events"])] if setting.get("events") else []),
              *overrides(work, uri)], stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -258,6 +266,73 @@ async def run_clients(url: str, queries: list[str], clients: int, seconds: float
                 target=at_half, daemon=True).start())
         await asyncio.gather(*(client(n) for n in range(clients)))
     return records
+
+
+async def open_loop(url: str, queries: list[str], rate: float, seconds: float,
+                    click_share: float = 0.3) -> list[tuple[float, float, int, str]]:
+    """(start, latency s, status, version) per search sent at a fixed ``rate`` whatever
+    the answers (open loop: a slow answer delays no later request, and latency counts from
+    when the request was due). With event logging on, ``click_share`` of the searches are
+    followed by a click on their first result (``POST /events``, not timed)."""
+    import aiohttp
+
+    records: list[tuple[float, float, int, str]] = []
+    rng = random.Random(0)
+    async with aiohttp.ClientSession(
+            url, connector=aiohttp.TCPConnector(limit=0),
+            timeout=aiohttp.ClientTimeout(total=30)) as http:
+        async def one(due: float, query: str, click: bool) -> None:
+            try:
+                async with http.get("/search", params={"q": query, "k": "10"}) as response:
+                    status = response.status
+                    body = await response.json() if status == 200 else {}
+                latency = time.perf_counter() - due
+                if click and body.get("search_id") and body.get("hits"):
+                    async with http.post("/events", json={
+                            "search_id": body["search_id"], "kind": "click",
+                            "product_id": body["hits"][0]["product_id"], "position": 1}):
+                        pass
+                records.append((due, latency, status, body.get("version", "")))
+            except (TimeoutError, aiohttp.ClientError) as error:
+                records.append((due, time.perf_counter() - due, 0, type(error).__name__))
+
+        started = time.perf_counter()
+        tasks = []
+        for i in range(int(rate * seconds)):
+            due = started + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(due, queries[i % len(queries)],
+                                                 rng.random() < click_share)))
+        await asyncio.gather(*tasks)
+    return records
+
+
+def measure_logging(args: argparse.Namespace, uri: str, queries: list[str], kind: str
+                    ) -> dict[str, dict[str, float]]:
+    """Open-loop runs at each of ``args.rates``, with event logging off and on, in
+    alternating order, ``args.repeats`` times; a fresh service per setting and repeat."""
+    found: dict[str, list[dict[str, float]]] = {}
+    for repeat in range(args.repeats):
+        for events in (("off", "on") if repeat % 2 == 0 else ("on", "off")):
+            setting = {"max_batch": 32, "query_cache": 0, "encoder": "real",
+                       "events": args.work_dir / f"events-{repeat}" if events == "on"
+                       else None}
+            log_file = args.work_dir / f"serve-{kind}-events-{events}-{repeat}.log"
+            with service(args.work_dir, uri, log_file, setting) as url:
+                uvloop.run(run_clients(url, queries, 4, 5))  # warm up
+                for rate in args.rates:
+                    records = uvloop.run(open_loop(url, queries, rate, args.seconds))
+                    row = summary(records, args.seconds)
+                    found.setdefault(f"{rate}/s, events {events}", []).append(row)
+                    log.info("%s %d/s events %s: p50 %.1f ms, p99 %.1f ms, %d errors", kind,
+                             rate, events, row["p50 ms"], row["p99 ms"], row["errors"])
+    return {label: {f"{m} {stat}": fn([r[m] for r in runs])
+                    for m in ("p50 ms", "p99 ms") for stat, fn in (("min", min),
+                                                                 ("median", np.median))}
+            | {"errors": sum(r["errors"] for r in runs), "repeats": len(runs)}
+            for label, runs in found.items()}
 
 
 def promote_v2(work: Path, uri: str, when: list) -> None:
@@ -335,6 +410,10 @@ def main() -> None:
     parser.add_argument("--encoders", type=_encoder_list, default=["real"],
                         help="real (the champion's query encoder), zero-cost (random "
                              "vectors: the ceiling without encoding), or both, one run each")
+    parser.add_argument("--rates", type=_int_list, default=[],
+                        help="instead of the closed-loop runs: open-loop runs at these "
+                             "requests/s, with event logging off and on (--repeats each)")
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--work-dir", type=Path,
                         default=Path.home() / ".cache" / "fusion-model" / "serve-load")
     args = parser.parse_args()
@@ -351,6 +430,10 @@ def main() -> None:
         with backend(kind, args.work_dir / "run") as uri:
             load_collections(args.work_dir, uri, args.products, data, kind)
             settle(kind)
+            if args.rates:
+                champion_back_to_v1(args.work_dir, uri, args.products, kind)
+                rows[kind] = measure_logging(args, uri, queries, kind)
+                continue
             for max_batch, query_cache, encoder in itertools.product(
                     args.max_batch, args.query_cache, args.encoders):
                 champion_back_to_v1(args.work_dir, uri, args.products, kind)
@@ -362,7 +445,27 @@ def main() -> None:
                                       args.work_dir / f"serve-{label.replace(' ', '-')}.log")
     print(f"products={args.products:,} clients={args.clients} seconds={args.seconds:g} "
           f"load before {load_before:.2f}, after {os.getloadavg()[0]:.2f}")
-    print_table(rows)
+    if args.rates:
+        print_logging_table(rows)
+    else:
+        print_table(rows)
+
+
+def print_logging_table(rows: dict[str, dict[str, dict[str, float]]]) -> None:
+    """Per backend and rate: p50 and p99 (min and median over repeats), logging off and
+    on, and what logging adds to the median p50."""
+    print("| backend | requests/s | events | p50 ms (min, median) | p99 ms (min, median) | "
+          "errors |\n|---|---|---|---|---|---|")
+    for kind, runs in rows.items():
+        for label, row in runs.items():
+            rate, events = label.split(", events ")
+            print(f"| {kind} | {rate} | {events} | {row['p50 ms min']:.1f}, "
+                  f"{row['p50 ms median']:.1f} | {row['p99 ms min']:.1f}, "
+                  f"{row['p99 ms median']:.1f} | {row['errors']} |")
+        for rate in sorted({label.split("/s")[0] for label in runs}, key=int):
+            off, on = runs[f"{rate}/s, events off"], runs[f"{rate}/s, events on"]
+            added = on["p50 ms median"] / off["p50 ms median"] - 1
+            print(f"{kind} {rate}/s: logging adds {added:+.1%} to the median p50")
 
 
 def measure(args: argparse.Namespace, uri: str, queries: list[str],
