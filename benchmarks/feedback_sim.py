@@ -3,9 +3,11 @@
     python benchmarks/feedback_sim.py --catalog myntra_s05 --work-dir runs/feedback_sim \
         [--sizes 10000,50000,200000] [--explore 0.1] [--experiments 400]
 
-Part (b), judgments from logs: the shop's search is the zero-shot text model (MiniLM,
-mean pooled). Simulated shoppers (``feedback/simulator.py``: rank r examined with
-probability 0.8^(r-1), clicks by the catalog's true grade with noise, some purchases) issue
+Part (b), judgments from logs: the shop's search starts as the zero-shot text model
+(MiniLM, mean pooled); with ``--rounds N`` the searches come in N equal rounds, each served
+by the model trained on the clicks of the rounds before (the daily search_feedback DAG,
+retraining and promotion, closed). Simulated shoppers (``feedback/simulator.py``: rank r
+examined with probability 0.8^(r-1), clicks by the catalog's true grade with noise, some purchases) issue
 the catalog's train queries with Zipf popularity (s=1); ``--explore`` of the searches show
 the top 10 in a random order (the randomised traffic that identifies the position bias).
 Every search and click goes through the service's event log (``EventLog``: JSON Lines
@@ -90,16 +92,23 @@ def simulate_traffic(root: str, rankings: dict[str, list[str]], texts: dict[str,
 
 
 def train_text_model(catalog_uri: str, work: Path, cache_dir: str, seed: int):
-    """The default recipe's stage 1 (text tower) on a snapshot: its test result, model dir
-    and seconds."""
-    from fusion_model.training.trainer import train
+    """The default recipe's stage 1 (text tower) on a snapshot: its val and test results,
+    model dir and seconds (a finished one is read back)."""
+    from fusion_model.training.trainer import TrainResult, train
 
+    saved = work / "result.json"
+    if saved.exists():
+        result = TrainResult.load(saved)
+        return result.val, result.test, result.model_dir, result.seconds.get("total", 0.0)
     catalog = load_catalog(catalog_uri)
     config = load_config("default", [f"train.cache_dir={cache_dir}", "model.fusion=text_only",
                                      f"train.seed={seed}"]).for_catalog(catalog.max_grade)
     started = time.perf_counter()
     result = train(catalog, config, work, progress=False)
-    return result.test, result.model_dir, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    result.seconds["total"] = seconds
+    result.save(saved)
+    return result.val, result.test, result.model_dir, seconds
 
 
 def saved_rankings(model_dir: str, catalog: Catalog, split: str, cache_dir: str
@@ -146,62 +155,87 @@ def interleaving_power(a: dict[str, list[str]], b: dict[str, list[str]],
 
 
 def part_b(args, catalog: Catalog, config, work: Path) -> dict:
+    """Zero-shot, the true-judgment model, and per size, click model and number of rounds,
+    the model trained on the judgments built from the simulated searches."""
     train_ids = set(catalog.queries_in("train")["query_id"])
-    texts = dict(zip(catalog.queries["query_id"], catalog.queries["text"]))
-    grades = catalog.qrels(min_grade=1)
+    zero_val, _ = zero_shot_rankings(catalog, config, "val")
+    zero_test, _ = zero_shot_rankings(catalog, config, "test")
     _, zero_train = zero_shot_rankings(catalog, config, "train")
-    zero_test, zero_test_rankings = zero_shot_rankings(catalog, config, "test")
-    rows = {"zero_shot": {"result": zero_test, "searches": 0}}
+    zero_train = {q: r for q, r in zero_train.items() if q in train_ids}
+    rows = {"zero_shot": {"val": zero_val, "result": zero_test, "searches": 0}}
     models: dict[str, str] = {}
-    test, model_dir, seconds = train_text_model(args.catalog, work / "true", args.cache_dir,
-                                                args.seed)
-    rows["true_judgments"] = {"result": test, "seconds": seconds}
+    val, test, model_dir, seconds = train_text_model(args.catalog, work / "true",
+                                                     args.cache_dir, args.seed)
+    rows["true_judgments"] = {"val": val, "result": test, "seconds": seconds}
     models["true_judgments"] = model_dir
     for size in args.sizes:
-        root = str(work / f"events-{size}")
-        if not Path(root, "searches").exists():
+        for rounds in args.rounds:
+            for bias in ("em", "none"):
+                name = f"{bias}_{size}" + (f"_{rounds}rounds" if rounds > 1 else "")
+                rows[name], models[name] = closed_loop(args, catalog, zero_train, work, name,
+                                                       size, rounds, bias)
+    return {"rows": rows, "models": models}
+
+
+def closed_loop(args, catalog: Catalog, first_ranker: dict[str, list[str]], work: Path,
+                name: str, size: int, rounds: int, bias: str) -> tuple[dict, str]:
+    """``size`` searches in ``rounds`` equal rounds: each round's searches are served by
+    the model trained on every earlier round's clicks (the first by zero-shot), as the
+    daily search_feedback DAG, retraining and promotion would have it."""
+    texts = dict(zip(catalog.queries["query_id"], catalog.queries["text"]))
+    grades = catalog.qrels(min_grade=1)
+    ranker, root = first_ranker, str(work / f"events-{name}")
+    for round_ in range(rounds):
+        here = work / name / f"round{round_}"
+        if not (here / "simulated").exists():
             started = time.perf_counter()
-            simulate_traffic(root, {q: r for q, r in zero_train.items() if q in train_ids},
-                             texts, grades, size, args.explore, args.seed + size)
-            log.info("simulated %d searches in %.0f s", size, time.perf_counter() - started)
-        clicks = read_click_log(root)
-        for bias in ("em", "none"):
-            built = build_judgments(clicks, bias)
-            name = f"{bias}_{size}"
-            summary = judged_snapshot(catalog, built, str(work / f"catalog-{name}"))
-            test, model_dir, seconds = train_text_model(summary["catalog"], work / name,
-                                                        args.cache_dir, args.seed)
-            rows[name] = {"result": test, "seconds": seconds, "searches": size,
-                          "queries_judged": summary["queries_judged"],
-                          "pairs": summary["pairs"], "theta": summary["theta"][:SHOWN]}
-            models[name] = model_dir
-            log.info("%s: nDCG@10 %.4f (%d queries judged)", name,
-                     test.metrics["ndcg@10"], summary["queries_judged"])
-    return {"rows": rows, "models": models, "zero_test_rankings": zero_test_rankings}
+            simulate_traffic(root, ranker, texts, grades, size // rounds, args.explore,
+                             args.seed + size + 7919 * round_)
+            here.mkdir(parents=True, exist_ok=True)
+            (here / "simulated").touch()
+            log.info("%s round %d: %d searches simulated in %.0f s", name, round_,
+                     size // rounds, time.perf_counter() - started)
+        built = build_judgments(read_click_log(root), bias)
+        summary = judged_snapshot(catalog, built, str(here / "catalog"))
+        val, test, model_dir, seconds = train_text_model(summary["catalog"], here / "model",
+                                                         args.cache_dir, args.seed)
+        log.info("%s round %d: val nDCG@10 %.4f, test %.4f (%d queries judged)", name,
+                 round_, val.metrics["ndcg@10"], test.metrics["ndcg@10"],
+                 summary["queries_judged"])
+        if round_ + 1 < rounds:
+            ranker = saved_rankings(model_dir, catalog, "train", args.cache_dir)
+    return ({"val": val, "result": test, "seconds": seconds, "searches": size,
+             "rounds": rounds, "queries_judged": summary["queries_judged"],
+             "pairs": summary["pairs"], "theta": summary["theta"][:SHOWN]}, model_dir)
 
 
 def report_b(rows: dict) -> list[str]:
-    zero = rows["zero_shot"]["result"]
-    true_gain = rows["true_judgments"]["result"].metrics["ndcg@10"] - zero.metrics["ndcg@10"]
-    lines = ["| judgments | searches | queries judged | test nDCG@10 [95% CI] | gain over "
-             "zero-shot [95% CI] | share of the true-judgment gain |", "|---|---|---|---|---|---|"]
-    ids = sorted(zero.per_query)
+    zero = rows["zero_shot"]
+    gains = {split: rows["true_judgments"][key].metrics["ndcg@10"]
+             - zero[key].metrics["ndcg@10"] for split, key in (("val", "val"),
+                                                                ("test", "result"))}
+    lines = ["| judgments | searches | rounds | queries judged | val nDCG@10 (share of the "
+             "true gain) | test nDCG@10 [95% CI] | test gain over zero-shot [95% CI] | "
+             "share of the true test gain |", "|---|---|---|---|---|---|---|---|"]
+    ids = sorted(zero["result"].per_query)
     for name, row in rows.items():
         result = row["result"]
         ci = bootstrap_mean(result.values("ndcg@10", ids))
         gain = paired_bootstrap_difference(result.values("ndcg@10", ids),
-                                           zero.values("ndcg@10", ids))
-        share = gain.mean / true_gain if true_gain else float("nan")
-        lines.append(f"| {name} | {row.get('searches', '-')} | {row.get('queries_judged', '-')}"
-                     f" | {ci.mean:.4f} [{ci.low:.3f}, {ci.high:.3f}] | {gain.mean:+.4f} "
-                     f"[{gain.low:+.3f}, {gain.high:+.3f}] | {share:.0%} |")
+                                           zero["result"].values("ndcg@10", ids))
+        val = row["val"].metrics["ndcg@10"]
+        val_share = (val - zero["val"].metrics["ndcg@10"]) / gains["val"]
+        lines.append(f"| {name} | {row.get('searches', '-')} | {row.get('rounds', '-')} | "
+                     f"{row.get('queries_judged', '-')} | {val:.4f} ({val_share:.0%}) | "
+                     f"{ci.mean:.4f} [{ci.low:.3f}, {ci.high:.3f}] | {gain.mean:+.4f} "
+                     f"[{gain.low:+.3f}, {gain.high:+.3f}] | {gain.mean / gains['test']:.0%} |")
     return lines
 
 
 def part_a(args, catalog: Catalog, found: dict, work: Path) -> list[str]:
     rows, models = found["rows"], found["models"]
     scores = {name: row["result"].metrics["ndcg@10"] for name, row in rows.items()
-              if name in models}
+              if name in models and row.get("rounds", 1) == 1}
     pairs = [(abs(abs(scores[x] - scores[y]) - 0.02), x, y) for x in scores for y in scores
              if scores[x] < scores[y]]
     _, worse, better = min(pairs)
@@ -233,7 +267,10 @@ def main() -> None:
     parser.add_argument("--cache-dir", default="~/.cache/fusion-model/features")
     parser.add_argument("--sizes", default="10000,50000,200000",
                         type=lambda s: [int(x) for x in s.split(",")])
-    parser.add_argument("--searches", default="250,500,1000,2000,4000",
+    parser.add_argument("--rounds", default="1", type=lambda s: [int(x) for x in s.split(",")],
+                        help="retraining rounds the searches are spread over (1: every "
+                             "search served by zero-shot)")
+    parser.add_argument("--searches", default="1000,2000,4000,8000,16000",
                         type=lambda s: [int(x) for x in s.split(",")],
                         help="interleaved searches per experiment (part a)")
     parser.add_argument("--explore", type=float, default=0.1)

@@ -132,3 +132,43 @@ def test_the_snapshot_judges_train_queries_from_logs_and_keeps_val_and_test(
                            keep_labels=True)
     assert ("t2", "p1") in {(q, p) for q, p, _ in
                             load_catalog(kept["catalog"]).judgments.itertuples(index=False)}
+
+
+def test_the_cli_builds_a_snapshot_and_reads_an_interleaved_comparison(
+        small_catalog, tmp_path, capsys):
+    from fusion_model.cli import main
+
+    root = str(tmp_path / "events")
+    logged_searches(root, "red shirt", ["p4", "p0", "p5"], 2, 25)
+    events = EventLog(EventSettings(root), salt="s")
+    for number in range(30):   # v7 interleaved: its picks (B) clicked in 24 of 30
+        teams = ["A", "B", "A"] if number % 2 else ["B", "A", "B"]
+        search_id = events.search("blue dress", "champion", "6", "c", ["p1", "p2", "p3"],
+                                  None, {"A": "6", "B": "7", "teams": teams})
+        position = teams.index("B" if number < 24 else "A") + 1
+        events.interaction({"search_id": search_id, "product_id": ["p1", "p2", "p3"][
+            position - 1], "kind": "click", "position": position})
+    events.flush()
+    out = str(tmp_path / "snapshot")
+    assert main(["feedback", "build", "--catalog", small_catalog, "--out", out,
+                 "--events", root, "--config", "tiny", "feedback.min_searches=20"]) == 0
+    assert "2 queries judged from 55 searches" in capsys.readouterr().out
+    assert main(["feedback", "interleaving", "--events", root, "--version", "7",
+                 "--config", "tiny"]) == 0
+    shown = capsys.readouterr().out
+    assert "candidate won 24, champion 6" in shown and "candidate preferred" in shown
+    assert main(["feedback", "build", "--catalog", small_catalog, "--out", out,
+                 "--events", str(tmp_path / "none"), "--config", "tiny"]) == 2
+    assert "no recorded searches" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("feedback.share=0", "feedback.share"), ("feedback.alpha=0.7", "feedback.alpha"),
+    ("feedback.grade_floors=[0.5,0.2,0.7]", "grade_floors"),
+    ("feedback.position_bias=cascade", "position_bias"),
+    ("feedback.min_decided=50000", "min_decided")])
+def test_feedback_settings_are_checked(override, message):
+    from fusion_model.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny", [override])
