@@ -7,8 +7,8 @@ Part (b), judgments from logs: the shop's search starts as the zero-shot text mo
 (MiniLM, mean pooled); with ``--rounds N`` the searches come in N equal rounds, each served
 by the model trained on the clicks of the rounds before (the daily search_feedback DAG,
 retraining and promotion, closed). Simulated shoppers (``feedback/simulator.py``: rank r
-examined with probability 0.8^(r-1), clicks by the catalog's true grade with noise, some purchases) issue
-the catalog's train queries with Zipf popularity (s=1); ``--explore`` of the searches show
+examined with probability 0.8^(r-1), clicks by the catalog's true grade with noise, some
+purchases) issue the catalog's train queries with Zipf popularity (s=1); ``--explore`` of the searches show
 the top 10 in a random order (the randomised traffic that identifies the position bias).
 Every search and click goes through the service's event log (``EventLog``: JSON Lines
 files); ``fusion-model feedback build``'s functions turn them into judgments, with the
