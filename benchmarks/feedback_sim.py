@@ -4,17 +4,18 @@
         [--sizes 10000,50000,200000] [--explore 0.1] [--experiments 400]
 
 Part (b), judgments from logs: the shop's search starts as the zero-shot text model
-(MiniLM, mean pooled); with ``--rounds N`` the searches come in N equal rounds, each served
-by the model trained on the clicks of the rounds before (the daily search_feedback DAG,
-retraining and promotion, closed). Simulated shoppers (``feedback/simulator.py``: rank r
-examined with probability 0.8^(r-1), clicks by the catalog's true grade with noise, some
-purchases) issue the catalog's train queries with Zipf popularity (s=1); ``--explore`` of the searches show
-the top 10 in a random order (the randomised traffic that identifies the position bias).
-Every search and click goes through the service's event log (``EventLog``: JSON Lines
-files); ``fusion-model feedback build``'s functions turn them into judgments, with the
-position-based click model (``em``) and without (``none``: raw click-through); a text
-model (stage 1, the ``default`` recipe) is trained on each snapshot and on the true train
-judgments, and scored on the true test judgments (nDCG@10, bootstrap CI over queries).
+(MiniLM, mean pooled); with ``--rounds N`` the searches come in N equal rounds, each
+served by the model trained on the clicks of the rounds before (the daily search_feedback
+DAG, retraining and promotion, closed). Simulated shoppers (``feedback/simulator.py``:
+rank r examined with probability 0.8^(r-1), clicks by the catalog's true grade with noise,
+some purchases) issue the catalog's train queries with Zipf popularity (s=1);
+``--explore`` of the searches show the top 10 in a random order (the randomised traffic
+that identifies the position bias). Every search and click goes through the service's
+event log (``EventLog``: JSON Lines files); ``fusion-model feedback build``'s functions
+turn them into judgments, with the position-based click model (``em``) and without
+(``none``: raw click-through); a text model (stage 1, the ``default`` recipe) is trained
+on each snapshot and on the true train judgments, and scored on the true test judgments
+(nDCG@10, bootstrap CI over queries).
 
 Part (a), interleaving: for a pair of those real models whose test nDCG@10 differ by about
 0.02, ``--experiments`` simulated experiments per number of searches (test queries drawn
