@@ -34,12 +34,21 @@ class Interleaver:
         self._checked = float("-inf")
 
     def candidate(self) -> str | None:
-        """The ``candidate`` version other than the champion, re-read every
-        ``recheck_seconds`` (None: no comparison runs, or the registry cannot say)."""
+        """The ``candidate`` version other than the champion (None: no comparison runs, or
+        the registry cannot say). Read from the registry on first use, then re-read every
+        ``recheck_seconds`` on a background thread: a search never waits for MLflow."""
         with self._lock:
-            if time.monotonic() - self._checked < self.recheck_seconds:
-                return self._candidate
-            self._checked = time.monotonic()
+            first = self._checked == float("-inf")
+            stale = time.monotonic() - self._checked >= self.recheck_seconds
+            if stale:
+                self._checked = time.monotonic()
+        if first:
+            self._refresh()
+        elif stale:
+            threading.Thread(target=self._refresh, name="candidate-alias", daemon=True).start()
+        return self._candidate
+
+    def _refresh(self) -> None:
         from fusion_model.registry.registry import CANDIDATE, get_alias
 
         try:
@@ -54,7 +63,6 @@ class Interleaver:
             log.info("interleaving %s", f"candidate v{version} with the champion on "
                      f"{self.share:.0%} of searches" if version else "stopped: no candidate")
         self._candidate = version
-        return version
 
     def pick(self) -> str | None:
         """The candidate version when this search is to be interleaved, else None."""

@@ -112,3 +112,41 @@ def test_shoppers_click_relevant_products_more_and_examine_less_down_the_list():
     at_bottom = sum(10 in c for c in relevant)
     assert at_top > 3 * at_bottom                   # examined less down the list
     assert sum(map(len, irrelevant)) < 0.2 * sum(map(len, relevant))
+
+
+def test_the_service_reads_the_candidate_alias_off_the_request_path(monkeypatch):
+    """First use reads the registry; later reads answer from memory and refresh on a
+    background thread once ``recheck_seconds`` passed; the champion itself is no candidate."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from fusion_model.registry import registry
+    from fusion_model.serving.interleaver import Interleaver
+
+    answers = iter(["5", "6", "6"])
+    calls = []
+    released = threading.Event()
+
+    def get_alias(name, alias):
+        calls.append(threading.current_thread().name)
+        if len(calls) > 1:
+            released.wait(5)
+        return SimpleNamespace(version=next(answers))
+
+    monkeypatch.setattr(registry, "get_alias", get_alias)
+    searcher = SimpleNamespace(config=SimpleNamespace(registry=SimpleNamespace(
+        model_name="m")), served=SimpleNamespace(version="6"))
+    interleaver = Interleaver(searcher, 0.5, recheck_seconds=0.05, seed=1)
+    assert interleaver.candidate() == "5" and calls == ["MainThread"]
+    time.sleep(0.06)
+    started = time.perf_counter()
+    assert interleaver.candidate() == "5"          # stale: answered at once
+    assert time.perf_counter() - started < 0.5
+    released.set()
+    for _ in range(100):
+        if interleaver._candidate is None:
+            break
+        time.sleep(0.01)
+    assert calls[1] == "candidate-alias" and interleaver.candidate() is None  # "6" serves
+    assert interleaver.pick() is None
