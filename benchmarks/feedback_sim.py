@@ -69,11 +69,12 @@ def zipf_weights(n: int, s: float = 1.0) -> np.ndarray:
 
 def simulate_traffic(root: str, rankings: dict[str, list[str]], texts: dict[str, str],
                      grades: dict[str, dict[str, int]], searches: int, explore: float,
-                     seed: int) -> None:
-    """``searches`` searches of the train queries through the event log."""
+                     seed: int, popularity_seed: int) -> None:
+    """``searches`` searches of the train queries through the event log; which queries
+    are popular is fixed by ``popularity_seed`` (the same in every round)."""
     rng = random.Random(seed)
     queries = sorted(rankings)
-    random.Random(seed + 1).shuffle(queries)          # popularity unrelated to id
+    random.Random(popularity_seed).shuffle(queries)   # popularity unrelated to id
     drawn = np.random.default_rng(seed).choice(len(queries), searches,
                                                p=zipf_weights(len(queries)))
     events = EventLog(EventSettings(root, batch_size=20000, queue_size=4 * searches + 10),
@@ -191,7 +192,7 @@ def closed_loop(args, catalog: Catalog, first_ranker: dict[str, list[str]], work
         if not (here / "simulated").exists():
             started = time.perf_counter()
             simulate_traffic(root, ranker, texts, grades, size // rounds, args.explore,
-                             args.seed + size + 7919 * round_)
+                             args.seed + size + 7919 * round_, args.seed + size + 1)
             here.mkdir(parents=True, exist_ok=True)
             (here / "simulated").touch()
             log.info("%s round %d: %d searches simulated in %.0f s", name, round_,
