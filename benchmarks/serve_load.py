@@ -32,7 +32,8 @@ alone, which no cheaper query encoder could pass on the same machine.
 ``--rates`` measures what recording search events costs instead: open-loop runs at each
 fixed arrival rate (a request is sent when due, whatever the answers; latency counts from
 then), against a service with ``--events`` and one without, alternating, ``--repeats``
-times; with events 30% of the searches get a click (``POST /events``).
+times; 30% of the searches get a click (``POST /events``; refused with logging off, so
+that both runs carry the same requests).
 """
 
 from __future__ import annotations
@@ -273,7 +274,8 @@ async def open_loop(url: str, queries: list[str], rate: float, seconds: float,
     """(start, latency s, status, version) per search sent at a fixed ``rate`` whatever
     the answers (open loop: a slow answer delays no later request, and latency counts from
     when the request was due). With event logging on, ``click_share`` of the searches are
-    followed by a click on their first result (``POST /events``, not timed)."""
+    followed by a click on their first result (``POST /events``, not timed; sent with
+    logging off too, where it is refused, so that both carry the same requests)."""
     import aiohttp
 
     records: list[tuple[float, float, int, str]] = []
@@ -287,9 +289,9 @@ async def open_loop(url: str, queries: list[str], rate: float, seconds: float,
                     status = response.status
                     body = await response.json() if status == 200 else {}
                 latency = time.perf_counter() - due
-                if click and body.get("search_id") and body.get("hits"):
+                if click and body.get("hits"):  # logging off: the same request, a 404
                     async with http.post("/events", json={
-                            "search_id": body["search_id"], "kind": "click",
+                            "search_id": body.get("search_id") or "off", "kind": "click",
                             "product_id": body["hits"][0]["product_id"], "position": 1}):
                         pass
                 records.append((due, latency, status, body.get("version", "")))
