@@ -325,7 +325,8 @@ def measure_logging(args: argparse.Namespace, uri: str, queries: list[str], kind
             with service(args.work_dir, uri, log_file, setting) as url:
                 uvloop.run(run_clients(url, queries, 4, 5))  # warm up
                 for rate in args.rates:
-                    records = uvloop.run(open_loop(url, queries, rate, args.seconds))
+                    records = uvloop.run(open_loop(url, queries, rate, args.seconds,
+                                                   args.click_share))
                     row = summary(records, args.seconds)
                     found.setdefault(f"{rate}/s, events {events}", []).append(row)
                     log.info("%s %d/s events %s: p50 %.1f ms, p99 %.1f ms, %d errors", kind,
@@ -416,6 +417,8 @@ def main() -> None:
                         help="instead of the closed-loop runs: open-loop runs at these "
                              "requests/s, with event logging off and on (--repeats each)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--click-share", type=float, default=0.3,
+                        help="with --rates: the share of searches followed by a click")
     parser.add_argument("--work-dir", type=Path,
                         default=Path.home() / ".cache" / "fusion-model" / "serve-load")
     args = parser.parse_args()
