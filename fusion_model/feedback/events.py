@@ -194,9 +194,11 @@ class EventLog:
         return event
 
     def _put(self, kind: str, record) -> None:
+        """Queue the record as its JSON line: bytes, which the garbage collector never
+        scans (queued dicts and lists outlived young collections and made the service's
+        full collections more frequent)."""
         try:
-            # the record's own fields, not asdict's deep copy: this runs in every search
-            self._queue.put_nowait((kind, dict(vars(record))))
+            self._queue.put_nowait((kind, record.time[:10], orjson.dumps(vars(record))))
         except queue.Full:
             self.dropped += 1
 
@@ -222,7 +224,7 @@ class EventLog:
 
     def flush(self) -> int:
         """Write every queued record, one part per kind and date and batch."""
-        batch: list[tuple[str, dict]] = []
+        batch: list[tuple[str, str, bytes]] = []
         while True:
             try:
                 batch.append(self._queue.get_nowait())
@@ -234,16 +236,16 @@ class EventLog:
         self._write(batch)
         return sum(self.written.values())
 
-    def _write(self, batch: list[tuple[str, dict]]) -> None:
-        groups: dict[tuple[str, str], list[dict]] = {}
-        for kind, record in batch:
-            groups.setdefault((kind, record["time"][:10]), []).append(record)
-        for (kind, day), records in groups.items():
+    def _write(self, batch: list[tuple[str, str, bytes]]) -> None:
+        groups: dict[tuple[str, str], list[bytes]] = {}
+        for kind, day, line in batch:
+            groups.setdefault((kind, day), []).append(line)
+        for (kind, day), lines in groups.items():
             self._parts += 1
             uri = storage.join(self.settings.root, kind, f"date={day}",
                                f"part-{self._writer}-{self._parts:06d}.jsonl")
-            storage.write_bytes(uri, b"".join(orjson.dumps(r) + b"\n" for r in records))
-            self.written[kind] += len(records)
+            storage.write_bytes(uri, b"".join(line + b"\n" for line in lines))
+            self.written[kind] += len(lines)
 
     def prune(self, today: dt.date | None = None) -> list[str]:
         """Delete the date partitions older than the retention (once a day)."""

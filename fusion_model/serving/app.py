@@ -27,6 +27,7 @@ import asyncio
 import base64
 import contextlib
 import errno
+import gc
 import hashlib
 import hmac
 import json
@@ -658,5 +659,9 @@ def serve(config, host: str = "127.0.0.1", port: int = 8080, follow_interval: fl
                  "searches merged, query cache %d texts)",
                  f"v{searcher.served.version}" if searcher.served else "nothing yet",
                  config.registry.model_name, host, port, max_batch, query_cache)
+        # the loaded encoders, tokenizers and libraries are millions of objects that live
+        # as long as the process: out of the collector's sight, a full collection no
+        # longer walks them in the middle of a search
+        gc.freeze()
         uvicorn.run(app, host=host, port=port, access_log=access_log,
                     log_level="info", timeout_graceful_shutdown=5)

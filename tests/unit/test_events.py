@@ -128,3 +128,26 @@ def test_retention_deletes_only_partitions_older_than_it(tmp_path):
     kept = sorted({p.parent.name for p in root.rglob("*.jsonl")})
     assert kept == ["date=2026-11-05", "date=2026-11-06", "date=2026-12-05"]
     assert events.prune(today) == []  # once a day
+
+
+def test_the_live_view_is_bounded_and_out_of_the_collectors_sight():
+    import gc
+
+    from fusion_model.feedback.live import LiveFeedback
+
+    live = LiveFeedback(max_queries=3, max_compared=2)
+    for number in range(5):
+        live.searched(f"s{number}", f"query {number}", ["a", "b"],
+                      {"A": "1", "B": "2", "teams": ["A", "B"]})
+    live.interacted("s4", "QUERY  4", "b", "click", 2)
+    live.interacted("s0", "query 0", "a", "click", 1)      # evicted: no effect
+    assert live.clickthrough("query 0") == {}
+    assert live.clickthrough("query 4") == {"a": {"shown": 1, "clicked": 0},
+                                            "b": {"shown": 1, "clicked": 1}}
+    found = live.comparison("2")
+    assert (found.searches, found.wins_b, found.wins_a) == (2, 1, 0)
+    assert live.comparison("9") is None
+    gc.collect()
+    shown, clicked = live._queries["query 4"]
+    assert not gc.is_tracked(shown) and not gc.is_tracked(clicked)
+    assert all(not gc.is_tracked(teams) for teams in live._compared["2"].values())
