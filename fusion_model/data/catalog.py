@@ -358,6 +358,12 @@ def _check_known(df: pd.DataFrame, uri: str, column: str, known: set[str], table
                            rows=_rows(unknown), detail=f"unknown {column} {value!r}")
 
 
+def query_key(text: str) -> str:
+    """How a typed query finds its judged twin (and logged searches group): case and
+    spacing do not matter."""
+    return " ".join(str(text).casefold().split())
+
+
 def empty_queries() -> pd.DataFrame:
     return pd.DataFrame({"query_id": pd.Series(dtype=str), "text": pd.Series(dtype=str),
                          "split": pd.Series(dtype=str)})

@@ -25,8 +25,8 @@ from collections import Counter, defaultdict
 import numpy as np
 import pandas as pd
 
+from fusion_model.data.catalog import query_key
 from fusion_model.feedback.events import INTERACTIONS, SEARCHES, read_events
-from fusion_model.feedback.live import query_key as query_text_key
 
 log = logging.getLogger(__name__)
 GRADE_FLOORS = (0.2, 0.45, 0.7)   # attractiveness at which grades 1, 2 and 3 start
@@ -60,7 +60,7 @@ def read_click_log(root: str, since: dt.date | None = None, max_rank: int = 20) 
     purchases: Counter = Counter()
     for record in read_events(root, SEARCHES, since):
         text = str(record.get("query", ""))
-        query = query_text_key(text)
+        query = query_key(text)
         products = record.get("product_ids") or []
         if not query or not isinstance(products, list):
             continue
@@ -184,7 +184,7 @@ def judged_snapshot(catalog, built: BuiltJudgments, out: str, keep_labels: bool 
     from fusion_model.data.catalog import write_catalog
 
     queries = catalog.queries
-    by_key = {query_text_key(t): (qid, split) for qid, t, split in
+    by_key = {query_key(t): (qid, split) for qid, t, split in
               queries[["query_id", "text", "split"]].itertuples(index=False)}
     logged = built.judgments[built.judgments["product_id"].isin(
         set(catalog.products["product_id"]))].copy()

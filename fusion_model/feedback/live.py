@@ -8,16 +8,12 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+from fusion_model.data.catalog import query_key
 from fusion_model.feedback.interleaving import Preference, preference, winner
 
 MAX_QUERIES = 20_000         # queries whose click-through is kept (least recent go first)
 MAX_PRODUCTS = 200           # products kept per query
 MAX_COMPARED = 200_000       # interleaved searches kept per comparison
-
-
-def query_key(text: str) -> str:
-    """How typed queries group: case and spacing do not matter."""
-    return " ".join(str(text).casefold().split())
 
 
 class LiveFeedback:

@@ -74,11 +74,6 @@ def _checked_row(row: object) -> dict | None:
             "difference": float(numbers[2]), "grades": kept}
 
 
-def query_key(text: str) -> str:
-    """How a typed query finds its judged twin: case and spacing do not matter."""
-    return " ".join(text.casefold().split())
-
-
 def load_review_pack(run_id: str) -> dict | None:
     """The gate's pack of a training run, checked; None when it has none (an older run,
     a version never gated) or it cannot be read."""

@@ -254,16 +254,17 @@ def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
         interleaving record (None when only ``model`` was searched). A candidate that
         fails leaves the champion's results alone."""
         if versus is None:
-            result = await batcher.search(q, k, filter_text, model)
-            return result, [(hit, result.version) for hit in result.hits], None
-        result, other = await asyncio.gather(batcher.search(q, k, filter_text, model),
-                                             batcher.search(q, k, filter_text, versus),
-                                             return_exceptions=True)
-        if isinstance(result, BaseException):
-            raise result
-        if isinstance(other, BaseException) or other.version == result.version:
+            result, other = await batcher.search(q, k, filter_text, model), None
+        else:
+            result, other = await asyncio.gather(batcher.search(q, k, filter_text, model),
+                                                 batcher.search(q, k, filter_text, versus),
+                                                 return_exceptions=True)
+            if isinstance(result, BaseException):
+                raise result
             if isinstance(other, BaseException):
                 log.warning("interleaving skipped: candidate v%s failed: %s", versus, other)
+                other = None
+        if other is None or other.version == result.version:
             return result, [(hit, result.version) for hit in result.hits], None
         shown, interleaving = interleaver.merge(result, other, k)
         return result, shown, interleaving
@@ -579,7 +580,7 @@ REGRESSIONS_SHOWN, MAX_REGRESSIONS = 15, 200
 
 
 def _review(searcher: ChampionSearcher, model: str, query: str, regressions: int) -> dict:
-    from fusion_model.registry.review_pack import query_key
+    from fusion_model.data.catalog import query_key
 
     version = searcher.for_model(model).version
     pack = searcher.review_pack(model)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 
+from fusion_model.data.catalog import query_key
 from fusion_model.registry.review_pack import (
     MAX_GRADED,
     MAX_TEXT,
     build_review_pack,
     check_review_pack,
-    query_key,
 )
 
 
