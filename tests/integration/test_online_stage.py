@@ -49,12 +49,20 @@ def interleaved_traffic(root: str, champion: str, candidate: str, searches: int,
 
 
 def test_online_needs_an_event_store(platform):
+    """Refused with a named error before anything moves: the champion, the serving alias,
+    the candidate alias and the audit are as they were."""
     decision = steps.gate(platform["v2"], platform["catalog"], "tiny", platform["overrides"],
                           force_promote=True)
+    before = steps.status("tiny", platform["overrides"], last=100)
     with pytest.raises(BadInputError, match="feedback.events"):
         steps.promote_or_reject(platform["v2"], decision, "tiny",
                                 [*platform["overrides"], "feedback.online=true"])
+    after = steps.status("tiny", platform["overrides"], last=100)
     assert get_alias("fusion_products", CANDIDATE) is None
+    assert (after["serving"], after["history"], after["collections"]) == (
+        before["serving"], before["history"], before["collections"])
+    assert {a: v and v.version for a, v in after["aliases"].items()} == \
+        {a: v and v.version for a, v in before["aliases"].items()}
 
 
 def test_a_gated_version_waits_for_shoppers_then_is_promoted(platform, capsys):
