@@ -13,7 +13,9 @@ and runs the pipeline steps that the Airflow DAG runs as tasks (``fusion_model.p
 a task does on a worker, and reports its wall time, products per second and peak resident
 memory (``wait4``'s ``ru_maxrss`` of that process alone). The table puts the sizes side by
 side with the ratio of the largest to the smallest per step: flat memory reads 1.0x, and
-a time per product that does not grow reads 1.0x too.
+a time per product that does not grow reads 1.0x too. Each step's resident memory is
+also sampled once a second into ``<work>/<size>/<step>.rss.tsv`` beside its log, to see
+which phase holds the peak.
 
 ``--index-server lite`` runs the index in a ``milvus-lite server`` process beside the steps
 (as a Milvus server is in production), so the index, gate and promote steps' peak RSS is
@@ -34,6 +36,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -90,14 +93,51 @@ def measure(step: str, work: Path, args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     with open(work / f"{step}.log", "w") as out:
         child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        sampler = RssTimeline(child.pid, work / f"{step}.rss.tsv")
+        sampler.start()
         _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage
+        sampler.stop()
     seconds = time.perf_counter() - started
     code = os.waitstatus_to_exitcode(status)
     if code:
         raise SystemExit(f"step {step} at {args.size} products failed (exit {code}); see "
                          f"{work / f'{step}.log'}")
     return {"seconds": seconds, "peak_mb": usage.ru_maxrss / 1024,
-            "per_second": args.size / seconds}
+            "per_second": args.size / seconds, "peak_at": sampler.peak_at()}
+
+
+class RssTimeline(threading.Thread):
+    """Samples a child's resident memory once a second into ``<step>.rss.tsv`` (UTC time,
+    seconds since start, MB), so that a step's peak can be matched to its log lines."""
+
+    def __init__(self, pid: int, path: Path, every: float = 1.0):
+        super().__init__(daemon=True)
+        self.pid, self.path, self.every = pid, path, every
+        self.samples: list[tuple[float, float]] = []
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        started = time.time()
+        with open(self.path, "w") as out:
+            while not self._done.wait(self.every):
+                try:
+                    status = Path(f"/proc/{self.pid}/status").read_text()
+                    mb = int(status.split("VmRSS:")[1].split()[0]) / 1024
+                except (OSError, IndexError, ValueError):
+                    continue
+                now = time.time()
+                self.samples.append((now - started, mb))
+                out.write(f"{time.strftime('%H:%M:%S', time.gmtime(now))}\t"
+                          f"{now - started:.0f}\t{mb:.0f}\n")
+                out.flush()
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+    def peak_at(self) -> float | None:
+        """Seconds from the start to the highest sampled RSS (None if never sampled)."""
+        return max(self.samples, key=lambda s: s[1])[0] if self.samples else None
 
 
 def table(results: dict[int, dict[str, dict]], steps: list[str]) -> str:
