@@ -29,12 +29,16 @@ def _cmd_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_myntra(args: argparse.Namespace) -> int:
-    from fusion_model.data.catalog import load_catalog
-    from fusion_model.data.myntra import import_myntra
+def _cmd_import(args: argparse.Namespace) -> int:
+    """``catalog myntra|ikea|flipkart``: one real sample into the catalog format."""
+    import importlib
 
-    root = import_myntra(args.source, args.out, sparse_titles=args.sparse_titles,
-                         n_queries=args.queries, seed=args.seed, copy_images=args.copy_images)
+    from fusion_model.data.catalog import load_catalog
+
+    module = importlib.import_module(f"fusion_model.data.{args.action}")
+    importer = getattr(module, f"import_{args.action}")
+    root = importer(args.source, args.out, args.sparse_titles, args.queries, args.seed,
+                    args.copy_images)
     _print_summary(load_catalog(root), fingerprint=True)
     return 0
 
@@ -444,6 +448,16 @@ def _port(text: str) -> int:
     return value
 
 
+# name, sample, source layout, what --sparse-titles strips (fusion_model/data/<name>.py)
+IMPORTERS = (
+    ("myntra", "Myntra fashion", "styles.csv and images/", "colour and pattern words from titles"),
+    ("ikea", "IKEA interior (furniture and home)", "products.json and images/",
+     "colour words from titles and descriptions"),
+    ("flipkart", "Flipkart seven-vertical", "products.csv and images/",
+     "colour words from names and descriptions"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusion-model", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -467,16 +481,20 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--out", required=True, help="output directory or s3:// prefix")
     synthetic.set_defaults(func=_cmd_synthetic)
 
-    myntra = actions.add_parser("myntra", help="import the Myntra fashion sample")
-    myntra.add_argument("--source", required=True, help="folder with styles.csv and images/")
-    myntra.add_argument("--out", required=True, help="output directory or s3:// prefix")
-    myntra.add_argument("--sparse-titles", type=float, default=0.0, metavar="FRACTION",
-                        help="strip colour and pattern words from this fraction of titles")
-    myntra.add_argument("--queries", type=int, default=2000, help="number of queries")
-    myntra.add_argument("--seed", type=int, default=0)
-    myntra.add_argument("--copy-images", action="store_true",
-                        help="copy photos into the catalog (default: reference them in place)")
-    myntra.set_defaults(func=_cmd_myntra)
+    for name, what, layout, stripped in IMPORTERS:
+        importer = actions.add_parser(name, help=f"import the {what} sample")
+        importer.add_argument("--source", required=True, help=f"folder with {layout}")
+        importer.add_argument("--out", required=True, help="output directory or s3:// prefix")
+        importer.add_argument("--sparse-titles", type=float, default=0.0, metavar="FRACTION",
+                              help=f"strip {stripped} from this fraction of products, so "
+                                   "that only the photo shows them")
+        importer.add_argument("--queries", type=int, default=2000,
+                              help="at most this many queries")
+        importer.add_argument("--seed", type=int, default=0)
+        importer.add_argument("--copy-images", action="store_true",
+                              help="copy photos into the catalog (default: reference them "
+                                   "in place)")
+        importer.set_defaults(func=_cmd_import)
 
     show = actions.add_parser("show", help="load a catalog, check it, print its summary")
     show.add_argument("catalog", help="catalog directory or s3:// prefix")

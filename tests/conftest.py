@@ -17,6 +17,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 MYNTRA_SOURCE = Path(os.environ.get("FUSION_MYNTRA_SOURCE",
                                     REPO.parent / "shared" / "data" / "myntra-fashion"))
+IKEA_SOURCE = Path(os.environ.get("FUSION_IKEA_SOURCE",
+                                  REPO.parent / "shared" / "data" / "ikea-interior"))
+FLIPKART_SOURCE = Path(os.environ.get("FUSION_FLIPKART_SOURCE",
+                                      REPO.parent / "shared" / "data" / "flipkart-products"))
 
 # The content tag cache of this test session (not the user's ~/.cache): subprocesses the
 # tests start inherit it.
@@ -39,6 +43,20 @@ def myntra_source() -> Path:
     if not (MYNTRA_SOURCE / "styles.csv").is_file():
         pytest.fail(f"Myntra sample not found at {MYNTRA_SOURCE}; set FUSION_MYNTRA_SOURCE")
     return MYNTRA_SOURCE
+
+
+@pytest.fixture(scope="session")
+def ikea_source() -> Path:
+    if not (IKEA_SOURCE / "products.json").is_file():
+        pytest.fail(f"IKEA sample not found at {IKEA_SOURCE}; set FUSION_IKEA_SOURCE")
+    return IKEA_SOURCE
+
+
+@pytest.fixture(scope="session")
+def flipkart_source() -> Path:
+    if not (FLIPKART_SOURCE / "products.csv").is_file():
+        pytest.fail(f"Flipkart sample not found at {FLIPKART_SOURCE}; set FUSION_FLIPKART_SOURCE")
+    return FLIPKART_SOURCE
 
 
 def tiny_overrides(root: Path) -> list[str]:
