@@ -35,6 +35,10 @@ from fusion_model.training.trainer import train
 log = logging.getLogger(__name__)
 
 REPORTED = ("recall@10", "recall@100", "ndcg@10", "mrr")
+# Mixes of the two modalities with one or two learned scalars (and concat, one linear map):
+# the fusion network must beat the best of them to earn its parameters.
+SIMPLE_FUSIONS = ("weighted_sum", "late_fusion", "concat")
+NETWORKS = ("fusion",)
 # The paper's ladder, each step tested with a paired bootstrap on the same queries.
 LADDER = (("concat_no_ft", "text_only_no_ft"), ("concat", "concat_no_ft"),
           ("concat", "text_only"), ("fusion", "concat"), ("fusion", "weighted_sum"),
@@ -97,13 +101,15 @@ def resolve_models(names: tuple[str, ...]) -> tuple[str, ...]:
 def run_benchmark(catalog_uri: str, output: str | None = None,
                   models: tuple[str, ...] = ("core",), config_name: str = "default",
                   overrides: tuple[str, ...] = (), work_dir: str = "runs/benchmark",
-                  progress: bool = True, seeds: int = 1, split: str = "test") -> dict:
+                  progress: bool = True, seeds: int = 1, split: str = "test",
+                  train_queries: int | None = None, print_table: bool = True) -> dict:
     """Train and evaluate ``models`` with ``seeds`` seeds on ``split``; return (and write)
     the results.
 
     With several seeds (``train.seed``, +1, +2, ...) every metric is the mean over seeds,
     ``seeds`` gives each seed's value and the spread, and the CIs are over queries of the
-    per-query scores averaged over seeds.
+    per-query scores averaged over seeds. With ``train_queries`` every seed trains on its
+    own seeded sample of that many train queries (val and test stay whole).
     """
     models = resolve_models(models)
     if seeds < 1:
@@ -118,14 +124,18 @@ def run_benchmark(catalog_uri: str, output: str | None = None,
         config = base.replace(f"train.seed={seed}") if offset else base
         work = Path(work_dir) / f"seed{seed}" if seeds > 1 else Path(work_dir)
         log.info("benchmark seed %d (%d/%d)", seed, offset + 1, seeds)
-        runs.append(_run_models(catalog, config, models, work, progress, split))
+        sample = catalog.with_train_queries(train_queries, seed)
+        runs.append(_run_models(sample, config, models, work, progress, split))
     results = {m: average_results([run[0][m] for run in runs]) for m in models}
     seconds = {m: float(np.mean([run[1].get(m, 0.0) for run in runs])) for m in models}
-    report = build_report(catalog, base, results, seconds) | {"split": split}
+    report = build_report(catalog, base, results, seconds) | {
+        "split": split, "seeds": seeds,
+        "train_queries": len(catalog.with_train_queries(train_queries).queries_in("train"))}
     if seeds > 1:
         for name in models:
             report["models"][name]["seeds"] = seed_spread([run[0][name] for run in runs])
-    print(format_table(report))
+    if print_table:
+        print(format_table(report))
     if output:
         Path(output).write_text(json.dumps(report, indent=2))
         log.info("wrote %s", output)
@@ -208,36 +218,41 @@ def seed_spread(results: list[EvaluationResult]) -> dict[str, dict]:
 def build_report(catalog: Catalog, config: RunConfig, results: dict[str, EvaluationResult],
                  seconds: dict[str, float]) -> dict:
     summary = catalog.summary()
+    samples = config.eval.bootstrap_samples
     baseline = results.get("text_only")
     models = {}
     for name, result in results.items():
-        query_ids = sorted(result.per_query)
         entry = {metric: result.metrics[metric] for metric in REPORTED}
         entry["ci95"] = {m: result.ci95(m, config.eval.bootstrap_samples) for m in REPORTED}
         if baseline is not None and name != "text_only":
-            entry["vs_text_only"] = {
-                m: paired_bootstrap_difference(result.values(m, query_ids),
-                                               baseline.values(m, query_ids),
-                                               config.eval.bootstrap_samples).as_dict()
-                for m in REPORTED}
+            entry["vs_text_only"] = paired(result, baseline, samples)
         entry["segments"] = result.segments
         entry["train_seconds"] = round(seconds.get(name, 0.0), 1)
         models[name] = entry
+    best_simple = max((name for name in SIMPLE_FUSIONS if name in results), default=None,
+                      key=lambda name: results[name].metrics["ndcg@10"])
+    for name in NETWORKS:
+        if best_simple and name in results:
+            models[name]["vs_best_simple"] = {"model": best_simple} | paired(
+                results[name], results[best_simple], samples)
     ladder = {}
     for better, worse in LADDER:
         if better in results and worse in results:
-            ids = sorted(results[better].per_query)
-            ladder[f"{better}_vs_{worse}"] = {
-                m: paired_bootstrap_difference(results[better].values(m, ids),
-                                               results[worse].values(m, ids),
-                                               config.eval.bootstrap_samples).as_dict()
-                for m in REPORTED}
+            ladder[f"{better}_vs_{worse}"] = paired(results[better], results[worse], samples)
     return {"ladder": ladder, "catalog": {"uri": summary["uri"],
                                           "fingerprint": catalog.fingerprint,
                         "products": summary["products"],
                         "products_with_image": summary["products_with_image"],
                         "queries": summary["queries"]},
             "config": config.to_dict(), "models": models}
+
+
+def paired(better: EvaluationResult, worse: EvaluationResult, samples: int) -> dict:
+    """Per reported metric, the paired bootstrap CI of ``better - worse`` over the same
+    queries."""
+    ids = sorted(better.per_query)
+    return {m: paired_bootstrap_difference(better.values(m, ids), worse.values(m, ids),
+                                           samples).as_dict() for m in REPORTED}
 
 
 def format_table(report: dict) -> str:
@@ -258,4 +273,52 @@ def format_table(report: dict) -> str:
                  "* paired bootstrap 95% CI of the difference excludes 0")
     if any("seeds" in entry for entry in report["models"].values()):
         lines.append("means over seeds; seed sd: standard deviation of nDCG@10 across seeds")
+    return "\n".join(lines)
+
+
+def run_learning_curves(catalogs: list[str], train_queries: list[int | None],
+                        output: str | None = None, work_dir: str = "runs/benchmark",
+                        **options) -> dict:
+    """``run_benchmark`` for every catalog x number of train queries (None: all of them),
+    each cell with its own work directory; the cells so far are written to ``output``
+    after each one, so a long run that stops keeps what it finished. ``options`` go to
+    ``run_benchmark`` (models, seeds, split, config_name, overrides, progress)."""
+    cells = []
+    for uri in catalogs:
+        label = catalog_label(uri)
+        for n in train_queries:
+            log.info("learning curve: %s with %s train queries", label, n or "all")
+            work = Path(work_dir) / label / f"q{n or 'all'}"
+            report = run_benchmark(uri, None, work_dir=str(work), train_queries=n,
+                                   print_table=False, **options)
+            cells.append({"catalog": label, "requested": n or "all", "report": report})
+            grid = {"split": report["split"], "seeds": report["seeds"], "cells": cells}
+            if output:
+                Path(output).write_text(json.dumps(grid, indent=2))
+    print(format_grid(grid))
+    return grid
+
+
+def catalog_label(uri: str) -> str:
+    """A catalog's short name in reports: its folder's name."""
+    return Path(uri.rstrip("/")).name or uri
+
+
+def format_grid(grid: dict) -> str:
+    """Markdown: nDCG@10 per catalog x train queries x model, and the fusion network's
+    paired difference to the best simple fusion of the same cell."""
+    names = list(dict.fromkeys(name for cell in grid["cells"]
+                               for name in cell["report"]["models"]))
+    head = ["catalog", "train queries", *names, "fusion - best simple [95% CI]"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for cell in grid["cells"]:
+        models = cell["report"]["models"]
+        scores = [f"{models[n]['ndcg@10']:.4f}" if n in models else "-" for n in names]
+        versus = models.get("fusion", {}).get("vs_best_simple")
+        gap = (f"{versus['ndcg@10']['mean']:+.4f} [{versus['ndcg@10']['low']:+.3f}, "
+               f"{versus['ndcg@10']['high']:+.3f}] vs {versus['model']}" if versus else "-")
+        lines.append(f"| {cell['catalog']} | {cell['report']['train_queries']} | "
+                     + " | ".join(scores) + f" | {gap} |")
+    lines.append(f"\nnDCG@10 on {grid['split']}, mean of {grid['seeds']} seed(s); each seed "
+                 "trains on its own sample of the train queries.")
     return "\n".join(lines)

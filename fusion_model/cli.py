@@ -113,14 +113,27 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from fusion_model.benchmark import run_benchmark
+    from fusion_model.benchmark import run_benchmark, run_learning_curves
 
     models = tuple(args.models.split(",")) if args.models else None
     kwargs = {"models": models} if models else {}
-    run_benchmark(args.catalog, args.output, config_name=args.config,
-                  overrides=tuple(args.overrides), work_dir=args.work_dir, seeds=args.seeds,
-                  split=args.split, **kwargs)
+    options = {"config_name": args.config, "overrides": tuple(args.overrides),
+               "work_dir": args.work_dir, "seeds": args.seeds, "split": args.split, **kwargs}
+    if len(args.catalog) == 1 and args.train_queries is None:
+        run_benchmark(args.catalog[0], args.output, **options)
+    else:
+        run_learning_curves(args.catalog, args.train_queries or [None], args.output,
+                            **options)
     return 0
+
+
+def _train_query_counts(text: str) -> list[int | None]:
+    """"150,300,all" -> [150, 300, None]."""
+    counts = [None if part.strip() == "all" else _positive_int(part.strip())
+              for part in text.split(",") if part.strip()]
+    if not counts:
+        raise argparse.ArgumentTypeError("give numbers of train queries, e.g. 150,300,all")
+    return counts
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -670,7 +683,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=_cmd_status)
 
     bench = steps.add_parser("benchmark", help="train and compare every model on a catalog")
-    bench.add_argument("--catalog", required=True)
+    bench.add_argument("--catalog", required=True, action="append",
+                       help="a catalog; repeat for several (one table over all of them)")
+    bench.add_argument("--train-queries", type=_train_query_counts, metavar="N,N,all",
+                       help="learning curve: train on a seeded sample of N train queries "
+                            "per seed, for each N (all: every train query)")
     bench.add_argument("--output", default="results.json", help="results JSON file")
     bench.add_argument("--models", help="comma-separated models; `core` is the core ladder "
                        "(the default), e.g. core,fusion_no_ft")

@@ -7,6 +7,7 @@ See docs/catalog.md.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -71,6 +72,21 @@ class Catalog:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         return self.queries[self.queries["split"] == split]
+
+    def with_train_queries(self, n: int | None, seed: int = 0) -> Catalog:
+        """This catalog with a seeded sample of ``n`` of its train queries (and their
+        judgments) and every val and test query; itself when ``n`` is None or covers them
+        all. A learning curve's point: the same catalog, fewer labelled queries."""
+        if n is not None and n < 1:
+            raise ValueError(f"train queries must be at least 1, got {n}")
+        train = self.queries_in("train")["query_id"].to_numpy(dtype=object)
+        if n is None or n >= len(train):
+            return self
+        kept = set(np.random.default_rng(seed).choice(train, size=n, replace=False))
+        drop = set(train) - kept
+        queries = self.queries[~self.queries["query_id"].isin(drop)].reset_index(drop=True)
+        judgments = self.judgments[~self.judgments["query_id"].isin(drop)].reset_index(drop=True)
+        return dataclasses.replace(self, queries=queries, judgments=judgments)
 
     def qrels(self, split: str | None = None, min_grade: int = 1) -> dict[str, dict[str, int]]:
         """``{query_id: {product_id: grade}}`` for judged pairs with grade >= min_grade."""

@@ -81,3 +81,48 @@ def test_benchmark_scores_the_val_split_when_asked(synthetic_catalog, tmp_path, 
     with pytest.raises(ValueError, match="split must be one of"):
         run_benchmark(str(synthetic_catalog), None, models=("zero_shot_text",),
                       split="train")
+
+
+def test_learning_curves_cover_catalogs_and_train_query_counts(synthetic_catalog, tmp_path,
+                                                               capsys):
+    from fusion_model.cli import main
+
+    output = tmp_path / "grid.json"
+    assert main(["benchmark", "--catalog", str(synthetic_catalog), "--train-queries", "10,all",
+                 "--models", "text_only,weighted_sum,late_fusion,fusion", "--config", "tiny",
+                 "--seeds", "2", "--split", "val", "--output", str(output),
+                 "--work-dir", str(tmp_path / "work"), f"train.cache_dir={tmp_path / 'cache'}",
+                 "train.stage1.epochs=1", "train.stage2.epochs=1"]) == 0
+    grid = json.loads(output.read_text())
+    assert grid["split"] == "val" and grid["seeds"] == 2
+    assert [c["requested"] for c in grid["cells"]] == [10, "all"]
+    few, every = (c["report"] for c in grid["cells"])
+    assert few["train_queries"] == 10 < every["train_queries"]
+    for report in (few, every):
+        versus = report["models"]["fusion"]["vs_best_simple"]
+        best = max(("weighted_sum", "late_fusion"),
+                   key=lambda name: report["models"][name]["ndcg@10"])
+        assert versus["model"] == best
+        gap = report["models"]["fusion"]["ndcg@10"] - report["models"][best]["ndcg@10"]
+        assert versus["ndcg@10"]["low"] <= gap <= versus["ndcg@10"]["high"]
+    assert (tmp_path / "work" / "catalog" / "q10" / "seed1" / "fusion").is_dir()
+    table = capsys.readouterr().out
+    assert "| catalog | train queries | text_only |" in table
+    assert f"| catalog | 10 | {few['models']['text_only']['ndcg@10']:.4f} |" in table
+
+
+def test_train_query_samples_keep_val_and_test_and_differ_by_seed(synthetic_catalog):
+    from fusion_model.data.catalog import load_catalog
+
+    catalog = load_catalog(str(synthetic_catalog))
+    sample = catalog.with_train_queries(12, seed=1)
+    assert len(sample.queries_in("train")) == 12
+    for split in ("val", "test"):
+        assert sample.queries_in(split).reset_index(drop=True).equals(
+            catalog.queries_in(split).reset_index(drop=True))
+    assert set(sample.judgments["query_id"]) <= set(sample.queries["query_id"])
+    assert set(sample.queries_in("train")["query_id"]) != set(
+        catalog.with_train_queries(12, seed=2).queries_in("train")["query_id"])
+    assert catalog.with_train_queries(None) is catalog
+    with pytest.raises(ValueError, match="at least 1"):
+        catalog.with_train_queries(0)
