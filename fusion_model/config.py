@@ -77,6 +77,11 @@ class StageConfig:
     warmup: float = 0.0              # share of the stage's steps with linear warmup
     grad_clip: float = 0.0           # max gradient norm (0 = no clipping)
     weight_decay: float = 0.01
+    mix_epochs: int = 0              # stage 2, fusion network: first train only what a
+                                     # weighted sum has (projections, the modality mix, image
+                                     # blocks) this many epochs, the network's extra parts
+                                     # held at their identity start; then ``epochs`` train
+                                     # everything from the best of them (gated_fusion only)
 
 
 @dataclass(frozen=True)
@@ -453,7 +458,16 @@ def validate(config: RunConfig) -> None:
              f"train.{stage_name} learning rates must be positive"),
             (stage.positives_per_query >= 1, f"train.{stage_name}.positives_per_query >= 1"),
             (stage.hard_negatives >= 0, f"train.{stage_name}.hard_negatives must be >= 0"),
+            (stage.mix_epochs >= 0, f"train.{stage_name}.mix_epochs must be >= 0"),
         ]
+    checks += [
+        (config.train.stage1.mix_epochs == 0,
+         "train.stage1.mix_epochs: the mix phase belongs to stage 2 (stage 1 has no photo)"),
+        (config.train.stage2.mix_epochs == 0 or (config.model.fusion == "fusion"
+                                                  and config.model.gated_fusion),
+         "train.stage2.mix_epochs needs model.fusion=fusion and model.gated_fusion=true: the "
+         "network starts as the trained weighted sum only when its cross-attention is gated"),
+    ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

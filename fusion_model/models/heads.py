@@ -245,6 +245,14 @@ class FusionHead(ProductHead, name="fusion"):
         return l2(fused), weights[:, 1]
 
 
+    def mix_parameters(self) -> list[nn.Parameter]:
+        """What a weighted sum of the two modalities has: both projections and the mix
+        (the gate's bias). Trained alone, with every other part at its zero start (gated
+        cross-attention, mean pooling, constant gate, no complement), this head *is* a
+        weighted sum of its L2-normalised text and image vectors."""
+        return [*self.text_proj.parameters(), *self.image_proj.parameters(),
+                self.gate[-1].bias]
+
     def _pool_regions(self, image: torch.Tensor, pooled_text: torch.Tensor) -> torch.Tensor:
         """(B, Li, d) regions -> (B, d): mean, or attention from the product's text."""
         if self.region_key is None:

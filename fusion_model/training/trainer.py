@@ -11,6 +11,7 @@ with the same config and catalog resumes from the last checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -87,6 +88,11 @@ class TrainResult:
         model_dir = str(beside) if beside.is_dir() else data["model_dir"]
         return cls(model_dir, EvaluationResult.from_dict(data["test"]),
                    EvaluationResult.from_dict(data["val"]), data["history"], data["seconds"])
+
+
+def _stage_number(name: str) -> int:
+    """"stage2_mix" -> 2: the phases of a stage draw from the stage's random stream."""
+    return int(name.removeprefix("stage")[0])
 
 
 def seed_everything(seed: int) -> None:
@@ -346,6 +352,11 @@ class Trainer:
             features = self._put(image_batch(self.image_features, p_idx))
             return model.products_from_features(tokens, mask, features, present)
 
+        if stage.mix_epochs:  # the weighted sum first; the network starts from its best
+            mix_params = [*head.mix_parameters(), *model.query_head.parameters(),
+                          model.loss.log_scale]
+            self._run_stage("stage2_mix", dataclasses.replace(stage, epochs=stage.mix_epochs),
+                            encoder_params, mix_params, (query_vectors, product_vectors))
         self._run_stage("stage2", stage, encoder_params, head_params,
                         (query_vectors, product_vectors))
 
@@ -383,7 +394,7 @@ class Trainer:
                          best_state=_clone_state(self.model))
             log.info("%s: val %s before training %.4f", name, primary, state["best_score"])
         for epoch in range(state["epoch"], stage.epochs):
-            rng = np.random.default_rng([self.config.train.seed, int(name[-1]), epoch])
+            rng = np.random.default_rng([self.config.train.seed, _stage_number(name), epoch])
             torch.manual_seed(self.config.train.seed * 1000 + epoch)
             self.negatives = self._mine_negatives(stage.hard_negatives) \
                 if stage.hard_negatives else None

@@ -170,6 +170,29 @@ def test_fusion_starts_as_a_gated_weighted_sum_of_mean_pooled_modalities():
                               _gate_only(plain, text, mask, image, present)[0], atol=1e-3)
 
 
+def test_fusion_with_only_its_mix_parameters_is_exactly_a_weighted_sum():
+    """The mix phase's premise (train.stage2.mix_epochs): with its other parts at their
+    zero start, the gated network with a gate bias of (log a, log(1 - a)) and the weighted
+    sum with mix a over the same projections give the same product vectors, a missing photo
+    included (empty text is where they differ: the network leaves it out of the mix)."""
+    torch.manual_seed(0)
+    fusion = head_class("fusion")(DT, DI, HeadSettings(D, 4, 0.1, True, True)).eval()
+    weighted = head_class("weighted_sum")(DT, DI, HeadSettings(D)).eval()
+    weighted.text_proj.load_state_dict(fusion.text_proj.state_dict())
+    weighted.image_proj.load_state_dict(fusion.image_proj.state_dict())
+    a = 0.7
+    with torch.no_grad():
+        weighted.mix.fill_(torch.logit(torch.tensor(a)))
+        fusion.gate[-1].bias.copy_(torch.log(torch.tensor([a, 1 - a])))
+    text, mask, image, present = inputs()
+    has_text = mask.any(dim=1)
+    got, want = fusion(text, mask, image, present), weighted(text, mask, image, present)
+    assert torch.allclose(got[has_text], want[has_text], atol=1e-5)
+    names = {id(p) for p in fusion.mix_parameters()}
+    assert names == {id(p) for p in (*fusion.text_proj.parameters(),
+                                     *fusion.image_proj.parameters(), fusion.gate[-1].bias)}
+
+
 def _gate_only(fusion, text, mask, image, present):
     from fusion_model.models.heads import image_pool, l2
     from fusion_model.models.text import mean_pool

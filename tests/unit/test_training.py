@@ -295,6 +295,43 @@ def test_stage2_gives_the_layers_stage1_did_not_train_their_own_learning_rate(
     assert lr_of[id(head.image_proj.weight)] == lr_of[id(head.gate[0].weight)] == 0.03
 
 
+def test_the_mix_phase_trains_a_weighted_sum_and_the_network_starts_from_its_best(
+        catalog, tmp_path, monkeypatch):
+    config = load_config("tiny", [f"train.cache_dir={tmp_path / 'cache'}", "train.stage1.epochs=1",
+                                  "train.stage2.epochs=2", "train.stage2.mix_epochs=2",
+                                  "model.gated_fusion=true"])
+    trainer = Trainer(catalog, config, tmp_path / "run", progress=False)
+    starts = {}
+    original_stage = Trainer._run_stage
+
+    def remember_start(self, name, *args, **kwargs):
+        starts[name] = {k: v.clone() for k, v in self.model.state_dict().items()}
+        return original_stage(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_run_stage", remember_start)
+    result = trainer.run()
+    assert [h["stage"] for h in result.history] == ["stage1", "stage2_mix", "stage2_mix",
+                                                    "stage2", "stage2"]
+    before, after = starts["stage2_mix"], starts["stage2"]
+    mixed = {name for name, value in after.items() if not torch.equal(before[name], value)}
+    head = "product_head."
+    assert {f"{head}gate.2.bias", f"{head}image_proj.weight"} <= mixed
+    network = [n for n in before if n.startswith(head) and not n.startswith(
+        (f"{head}text_proj", f"{head}image_proj", f"{head}gate.2.bias"))]
+    assert network and not mixed & set(network)  # the network's own parts kept their start
+    best_mix = max(h["val_ndcg@10"] for h in result.history if h["stage"] == "stage2_mix")
+    assert result.val.metrics["ndcg@10"] >= best_mix - 1e-9  # the start competes
+
+
+def test_mix_epochs_need_the_gated_fusion_network():
+    from fusion_model.config import ConfigError
+
+    with pytest.raises(ConfigError, match="gated_fusion=true"):
+        load_config("tiny", ["train.stage2.mix_epochs=2"])
+    with pytest.raises(ConfigError, match="belongs to stage 2"):
+        load_config("tiny", ["train.stage1.mix_epochs=1", "model.gated_fusion=true"])
+
+
 def test_loading_a_folder_that_is_not_a_saved_model_says_where_the_model_is(tmp_path):
     from fusion_model.errors import BadInputError
 
