@@ -81,7 +81,8 @@ class StageConfig:
                                      # weighted sum has (projections, the modality mix, image
                                      # blocks) this many epochs, the network's extra parts
                                      # held at their identity start; then ``epochs`` train
-                                     # everything from the best of them (gated_fusion only)
+                                     # everything from the best of them (gated_fusion only;
+                                     # other heads have no such phase and ignore it)
 
 
 @dataclass(frozen=True)
@@ -463,10 +464,10 @@ def validate(config: RunConfig) -> None:
     checks += [
         (config.train.stage1.mix_epochs == 0,
          "train.stage1.mix_epochs: the mix phase belongs to stage 2 (stage 1 has no photo)"),
-        (config.train.stage2.mix_epochs == 0 or (config.model.fusion == "fusion"
-                                                  and config.model.gated_fusion),
-         "train.stage2.mix_epochs needs model.fusion=fusion and model.gated_fusion=true: the "
-         "network starts as the trained weighted sum only when its cross-attention is gated"),
+        (config.train.stage2.mix_epochs == 0 or config.model.fusion != "fusion"
+         or config.model.gated_fusion,
+         "train.stage2.mix_epochs needs model.gated_fusion=true: the network starts as the "
+         "trained weighted sum only when its cross-attention is gated"),
     ]
     for ok, message in checks:
         if not ok:

@@ -80,6 +80,11 @@ class ProductHead(nn.Module, Named):
     def image_vector(self, image_tokens: torch.Tensor) -> torch.Tensor:
         return self.image_proj(image_pool(image_tokens))
 
+    def mix_parameters(self) -> list[nn.Parameter] | None:
+        """The parameters of the simpler mix this head starts as, trained alone first
+        (``train.stage2.mix_epochs``); None: the head has no such phase."""
+        return None
+
     def with_photo_weight(self, text_tokens, text_mask, image_tokens, image_present
                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The product vectors and, for heads that weigh the two modalities, each

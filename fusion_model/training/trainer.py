@@ -352,9 +352,9 @@ class Trainer:
             features = self._put(image_batch(self.image_features, p_idx))
             return model.products_from_features(tokens, mask, features, present)
 
-        if stage.mix_epochs:  # the weighted sum first; the network starts from its best
-            mix_params = [*head.mix_parameters(), *model.query_head.parameters(),
-                          model.loss.log_scale]
+        mix = head.mix_parameters()
+        if stage.mix_epochs and mix:  # the weighted sum first; the network starts from its best
+            mix_params = [*mix, *model.query_head.parameters(), model.loss.log_scale]
             self._run_stage("stage2_mix", dataclasses.replace(stage, epochs=stage.mix_epochs),
                             encoder_params, mix_params, (query_vectors, product_vectors))
         self._run_stage("stage2", stage, encoder_params, head_params,

@@ -323,11 +323,12 @@ def test_the_mix_phase_trains_a_weighted_sum_and_the_network_starts_from_its_bes
     assert result.val.metrics["ndcg@10"] >= best_mix - 1e-9  # the start competes
 
 
-def test_mix_epochs_need_the_gated_fusion_network():
+def test_mix_epochs_need_the_gated_fusion_network_and_other_heads_ignore_them():
     from fusion_model.config import ConfigError
 
     with pytest.raises(ConfigError, match="gated_fusion=true"):
         load_config("tiny", ["train.stage2.mix_epochs=2"])
+    load_config("tiny", ["train.stage2.mix_epochs=2", "model.fusion=weighted_sum"])
     with pytest.raises(ConfigError, match="belongs to stage 2"):
         load_config("tiny", ["train.stage1.mix_epochs=1", "model.gated_fusion=true"])
 
