@@ -131,9 +131,12 @@ def run_benchmark(catalog_uri: str, output: str | None = None,
     report = build_report(catalog, base, results, seconds) | {
         "split": split, "seeds": seeds,
         "train_queries": len(catalog.with_train_queries(train_queries).queries_in("train"))}
-    if seeds > 1:
-        for name in models:
+    for name in models:
+        if seeds > 1:
             report["models"][name]["seeds"] = seed_spread([run[0][name] for run in runs])
+        if all(name in run[2] for run in runs):  # the val score a recipe is chosen on
+            report["models"][name]["val"] = {
+                m: float(np.mean([run[2][name][m] for run in runs])) for m in REPORTED}
     if print_table:
         print(format_table(report))
     if output:
@@ -144,11 +147,13 @@ def run_benchmark(catalog_uri: str, output: str | None = None,
 
 def _run_models(catalog: Catalog, base: RunConfig, models: tuple[str, ...], work: Path,
                 progress: bool, split: str = "test"
-                ) -> tuple[dict[str, EvaluationResult], dict[str, float]]:
-    """One seed: every model's result on ``split`` and training seconds (stage 1
-    shared)."""
+                ) -> tuple[dict[str, EvaluationResult], dict[str, float],
+                           dict[str, dict[str, float]]]:
+    """One seed: every model's result on ``split``, training seconds (stage 1 shared) and
+    every trained model's val metrics."""
     results: dict[str, EvaluationResult] = {}
     seconds: dict[str, float] = {}
+    val: dict[str, dict[str, float]] = {}  # each trained model's val metrics (selection)
     stage1_dirs: dict[bool, str] = {}
     stage1_seconds: dict[bool, float] = {}
 
@@ -162,6 +167,7 @@ def _run_models(catalog: Catalog, base: RunConfig, models: tuple[str, ...], work
             stage1_seconds[finetune] = time.perf_counter() - started
             stage1_dirs[finetune] = result.model_dir
             results[name] = getattr(result, split)
+            val[name] = result.val.metrics
             seconds[name] = stage1_seconds[finetune]
         return stage1_dirs[finetune]
 
@@ -185,8 +191,9 @@ def _run_models(catalog: Catalog, base: RunConfig, models: tuple[str, ...], work
         started = time.perf_counter()
         result = train(catalog, config, work / name, progress, stage1_from=from_dir)
         results[name] = getattr(result, split)
+        val[name] = result.val.metrics
         seconds[name] = stage1_seconds[finetune] + time.perf_counter() - started
-    return results, seconds
+    return results, seconds, val
 
 
 def average_results(results: list[EvaluationResult]) -> EvaluationResult:

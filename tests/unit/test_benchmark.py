@@ -99,6 +99,7 @@ def test_learning_curves_cover_catalogs_and_train_query_counts(synthetic_catalog
     few, every = (c["report"] for c in grid["cells"])
     assert few["train_queries"] == 10 < every["train_queries"]
     for report in (few, every):
+        assert 0 <= report["models"]["fusion"]["val"]["ndcg@10"] <= 1  # what to select on
         versus = report["models"]["fusion"]["vs_best_simple"]
         best = max(("weighted_sum", "late_fusion"),
                    key=lambda name: report["models"][name]["ndcg@10"])
