@@ -3,7 +3,7 @@
     python benchmarks/scale.py [--sizes 10000,40000,160000] [--config tiny]
         [--image-size 64] [--judged-per-query 50] [--queries 2000] [--work-dir DIR]
         [--steps generate,validate,train,register,index,gate,promote]
-        [--index-server none|lite]
+        [--index-server none|lite] [--force-promote]
 
 Each size gets a synthetic catalog (small photos; a judged pool of ``--judged-per-query``
 products per query, so that judgments do not grow with the catalog, as a shop's do not)
@@ -74,7 +74,8 @@ def run_step(step: str, work: Path, args: argparse.Namespace) -> dict:
     elif step == "index":
         state["index"] = steps.index(state["register"]["version"], catalog, config, overrides)
     elif step == "gate":
-        state["gate"] = steps.gate(state["register"]["version"], catalog, config, overrides)
+        state["gate"] = steps.gate(state["register"]["version"], catalog, config, overrides,
+                                   force_promote=args.force_promote)
     elif step == "promote":
         state["promote"] = steps.promote_or_reject(state["register"]["version"],
                                                    state["gate"], config, overrides)
@@ -88,6 +89,8 @@ def measure(step: str, work: Path, args: argparse.Namespace) -> dict:
                "--size", str(args.size), "--config", args.config,
                "--queries", str(args.queries), "--image-size", str(args.image_size),
                "--judged-per-query", str(args.judged_per_query)]
+    if args.force_promote:
+        command.append("--force-promote")
     if args.index_uri:
         command += ["--index-uri", args.index_uri]
     started = time.perf_counter()
@@ -218,6 +221,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--index-server", choices=("none", "lite"), default="none",
                         help="lite: a milvus-lite server process holds the collections")
     parser.add_argument("--output", help="write the results as JSON here too")
+    parser.add_argument("--force-promote", action="store_true",
+                        help="promote whatever the gate finds (the tiny encoders learn "
+                             "little on large synthetic catalogs; this measures the promotion "
+                             "path itself)")
     parser.add_argument("--index-uri", help=argparse.SUPPRESS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
