@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
+import socket
 import statistics
 import tempfile
 import time
@@ -70,14 +72,40 @@ def build(index: MilvusIndex, name: str, data, how: str, config: IndexConfig) ->
 
 
 @contextlib.contextmanager
-def server(uri: str | None, root: Path):
+def server(uri: str | None, root: Path, storage: str = "local"):
+    """(server URI, import URI or None for the default); ``storage="s3"`` starts a moto S3
+    server and a Milvus server whose segments live in it, importing from that bucket."""
     if uri:
-        yield uri
+        yield uri, None
         return
-    from fusion_model.index.standalone import standalone_server
+    from fusion_model.index.standalone import ObjectStorage, standalone_server
 
-    with standalone_server(root / "milvus") as started:
-        yield started
+    if storage == "local":
+        with standalone_server(root / "milvus") as started:
+            yield started, None
+        return
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}"}
+    os.environ.update(keys)
+    boto3.client("s3").create_bucket(Bucket="milvus-bucket")
+    store = ObjectStorage(keys["AWS_ENDPOINT_URL_S3"], "milvus-bucket", "testing", "testing")
+    try:
+        with standalone_server(root / "milvus", storage=store) as started:
+            yield started, "s3://milvus-bucket/import"
+    finally:
+        moto.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def main() -> None:
@@ -88,14 +116,18 @@ def main() -> None:
     parser.add_argument("--import-rows", type=int, default=50_000)
     parser.add_argument("--uri", help="a running Milvus server (default: start one)")
     parser.add_argument("--import-uri", help="where that server reads import files")
+    parser.add_argument("--storage", choices=("local", "s3"), default="local",
+                        help="the started server's segments: on its disk, or in a local "
+                             "S3 server (moto), bulk import reading from that bucket")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     root = Path(tempfile.mkdtemp(prefix="milvus-import-"))
-    config = IndexConfig(import_uri=args.import_uri or str(root / "import"),
-                         import_rows=args.import_rows)
     data = catalog_rows(args.rows, args.dim)
     runs: dict[str, list[dict]] = {"insert": [], "import": []}
-    with server(args.uri, root) as uri, MilvusIndex.open(uri) as index:
+    with server(args.uri, root, args.storage) as (uri, import_uri), \
+            MilvusIndex.open(uri) as index:
+        config = IndexConfig(import_uri=args.import_uri or import_uri or str(root / "import"),
+                             import_rows=args.import_rows)
         for repeat in range(args.repeats):
             for how in runs:
                 runs[how].append(build(index, f"bench_{how}_{repeat}", data, how, config))

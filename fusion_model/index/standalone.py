@@ -19,7 +19,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from fusion_model.errors import FusionModelError
@@ -35,9 +37,36 @@ class StandaloneServerError(FusionModelError):
     """The local Milvus standalone server could not start."""
 
 
+@dataclass(frozen=True)
+class ObjectStorage:
+    """An S3-protocol store (MinIO, S3, moto) for the server's segments, in place of its
+    local disk: what a Milvus cluster runs on, and where bulk import reads its files."""
+
+    endpoint: str         # http://host:port
+    bucket: str
+    access_key: str
+    secret_key: str
+    root_path: str = "files"
+    region: str = "us-east-1"
+
+    def server_flags(self) -> list[str]:
+        """``milvus-server --extra-config`` flags that put its storage there."""
+        parsed = urllib.parse.urlsplit(self.endpoint)
+        settings = {"common.storageType": "minio", "minio.address": parsed.hostname,
+                    "minio.port": parsed.port or (443 if parsed.scheme == "https" else 80),
+                    "minio.useSSL": str(parsed.scheme == "https").lower(),
+                    "minio.bucketName": self.bucket, "minio.rootPath": self.root_path,
+                    "minio.accessKeyID": self.access_key,
+                    "minio.secretAccessKey": self.secret_key, "minio.region": self.region}
+        return [flag for key, value in settings.items()
+                for flag in ("--extra-config", f"{key}={value}")]
+
+
 @contextlib.contextmanager
-def standalone_server(data_dir: Path, timeout: float = 240) -> Iterator[str]:
-    """Run ``milvus-server`` with its data under ``data_dir``; yields ``http://127.0.0.1:port``."""
+def standalone_server(data_dir: Path, timeout: float = 240,
+                      storage: ObjectStorage | None = None) -> Iterator[str]:
+    """Run ``milvus-server`` with its data under ``data_dir`` (segments in ``storage``
+    when given); yields ``http://127.0.0.1:port``."""
     binary = shutil.which("milvus-server", path=str(Path(sys.executable).parent)) \
         or shutil.which("milvus-server")
     if binary is None:
@@ -53,6 +82,8 @@ def standalone_server(data_dir: Path, timeout: float = 240) -> Iterator[str]:
     command = [binary, "--data", str(data_dir)]
     for flag, port in ports.items():
         command += [f"--{flag}-port", str(port)]
+    if storage is not None:
+        command += storage.server_flags()
     server_log = data_dir / "milvus-server.log"
     with server_log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,

@@ -95,14 +95,31 @@ def _init_databases(bindir: Path, root: Path, port: int, log: Path) -> dict[str,
                   f"@127.0.0.1:{port}/{name}" for name in ("airflow", "mlflow")}
 
 
-@pytest.fixture(scope="session")
-def milvus_server(tmp_path_factory):
-    """The real Milvus standalone server (``milvus-server``, fusion_model.index.standalone)
-    on free ports; yields its URI."""
-    from fusion_model.index.standalone import StandaloneServerError, standalone_server
+MILVUS_BUCKET = "milvus-segments"
 
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory, s3_server):
+    """The real Milvus standalone server (``milvus-server``, fusion_model.index.standalone)
+    on free ports, its segments in a bucket of the local S3 server (as a Milvus cluster
+    keeps them in MinIO/S3; bulk import reads from there); yields its URI."""
+    import boto3
+
+    from fusion_model.index.standalone import (
+        ObjectStorage,
+        StandaloneServerError,
+        standalone_server,
+    )
+
+    keys = s3_environment(s3_server)
+    boto3.client("s3", endpoint_url=s3_server, aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+                 aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
+                 region_name=keys["AWS_DEFAULT_REGION"]).create_bucket(Bucket=MILVUS_BUCKET)
+    storage = ObjectStorage(s3_server, MILVUS_BUCKET, keys["AWS_ACCESS_KEY_ID"],
+                            keys["AWS_SECRET_ACCESS_KEY"])
     try:
-        with standalone_server(tmp_path_factory.mktemp("milvus-standalone")) as uri:
+        with standalone_server(tmp_path_factory.mktemp("milvus-standalone"),
+                               storage=storage) as uri:
             yield uri
     except StandaloneServerError as error:
         pytest.fail(str(error))

@@ -30,6 +30,7 @@ from tests.integration.test_index import (  # noqa: F401 - fixtures and tests ru
     test_two_processes_share_a_milvus_lite_server,
     test_unsupported_index_types_are_rejected,
 )
+from tests.production.conftest import MILVUS_BUCKET, s3_environment
 
 pytestmark = pytest.mark.production
 
@@ -95,14 +96,20 @@ class TestMilvusServerConformance(IndexConformance):
 
 
 def test_a_full_build_by_bulk_import_equals_one_by_batched_inserts(  # noqa: F811
-        model, catalog, index_uri, tmp_path):  # noqa: F811 - the fixtures imported above
-    """Bulk import (three jobs of at most 70 rows, column files the server reads from its
-    own disk) stores the same rows, hashes, vectors and attributes as batched inserts,
-    passes verification and leaves no staged files behind."""
+        model, catalog, index_uri, s3_server, monkeypatch):  # noqa: F811 - fixtures above
+    """Bulk import (three jobs of at most 70 rows, column files staged in the bucket where
+    the server keeps its segments, read from there by the server) stores the same rows,
+    hashes, vectors and attributes as batched inserts, passes verification and leaves no
+    staged files behind."""
+    import boto3
+
+    for key, value in s3_environment(s3_server).items():
+        monkeypatch.setenv(key, value)
     small = dataclasses.replace(catalog, products=catalog.products.head(150))
     ids = small.products["product_id"].tolist()
     inserted = index_config(index_uri)
-    imported = index_config(index_uri, import_uri=str(tmp_path / "import"), import_rows=70)
+    imported = index_config(index_uri, import_uri=f"s3://{MILVUS_BUCKET}/import",
+                            import_rows=70)
     jobs = []
     real_import = milvus.MilvusIndex.import_rows
     with pytest.MonkeyPatch.context() as patch:
@@ -121,4 +128,7 @@ def test_a_full_build_by_bulk_import_equals_one_by_batched_inserts(  # noqa: F81
         assert index.rows_of("imported_m1_abc", ids, fields) == \
             index.rows_of("inserted_m1_abc", ids, fields)
         assert index.count("imported_m1_abc") == 150
-    assert not [p for p in (tmp_path / "import").rglob("*") if p.is_file()]
+    staged = boto3.client("s3").list_objects_v2(Bucket=MILVUS_BUCKET, Prefix="import/")
+    assert staged.get("KeyCount", 0) == 0
+    segments = boto3.client("s3").list_objects_v2(Bucket=MILVUS_BUCKET, Prefix="files/")
+    assert segments.get("KeyCount", 0) > 0  # the server keeps its segments in the bucket
