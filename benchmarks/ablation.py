@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> dict:
             work = Path(args.work_dir) / name / f"seed{seed}"
             finished = work / RESULT_FILE
             result = TrainResult.load(finished) if args.reuse and finished.is_file() else \
-                train(catalog, config, work, progress=False, stage1_from=args.stage1_from)
+                train(catalog, config, work, progress=False,
+                      stage1_from=args.stage1_from.format(seed=seed))
             tests.append(result.test)
             vals.append(result.val.metrics[METRIC])
             log.info("%s seed %d: val %.4f test %.4f", name, seed, vals[-1],
@@ -84,7 +85,9 @@ def table(rows: dict, samples: int = 1000) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--catalog", required=True)
-    parser.add_argument("--stage1-from", required=True, help="a stage-1 model directory")
+    parser.add_argument("--stage1-from", required=True,
+                        help="a stage-1 model directory; {seed} in it is replaced by each "
+                        "seed, to pair every seed with that seed's own stage 1")
     parser.add_argument("--variant", action="append", required=True,
                         help="NAME=key=value [key=value ...]; the first is the reference")
     parser.add_argument("--seeds", type=int, default=1)

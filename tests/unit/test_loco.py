@@ -35,3 +35,28 @@ def test_each_fold_chooses_on_the_other_catalogs_and_reports_the_held_out_test(t
     assert abs(folds["z"]["gap"] - (0.50 - 0.58)) < 1e-9
     assert folds["x"]["chosen"] == "b"  # on y and z, b's mean val 0.8 beats a's 0.7
     assert abs(folds["x"]["test"] - 0.75) < 1e-9
+
+
+def grid(path, models: dict[str, tuple[float, float]]) -> str:
+    """A learning-curve grid as ``fusion-model benchmark --output`` writes it: the loco
+    reads the cell with all train queries, and only trained heads (with a val score)."""
+    def report(shift: float) -> dict:
+        rows = {m: {"ndcg@10": test + shift, "val": {"ndcg@10": val + shift}}
+                for m, (val, test) in models.items()}
+        return {"seeds": 3, "models": rows | {"zero_shot_text": {"ndcg@10": 0.3}}}
+    path.write_text(json.dumps({"cells": [
+        {"catalog": "c", "requested": 300, "report": report(-0.2)},
+        {"catalog": "c", "requested": "all", "report": report(0.0)}]}))
+    return str(path)
+
+
+def test_benchmark_grids_and_ablations_of_one_catalog_merge(tmp_path):
+    from benchmarks.loco import load
+
+    report = grid(tmp_path / "grid.json", {"fusion": (0.9, 0.8), "weighted_sum": (0.7, 0.75)})
+    extra = write(tmp_path / "extra.json", {"fusion": ([0.6, 0.8], 0.7)})
+    catalogs = load([f"c={report}", f"c={extra}"], {"fusion": "fusion_gated"})
+    assert catalogs["c"]["fusion_gated"] == {"val": 0.9, "test": 0.8, "seeds": 3}
+    assert catalogs["c"]["fusion"] == {"val": 0.7, "test": 0.7, "seeds": 2}
+    assert catalogs["c"]["weighted_sum"]["test"] == 0.75
+    assert "zero_shot_text" not in catalogs["c"]
