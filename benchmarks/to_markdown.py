@@ -1,6 +1,8 @@
-"""Render a `fusion-model benchmark` results JSON as a markdown table.
+"""Render a `fusion-model benchmark` results JSON as a markdown table; learning-curve grids
+(`--train-queries`) as one catalog x train queries x model table, several files merged.
 
     python benchmarks/to_markdown.py results.json
+    python benchmarks/to_markdown.py grid-ikea.json grid-flipkart.json
 """
 
 from __future__ import annotations
@@ -49,6 +51,21 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def grid_table(grids: list[dict]) -> str:
+    """One table over the cells of several grids (each run with the same seeds)."""
+    from fusion_model.benchmark import format_grid
+
+    seeds = {g["seeds"] for g in grids}
+    return format_grid({"split": grids[0]["split"], "seeds": "/".join(map(str, sorted(seeds))),
+                        "cells": [cell for g in grids for cell in g["cells"]]})
+
+
 if __name__ == "__main__":
-    with open(sys.argv[1]) as handle:
-        print(table(json.load(handle)))
+    reports = []
+    for path in sys.argv[1:]:
+        with open(path) as handle:
+            reports.append(json.load(handle))
+    if any("cells" in r for r in reports):
+        print(grid_table([r for r in reports if "cells" in r]))
+    else:
+        print("\n\n".join(table(r) for r in reports))

@@ -322,10 +322,15 @@ def format_grid(grid: dict) -> str:
         models = cell["report"]["models"]
         scores = [f"{models[n]['ndcg@10']:.4f}" if n in models else "-" for n in names]
         versus = models.get("fusion", {}).get("vs_best_simple")
-        gap = (f"{versus['ndcg@10']['mean']:+.4f} [{versus['ndcg@10']['low']:+.3f}, "
-               f"{versus['ndcg@10']['high']:+.3f}] vs {versus['model']}" if versus else "-")
+        gap = "-"
+        if versus:
+            d = versus["ndcg@10"]
+            star = "*" if d["low"] > 0 or d["high"] < 0 else ""
+            gap = (f"{d['mean']:+.4f} [{d['low']:+.3f}, {d['high']:+.3f}]{star} "
+                   f"vs {versus['model']}")
         lines.append(f"| {cell['catalog']} | {cell['report']['train_queries']} | "
                      + " | ".join(scores) + f" | {gap} |")
     lines.append(f"\nnDCG@10 on {grid['split']}, mean of {grid['seeds']} seed(s); each seed "
-                 "trains on its own sample of the train queries.")
+                 "trains on its own sample of the train queries; * paired bootstrap 95% CI "
+                 "over queries excludes 0.")
     return "\n".join(lines)

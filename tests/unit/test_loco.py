@@ -60,3 +60,23 @@ def test_benchmark_grids_and_ablations_of_one_catalog_merge(tmp_path):
     assert catalogs["c"]["fusion"] == {"val": 0.7, "test": 0.7, "seeds": 2}
     assert catalogs["c"]["weighted_sum"]["test"] == 0.75
     assert "zero_shot_text" not in catalogs["c"]
+
+
+def test_to_markdown_merges_grids_and_marks_significant_gaps(tmp_path):
+    def cell(catalog: str, low: float) -> dict:
+        versus = {"model": "weighted_sum", "ndcg@10": {"mean": 0.02, "low": low, "high": 0.04}}
+        return {"catalog": catalog, "requested": "all", "report": {
+            "train_queries": 100, "models": {"weighted_sum": {"ndcg@10": 0.70},
+                                             "fusion": {"ndcg@10": 0.72,
+                                                        "vs_best_simple": versus}}}}
+    paths = []
+    for name, low in (("a", 0.001), ("b", -0.001)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"split": "test", "seeds": 3, "cells": [cell(name, low)]}))
+        paths.append(str(path))
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "to_markdown.py"), *paths],
+                         check=True, capture_output=True, text=True, cwd=REPO).stdout
+    rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines()
+            if line.startswith(("| a", "| b"))}
+    assert "+0.001, +0.040]*" in rows["a"] and "-0.001, +0.040] vs" in rows["b"]
+    assert "mean of 3 seed(s)" in out
