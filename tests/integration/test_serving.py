@@ -759,6 +759,7 @@ def test_explored_searches_show_the_same_results_in_a_random_order(searcher, tmp
         create_app(searcher, events=events, explore=1.5)
 
 
+@pytest.mark.e2e
 def test_the_review_page_shows_click_through_and_the_running_comparison(
         searcher, platform, tmp_path):
     """Shoppers search and click (the candidate interleaved); the review page then shows,

@@ -328,7 +328,7 @@ def test_mix_epochs_need_the_gated_fusion_network_and_other_heads_ignore_them():
 
     with pytest.raises(ConfigError, match="gated_fusion=true"):
         load_config("tiny", ["train.stage2.mix_epochs=2", "model.gated_fusion=false"])
-    load_config("tiny", ["train.stage2.mix_epochs=2"])  # the default network is gated
+    load_config("default", ["train.stage2.mix_epochs=2"])  # the default network is gated
     load_config("tiny", ["train.stage2.mix_epochs=2", "model.fusion=weighted_sum"])
     with pytest.raises(ConfigError, match="belongs to stage 2"):
         load_config("tiny", ["train.stage1.mix_epochs=1", "model.gated_fusion=true"])
