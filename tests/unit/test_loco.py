@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -80,3 +82,13 @@ def test_to_markdown_merges_grids_and_marks_significant_gaps(tmp_path):
             if line.startswith(("| a", "| b"))}
     assert "+0.001, +0.040]*" in rows["a"] and "-0.001, +0.040] vs" in rows["b"]
     assert "mean of 3 seed(s)" in out
+
+
+def test_a_grid_without_an_all_queries_cell_is_refused_by_name(tmp_path):
+    from benchmarks.loco import load
+
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps({"cells": [{"catalog": "c", "requested": 300, "report": {
+        "models": {"fusion": {"ndcg@10": 0.8, "val": {"ndcg@10": 0.9}}}}}]}))
+    with pytest.raises(SystemExit, match="exactly one cell with all train queries"):
+        load([f"c={path}"])
