@@ -48,8 +48,9 @@ def run(args: argparse.Namespace) -> dict:
                                                f"train.seed={seed}"])
             work = Path(args.work_dir) / name / f"seed{seed}"
             finished = work / RESULT_FILE
+            sample = catalog.with_train_queries(args.train_queries, seed)
             result = TrainResult.load(finished) if args.reuse and finished.is_file() else \
-                train(catalog, config, work, progress=False,
+                train(sample, config, work, progress=False,
                       stage1_from=args.stage1_from.format(seed=seed))
             tests.append(result.test)
             vals.append(result.val.metrics[METRIC])
@@ -91,6 +92,10 @@ def main() -> None:
     parser.add_argument("--variant", action="append", required=True,
                         help="NAME=key=value [key=value ...]; the first is the reference")
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--train-queries", type=int, default=None,
+                        help="train each seed on its own sample of N train queries, the same "
+                        "sample `fusion-model benchmark --train-queries N` draws for that seed "
+                        "(pair with that run's stage 1 through --stage1-from)")
     parser.add_argument("--config", default="default")
     parser.add_argument("--work-dir", default="runs/ablation")
     parser.add_argument("--output", help="JSON file for the per-variant numbers")

@@ -77,6 +77,9 @@ class StageConfig:
     warmup: float = 0.0              # share of the stage's steps with linear warmup
     grad_clip: float = 0.0           # max gradient norm (0 = no clipping)
     weight_decay: float = 0.01
+    anchor: float = 0.0              # L2 pull toward the stage's starting weights, divided
+                                     # by the number of train queries: a prior that
+                                     # weighs less as the data grows (0 = off)
     mix_epochs: int = 0              # stage 2, fusion network: first train only what a
                                      # weighted sum has (projections, the modality mix, image
                                      # blocks) this many epochs, the network's extra parts
@@ -423,8 +426,9 @@ def validate(config: RunConfig) -> None:
         *((stage.schedule in SCHEDULES,
            f"train.{name}.schedule={stage.schedule!r}: choose one of {', '.join(SCHEDULES)}")
           for name, stage in (("stage1", config.train.stage1), ("stage2", config.train.stage2))),
-        *((0 <= stage.warmup < 1 and stage.grad_clip >= 0 and stage.weight_decay >= 0,
-           f"train.{name}: warmup must be in [0, 1), grad_clip and weight_decay >= 0")
+        *((0 <= stage.warmup < 1 and stage.grad_clip >= 0 and stage.weight_decay >= 0
+           and stage.anchor >= 0,
+           f"train.{name}: warmup must be in [0, 1), grad_clip, weight_decay and anchor >= 0")
           for name, stage in (("stage1", config.train.stage1), ("stage2", config.train.stage2))),
         (bool(DEVICE.fullmatch(config.runtime.device)),
          f"runtime.device={config.runtime.device!r}: use auto, cpu, cuda or cuda:N"),

@@ -155,6 +155,7 @@ class Trainer:
         self.image_present: torch.Tensor | None = None
         self.query_pooled: dict[str, torch.Tensor] | None = None
         self.negatives: list[np.ndarray] | None = None
+        self._anchor: tuple[float, list, list] | None = None  # see _anchor_to_start
         self.evaluators: dict[str, Evaluator] = {}
         self._started = 0.0
 
@@ -393,6 +394,7 @@ class Trainer:
             state.update(best_score=self.evaluate_split("val").metrics[primary],
                          best_state=_clone_state(self.model))
             log.info("%s: val %s before training %.4f", name, primary, state["best_score"])
+        self._anchor = self._anchor_to_start(name, stage, [*head_params, *encoder_params], state)
         for epoch in range(state["epoch"], stage.epochs):
             rng = np.random.default_rng([self.config.train.seed, _stage_number(name), epoch])
             torch.manual_seed(self.config.train.seed * 1000 + epoch)
@@ -426,6 +428,8 @@ class Trainer:
                 break
         if state["best_state"] is not None:
             self.model.load_state_dict(state["best_state"])
+        self._anchor = None
+        state.pop("anchor", None)
         self._save_checkpoint(checkpoint, optimizer, state, done=True)
         self.seconds[name] = time.perf_counter() - started
 
@@ -454,6 +458,8 @@ class Trainer:
                 known = self._put(torch.from_numpy(
                     known_positive_mask(q_idx, p_idx, self.positive_sets)))
                 loss = self.model.loss(q, p, known)
+            if self._anchor is not None:
+                loss = loss + self._anchor_penalty()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             average_gradients(parameters, self.world)
@@ -464,6 +470,25 @@ class Trainer:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         self.model.eval()
         return float(np.mean(losses)) if losses else float("nan")
+
+    def _anchor_to_start(self, name: str, stage: StageConfig, parameters: list,
+                         state: dict) -> tuple[float, list, list] | None:
+        """``stage.anchor / train queries`` and the weights the stage started from (kept in
+        the checkpoint's state, so a resumed stage pulls toward the same point)."""
+        if stage.anchor <= 0:
+            return None
+        trainable = [p for p in parameters if p.requires_grad]
+        if state.get("anchor") is None:
+            state["anchor"] = [p.detach().clone() for p in trainable]
+        strength = stage.anchor / max(1, len(self.data.splits["train"].ids))
+        log.info("%s: anchored to its start with strength %.2e (%g / %d train queries)", name,
+                 strength, stage.anchor, len(self.data.splits["train"].ids))
+        return strength, trainable, [self._put(t) for t in state["anchor"]]
+
+    def _anchor_penalty(self) -> torch.Tensor:
+        strength, parameters, start = self._anchor
+        return strength * sum(((p.float() - s.float()) ** 2).sum()
+                              for p, s in zip(parameters, start))
 
     @torch.no_grad()
     def _mine_negatives(self, count: int) -> list[np.ndarray]:

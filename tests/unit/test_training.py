@@ -382,3 +382,44 @@ def test_both_stage_steps_share_one_rule_for_reusing_finished_work(synthetic_cat
         first["model_dir"]
     with pytest.raises(AssertionError, match="trained again"):  # what it learns does
         steps.train(str(synthetic_catalog), work, "tiny", [*overrides, "train.seed=7"])
+
+
+def test_an_anchored_stage_stays_near_its_start_and_the_pull_divides_by_the_queries(
+        catalog, tmp_path, monkeypatch, caplog):
+    from fusion_model.evaluation.evaluator import EvaluationResult
+    from fusion_model.training.trainer import train_stage1
+
+    overrides = [f"train.cache_dir={tmp_path / 'cache'}", "train.stage1.epochs=1",
+                 "train.stage2.epochs=2", "train.stage2.lr=0.01"]
+    stage1 = train_stage1(catalog, load_config("tiny", overrides), tmp_path / "s1",
+                          progress=False)
+    rising = iter(range(1000))  # every epoch "beats" the last: the final weights are kept
+    monkeypatch.setattr(Trainer, "evaluate_split", lambda self, split, products=None:
+                        EvaluationResult(dict.fromkeys(("ndcg@10", "recall@10", "mrr"),
+                                                       next(rising) / 1000), {}))
+    moved = {}
+    original_stage = Trainer._run_stage
+
+    def measure(self, name, *args, **kwargs):
+        start = {k: v.clone() for k, v in self.model.state_dict().items()}
+        original_stage(self, name, *args, **kwargs)
+        end = self.model.state_dict()
+        moved[self.config.train.stage2.anchor] = sum(
+            float(((end[k].float() - start[k].float()) ** 2).sum()) for k in start)
+
+    monkeypatch.setattr(Trainer, "_run_stage", measure)
+    for anchor in (0.0, 1.0e5):
+        config = load_config("tiny", [*overrides, f"train.stage2.anchor={anchor}"])
+        with caplog.at_level(logging.INFO, logger="fusion_model.training.trainer"):
+            train(catalog, config, tmp_path / f"a{anchor}", progress=False,
+                  stage1_from=stage1.model_dir)
+    queries = len(catalog.queries_in("train"))
+    assert f"strength {1.0e5 / queries:.2e} (100000 / {queries} train queries)" in caplog.text
+    assert 0 < moved[1.0e5] < moved[0.0] / 4
+
+
+def test_anchor_must_not_be_negative():
+    from fusion_model.config import ConfigError
+
+    with pytest.raises(ConfigError, match="anchor >= 0"):
+        load_config("tiny", ["train.stage2.anchor=-1"])
