@@ -69,9 +69,11 @@ def zipf_weights(n: int, s: float = 1.0) -> np.ndarray:
 
 def simulate_traffic(root: str, rankings: dict[str, list[str]], texts: dict[str, str],
                      grades: dict[str, dict[str, int]], searches: int, explore: float,
-                     seed: int, popularity_seed: int) -> None:
+                     seed: int, popularity_seed: int, explore_depth: int = SHOWN) -> None:
     """``searches`` searches of the train queries through the event log; which queries
-    are popular is fixed by ``popularity_seed`` (the same in every round)."""
+    are popular is fixed by ``popularity_seed`` (the same in every round). An explored
+    search shows ``SHOWN`` products drawn at random from the top ``explore_depth``, in a
+    random order (``serve --explore SHARE --explore-depth N``)."""
     rng = random.Random(seed)
     queries = sorted(rankings)
     random.Random(popularity_seed).shuffle(queries)   # popularity unrelated to id
@@ -84,7 +86,8 @@ def simulate_traffic(root: str, rankings: dict[str, list[str]], texts: dict[str,
         query = queries[index]
         shown = rankings[query][:SHOWN]
         if rng.random() < explore:
-            shown = rng.sample(shown, len(shown))
+            pool = rankings[query][:max(explore_depth, SHOWN)]
+            shown = rng.sample(pool, len(shown))
         search_id = events.search(texts[query], "champion", "0", "zero-shot", shown, None)
         for position, product, kind in simulate_interactions(shown, grades.get(query, {}),
                                                              shopper, rng):
@@ -113,9 +116,9 @@ def train_text_model(catalog_uri: str, work: Path, cache_dir: str, seed: int):
     return result.val, result.test, result.model_dir, seconds
 
 
-def saved_rankings(model_dir: str, catalog: Catalog, split: str, cache_dir: str
-                   ) -> dict[str, list[str]]:
-    """Top-10 per ``split`` query of a saved model, by exact search."""
+def saved_rankings(model_dir: str, catalog: Catalog, split: str, cache_dir: str,
+                   depth: int = SHOWN) -> dict[str, list[str]]:
+    """Top ``depth`` per ``split`` query of a saved model, by exact search."""
     from fusion_model.engines import towers_for
     from fusion_model.evaluation.evaluator import Evaluator, rank
     from fusion_model.inference import data_for, embed_catalog
@@ -126,7 +129,7 @@ def saved_rankings(model_dir: str, catalog: Catalog, split: str, cache_dir: str
                                     split)
     products = embed_catalog(model, catalog, cache_dir, progress=False)
     queries = towers_for(model).embed_queries(evaluator.query_texts)
-    return rank(queries, products, evaluator.query_ids, evaluator.product_ids, SHOWN)
+    return rank(queries, products, evaluator.query_ids, evaluator.product_ids, depth)
 
 
 def interleaving_power(a: dict[str, list[str]], b: dict[str, list[str]],
@@ -172,7 +175,7 @@ def part_b(args, catalog: Catalog, config, work: Path) -> dict:
     models["true_judgments"] = model_dir
     for size in args.sizes:
         for rounds in args.rounds:
-            for bias in ("em", "none"):
+            for bias in args.biases:
                 name = f"{bias}_{size}" + (f"_{rounds}rounds" if rounds > 1 else "")
                 rows[name], models[name] = closed_loop(args, catalog, zero_train, work, name,
                                                        size, rounds, bias)
@@ -192,7 +195,8 @@ def closed_loop(args, catalog: Catalog, first_ranker: dict[str, list[str]], work
         if not (here / "simulated").exists():
             started = time.perf_counter()
             simulate_traffic(root, ranker, texts, grades, size // rounds, args.explore,
-                             args.seed + size + 7919 * round_, args.seed + size + 1)
+                             args.seed + size + 7919 * round_, args.seed + size + 1,
+                             args.explore_depth)
             here.mkdir(parents=True, exist_ok=True)
             (here / "simulated").touch()
             log.info("%s round %d: %d searches simulated in %.0f s", name, round_,
@@ -205,7 +209,8 @@ def closed_loop(args, catalog: Catalog, first_ranker: dict[str, list[str]], work
                  round_, val.metrics["ndcg@10"], test.metrics["ndcg@10"],
                  summary["queries_judged"])
         if round_ + 1 < rounds:
-            ranker = saved_rankings(model_dir, catalog, "train", args.cache_dir)
+            ranker = saved_rankings(model_dir, catalog, "train", args.cache_dir,
+                                    max(SHOWN, args.explore_depth))
     return ({"val": val, "result": test, "seconds": seconds, "searches": size,
              "rounds": rounds, "queries_judged": summary["queries_judged"],
              "pairs": summary["pairs"], "theta": summary["theta"][:SHOWN]}, model_dir)
@@ -276,6 +281,13 @@ def main() -> None:
                         type=lambda s: [int(x) for x in s.split(",")],
                         help="interleaved searches per experiment (part a)")
     parser.add_argument("--explore", type=float, default=0.1)
+    parser.add_argument("--explore-depth", type=int, default=SHOWN,
+                        help="an explored search shows 10 products drawn from this many top "
+                             "ones, in a random order (10: the top 10 shuffled)")
+    parser.add_argument("--biases", default="em,none", type=lambda s: s.split(","),
+                        help="click models to build judgments with (em, none)")
+    parser.add_argument("--parts", default="a,b", type=lambda s: set(s.split(",")),
+                        help="b: judgments from logs; a: interleaving (needs b's models)")
     parser.add_argument("--experiments", type=int, default=200)
     parser.add_argument("--aa-experiments", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
@@ -288,6 +300,9 @@ def main() -> None:
     found = part_b(args, catalog, config, work)
     table_b = report_b(found["rows"])
     print("\n".join(table_b), flush=True)
+    if "a" not in args.parts:
+        (work / "report.md").write_text("\n".join(table_b) + "\n")
+        return
     table_a = part_a(args, catalog, found, work)
     print("\n".join(table_a), flush=True)
     (work / "report.md").write_text("\n".join(table_b + [""] + table_a) + "\n")

@@ -325,17 +325,41 @@ def measure_logging(args: argparse.Namespace, uri: str, queries: list[str], kind
             with service(args.work_dir, uri, log_file, setting) as url:
                 uvloop.run(run_clients(url, queries, 4, 5))  # warm up
                 for rate in args.rates:
+                    before = metric_values(url)
                     records = uvloop.run(open_loop(url, queries, rate, args.seconds,
                                                    args.click_share))
-                    row = summary(records, args.seconds)
+                    row = summary(records, args.seconds) | service_work(
+                        before, metric_values(url), len(records))
                     found.setdefault(f"{rate}/s, events {events}", []).append(row)
-                    log.info("%s %d/s events %s: p50 %.1f ms, p99 %.1f ms, %d errors", kind,
-                             rate, events, row["p50 ms"], row["p99 ms"], row["errors"])
+                    log.info("%s %d/s events %s: p50 %.1f ms, p99 %.1f ms, %d errors; "
+                             "service %.2f CPU ms and %.4f full GCs per search, %.1f "
+                             "searches per batch", kind, rate, events, row["p50 ms"],
+                             row["p99 ms"], row["errors"], row["cpu ms/search"],
+                             row["gc2/search"], row["per batch"])
     return {label: {f"{m} {stat}": fn([r[m] for r in runs])
-                    for m in ("p50 ms", "p99 ms") for stat, fn in (("min", min),
-                                                                 ("median", np.median))}
+                    for m in ("p50 ms", "p99 ms", *SERVICE_WORK)
+                    for stat, fn in (("min", min), ("median", np.median))}
             | {"errors": sum(r["errors"] for r in runs), "repeats": len(runs)}
             for label, runs in found.items()}
+
+
+SERVICE_WORK = ("cpu ms/search", "gc0/search", "gc2/search", "per batch")
+
+
+def service_work(before: dict[tuple, float], after: dict[tuple, float], searches: int
+                 ) -> dict[str, float]:
+    """What the service did during one open-loop run, per search: its CPU milliseconds,
+    young and full garbage collections (prometheus_client's GC collector), and the searches
+    merged per batch (``SearchBatcher``)."""
+    def grew(*key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    per = max(searches, 1)
+    return {"cpu ms/search": 1000 * grew("process_cpu_seconds_total") / per,
+            "gc0/search": grew("python_gc_collections_total", "0") / per,
+            "gc2/search": grew("python_gc_collections_total", "2") / per,
+            "per batch": grew("fusion_search_batching", "searches")
+            / max(grew("fusion_search_batching", "batches"), 1.0)}
 
 
 def promote_v2(work: Path, uri: str, when: list) -> None:
@@ -460,13 +484,16 @@ def print_logging_table(rows: dict[str, dict[str, dict[str, float]]]) -> None:
     """Per backend and rate: p50 and p99 (min and median over repeats), logging off and
     on, and what logging adds to the median p50."""
     print("| backend | requests/s | events | p50 ms (min, median) | p99 ms (min, median) | "
-          "errors |\n|---|---|---|---|---|---|")
+          "service CPU ms/search | young GCs/search | full GCs/search | searches/batch | "
+          "errors |\n|---|---|---|---|---|---|---|---|---|---|")
     for kind, runs in rows.items():
         for label, row in runs.items():
             rate, events = label.split(", events ")
             print(f"| {kind} | {rate} | {events} | {row['p50 ms min']:.1f}, "
                   f"{row['p50 ms median']:.1f} | {row['p99 ms min']:.1f}, "
-                  f"{row['p99 ms median']:.1f} | {row['errors']} |")
+                  f"{row['p99 ms median']:.1f} | {row['cpu ms/search median']:.2f} | "
+                  f"{row['gc0/search median']:.3f} | {row['gc2/search median']:.4f} | "
+                  f"{row['per batch median']:.2f} | {row['errors']} |")
         for rate in sorted({label.split("/s")[0] for label in runs}, key=int):
             off, on = runs[f"{rate}/s, events off"], runs[f"{rate}/s, events on"]
             added = on["p50 ms median"] / off["p50 ms median"] - 1

@@ -84,6 +84,7 @@ class Metrics:
 
     def __init__(self) -> None:
         from prometheus_client import (
+            GC_COLLECTOR,
             CollectorRegistry,
             Counter,
             Gauge,
@@ -94,6 +95,7 @@ class Metrics:
 
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, memory, fds
+        self.registry.register(GC_COLLECTOR)      # python_gc_collections_total, per generation
         self.requests = Counter("fusion_search_requests", "HTTP requests",
                                 ["endpoint", "status"], registry=self.registry)
         self.errors = Counter("fusion_search_errors", "Requests answered with 5xx",
