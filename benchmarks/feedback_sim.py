@@ -201,7 +201,8 @@ def closed_loop(args, catalog: Catalog, first_ranker: dict[str, list[str]], work
             (here / "simulated").touch()
             log.info("%s round %d: %d searches simulated in %.0f s", name, round_,
                      size // rounds, time.perf_counter() - started)
-        built = build_judgments(read_click_log(root), bias)
+        built = build_judgments(read_click_log(root), bias, args.min_searches,
+                                args.min_examinations)
         summary = judged_snapshot(catalog, built, str(here / "catalog"))
         val, test, model_dir, seconds = train_text_model(summary["catalog"], here / "model",
                                                          args.cache_dir, args.seed)
@@ -284,6 +285,11 @@ def main() -> None:
     parser.add_argument("--explore-depth", type=int, default=SHOWN,
                         help="an explored search shows 10 products drawn from this many top "
                              "ones, in a random order (10: the top 10 shuffled)")
+    parser.add_argument("--min-searches", type=int, default=20,
+                        help="feedback.min_searches: a query's searches before it is judged")
+    parser.add_argument("--min-examinations", type=float, default=5.0,
+                        help="feedback.min_examinations: a pair's bias-corrected views before "
+                             "it is judged")
     parser.add_argument("--biases", default="em,none", type=lambda s: s.split(","),
                         help="click models to build judgments with (em, none)")
     parser.add_argument("--parts", default="a,b", type=lambda s: set(s.split(",")),

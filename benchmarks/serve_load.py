@@ -215,6 +215,7 @@ def service(work: Path, uri: str, log_file: Path, setting: dict[str, int | str])
              "--no-access-log", "--follow-interval", "1", "--config", "fast",
              "--query-cache", str(setting["query_cache"]),
              "--max-batch", str(setting["max_batch"]),
+             "--encoder-streams", str(setting.get("encoder_streams", 1)),
              *(["--events", str(setting["events"])] if setting.get("events") else []),
              *overrides(work, uri)], stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True)
@@ -311,17 +312,19 @@ async def open_loop(url: str, queries: list[str], rate: float, seconds: float,
     return records
 
 
-def measure_logging(args: argparse.Namespace, uri: str, queries: list[str], kind: str
-                    ) -> dict[str, dict[str, float]]:
+def measure_logging(args: argparse.Namespace, uri: str, queries: list[str], kind: str,
+                    encoder_streams: int = 1) -> dict[str, dict[str, float]]:
     """Open-loop runs at each of ``args.rates``, with event logging off and on, in
     alternating order, ``args.repeats`` times; a fresh service per setting and repeat."""
     found: dict[str, list[dict[str, float]]] = {}
     for repeat in range(args.repeats):
         for events in (("off", "on") if repeat % 2 == 0 else ("on", "off")):
             setting = {"max_batch": 32, "query_cache": 0, "encoder": "real",
+                       "encoder_streams": encoder_streams,
                        "events": args.work_dir / f"events-{repeat}" if events == "on"
                        else None}
-            log_file = args.work_dir / f"serve-{kind}-events-{events}-{repeat}.log"
+            log_file = args.work_dir / \
+                f"serve-{kind}-streams{encoder_streams}-events-{events}-{repeat}.log"
             with service(args.work_dir, uri, log_file, setting) as url:
                 uvloop.run(run_clients(url, queries, 4, 5))  # warm up
                 for rate in args.rates:
@@ -441,6 +444,9 @@ def main() -> None:
                         help="instead of the closed-loop runs: open-loop runs at these "
                              "requests/s, with event logging off and on (--repeats each)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--encoder-streams", type=_int_list, default=[1],
+                        help="with --rates: the service's --encoder-streams, one set of "
+                             "runs each (1: every query encoding uses every core)")
     parser.add_argument("--click-share", type=float, default=0.3,
                         help="with --rates: the share of searches followed by a click")
     parser.add_argument("--work-dir", type=Path,
@@ -461,7 +467,9 @@ def main() -> None:
             settle(kind)
             if args.rates:
                 champion_back_to_v1(args.work_dir, uri, args.products, kind)
-                rows[kind] = measure_logging(args, uri, queries, kind)
+                for streams in args.encoder_streams:
+                    label = kind if streams == 1 else f"{kind}, {streams} encoder streams"
+                    rows[label] = measure_logging(args, uri, queries, kind, streams)
                 continue
             for max_batch, query_cache, encoder in itertools.product(
                     args.max_batch, args.query_cache, args.encoders):
