@@ -39,7 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fusion_model.benchmark import zero_shot_rankings  # noqa: E402
-from fusion_model.config import load_config  # noqa: E402
+from fusion_model.config import FeedbackConfig, load_config  # noqa: E402
 from fusion_model.data.catalog import Catalog, load_catalog  # noqa: E402
 from fusion_model.evaluation.bootstrap import (  # noqa: E402
     bootstrap_mean,
@@ -73,7 +73,7 @@ def simulate_traffic(root: str, rankings: dict[str, list[str]], texts: dict[str,
     """``searches`` searches of the train queries through the event log; which queries
     are popular is fixed by ``popularity_seed`` (the same in every round). An explored
     search shows ``SHOWN`` products drawn at random from the top ``explore_depth``, in a
-    random order (``serve --explore SHARE --explore-depth N``)."""
+    random order (``serve --explore`` shuffles the top 10 alone: depth 10)."""
     rng = random.Random(seed)
     queries = sorted(rankings)
     random.Random(popularity_seed).shuffle(queries)   # popularity unrelated to id
@@ -285,9 +285,10 @@ def main() -> None:
     parser.add_argument("--explore-depth", type=int, default=SHOWN,
                         help="an explored search shows 10 products drawn from this many top "
                              "ones, in a random order (10: the top 10 shuffled)")
-    parser.add_argument("--min-searches", type=int, default=20,
+    parser.add_argument("--min-searches", type=int, default=FeedbackConfig.min_searches,
                         help="feedback.min_searches: a query's searches before it is judged")
-    parser.add_argument("--min-examinations", type=float, default=5.0,
+    parser.add_argument("--min-examinations", type=float,
+                        default=FeedbackConfig.min_examinations,
                         help="feedback.min_examinations: a pair's bias-corrected views before "
                              "it is judged")
     parser.add_argument("--biases", default="em,none", type=lambda s: s.split(","),
@@ -306,12 +307,10 @@ def main() -> None:
     found = part_b(args, catalog, config, work)
     table_b = report_b(found["rows"])
     print("\n".join(table_b), flush=True)
-    if "a" not in args.parts:
-        (work / "report.md").write_text("\n".join(table_b) + "\n")
-        return
-    table_a = part_a(args, catalog, found, work)
+    table_a = part_a(args, catalog, found, work) if "a" in args.parts else []
     print("\n".join(table_a), flush=True)
-    (work / "report.md").write_text("\n".join(table_b + [""] + table_a) + "\n")
+    (work / "report.md").write_text("\n".join(table_b + ([""] + table_a if table_a else []))
+                                    + "\n")
 
 
 if __name__ == "__main__":
