@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> dict:
     rows = {}
     for name, overrides in variants:
         tests, vals = [], []
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             config = load_config(args.config, [*args.overrides, *overrides,
                                                f"train.seed={seed}"])
             work = Path(args.work_dir) / name / f"seed{seed}"
@@ -92,6 +92,8 @@ def main() -> None:
     parser.add_argument("--variant", action="append", required=True,
                         help="NAME=key=value [key=value ...]; the first is the reference")
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds first-seed .. first-seed + seeds - 1 (to run seeds apart)")
     parser.add_argument("--train-queries", type=int, default=None,
                         help="train each seed on its own sample of N train queries, the same "
                         "sample `fusion-model benchmark --train-queries N` draws for that seed "

@@ -96,9 +96,10 @@ def simulate_traffic(root: str, rankings: dict[str, list[str]], texts: dict[str,
     events.flush()
 
 
-def train_text_model(catalog_uri: str, work: Path, cache_dir: str, seed: int):
-    """The default recipe's stage 1 (text tower) on a snapshot: its val and test results,
-    model dir and seconds (a finished one is read back)."""
+def train_text_model(catalog_uri: str, work: Path, cache_dir: str, seed: int,
+                     overrides: tuple[str, ...] = ()):
+    """The default recipe's stage 1 (text tower) on a snapshot, with ``overrides``: its val
+    and test results, model dir and seconds (a finished one is read back)."""
     from fusion_model.training.trainer import TrainResult, train
 
     saved = work / "result.json"
@@ -107,7 +108,8 @@ def train_text_model(catalog_uri: str, work: Path, cache_dir: str, seed: int):
         return result.val, result.test, result.model_dir, result.seconds.get("total", 0.0)
     catalog = load_catalog(catalog_uri)
     config = load_config("default", [f"train.cache_dir={cache_dir}", "model.fusion=text_only",
-                                     f"train.seed={seed}"]).for_catalog(catalog.max_grade)
+                                     f"train.seed={seed}", *overrides]
+                         ).for_catalog(catalog.max_grade)
     started = time.perf_counter()
     result = train(catalog, config, work, progress=False)
     seconds = time.perf_counter() - started
@@ -205,7 +207,8 @@ def closed_loop(args, catalog: Catalog, first_ranker: dict[str, list[str]], work
                                 args.min_examinations)
         summary = judged_snapshot(catalog, built, str(here / "catalog"))
         val, test, model_dir, seconds = train_text_model(summary["catalog"], here / "model",
-                                                         args.cache_dir, args.seed)
+                                                         args.cache_dir, args.seed,
+                                                         tuple(args.snapshot_override))
         log.info("%s round %d: val nDCG@10 %.4f, test %.4f (%d queries judged)", name,
                  round_, val.metrics["ndcg@10"], test.metrics["ndcg@10"],
                  summary["queries_judged"])
@@ -298,6 +301,10 @@ def main() -> None:
     parser.add_argument("--experiments", type=int, default=200)
     parser.add_argument("--aa-experiments", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--snapshot-override", action="append", default=[],
+                        metavar="KEY=VALUE", help="config override for the models trained "
+                        "on the click snapshots (not the true-judgment model), repeatable; "
+                        "e.g. train.min_positive_grade=2")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work = Path(args.work_dir)

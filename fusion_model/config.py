@@ -60,8 +60,6 @@ class ModelConfig:
     modality_dropout: float = 0.05   # chance to hide one modality of a product in training
     gated_fusion: bool = False       # fusion: zero-initialised tanh gates on cross-attention
     guided_pooling: bool = True      # fusion: photo regions pooled by the product's text
-    image_score: bool = False        # fusion: add an image score against the query's own
-                                     # image half (weight starts at 0: the network unchanged)
 
 
 @dataclass(frozen=True)
