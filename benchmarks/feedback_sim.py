@@ -27,6 +27,7 @@ model against itself) give the false-preference rate at that number.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import random
@@ -40,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fusion_model.benchmark import zero_shot_rankings  # noqa: E402
 from fusion_model.config import FeedbackConfig, load_config  # noqa: E402
-from fusion_model.data.catalog import Catalog, load_catalog  # noqa: E402
+from fusion_model.data.catalog import Catalog, load_catalog, query_key  # noqa: E402
 from fusion_model.evaluation.bootstrap import (  # noqa: E402
     bootstrap_mean,
     paired_bootstrap_difference,
@@ -52,6 +53,7 @@ from fusion_model.feedback.interleaving import (  # noqa: E402
     winner,
 )
 from fusion_model.feedback.judgments import (  # noqa: E402
+    BuiltJudgments,
     build_judgments,
     judged_snapshot,
     read_click_log,
@@ -69,11 +71,12 @@ def zipf_weights(n: int, s: float = 1.0) -> np.ndarray:
 
 def simulate_traffic(root: str, rankings: dict[str, list[str]], texts: dict[str, str],
                      grades: dict[str, dict[str, int]], searches: int, explore: float,
-                     seed: int, popularity_seed: int, explore_depth: int = SHOWN) -> None:
+                     seed: int, popularity_seed: int, explore_depth: int = SHOWN,
+                     page_size: int = SHOWN) -> None:
     """``searches`` searches of the train queries through the event log; which queries
     are popular is fixed by ``popularity_seed`` (the same in every round). An explored
-    search shows ``SHOWN`` products drawn at random from the top ``explore_depth``, in a
-    random order (``serve --explore`` shuffles the top 10 alone: depth 10)."""
+    search shows ``page_size`` products drawn at random from the top ``explore_depth``, in
+    a random order (``serve --explore`` shuffles the page alone: depth = page size)."""
     rng = random.Random(seed)
     queries = sorted(rankings)
     random.Random(popularity_seed).shuffle(queries)   # popularity unrelated to id
@@ -84,9 +87,9 @@ def simulate_traffic(root: str, rankings: dict[str, list[str]], texts: dict[str,
     shopper = Shopper()
     for index in drawn:
         query = queries[index]
-        shown = rankings[query][:SHOWN]
+        shown = rankings[query][:page_size]
         if rng.random() < explore:
-            pool = rankings[query][:max(explore_depth, SHOWN)]
+            pool = rankings[query][:max(explore_depth, page_size)]
             shown = rng.sample(pool, len(shown))
         search_id = events.search(texts[query], "champion", "0", "zero-shot", shown, None)
         for position, product, kind in simulate_interactions(shown, grades.get(query, {}),
@@ -181,6 +184,8 @@ def part_b(args, catalog: Catalog, config, work: Path) -> dict:
                 name = f"{bias}_{size}" + (f"_{rounds}rounds" if rounds > 1 else "")
                 rows[name], models[name] = closed_loop(args, catalog, zero_train, work, name,
                                                        size, rounds, bias)
+                if "ceilings" in args.parts:
+                    rows.update(ceilings(args, catalog, work, name))
     return {"rows": rows, "models": models}
 
 
@@ -198,13 +203,13 @@ def closed_loop(args, catalog: Catalog, first_ranker: dict[str, list[str]], work
             started = time.perf_counter()
             simulate_traffic(root, ranker, texts, grades, size // rounds, args.explore,
                              args.seed + size + 7919 * round_, args.seed + size + 1,
-                             args.explore_depth)
+                             args.explore_depth, args.page_size)
             here.mkdir(parents=True, exist_ok=True)
             (here / "simulated").touch()
             log.info("%s round %d: %d searches simulated in %.0f s", name, round_,
                      size // rounds, time.perf_counter() - started)
-        built = build_judgments(read_click_log(root), bias, args.min_searches,
-                                args.min_examinations)
+        built = build_judgments(read_click_log(root, max_rank=args.page_size), bias,
+                                args.min_searches, args.min_examinations)
         summary = judged_snapshot(catalog, built, str(here / "catalog"))
         val, test, model_dir, seconds = train_text_model(summary["catalog"], here / "model",
                                                          args.cache_dir, args.seed,
@@ -214,10 +219,48 @@ def closed_loop(args, catalog: Catalog, first_ranker: dict[str, list[str]], work
                  summary["queries_judged"])
         if round_ + 1 < rounds:
             ranker = saved_rankings(model_dir, catalog, "train", args.cache_dir,
-                                    max(SHOWN, args.explore_depth))
+                                    max(args.page_size, args.explore_depth))
     return ({"val": val, "result": test, "seconds": seconds, "searches": size,
              "rounds": rounds, "queries_judged": summary["queries_judged"],
-             "pairs": summary["pairs"], "theta": summary["theta"][:SHOWN]}, model_dir)
+             "pairs": summary["pairs"], "theta": summary["theta"][:args.page_size]},
+            model_dir)
+
+
+def with_true_grades(built: BuiltJudgments, catalog: Catalog) -> BuiltJudgments:
+    """``built``'s pairs graded by the catalog's true judgments (0 where it has none): what
+    a perfect click model would make of the same evidence."""
+    ids = {query_key(t): q for q, t in zip(catalog.queries["query_id"], catalog.queries["text"])}
+    truth = catalog.qrels(min_grade=1)
+    judgments = built.judgments.assign(grade=[
+        truth.get(ids.get(q, ""), {}).get(p, 0)
+        for q, p in zip(built.judgments["query"], built.judgments["product_id"])])
+    return dataclasses.replace(built, judgments=judgments)
+
+
+def ceilings(args, catalog: Catalog, work: Path, name: str) -> dict:
+    """Two bounds from ``name``'s logged traffic, each trained like the snapshots: the
+    judged pairs with their true grades (the click model's grading error removed), and
+    every pair ever shown with its true grade (no evidence floor: what the traffic could
+    teach at best)."""
+    log_ = read_click_log(str(work / f"events-{name}"), max_rank=args.page_size)
+    bounds = {
+        "same_pairs_true_grades": build_judgments(log_, args.biases[0], args.min_searches,
+                                                  args.min_examinations),
+        "every_shown_pair_true_grades": build_judgments(log_, "none", 1, 0.0)}
+    rows = {}
+    for bound, built in bounds.items():
+        here = work / f"ceiling-{name}" / bound
+        summary = judged_snapshot(catalog, with_true_grades(built, catalog),
+                                  str(here / "catalog"))
+        val, test, _, seconds = train_text_model(summary["catalog"], here / "model",
+                                                 args.cache_dir, args.seed,
+                                                 tuple(args.snapshot_override))
+        rows[f"{name}: {bound}"] = {"val": val, "result": test, "seconds": seconds,
+                                    "queries_judged": summary["queries_judged"],
+                                    "pairs": summary["pairs"]}
+        log.info("%s %s: val %.4f, test %.4f, pairs %s", name, bound,
+                 val.metrics["ndcg@10"], test.metrics["ndcg@10"], summary["pairs"])
+    return rows
 
 
 def report_b(rows: dict) -> list[str]:
@@ -285,9 +328,12 @@ def main() -> None:
                         type=lambda s: [int(x) for x in s.split(",")],
                         help="interleaved searches per experiment (part a)")
     parser.add_argument("--explore", type=float, default=0.1)
+    parser.add_argument("--page-size", type=int, default=SHOWN,
+                        help="products a search shows in part b's traffic (shops show 10-48; "
+                             "interleaving in part a stays at 10)")
     parser.add_argument("--explore-depth", type=int, default=SHOWN,
-                        help="an explored search shows 10 products drawn from this many top "
-                             "ones, in a random order (10: the top 10 shuffled)")
+                        help="an explored search shows a page drawn from this many top "
+                             "ones, in a random order (the page size: the page shuffled)")
     parser.add_argument("--min-searches", type=int, default=FeedbackConfig.min_searches,
                         help="feedback.min_searches: a query's searches before it is judged")
     parser.add_argument("--min-examinations", type=float,
@@ -297,7 +343,8 @@ def main() -> None:
     parser.add_argument("--biases", default="em,none", type=lambda s: s.split(","),
                         help="click models to build judgments with (em, none)")
     parser.add_argument("--parts", default="a,b", type=lambda s: set(s.split(",")),
-                        help="b: judgments from logs; a: interleaving (needs b's models)")
+                        help="b: judgments from logs; a: interleaving (needs b's models); "
+                             "ceilings: b's traffic with the true grades (two bounds)")
     parser.add_argument("--experiments", type=int, default=200)
     parser.add_argument("--aa-experiments", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)

@@ -4,7 +4,7 @@ and a forced promotion in the middle of the run.
     python benchmarks/serve_load.py [--products 100000] [--clients 32] [--seconds 30]
         [--backends lite,standalone] [--max-batch 1,32] [--query-cache 0,10000]
         [--sweep 2,4,8,16 [--sweep-seconds 10]] [--encoders real,zero-cost] [--work-dir DIR]
-    python benchmarks/serve_load.py --rates 100,200 [--repeats 2] [--seconds 30] ...
+    python benchmarks/serve_load.py --rates 100,200 [--repeats 2 | --blocks 8] [--seconds 30] ...
 
 Set-up (cached in ``--work-dir``): a ``fast``-config champion v1 and a second version v2
 trained on a small synthetic catalog (real MiniLM query tower, OpenVINO engine), so that
@@ -32,8 +32,10 @@ alone, which no cheaper query encoder could pass on the same machine.
 ``--rates`` measures what recording search events costs instead: open-loop runs at each
 fixed arrival rate (a request is sent when due, whatever the answers; latency counts from
 then), against a service with ``--events`` and one without, alternating, ``--repeats``
-times; 30% of the searches get a click (``POST /events``; refused with logging off, so
-that both runs carry the same requests).
+times (``--blocks N``: both services up at once, N pairs of blocks per rate, alternating,
+so that a drifting machine moves both halves of a pair alike); 30% of the searches get a
+click (``POST /events``; refused with logging off, so that both runs carry the same
+requests).
 """
 
 from __future__ import annotations
@@ -339,6 +341,53 @@ def measure_logging(args: argparse.Namespace, uri: str, queries: list[str], kind
                              "searches per batch", kind, rate, events, row["p50 ms"],
                              row["p99 ms"], row["errors"], row["cpu ms/search"],
                              row["gc2/search"], row["per batch"])
+    return _over_repeats(found)
+
+
+def measure_logging_blocks(args: argparse.Namespace, uri: str, queries: list[str], kind: str,
+                           encoder_streams: int = 1) -> dict[str, dict[str, float]]:
+    """Both services up at once, one with event logging and one without; per rate
+    ``args.blocks`` pairs of ``args.seconds`` open-loop blocks, one on each service, the
+    order alternating. A machine that drifts (a noisy neighbour, memory reclaim) moves
+    both halves of a pair alike, where fresh services one after the other saw it as an
+    effect. Adds, per rate, what logging adds to the p50: the mean of the pairs' on/off
+    ratios with its bootstrap CI over pairs."""
+    from fusion_model.evaluation.bootstrap import bootstrap_mean
+
+    found: dict[str, list[dict[str, float]]] = {}
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for events in ("off", "on"):
+            setting = {"max_batch": 32, "query_cache": 0, "encoder": "real",
+                       "encoder_streams": encoder_streams,
+                       "events": args.work_dir / "events-blocks" if events == "on" else None}
+            log_file = args.work_dir / f"serve-{kind}-blocks-events-{events}.log"
+            urls[events] = stack.enter_context(service(args.work_dir, uri, log_file, setting))
+            uvloop.run(run_clients(urls[events], queries, 4, 5))  # warm up
+        for rate in args.rates:
+            for block in range(args.blocks):
+                for events in (("off", "on") if block % 2 == 0 else ("on", "off")):
+                    before = metric_values(urls[events])
+                    records = uvloop.run(open_loop(urls[events], queries, rate, args.seconds,
+                                                   args.click_share))
+                    row = summary(records, args.seconds) | service_work(
+                        before, metric_values(urls[events]), len(records))
+                    found.setdefault(f"{rate}/s, events {events}", []).append(row)
+                log.info("%s %d/s block %d: p50 off %.1f ms, on %.1f ms", kind, rate, block,
+                         found[f"{rate}/s, events off"][-1]["p50 ms"],
+                         found[f"{rate}/s, events on"][-1]["p50 ms"])
+    rows = _over_repeats(found)
+    for rate in args.rates:
+        off, on = found[f"{rate}/s, events off"], found[f"{rate}/s, events on"]
+        added = bootstrap_mean(np.array([b["p50 ms"] / a["p50 ms"] - 1
+                                         for a, b in zip(off, on)]))
+        rows[f"{rate}/s, events on"] |= {"added": added.mean, "added low": added.low,
+                                         "added high": added.high}
+    return rows
+
+
+def _over_repeats(found: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per label: min and median of each measure over the runs, errors summed."""
     return {label: {f"{m} {stat}": fn([r[m] for r in runs])
                     for m in ("p50 ms", "p99 ms", *SERVICE_WORK)
                     for stat, fn in (("min", min), ("median", np.median))}
@@ -444,6 +493,10 @@ def main() -> None:
                         help="instead of the closed-loop runs: open-loop runs at these "
                              "requests/s, with event logging off and on (--repeats each)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--blocks", type=int, default=0,
+                        help="with --rates: instead of --repeats fresh services, both "
+                             "services up at once and this many pairs of --seconds blocks "
+                             "per rate, alternating (drift cancels within a pair)")
     parser.add_argument("--encoder-streams", type=_int_list, default=[1],
                         help="with --rates: the service's --encoder-streams, one set of "
                              "runs each (1: every query encoding uses every core)")
@@ -469,7 +522,8 @@ def main() -> None:
                 champion_back_to_v1(args.work_dir, uri, args.products, kind)
                 for streams in args.encoder_streams:
                     label = kind if streams == 1 else f"{kind}, {streams} encoder streams"
-                    rows[label] = measure_logging(args, uri, queries, kind, streams)
+                    measured = measure_logging_blocks if args.blocks else measure_logging
+                    rows[label] = measured(args, uri, queries, kind, streams)
                 continue
             for max_batch, query_cache, encoder in itertools.product(
                     args.max_batch, args.query_cache, args.encoders):
@@ -506,6 +560,10 @@ def print_logging_table(rows: dict[str, dict[str, dict[str, float]]]) -> None:
             off, on = runs[f"{rate}/s, events off"], runs[f"{rate}/s, events on"]
             added = on["p50 ms median"] / off["p50 ms median"] - 1
             print(f"{kind} {rate}/s: logging adds {added:+.1%} to the median p50")
+            if "added" in on:
+                print(f"{kind} {rate}/s: paired blocks: logging adds {on['added']:+.1%} "
+                      f"[{on['added low']:+.1%}, {on['added high']:+.1%}] to the p50 "
+                      f"(mean of {on['repeats']} pairs' ratios, 95% CI)")
 
 
 def measure(args: argparse.Namespace, uri: str, queries: list[str],
