@@ -581,7 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--encoder-streams", type=_positive_int, default=1, metavar="N",
                        help="query-encoder runs at once, the cores shared out between them "
                             "(OpenVINO streams; default 1: each run uses every core, the "
-                            "lowest latency; 2 measured within noise of 1 on 2 cores)")
+                            "lowest latency alone; 2 used less CPU per search and halved "
+                            "the p50 at 200 requests/s on 2 cores: docs/serving.md)")
     serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                        help="a Host header value to answer besides localhost and --host "
                             "(repeat for several; '*' for any: only behind a proxy that "

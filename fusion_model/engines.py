@@ -400,7 +400,8 @@ class FrozenTowers:
         """Compile the query tower for ``streams`` concurrent callers (``fusion-model
         serve --encoder-streams``). On 2 cores the encoder alone ran 1.4x the queries/s
         with 2 streams and 2 callers in batches of 8; inside the service, sharing the
-        cores with Milvus, it measured within noise of 1 stream (benchmarks/RESULTS.md)."""
+        cores with Milvus, it measured within noise of 1 stream at 32 closed-loop clients
+        and with 19-29% less CPU per search at 100-200 requests/s (benchmarks/RESULTS.md)."""
         if streams != self.query_streams:
             self.query_streams, self._query = streams, None
 
