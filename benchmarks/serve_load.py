@@ -352,36 +352,74 @@ def measure_logging_blocks(args: argparse.Namespace, uri: str, queries: list[str
     both halves of a pair alike, where fresh services one after the other saw it as an
     effect. Adds, per rate, what logging adds to the p50: the median of the pairs' on/off
     ratios (one stalled block does not move it) with its bootstrap CI over pairs."""
-    found: dict[str, list[dict[str, float]]] = {}
-    with contextlib.ExitStack() as stack:
-        urls = {}
-        for events in ("off", "on"):
-            setting = {"max_batch": 32, "query_cache": 0, "encoder": "real",
-                       "encoder_streams": encoder_streams,
-                       "events": args.work_dir / "events-blocks" if events == "on" else None}
-            log_file = args.work_dir / f"serve-{kind}-blocks-events-{events}.log"
-            urls[events] = stack.enter_context(service(args.work_dir, uri, log_file, setting))
-            uvloop.run(run_clients(urls[events], queries, 4, 5))  # warm up
-        for rate in args.rates:
-            for block in range(args.blocks):
-                for events in (("off", "on") if block % 2 == 0 else ("on", "off")):
-                    before = metric_values(urls[events])
-                    records = uvloop.run(open_loop(urls[events], queries, rate, args.seconds,
-                                                   args.click_share))
-                    row = summary(records, args.seconds) | service_work(
-                        before, metric_values(urls[events]), len(records))
-                    found.setdefault(f"{rate}/s, events {events}", []).append(row)
-                log.info("%s %d/s block %d: p50 off %.1f ms, on %.1f ms", kind, rate, block,
-                         found[f"{rate}/s, events off"][-1]["p50 ms"],
-                         found[f"{rate}/s, events on"][-1]["p50 ms"])
+    base = {"max_batch": 32, "query_cache": 0, "encoder": "real",
+            "encoder_streams": encoder_streams}
+    found = paired_blocks(args, uri, queries, kind, {
+        "events off": base | {"events": None},
+        "events on": base | {"events": args.work_dir / "events-blocks"}})
     rows = _over_repeats(found)
     for rate in args.rates:
-        off, on = found[f"{rate}/s, events off"], found[f"{rate}/s, events on"]
-        ratios = np.array([b["p50 ms"] / a["p50 ms"] - 1 for a, b in zip(off, on)])
-        low, high = bootstrap_median(ratios)
-        rows[f"{rate}/s, events on"] |= {"added": float(np.median(ratios)),
-                                         "added low": low, "added high": high}
+        rows[f"{rate}/s, events on"] |= _added(found[f"{rate}/s, events off"],
+                                               found[f"{rate}/s, events on"])
     return rows
+
+
+def compare_streams_blocks(args: argparse.Namespace, uri: str, queries: list[str],
+                           kind: str) -> None:
+    """Paired blocks of a 1-stream and a 2-stream service, both logging: prints per rate
+    the p50 and p99 of each and what 2 streams change in the p50."""
+    base = {"max_batch": 32, "query_cache": 0, "encoder": "real",
+            "events": args.work_dir / "events-blocks"}
+    found = paired_blocks(args, uri, queries, kind, {
+        "1 stream": base | {"encoder_streams": 1}, "2 streams": base | {"encoder_streams": 2}})
+    rows = _over_repeats(found)
+    print("| requests/s | encoder streams | p50 ms (min, median) | p99 ms (median) | service "
+          "CPU ms/search | errors |\n|---|---|---|---|---|---|")
+    for label, row in rows.items():
+        rate, side = label.split(", ")
+        print(f"| {rate} | {side} | {row['p50 ms min']:.1f}, {row['p50 ms median']:.1f} | "
+              f"{row['p99 ms median']:.1f} | {row['cpu ms/search median']:.2f} | "
+              f"{row['errors']} |")
+    for rate in args.rates:
+        change = _added(found[f"{rate}/s, 1 stream"], found[f"{rate}/s, 2 streams"])
+        print(f"{kind} {rate}/s: 2 streams change the p50 by {change['added']:+.1%} "
+              f"[{change['added low']:+.1%}, {change['added high']:+.1%}] (median of "
+              f"{args.blocks} pairs' ratios, 95% CI)")
+
+
+def paired_blocks(args: argparse.Namespace, uri: str, queries: list[str], kind: str,
+                  sides: dict[str, dict]) -> dict[str, list[dict[str, float]]]:
+    """Two services up at once (``sides``: name -> service setting); per rate
+    ``args.blocks`` pairs of ``args.seconds`` open-loop blocks, one on each, the order
+    alternating. Per "rate/s, side": one row per block."""
+    found: dict[str, list[dict[str, float]]] = {}
+    names = list(sides)
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for name, setting in sides.items():
+            log_file = args.work_dir / f"serve-{kind}-blocks-{name.replace(' ', '-')}.log"
+            urls[name] = stack.enter_context(service(args.work_dir, uri, log_file, setting))
+            uvloop.run(run_clients(urls[name], queries, 4, 5))  # warm up
+        for rate in args.rates:
+            for block in range(args.blocks):
+                for name in (names if block % 2 == 0 else names[::-1]):
+                    before = metric_values(urls[name])
+                    records = uvloop.run(open_loop(urls[name], queries, rate, args.seconds,
+                                                   args.click_share))
+                    row = summary(records, args.seconds) | service_work(
+                        before, metric_values(urls[name]), len(records))
+                    found.setdefault(f"{rate}/s, {name}", []).append(row)
+                log.info("%s %d/s block %d: p50 %s", kind, rate, block, ", ".join(
+                    f"{name} {found[f'{rate}/s, {name}'][-1]['p50 ms']:.1f} ms"
+                    for name in names))
+    return found
+
+
+def _added(first: list[dict[str, float]], second: list[dict[str, float]]) -> dict[str, float]:
+    """The median over pairs of second/first p50 - 1, with its bootstrap 95% CI."""
+    ratios = np.array([b["p50 ms"] / a["p50 ms"] - 1 for a, b in zip(first, second)])
+    low, high = bootstrap_median(ratios)
+    return {"added": float(np.median(ratios)), "added low": low, "added high": high}
 
 
 def bootstrap_median(values: np.ndarray, samples: int = 2000, seed: int = 0
@@ -499,6 +537,9 @@ def main() -> None:
                         help="instead of the closed-loop runs: open-loop runs at these "
                              "requests/s, with event logging off and on (--repeats each)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--compare-streams", action="store_true",
+                        help="with --rates and --blocks: pair a 1-stream and a 2-stream "
+                             "service (both logging) instead of logging off and on")
     parser.add_argument("--blocks", type=int, default=0,
                         help="with --rates: instead of --repeats fresh services, both "
                              "services up at once and this many pairs of --seconds blocks "
@@ -511,6 +552,8 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path,
                         default=Path.home() / ".cache" / "fusion-model" / "serve-load")
     args = parser.parse_args()
+    if args.compare_streams and not (args.rates and args.blocks):
+        parser.error("--compare-streams needs --rates and --blocks")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -528,6 +571,9 @@ def main() -> None:
                 champion_back_to_v1(args.work_dir, uri, args.products, kind)
                 for streams in args.encoder_streams:
                     label = kind if streams == 1 else f"{kind}, {streams} encoder streams"
+                    if args.compare_streams:
+                        compare_streams_blocks(args, uri, queries, kind)
+                        continue
                     measured = measure_logging_blocks if args.blocks else measure_logging
                     rows[label] = measured(args, uri, queries, kind, streams)
                 continue
