@@ -544,9 +544,10 @@ def main() -> None:
                         help="with --rates: instead of --repeats fresh services, both "
                              "services up at once and this many pairs of --seconds blocks "
                              "per rate, alternating (drift cancels within a pair)")
-    parser.add_argument("--encoder-streams", type=_int_list, default=[1],
+    parser.add_argument("--encoder-streams", type=_int_list, default=[2],
                         help="with --rates: the service's --encoder-streams, one set of "
-                             "runs each (1: every query encoding uses every core)")
+                             "runs each (default 2, the service's; 1: every query encoding "
+                             "uses every core)")
     parser.add_argument("--click-share", type=float, default=0.3,
                         help="with --rates: the share of searches followed by a click")
     parser.add_argument("--work-dir", type=Path,
@@ -570,7 +571,7 @@ def main() -> None:
             if args.rates:
                 champion_back_to_v1(args.work_dir, uri, args.products, kind)
                 for streams in args.encoder_streams:
-                    label = kind if streams == 1 else f"{kind}, {streams} encoder streams"
+                    label = f"{kind}, {streams} encoder stream{'s' if streams > 1 else ''}"
                     if args.compare_streams:
                         compare_streams_blocks(args, uri, queries, kind)
                         continue

@@ -578,11 +578,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="merge up to N concurrent searches (same k, filter and model) "
                             "into one encoder pass and one index call; two such calls run "
                             "at a time (default 32; 1: every search alone, for comparison)")
-    serve.add_argument("--encoder-streams", type=_positive_int, default=1, metavar="N",
+    serve.add_argument("--encoder-streams", type=_positive_int, default=2, metavar="N",
                        help="query-encoder runs at once, the cores shared out between them "
-                            "(OpenVINO streams; default 1: each run uses every core, the "
-                            "lowest latency alone; 2 used less CPU per search and halved "
-                            "the p50 at 200 requests/s on 2 cores: docs/serving.md)")
+                            "(OpenVINO streams; default 2: 22-32%% less CPU per search and "
+                            "a 23%% lower p50 at 200 requests/s on 2 cores, the same p50 at "
+                            "100/s; 1: each run uses every core, a lone query ~0.4 ms "
+                            "faster; docs/serving.md)")
     serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                        help="a Host header value to answer besides localhost and --host "
                             "(repeat for several; '*' for any: only behind a proxy that "
