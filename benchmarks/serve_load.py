@@ -321,20 +321,15 @@ def measure_logging(args: argparse.Namespace, uri: str, queries: list[str], kind
     found: dict[str, list[dict[str, float]]] = {}
     for repeat in range(args.repeats):
         for events in (("off", "on") if repeat % 2 == 0 else ("on", "off")):
-            setting = {"max_batch": 32, "query_cache": 0, "encoder": "real",
-                       "encoder_streams": encoder_streams,
-                       "events": args.work_dir / f"events-{repeat}" if events == "on"
-                       else None}
+            setting = open_loop_setting(
+                encoder_streams=encoder_streams,
+                events=args.work_dir / f"events-{repeat}" if events == "on" else None)
             log_file = args.work_dir / \
                 f"serve-{kind}-streams{encoder_streams}-events-{events}-{repeat}.log"
             with service(args.work_dir, uri, log_file, setting) as url:
                 uvloop.run(run_clients(url, queries, 4, 5))  # warm up
                 for rate in args.rates:
-                    before = metric_values(url)
-                    records = uvloop.run(open_loop(url, queries, rate, args.seconds,
-                                                   args.click_share))
-                    row = summary(records, args.seconds) | service_work(
-                        before, metric_values(url), len(records))
+                    row = open_loop_run(args, url, queries, rate)
                     found.setdefault(f"{rate}/s, events {events}", []).append(row)
                     log.info("%s %d/s events %s: p50 %.1f ms, p99 %.1f ms, %d errors; "
                              "service %.2f CPU ms and %.4f full GCs per search, %.1f "
@@ -352,11 +347,10 @@ def measure_logging_blocks(args: argparse.Namespace, uri: str, queries: list[str
     both halves of a pair alike, where fresh services one after the other saw it as an
     effect. Adds, per rate, what logging adds to the p50: the median of the pairs' on/off
     ratios (one stalled block does not move it) with its bootstrap CI over pairs."""
-    base = {"max_batch": 32, "query_cache": 0, "encoder": "real",
-            "encoder_streams": encoder_streams}
     found = paired_blocks(args, uri, queries, kind, {
-        "events off": base | {"events": None},
-        "events on": base | {"events": args.work_dir / "events-blocks"}})
+        "events off": open_loop_setting(encoder_streams=encoder_streams, events=None),
+        "events on": open_loop_setting(encoder_streams=encoder_streams,
+                                       events=args.work_dir / "events-blocks")})
     rows = _over_repeats(found)
     for rate in args.rates:
         rows[f"{rate}/s, events on"] |= _added(found[f"{rate}/s, events off"],
@@ -368,10 +362,10 @@ def compare_streams_blocks(args: argparse.Namespace, uri: str, queries: list[str
                            kind: str) -> None:
     """Paired blocks of a 1-stream and a 2-stream service, both logging: prints per rate
     the p50 and p99 of each and what 2 streams change in the p50."""
-    base = {"max_batch": 32, "query_cache": 0, "encoder": "real",
-            "events": args.work_dir / "events-blocks"}
+    events = args.work_dir / "events-blocks"
     found = paired_blocks(args, uri, queries, kind, {
-        "1 stream": base | {"encoder_streams": 1}, "2 streams": base | {"encoder_streams": 2}})
+        "1 stream": open_loop_setting(encoder_streams=1, events=events),
+        "2 streams": open_loop_setting(encoder_streams=2, events=events)})
     rows = _over_repeats(found)
     print("| requests/s | encoder streams | p50 ms (min, median) | p99 ms (median) | service "
           "CPU ms/search | errors |\n|---|---|---|---|---|---|")
@@ -403,16 +397,28 @@ def paired_blocks(args: argparse.Namespace, uri: str, queries: list[str], kind: 
         for rate in args.rates:
             for block in range(args.blocks):
                 for name in (names if block % 2 == 0 else names[::-1]):
-                    before = metric_values(urls[name])
-                    records = uvloop.run(open_loop(urls[name], queries, rate, args.seconds,
-                                                   args.click_share))
-                    row = summary(records, args.seconds) | service_work(
-                        before, metric_values(urls[name]), len(records))
+                    row = open_loop_run(args, urls[name], queries, rate)
                     found.setdefault(f"{rate}/s, {name}", []).append(row)
                 log.info("%s %d/s block %d: p50 %s", kind, rate, block, ", ".join(
                     f"{name} {found[f'{rate}/s, {name}'][-1]['p50 ms']:.1f} ms"
                     for name in names))
     return found
+
+
+def open_loop_setting(encoder_streams: int, events: Path | None) -> dict:
+    """The service setting of the open-loop runs: merged searches, no query cache, the
+    real query encoder."""
+    return {"max_batch": 32, "query_cache": 0, "encoder": "real",
+            "encoder_streams": encoder_streams, "events": events}
+
+
+def open_loop_run(args: argparse.Namespace, url: str, queries: list[str], rate: int
+                  ) -> dict[str, float]:
+    """One open-loop run at ``rate``: its latencies and the service's work per search."""
+    before = metric_values(url)
+    records = uvloop.run(open_loop(url, queries, rate, args.seconds, args.click_share))
+    return summary(records, args.seconds) | service_work(before, metric_values(url),
+                                                         len(records))
 
 
 def _added(first: list[dict[str, float]], second: list[dict[str, float]]) -> dict[str, float]:
@@ -570,11 +576,11 @@ def main() -> None:
             settle(kind)
             if args.rates:
                 champion_back_to_v1(args.work_dir, uri, args.products, kind)
+                if args.compare_streams:
+                    compare_streams_blocks(args, uri, queries, kind)
+                    continue
                 for streams in args.encoder_streams:
                     label = f"{kind}, {streams} encoder stream{'s' if streams > 1 else ''}"
-                    if args.compare_streams:
-                        compare_streams_blocks(args, uri, queries, kind)
-                        continue
                     measured = measure_logging_blocks if args.blocks else measure_logging
                     rows[label] = measured(args, uri, queries, kind, streams)
                 continue
