@@ -86,6 +86,8 @@ class StageConfig:
                                      # held at their identity start; then ``epochs`` train
                                      # everything from the best of them (gated_fusion only;
                                      # other heads have no such phase and ignore it)
+    photo_mirror: float = 0.0        # stage 2: share of the photos in a batch shown mirrored
+                                     # left-right (their features cached once more; 0 = off)
 
 
 @dataclass(frozen=True)
@@ -430,6 +432,8 @@ def validate(config: RunConfig) -> None:
            and stage.anchor >= 0,
            f"train.{name}: warmup must be in [0, 1), grad_clip, weight_decay and anchor >= 0")
           for name, stage in (("stage1", config.train.stage1), ("stage2", config.train.stage2))),
+        (0 <= config.train.stage2.photo_mirror <= 1,
+         f"train.stage2.photo_mirror={config.train.stage2.photo_mirror}: a share in [0, 1]"),
         (bool(DEVICE.fullmatch(config.runtime.device)),
          f"runtime.device={config.runtime.device!r}: use auto, cpu, cuda or cuda:N"),
         (config.train.precision in PRECISIONS,
@@ -468,6 +472,8 @@ def validate(config: RunConfig) -> None:
     checks += [
         (config.train.stage1.mix_epochs == 0,
          "train.stage1.mix_epochs: the mix phase belongs to stage 2 (stage 1 has no photo)"),
+        (config.train.stage1.photo_mirror == 0,
+         "train.stage1.photo_mirror: photos are seen in stage 2 only (stage 1 has no photo)"),
         (config.train.stage2.mix_epochs == 0 or config.model.fusion != "fusion"
          or config.model.gated_fusion,
          "train.stage2.mix_epochs needs model.gated_fusion=true: the network starts as the "

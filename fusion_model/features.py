@@ -29,6 +29,7 @@ from fusion_model.photos import DECODER_REVISION, ImageDecodeError, decode_image
 from fusion_model.runtime import Runtime
 
 log = logging.getLogger(__name__)
+MIRRORED = ":mirrored"  # cache-key suffix of a photo's left-right mirror image
 HISTOGRAMS_KEPT = 8192   # colour histograms kept from the CNN pass (bounded memory)
 __all__ = ["Column", "FeatureCache", "ImageDecodeError", "Table", "decode_image",
            "load_images", "product_text"]
@@ -99,18 +100,24 @@ def text_bottom_features(encoder, texts: list[str], max_length: int, cache_root:
 
 
 def image_bottom_features(encoder, uris: list[str | None], cache_root: str, runtime: Runtime,
-                          batch_size: int = 16, progress: bool = True) -> Table:
+                          batch_size: int = 16, progress: bool = True,
+                          mirrored: bool = False) -> Table:
     """Columns {"features": (N, ...) bf16, "present": (N,) bool} read from the cache;
     products without photo read as zeros. Missing photos are encoded on the runtime's
-    engine and device (fusion_model.engines)."""
+    engine and device (fusion_model.engines). ``mirrored``: of the photos flipped
+    left-right (a training augmentation; cached apart from the photos as they are)."""
     keys = storage.content_tag_list(uris)  # None where no photo
-    features = _cached_bottoms(encoder, uris, keys, cache_root, runtime, batch_size, progress)
+    if mirrored:
+        keys = [None if k is None else f"{k}{MIRRORED}" for k in keys]
+    features = _cached_bottoms(encoder, uris, keys, cache_root, runtime, batch_size, progress,
+                               mirrored)
     present = torch.tensor([u is not None for u in uris], dtype=torch.bool)
     return {"features": features, "present": TensorColumn(present)}
 
 
 def _cached_bottoms(encoder, uris: list[str | None], keys: list[str | None], cache_root: str,
-                    runtime: Runtime, batch_size: int, progress: bool) -> Column:
+                    runtime: Runtime, batch_size: int, progress: bool,
+                    mirrored: bool = False) -> Column:
     """Bottom features of photos (zeros where the key is None); colour histograms (when
     the encoder adds them) are cached apart from the CNN maps, so switching them on does
     not re-run the CNN. Histograms of up to ``HISTOGRAMS_KEPT`` photos the CNN pass decodes
@@ -122,10 +129,14 @@ def _cached_bottoms(encoder, uris: list[str | None], keys: list[str | None], cac
     histograms_seen: dict[str, torch.Tensor] = {}
     channels_last = runtime.engine == "torch"  # a converted graph takes NCHW
 
+    def decode(indices: list[int], workers: int = 8, processes: int = 0) -> list:
+        arrays = load_images([uris[i] for i in indices], encoder.image_size, workers, processes)
+        if not mirrored:
+            return arrays
+        return [None if a is None else np.ascontiguousarray(a[:, ::-1]) for a in arrays]
+
     def prepare(indices: list[int], workers: int = 1) -> tuple[list[int], torch.Tensor]:
-        return indices, encoder.preprocess(load_images([uris[i] for i in indices],
-                                                       encoder.image_size, workers,
-                                                       runtime.decode_processes),
+        return indices, encoder.preprocess(decode(indices, workers, runtime.decode_processes),
                                            channels_last)
 
     def compute(prepared: tuple[list[int], torch.Tensor]) -> Batch:
@@ -156,8 +167,7 @@ def _cached_bottoms(encoder, uris: list[str | None], keys: list[str | None], cac
     def compute_colour(indices: list[int]) -> Batch:
         if all(keys[i] in histograms_seen for i in indices):
             return {"colour": torch.stack([histograms_seen[keys[i]] for i in indices])}
-        arrays = load_images([uris[i] for i in indices], encoder.image_size)
-        return {"colour": encoder.colour_bottom(encoder.preprocess(arrays), grid)}
+        return {"colour": encoder.colour_bottom(encoder.preprocess(decode(indices)), grid)}
 
     histograms = colours.get(keys, compute_colour, 64, "colour histograms", progress)["colour"]
     histograms_seen.clear()

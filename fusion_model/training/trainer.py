@@ -153,6 +153,7 @@ class Trainer:
         self.query_text: dict[str, dict[str, torch.Tensor]] = {}
         self.image_features: Table | None = None
         self.image_present: torch.Tensor | None = None
+        self.mirrored_features: Table | None = None
         self.query_pooled: dict[str, torch.Tensor] | None = None
         self.negatives: list[np.ndarray] | None = None
         self._anchor: tuple[float, list, list] | None = None  # see _anchor_to_start
@@ -328,6 +329,7 @@ class Trainer:
                                            self.runtime, progress=self.progress)
         self.seconds["image_features"] = time.perf_counter() - started
         self.image_features, self.image_present = images["features"], images["present"][:]
+        self.mirrored_features = self._mirrored_photos(stage)
         with torch.no_grad():
             if self.text_bottoms is None:
                 self._freeze_text_tokens()
@@ -350,7 +352,7 @@ class Trainer:
                 hide_text = (noise > 1 - dropout) & present
                 present &= ~hide_image
                 mask = mask & ~hide_text.unsqueeze(1)
-            features = self._put(image_batch(self.image_features, p_idx))
+            features = self._put(self._image_features(p_idx, stage.photo_mirror))
             return model.products_from_features(tokens, mask, features, present)
 
         mix = head.mix_parameters()
@@ -360,6 +362,31 @@ class Trainer:
                             encoder_params, mix_params, (query_vectors, product_vectors))
         self._run_stage("stage2", stage, encoder_params, head_params,
                         (query_vectors, product_vectors))
+
+    def _mirrored_photos(self, stage: StageConfig):
+        """Features of the photos mirrored left-right when the stage shows some so, else None;
+        the mirror choices come from their own generator (per seed and process), so the
+        stage's other random draws are those of a run without mirroring."""
+        if not stage.photo_mirror or not self.model.product_head.uses_image:
+            return None
+        self._mirror_choices = torch.Generator().manual_seed(
+            self.config.train.seed * 7919 + self.rank)
+        with rank_zero_first(self.rank, self.world):
+            return image_bottom_features(self.model.image, self.data.image_uris,
+                                         self.cache_root, self.runtime, progress=self.progress,
+                                         mirrored=True)["features"]
+
+    def _image_features(self, p_idx: np.ndarray, mirror: float) -> torch.Tensor:
+        """Cached photo features of products ``p_idx``, a ``mirror`` share of them (drawn
+        per product) from the mirrored photos."""
+        features = image_batch(self.image_features, p_idx)
+        if self.mirrored_features is None:
+            return features
+        chosen = torch.rand(len(p_idx), generator=self._mirror_choices) < mirror
+        if chosen.any():
+            rows = np.asarray(p_idx)[chosen.numpy()]
+            features[chosen] = image_batch(self.mirrored_features, rows).to(features.dtype)
+        return features
 
     def _pool_queries(self, split: str) -> torch.Tensor:
         hidden, mask = self._put(self.query_text[split]["hidden"]).float(), \

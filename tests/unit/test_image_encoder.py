@@ -143,3 +143,28 @@ def test_photo_features_cached_by_another_decoder_are_not_reused(tmp_path, caplo
         image_bottom_features(encoder, [str(path)], str(tmp_path / "cache"), FP32,
                               progress=False)
     assert "image features: 0 cached, 1 computed" in caplog.text
+
+
+def test_mirrored_photos_are_cached_apart_and_are_the_flipped_photos_features(tmp_path,
+                                                                              caplog):
+    uris = []
+    for i in range(2):
+        path = tmp_path / f"{i}.png"
+        photo = half_red_photo()
+        photo[:, : 60 + 40 * i] = (30, 30, 200)  # a blue left strip: not mirror-symmetric
+        Image.fromarray(photo).save(path)
+        uris.append(str(path))
+    encoder = EfficientNetEncoder(trainable_blocks=1, colour_tokens=True).eval()
+    cache = str(tmp_path / "cache")
+    plain = image_bottom_features(encoder, [*uris, None], cache, FP32, progress=False)
+    with caplog.at_level(logging.INFO, logger="fusion_model.features"):
+        mirrored = image_bottom_features(encoder, [*uris, None], cache, FP32, progress=False,
+                                         mirrored=True)
+    assert "image features: 0 cached, 2 computed" in caplog.text  # its own cache entries
+    flipped = np.asarray(Image.open(uris[1]))[:, ::-1].copy()
+    direct = encoder.bottom(encoder.preprocess([flipped]))
+    assert torch.allclose(mirrored["features"][1:2].float(), direct, atol=5e-2, rtol=2e-2)
+    assert not torch.allclose(mirrored["features"][1:2].float(),
+                              plain["features"][1:2].float(), atol=5e-2, rtol=2e-2)
+    assert mirrored["present"][:].tolist() == [True, True, False]
+    assert not mirrored["features"][2:3].any()  # no photo: zeros, as unmirrored

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -423,3 +424,32 @@ def test_anchor_must_not_be_negative():
 
     with pytest.raises(ConfigError, match="anchor >= 0"):
         load_config("tiny", ["train.stage2.anchor=-1"])
+
+
+def test_photo_mirror_shows_a_share_of_the_photos_mirrored_and_off_reads_none(
+        catalog, tmp_path):
+    from fusion_model.features import image_batch
+
+    base = [f"train.cache_dir={tmp_path / 'cache'}", "train.stage1.epochs=1",
+            "train.stage2.epochs=1"]
+    off = Trainer(catalog, load_config("tiny", base), tmp_path / "off", progress=False)
+    off.run()
+    assert off.mirrored_features is None
+    config = load_config("tiny", [*base, "train.stage2.photo_mirror=0.5"])
+    trainer = Trainer(catalog, config, tmp_path / "half", progress=False)
+    result = trainer.run()
+    assert np.isfinite(result.val.metrics["ndcg@10"])
+    with_photo = np.flatnonzero(trainer.image_present.numpy())
+    idx = np.repeat(with_photo[:8], 50)
+    shown = trainer._image_features(idx, 0.5)
+    plain = image_batch(trainer.image_features, idx)
+    mirrored = image_batch(trainer.mirrored_features, idx)
+    is_plain = (shown == plain).flatten(1).all(dim=1)
+    is_mirrored = (shown == mirrored).flatten(1).all(dim=1)
+    assert bool((is_plain | is_mirrored).all()) and not bool((is_plain & is_mirrored).any())
+    assert 0.35 < float(is_mirrored.float().mean()) < 0.65  # a share of 0.5, drawn per row
+    assert torch.equal(trainer._image_features(idx, 0.0), plain)
+    with pytest.raises(Exception, match="photo_mirror"):
+        load_config("tiny", ["train.stage2.photo_mirror=1.5"])
+    with pytest.raises(Exception, match="stage 2 only"):
+        load_config("tiny", ["train.stage1.photo_mirror=0.5"])
