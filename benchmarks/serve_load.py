@@ -5,6 +5,7 @@ and a forced promotion in the middle of the run.
         [--backends lite,standalone] [--max-batch 1,32] [--query-cache 0,10000]
         [--sweep 2,4,8,16 [--sweep-seconds 10]] [--encoders real,zero-cost] [--work-dir DIR]
     python benchmarks/serve_load.py --rates 100,200 [--repeats 2 | --blocks 8] [--seconds 30] ...
+    python benchmarks/serve_load.py --pool LOG [LOG ...]   # the paired blocks of runs, pooled
 
 Set-up (cached in ``--work-dir``): a ``fast``-config champion v1 and a second version v2
 trained on a small synthetic catalog (real MiniLM query tower, OpenVINO engine), so that
@@ -48,6 +49,7 @@ import itertools
 import logging
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -436,6 +438,38 @@ def bootstrap_median(values: np.ndarray, samples: int = 2000, seed: int = 0
     return float(np.quantile(medians, 0.025)), float(np.quantile(medians, 0.975))
 
 
+BLOCK_LINE = re.compile(r"(\S+) (\d+)/s block \d+: p50 (.+?) ([\d.]+) ms, (.+?) ([\d.]+) ms$")
+OLD_SIDE_NAMES = {"off": "events off", "on": "events on"}  # logs written before ae07c1f
+
+
+def pooled_block_ratios(paths: list[Path]) -> dict[tuple, np.ndarray]:
+    """The paired blocks logged in ``paths`` (their "block" lines), pooled: per (backend,
+    rate, first side, second side) the pairs' second/first p50 - 1."""
+    pooled: dict[tuple, list[float]] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            found = BLOCK_LINE.search(line)
+            if found:
+                kind, rate, first, a, second, b = found.groups()
+                key = (kind, int(rate), OLD_SIDE_NAMES.get(first, first),
+                       OLD_SIDE_NAMES.get(second, second))
+                pooled.setdefault(key, []).append(float(b) / float(a) - 1)
+    return {key: np.array(ratios) for key, ratios in pooled.items()}
+
+
+def print_pooled(paths: list[Path]) -> None:
+    """Per backend, rate and pair of sides over every log: the median of the pairs' ratios
+    with its bootstrap 95% CI."""
+    pooled = pooled_block_ratios(paths)
+    if not pooled:
+        raise SystemExit(f"no paired-block lines in {', '.join(map(str, paths))}")
+    for (kind, rate, first, second), ratios in sorted(pooled.items()):
+        low, high = bootstrap_median(ratios)
+        print(f"{kind} {rate}/s: {second} against {first}: {float(np.median(ratios)):+.1%} "
+              f"[{low:+.1%}, {high:+.1%}] to the p50 (median of {len(ratios)} pairs' ratios, "
+              f"95% CI; slower in {int((ratios > 0).sum())})")
+
+
 def _over_repeats(found: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
     """Per label: min and median of each measure over the runs, errors summed."""
     return {label: {f"{m} {stat}": fn([r[m] for r in runs])
@@ -558,7 +592,14 @@ def main() -> None:
                         help="with --rates: the share of searches followed by a click")
     parser.add_argument("--work-dir", type=Path,
                         default=Path.home() / ".cache" / "fusion-model" / "serve-load")
+    parser.add_argument("--pool", type=Path, nargs="+", metavar="LOG",
+                        help="measure nothing: pool the paired blocks of these logs of "
+                             "--blocks runs of one setting (per backend, rate and pair of "
+                             "services; the block lines do not name the encoder streams)")
     args = parser.parse_args()
+    if args.pool:
+        print_pooled(args.pool)
+        return
     if args.compare_streams and not (args.rates and args.blocks):
         parser.error("--compare-streams needs --rates and --blocks")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
