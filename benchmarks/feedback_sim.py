@@ -62,6 +62,7 @@ from fusion_model.feedback.simulator import Shopper, simulate_interactions  # no
 
 log = logging.getLogger("feedback_sim")
 SHOWN = 10
+FLUSH_EVERY = 5000  # simulated searches between writes of the event log
 
 
 def zipf_weights(n: int, s: float = 1.0) -> np.ndarray:
@@ -82,10 +83,13 @@ def simulate_traffic(root: str, rankings: dict[str, list[str]], texts: dict[str,
     random.Random(popularity_seed).shuffle(queries)   # popularity unrelated to id
     drawn = np.random.default_rng(seed).choice(len(queries), searches,
                                                p=zipf_weights(len(queries)))
-    events = EventLog(EventSettings(root, batch_size=20000, queue_size=4 * searches + 10),
-                      salt="simulation")
+    most_per_search = 1 + 2 * page_size  # the search, a click and a purchase per product
+    events = EventLog(EventSettings(root, batch_size=20000,
+                                    queue_size=FLUSH_EVERY * most_per_search), salt="simulation")
     shopper = Shopper()
-    for index in drawn:
+    for done, index in enumerate(drawn):
+        if done % FLUSH_EVERY == 0:
+            events.flush()  # the service's writer thread drains the queue; here the loop does
         query = queries[index]
         shown = rankings[query][:page_size]
         if rng.random() < explore:
@@ -97,6 +101,8 @@ def simulate_traffic(root: str, rankings: dict[str, list[str]], texts: dict[str,
             events.interaction({"search_id": search_id, "product_id": product, "kind": kind,
                                 "position": position})
     events.flush()
+    if events.dropped:
+        raise RuntimeError(f"the simulated event log dropped {events.dropped} records")
 
 
 def train_text_model(catalog_uri: str, work: Path, cache_dir: str, seed: int,

@@ -48,3 +48,28 @@ def test_true_grades_replace_the_logged_ones_and_unjudged_pairs_get_zero(tmp_pat
     assert len(truth) == 20                      # every shown pair, whatever its clicks
     assert truth["p0"] == 3 and truth["p15"] == 2 and truth["p7"] == 0
     assert (graded["query"] == "red shirt").all()  # the logged query, its judged twin's grades
+
+
+def test_every_simulated_search_and_click_reaches_the_log(tmp_path, monkeypatch):
+    """The simulator writes as it goes: no record is dropped when a round makes more
+    records than the event log's queue holds (a page of 10 all relevant: ~8 per search)."""
+    import json
+    from pathlib import Path
+
+    from benchmarks import feedback_sim
+
+    monkeypatch.setattr(feedback_sim, "FLUSH_EVERY", 50)
+    root = tmp_path / "events"
+    grades = {f"p{i}": 3 for i in range(10)}
+    feedback_sim.simulate_traffic(str(root), {"t1": [f"p{i}" for i in range(10)]},
+                                  {"t1": "red shirt"}, {"t1": grades}, 400, explore=0.0,
+                                  seed=0, popularity_seed=1)
+
+    def records(kind: str) -> list[dict]:
+        return [json.loads(line) for part in Path(root, kind).rglob("*.jsonl")
+                for line in part.read_text().splitlines()]
+
+    searches, interactions = records("searches"), records("interactions")
+    assert len(searches) == 400
+    assert len(interactions) > 50 * 21  # more than the queue holds between two writes
+    assert {i["search_id"] for i in interactions} <= {s["search_id"] for s in searches}
