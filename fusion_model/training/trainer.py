@@ -154,6 +154,7 @@ class Trainer:
         self.image_features: Table | None = None
         self.image_present: torch.Tensor | None = None
         self.mirrored_features: Table | None = None
+        self._mirror_choices: torch.Generator | None = None
         self.query_pooled: dict[str, torch.Tensor] | None = None
         self.negatives: list[np.ndarray] | None = None
         self._anchor: tuple[float, list, list] | None = None  # see _anchor_to_start
