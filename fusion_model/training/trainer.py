@@ -364,7 +364,7 @@ class Trainer:
         self._run_stage("stage2", stage, encoder_params, head_params,
                         (query_vectors, product_vectors))
 
-    def _mirrored_photos(self, stage: StageConfig):
+    def _mirrored_photos(self, stage: StageConfig) -> Table | None:
         """Features of the photos mirrored left-right when the stage shows some so, else None;
         the mirror choices come from their own generator (per seed and process), so the
         stage's other random draws are those of a run without mirroring."""
