@@ -379,15 +379,19 @@ class Trainer:
 
     def _image_features(self, p_idx: np.ndarray, mirror: float) -> torch.Tensor:
         """Cached photo features of products ``p_idx``, a ``mirror`` share of them (drawn
-        per product) from the mirrored photos."""
-        features = image_batch(self.image_features, p_idx)
+        per product) from the mirrored photos; each row is read once, from one table."""
         if self.mirrored_features is None:
-            return features
-        chosen = torch.rand(len(p_idx), generator=self._mirror_choices) < mirror
-        if chosen.any():
-            rows = np.asarray(p_idx)[chosen.numpy()]
-            features[chosen] = image_batch(self.mirrored_features, rows).to(features.dtype)
-        return features
+            return image_batch(self.image_features, p_idx)
+        idx = np.asarray(p_idx)
+        chosen = (torch.rand(len(idx), generator=self._mirror_choices) < mirror).numpy()
+        if not chosen.any():
+            return image_batch(self.image_features, idx)
+        if chosen.all():
+            return image_batch(self.mirrored_features, idx)
+        features = torch.cat([image_batch(self.image_features, idx[~chosen]),
+                              image_batch(self.mirrored_features, idx[chosen])])
+        read_order = np.concatenate([np.flatnonzero(~chosen), np.flatnonzero(chosen)])
+        return features[torch.from_numpy(np.argsort(read_order))]  # back to p_idx's order
 
     def _pool_queries(self, split: str) -> torch.Tensor:
         hidden, mask = self._put(self.query_text[split]["hidden"]).float(), \
