@@ -215,7 +215,8 @@ def closed_loop(args, catalog: Catalog, first_ranker: dict[str, list[str]], work
             log.info("%s round %d: %d searches simulated in %.0f s", name, round_,
                      size // rounds, time.perf_counter() - started)
         built = build_judgments(read_click_log(root, max_rank=args.page_size), bias,
-                                args.min_searches, args.min_examinations)
+                                args.min_searches, args.min_examinations,
+                                pool_refinements=args.pool_refinements)
         summary = judged_snapshot(catalog, built, str(here / "catalog"))
         val, test, model_dir, seconds = train_text_model(summary["catalog"], here / "model",
                                                          args.cache_dir, args.seed,
@@ -351,6 +352,9 @@ def main() -> None:
     parser.add_argument("--parts", default="a,b", type=lambda s: set(s.split(",")),
                         help="b: judgments from logs; a: interleaving (needs b's models); "
                              "ceilings: b's traffic with the true grades (two bounds)")
+    parser.add_argument("--pool-refinements", action="store_true",
+                        help="judgments also pool the top-grade products of each query's "
+                             "refinements (feedback.pool_refinements)")
     parser.add_argument("--experiments", type=int, default=200)
     parser.add_argument("--aa-experiments", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)

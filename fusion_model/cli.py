@@ -372,7 +372,9 @@ def _cmd_feedback_build(args: argparse.Namespace) -> int:
     print(f"{summary['catalog']}: {summary['queries_judged']} queries judged from "
           f"{summary['searches']} searches ({summary['queries_too_rare']} too rare, "
           f"{summary['queries_held_out']} are val/test queries, {summary['new_queries']} new); "
-          f"pairs per grade {summary['pairs']}")
+          f"pairs per grade {summary['pairs']}"
+          + (f", {summary['pooled_pairs']} of them pooled from refinements"
+             if summary["pooled_pairs"] else ""))
     return 0
 
 

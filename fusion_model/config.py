@@ -193,6 +193,9 @@ class FeedbackConfig:
     position_bias: str = "em"           # "em": position-based click model; "none": raw
     # the attractiveness (P(click | seen)) at which grades 1, 2 and 3 start
     grade_floors: tuple[float, ...] = (0.2, 0.45, 0.7)
+    # a logged query also gets the top-grade products of its refinements (queries with
+    # more words that include all of its own: "black backpacks for men" -> "black backpacks")
+    pool_refinements: bool = False
 
 
 @dataclass(frozen=True)

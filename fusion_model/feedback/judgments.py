@@ -13,7 +13,13 @@ theta. theta_1 is fixed at 1 (the first result is always seen).
 A (query, product) pair is judged only with enough evidence: its query was searched
 ``min_searches`` times and the pair was examined (impressions weighted by theta)
 ``min_examinations`` times. Its grade is the first of ``GRADE_FLOORS`` (grade 1, 2, 3)
-its attractiveness reaches."""
+its attractiveness reaches.
+
+Pooling refinements (``pool_refinements``): a product that earns the top grade for a query
+("black backpacks for men") is relevant to every logged query whose words are a part of
+its words ("black backpacks"), so it is judged top grade there too, where the broader
+query's own evidence says less. Only the top grade travels, and only from the narrower
+query to the broader: a product that fails "for men" may still be a black backpack."""
 
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import dataclasses
 import datetime as dt
 import logging
 from collections import Counter, defaultdict
+from itertools import combinations
 
 import numpy as np
 import pandas as pd
@@ -30,6 +37,7 @@ from fusion_model.feedback.events import INTERACTIONS, SEARCHES, read_events
 
 log = logging.getLogger(__name__)
 GRADE_FLOORS = (0.2, 0.45, 0.7)   # attractiveness at which grades 1, 2 and 3 start
+MAX_POOLED_WORDS = 10   # longer queries are not searched for broader ones (2^words subsets)
 
 
 @dataclasses.dataclass
@@ -157,16 +165,56 @@ class BuiltJudgments:
 
 def build_judgments(log_: ClickLog, position_bias: str = "em", min_searches: int = 20,
                     min_examinations: float = 5.0,
-                    floors: tuple[float, ...] = GRADE_FLOORS) -> BuiltJudgments:
-    """Graded judgments for the queries and pairs with enough evidence."""
+                    floors: tuple[float, ...] = GRADE_FLOORS,
+                    pool_refinements: bool = False) -> BuiltJudgments:
+    """Graded judgments for the queries and pairs with enough evidence; with
+    ``pool_refinements``, also the top-grade products of their refinements."""
     pairs, theta = attractiveness(log_, position_bias)
     frequent = {q for q, n in log_.searches.items() if n >= min_searches}
     kept = pairs[pairs["query"].isin(frequent)
                  & (pairs["examinations"] >= min_examinations)].copy()
     kept["grade"] = grade_of(kept["attractiveness"].to_numpy(float), floors)
+    if pool_refinements:
+        kept = pooled_refinements(kept, set(log_.searches), len(floors))
     kept["text"] = kept["query"].map(log_.texts)
+    judged = set(kept["query"])
     return BuiltJudgments(kept.reset_index(drop=True), theta, sum(log_.searches.values()),
-                          kept["query"].nunique(), len(log_.searches) - len(frequent))
+                          len(judged), len(set(log_.searches) - frequent - judged))
+
+
+def broader_queries(query: str, by_words: dict[frozenset, list[str]]) -> list[str]:
+    """The queries of ``by_words`` (word set -> queries) whose words are a proper part of
+    ``query``'s, order and repeats aside; none for queries over MAX_POOLED_WORDS words."""
+    words = sorted(set(query.split()))
+    if len(words) > MAX_POOLED_WORDS:
+        return []
+    return [broad for size in range(1, len(words))
+            for part in map(frozenset, combinations(words, size))
+            for broad in by_words.get(part, ())]
+
+
+def pooled_refinements(judged: pd.DataFrame, logged: set[str], top_grade: int
+                       ) -> pd.DataFrame:
+    """``judged`` (query, product_id, grade, evidence columns) plus, for every logged
+    query, the top-grade products of its judged refinements; a pair judged both ways keeps
+    the higher grade (its own row on a tie). Pooled rows name their query in
+    ``pooled_from`` ("" for the query's own)."""
+    own = judged.assign(pooled_from="")
+    by_words: dict[frozenset, list[str]] = defaultdict(list)
+    for query in sorted(logged):
+        by_words[frozenset(query.split())].append(query)
+    pooled = [rows.assign(query=broad, pooled_from=narrow)
+              for narrow, rows in judged[judged["grade"] == top_grade].groupby("query")
+              for broad in broader_queries(narrow, by_words)]
+    if not pooled:
+        return own
+    merged = pd.concat([own, *pooled], ignore_index=True).sort_values(
+        ["grade", "pooled_from"], ascending=[False, True], kind="stable")
+    merged = merged.drop_duplicates(["query", "product_id"]).reset_index(drop=True)
+    added = merged[merged["pooled_from"] != ""]
+    log.info("pooling refinements: %d top-grade pairs for %d broader queries",
+             len(added), added["query"].nunique())
+    return merged
 
 
 def judged_snapshot(catalog, built: BuiltJudgments, out: str, keep_labels: bool = False
@@ -222,6 +270,8 @@ def judged_snapshot(catalog, built: BuiltJudgments, out: str, keep_labels: bool 
                "queries_held_out": held_queries,
                "new_queries": len(new_queries),
                "pairs": {str(g): int((logged["grade"] == g).sum()) for g in range(4)},
+               "pooled_pairs": int((logged.get("pooled_from", pd.Series(dtype=str)) != "")
+                                   .sum()),
                "theta": [round(float(t), 4) for t in built.theta[:20]]}
     storage.write_bytes(storage.join(root, "feedback.json"),
                         json.dumps(summary, indent=2).encode())

@@ -833,7 +833,8 @@ def build_feedback(catalog_uri: str, out: str, config_name: str = "default",
         raise BadInputError(f"{root}: no recorded searches"
                             f"{f' since {since}' if since else ''}")
     built = build_judgments(clicks, settings.position_bias, settings.min_searches,
-                            settings.min_examinations, settings.grade_floors)
+                            settings.min_examinations, settings.grade_floors,
+                            settings.pool_refinements)
     if built.judgments.empty:
         raise BadInputError(
             f"{root}: {built.searches} searches of {len(clicks.searches)} queries, but no "

@@ -134,6 +134,42 @@ def test_the_snapshot_judges_train_queries_from_logs_and_keeps_val_and_test(
                             load_catalog(kept["catalog"]).judgments.itertuples(index=False)}
 
 
+def test_pooling_gives_a_broader_query_its_refinements_top_grade_products(tmp_path):
+    root = str(tmp_path / "events")
+    logged_searches(root, "black backpacks for men", ["p1", "p2"], 1, 30)  # p1: grade 3
+    logged_searches(root, "black backpacks", ["p4", "p2"], 1, 30)           # its own p4
+    logged_searches(root, "backpacks  BLACK", ["p3"], 1, 30)               # same words
+    logged_searches(root, "backpacks", ["p5"], 1, 2)                        # too rare alone
+    logged_searches(root, "red backpacks", ["p6", "p2"], 1, 30)
+    clicks = read_click_log(root)
+    plain = build_judgments(clicks, "none", min_searches=20, min_examinations=5)
+    pooled = build_judgments(clicks, "none", min_searches=20, min_examinations=5,
+                             pool_refinements=True)
+
+    def grades(built) -> dict:
+        return {(q, p): g for q, p, g in
+                built.judgments[["query", "product_id", "grade"]].itertuples(index=False)}
+
+    before, after = grades(plain), grades(pooled)
+    assert ("black backpacks", "p1") not in before
+    assert "backpacks" not in {q for q, _ in before}
+    # a broader query gets its refinements' top-grade products; both word orders do
+    for broad in ("black backpacks", "backpacks black"):
+        assert after[(broad, "p1")] == 3
+    assert {p for q, p in after if q == "backpacks"} == {"p1", "p3", "p4", "p6"}
+    # never from broad to narrow, nor between queries of the same words or other words
+    assert {p for q, p in after if q == "black backpacks for men"} == {"p1", "p2"}
+    assert ("black backpacks", "p3") not in after and ("backpacks black", "p4") not in after
+    assert ("black backpacks", "p6") not in after
+    assert ("backpacks", "p2") not in after                  # grade 0 does not travel
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert pooled.queries_judged == plain.queries_judged + 1
+    assert pooled.queries_too_rare == plain.queries_too_rare - 1 == 0
+    origin = pooled.judgments.set_index(["query", "product_id"])["pooled_from"]
+    assert origin[("backpacks", "p1")] == "black backpacks for men"
+    assert origin[("black backpacks", "p4")] == ""
+
+
 def test_the_cli_builds_a_snapshot_and_reads_an_interleaved_comparison(
         small_catalog, tmp_path, capsys):
     from fusion_model.cli import main
@@ -153,6 +189,15 @@ def test_the_cli_builds_a_snapshot_and_reads_an_interleaved_comparison(
     assert main(["feedback", "build", "--catalog", small_catalog, "--out", out,
                  "--events", root, "--config", "tiny", "feedback.min_searches=20"]) == 0
     assert "2 queries judged from 55 searches" in capsys.readouterr().out
+    logged_searches(root, "shirt", ["p5"], 1, 3)    # too rare alone; "red shirt" refines it
+    pooled = str(tmp_path / "pooled")
+    assert main(["feedback", "build", "--catalog", small_catalog, "--out", pooled,
+                 "--events", root, "--config", "tiny", "feedback.min_searches=20",
+                 "feedback.pool_refinements=true"]) == 0
+    assert "3 queries judged from 58 searches" in capsys.readouterr().out
+    snapshot = load_catalog(pooled)
+    shirt = snapshot.queries.loc[snapshot.queries["text"] == "shirt", "query_id"].item()
+    assert snapshot.qrels("train")[shirt] == {"p0": 3}
     assert main(["feedback", "interleaving", "--events", root, "--version", "7",
                  "--config", "tiny"]) == 0
     shown = capsys.readouterr().out
