@@ -60,10 +60,6 @@ class ModelConfig:
     modality_dropout: float = 0.05   # chance to hide one modality of a product in training
     gated_fusion: bool = False       # fusion: zero-initialised tanh gates on cross-attention
     guided_pooling: bool = True      # fusion: photo regions pooled by the product's text
-    image_score: bool = False        # fusion: add an image score against the query's own
-                                     # image half (weight starts at 0: the network unchanged)
-    query_gate: bool = False         # a query's image half scaled by a learned gate of the
-                                     # query (2 sigmoid, starting at 1); needs a 2-space head
 
 
 @dataclass(frozen=True)
@@ -485,10 +481,6 @@ def validate(config: RunConfig) -> None:
          or config.model.gated_fusion,
          "train.stage2.mix_epochs needs model.gated_fusion=true: the network starts as the "
          "trained weighted sum only when its cross-attention is gated"),
-        (not config.model.query_gate or config.model.fusion == "late_fusion"
-         or (config.model.fusion == "fusion" and config.model.image_score),
-         "model.query_gate needs a query image half: model.fusion=late_fusion, or "
-         "model.fusion=fusion with model.image_score=true"),
     ]
     for ok, message in checks:
         if not ok:

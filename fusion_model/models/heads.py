@@ -48,8 +48,6 @@ class HeadSettings:
     dropout: float = 0.1
     gated: bool = False      # fusion: cross-attention updates behind zero-initialised tanh gates
     guided_pooling: bool = True  # fusion: the product's text picks the photo's regions
-    image_score: bool = False    # fusion: add an image score against the query's own image
-                                 # half, its weight starting at 0
 
 
 HEADS: dict[str, type[ProductHead]] = {}
@@ -65,20 +63,14 @@ class ProductHead(nn.Module, Named):
     query_spaces: ClassVar[int] = 1  # 2: the query vector is [text space; image space]
 
     @classmethod
-    def spaces(cls, settings: HeadSettings) -> int:
-        """How many query spaces this head's vectors have under ``settings``."""
-        return cls.query_spaces
-
-    @classmethod
-    def output_dim(cls, settings: HeadSettings) -> int:
-        return cls.spaces(settings) * settings.embed_dim
+    def output_dim(cls, embed_dim: int) -> int:
+        return cls.query_spaces * embed_dim
 
     def __init__(self, text_dim: int, image_dim: int, settings: HeadSettings):
         super().__init__()
         self.settings = settings
         self.embed_dim = settings.embed_dim
-        self.query_spaces = self.spaces(settings)
-        self.out_dim = self.output_dim(settings)
+        self.out_dim = self.output_dim(settings.embed_dim)
         self.text_proj = nn.Linear(text_dim, settings.embed_dim)
         self.image_proj = nn.Linear(image_dim, settings.embed_dim) if self.uses_image else None
 
@@ -208,16 +200,7 @@ class FusionHead(ProductHead, name="fusion"):
        a missing modality gets weight 0.
     4. A complementary term from both pooled streams adds cross-modal information that
        neither modality carries alone (zero-initialised, so training starts at the gate).
-    5. The output is the L2-normalised mix; with ``settings.image_score`` it is the pair
-       [mix, s * i] against a query's [text; image] halves: one inner product adds an
-       image score in the query's own image space (what late fusion has and a weighted
-       sum lacks) with a learned weight s that starts at 0, so the network starts
-       exactly as without it.
     """
-
-    @classmethod
-    def spaces(cls, settings: HeadSettings) -> int:
-        return 2 if settings.image_score else 1
 
     def __init__(self, text_dim: int, image_dim: int, settings: HeadSettings):
         super().__init__(text_dim, image_dim, settings)
@@ -237,8 +220,6 @@ class FusionHead(ProductHead, name="fusion"):
         nn.init.zeros_(self.gate[-1].weight)
         with torch.no_grad():
             self.gate[-1].bias.copy_(torch.tensor([1.0, 0.0]))  # start text-leaning
-        self.image_score_weight = nn.Parameter(torch.zeros(())) if settings.image_score \
-            else None
 
     def forward(self, text_tokens, text_mask, image_tokens, image_present):
         return self.with_photo_weight(text_tokens, text_mask, image_tokens, image_present)[0]
@@ -265,11 +246,8 @@ class FusionHead(ProductHead, name="fusion"):
         weights = torch.softmax(logits, dim=-1)                    # (B, 2)
         both = (has_text & image_present).float().unsqueeze(-1)
         fused = weights[:, :1] * t + weights[:, 1:] * i
-        fused = l2(fused + both * self.complement(torch.cat([t, i], dim=-1)))
-        if self.image_score_weight is not None:
-            image_alone = self.image_score_weight * i * image_present.float().unsqueeze(-1)
-            fused = torch.cat([fused, image_alone], dim=-1)
-        return fused, weights[:, 1]
+        fused = fused + both * self.complement(torch.cat([t, i], dim=-1))
+        return l2(fused), weights[:, 1]
 
 
     def mix_parameters(self) -> list[nn.Parameter]:
@@ -290,25 +268,14 @@ class FusionHead(ProductHead, name="fusion"):
 
 
 class QueryHead(nn.Module):
-    """Pooled query text -> query vector ([text; image] halves when ``query_spaces`` = 2).
+    """Pooled query text -> query vector ([text; image] halves when ``query_spaces`` = 2)."""
 
-    With ``gated`` the image half is scaled by 2 * sigmoid(w . pooled + b), w and b zero
-    at the start (a factor of 1): each query learns how much the photo's score counts
-    for it (a query that names a colour leans on the photo, one that names none need
-    not)."""
-
-    def __init__(self, text_dim: int, embed_dim: int, query_spaces: int = 1,
-                 gated: bool = False):
+    def __init__(self, text_dim: int, embed_dim: int, query_spaces: int = 1):
         super().__init__()
         if query_spaces not in (1, 2):
             raise ValueError(f"query_spaces must be 1 or 2, got {query_spaces}")
         self.proj = nn.Linear(text_dim, embed_dim)
         self.image_proj = nn.Linear(text_dim, embed_dim) if query_spaces == 2 else None
-        self.image_gate = None
-        if gated and query_spaces == 2:
-            self.image_gate = nn.Linear(text_dim, 1)
-            nn.init.zeros_(self.image_gate.weight)
-            nn.init.zeros_(self.image_gate.bias)
 
     def text_half(self, pooled: torch.Tensor) -> torch.Tensor:
         """The query's text-space vector (stage 1 aligns it with product text)."""
@@ -318,10 +285,7 @@ class QueryHead(nn.Module):
         text = self.text_half(pooled)
         if self.image_proj is None:
             return text
-        image = l2(self.image_proj(pooled))
-        if self.image_gate is not None:
-            image = image * 2 * torch.sigmoid(self.image_gate(pooled).float()).to(image.dtype)
-        return torch.cat([text, image], dim=-1)
+        return torch.cat([text, l2(self.image_proj(pooled))], dim=-1)
 
 
 def head_class(kind: str) -> type[ProductHead]:

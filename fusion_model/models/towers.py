@@ -53,10 +53,9 @@ class TwoTower(nn.Module):
                                              config.image.colour_tokens)
         settings = HeadSettings(config.model.embed_dim, config.model.fusion_heads,
                                 config.model.dropout, config.model.gated_fusion,
-                                config.model.guided_pooling, config.model.image_score)
+                                config.model.guided_pooling)
         self.product_head = head(self.text.dim, self.image.dim if self.image else 0, settings)
-        self.query_head = QueryHead(self.text.dim, config.model.embed_dim,
-                                    self.product_head.query_spaces, config.model.query_gate)
+        self.query_head = QueryHead(self.text.dim, config.model.embed_dim, head.query_spaces)
         self._share_text_projection_init()
         self.loss = InfoNCELoss()
 

@@ -136,12 +136,10 @@ def confidence_bounds(split: str, evaluation) -> dict[str, float]:
 def _embedding_dim(model_dir: str) -> int:
     import yaml
 
-    from fusion_model.models.heads import HeadSettings, head_class
+    from fusion_model.models.heads import head_class
 
     model = yaml.safe_load((Path(model_dir) / "config.yaml").read_text())["model"]
-    settings = HeadSettings(model["embed_dim"],
-                            image_score=model.get("image_score", False))
-    return head_class(model["fusion"]).output_dim(settings)
+    return head_class(model["fusion"]).output_dim(model["embed_dim"])
 
 
 SEGMENT_METRICS = ("recall@10", "recall@100", "ndcg@10", "mrr")

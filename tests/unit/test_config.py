@@ -66,7 +66,6 @@ def test_yaml_file_with_base(tmp_path):
     ("text.query_max_length=100000", "must be 1..512 tokens"),
     ("model.fusion_heads=0", "model.embed_dim and model.fusion_heads must be at least 1"),
     ("model.embed_dim=0", "must be at least 1"),
-    ("model.query_gate=true", "model.query_gate needs a query image half"),
     ("image.image_size=0", "image.image_size must be 32..1024"),
     ("index.attribute_fields=[product_id]", "is a field the index stores itself"),
     ("index.attribute_fields=[colour, colour]", "names ['colour'] more than once"),

@@ -35,7 +35,7 @@ def test_every_head_gives_unit_vectors_with_gradients(kind):
     head_ = head(kind)
     out = head_(*inputs())
     assert out.shape == (B, head_.out_dim) and torch.isfinite(out).all()
-    assert head_.out_dim == HEADS[kind].output_dim(HeadSettings(D)) == HEADS[kind].query_spaces * D
+    assert head_.out_dim == HEADS[kind].output_dim(D) == HEADS[kind].query_spaces * D
     norms = out.norm(dim=-1)
     if kind == "late_fusion":
         assert head_.out_dim == 2 * D
@@ -191,51 +191,6 @@ def test_fusion_with_only_its_mix_parameters_is_exactly_a_weighted_sum():
     names = {id(p) for p in fusion.mix_parameters()}
     assert names == {id(p) for p in (*fusion.text_proj.parameters(),
                                      *fusion.image_proj.parameters(), fusion.gate[-1].bias)}
-
-
-def test_the_image_score_starts_at_zero_and_adds_a_score_in_the_querys_image_half():
-    """``image_score``: the vector is [the network's mix; s * i]; at s = 0 (its start) the
-    first half is exactly the network without it and the second is zero, so training
-    starts where the one-space network does; then one inner product with a query's
-    [text; image] halves is the mix's score plus s times the image score."""
-    torch.manual_seed(0)
-    with_score = head_class("fusion")(DT, DI, HeadSettings(D, 4, 0.1, True, True,
-                                                           image_score=True)).eval()
-    without = head_class("fusion")(DT, DI, HeadSettings(D, 4, 0.1, True, True)).eval()
-    without.load_state_dict(with_score.state_dict(), strict=False)
-    text, mask, image, present = inputs()
-    out = with_score(text, mask, image, present)
-    assert with_score.out_dim == 2 * D and with_score.query_spaces == 2
-    assert torch.allclose(out[:, :D], without(text, mask, image, present), atol=1e-6)
-    assert (out[:, D:] == 0).all()
-    with torch.no_grad():
-        with_score.image_score_weight.fill_(0.5)
-    out = with_score(text, mask, image, present)
-    from fusion_model.models.heads import image_pool, l2
-    i = l2(image_pool(with_score.image_proj(image)))
-    query_text, query_image = F.normalize(torch.randn(2, D), dim=-1)
-    scores = out @ torch.cat([query_text, query_image])
-    expected = out[:, :D] @ query_text + 0.5 * (i @ query_image) * present.float()
-    assert torch.allclose(scores, expected, atol=1e-5)
-    assert float(scores[2]) == pytest.approx(float(out[2, :D] @ query_text))  # no photo
-
-
-def test_the_query_gate_starts_at_one_and_scales_only_the_image_half():
-    from fusion_model.models.heads import QueryHead
-
-    torch.manual_seed(0)
-    gated, plain = QueryHead(DT, D, 2, gated=True), QueryHead(DT, D, 2)
-    plain.load_state_dict(gated.state_dict(), strict=False)
-    pooled = torch.randn(B, DT)
-    assert torch.equal(gated(pooled), plain(pooled))
-    with torch.no_grad():
-        gated.image_gate.weight.normal_()
-    factor = 2 * torch.sigmoid(gated.image_gate(pooled))
-    out, base = gated(pooled), plain(pooled)
-    assert torch.equal(out[:, :D], base[:, :D])
-    assert torch.allclose(out[:, D:], base[:, D:] * factor, atol=1e-6)
-    assert not torch.allclose(factor, factor[:1])          # a factor per query
-    assert QueryHead(DT, D, 1, gated=True).image_gate is None
 
 
 def _gate_only(fusion, text, mask, image, present):

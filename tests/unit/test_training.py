@@ -51,26 +51,6 @@ def test_every_fusion_kind_trains_through_both_stages(catalog, tmp_path, kind):
     assert torch.isfinite(torch.tensor(list(result.test.metrics.values()))).all()
 
 
-def test_the_image_score_trains_saves_and_reloads_with_two_query_halves(catalog, tmp_path):
-    """``model.image_score``: the network's vectors and the query's have two halves
-    (text, image) end to end: trained with the mix phase, saved, reloaded, registered."""
-    from fusion_model.registry.tracking import _embedding_dim
-
-    config = load_config("tiny", [f"train.cache_dir={tmp_path / 'cache'}",
-                                  "model.image_score=true", "model.gated_fusion=true",
-                                  "model.query_gate=true",
-                                  "train.stage1.epochs=1", "train.stage2.epochs=1",
-                                  "train.stage2.mix_epochs=1"])
-    result = train(catalog, config, tmp_path / "run", progress=False)
-    assert {h["stage"] for h in result.history} == {"stage1", "stage2_mix", "stage2"}
-    model = load_model(result.model_dir)
-    assert model.embedding_dim == 2 * config.model.embed_dim == _embedding_dim(result.model_dir)
-    assert model.query_head.image_proj is not None
-    assert model.query_head.image_gate.weight.abs().sum() > 0       # trained, saved, loaded
-    again = evaluate_model(model, catalog, "test", progress=False)
-    assert again.metrics["ndcg@10"] == pytest.approx(result.test.metrics["ndcg@10"], abs=0.02)
-
-
 def test_second_run_reuses_cached_frozen_features(catalog, tmp_path, caplog):
     overrides = [f"train.cache_dir={tmp_path / 'cache'}", "train.stage1.epochs=1",
                  "train.stage2.epochs=1"]
