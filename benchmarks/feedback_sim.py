@@ -56,6 +56,7 @@ from fusion_model.feedback.judgments import (  # noqa: E402
     BuiltJudgments,
     build_judgments,
     judged_snapshot,
+    pooled_refinements,
     read_click_log,
 )
 from fusion_model.feedback.simulator import Shopper, simulate_interactions  # noqa: E402
@@ -257,8 +258,12 @@ def ceilings(args, catalog: Catalog, work: Path, name: str) -> dict:
     rows = {}
     for bound, built in bounds.items():
         here = work / f"ceiling-{name}" / bound
-        summary = judged_snapshot(catalog, with_true_grades(built, catalog),
-                                  str(here / "catalog"))
+        graded = with_true_grades(built, catalog)
+        if args.pool_refinements:   # lend the truly top-grade pairs of the refinements
+            pooled = pooled_refinements(graded.judgments, set(log_.searches), 3)
+            graded = dataclasses.replace(graded, judgments=pooled.assign(
+                text=pooled["query"].map(log_.texts)))
+        summary = judged_snapshot(catalog, graded, str(here / "catalog"))
         val, test, _, seconds = train_text_model(summary["catalog"], here / "model",
                                                  args.cache_dir, args.seed,
                                                  tuple(args.snapshot_override))
