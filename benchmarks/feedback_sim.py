@@ -260,7 +260,8 @@ def ceilings(args, catalog: Catalog, work: Path, name: str) -> dict:
         here = work / f"ceiling-{name}" / bound
         graded = with_true_grades(built, catalog)
         if args.pool_refinements:   # lend the truly top-grade pairs of the refinements
-            pooled = pooled_refinements(graded.judgments, set(log_.searches), 3)
+            pooled = pooled_refinements(graded.judgments, set(log_.searches),
+                                        catalog.max_grade)
             graded = dataclasses.replace(graded, judgments=pooled.assign(
                 text=pooled["query"].map(log_.texts)))
         summary = judged_snapshot(catalog, graded, str(here / "catalog"))
