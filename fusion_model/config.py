@@ -72,6 +72,9 @@ class StageConfig:
                                      # fusion network, query image half); 0 = ``lr``
     positives_per_query: int = 8     # positive products sampled per train query per epoch
     hard_negatives: int = 0          # mined hard negatives per query (0 = in-batch only)
+    judged_negatives: int = 0        # per query in a batch, up to this many of its products
+                                     # judged grade 0 (in a feedback snapshot: shown,
+                                     # examined and not clicked) join the batch as negatives
     patience: int = 2                # epochs without val improvement before stopping
     schedule: str = "constant"       # learning rate: constant, or cosine decay to 0
     warmup: float = 0.0              # share of the stage's steps with linear warmup
@@ -470,6 +473,8 @@ def validate(config: RunConfig) -> None:
              f"train.{stage_name} learning rates must be positive"),
             (stage.positives_per_query >= 1, f"train.{stage_name}.positives_per_query >= 1"),
             (stage.hard_negatives >= 0, f"train.{stage_name}.hard_negatives must be >= 0"),
+            (stage.judged_negatives >= 0,
+             f"train.{stage_name}.judged_negatives must be >= 0"),
             (stage.mix_epochs >= 0, f"train.{stage_name}.mix_epochs must be >= 0"),
         ]
     checks += [

@@ -42,6 +42,14 @@ def epoch_pairs(positives: list[np.ndarray], per_query: int, batch_size: int,
     return [(np.array([q for q, _ in b]), np.array([p for _, p in b])) for b in batches]
 
 
+def judged_zero_products(queries: QuerySet, product_ids: list[str]) -> list[np.ndarray]:
+    """Per query of ``queries``, the indices of its products judged grade 0 (judged and
+    not relevant: in a feedback snapshot, shown and passed over)."""
+    position = {p: i for i, p in enumerate(product_ids)}
+    return [np.array([position[p] for p, g in queries.qrels.get(q, {}).items()
+                      if g == 0 and p in position], dtype=np.int64) for q in queries.ids]
+
+
 def known_positive_mask(query_index: np.ndarray, product_index: np.ndarray,
                         positive_sets: list[set[int]]) -> np.ndarray:
     """(B, P) True where product j is a judged positive of query i."""
@@ -49,4 +57,5 @@ def known_positive_mask(query_index: np.ndarray, product_index: np.ndarray,
                     dtype=bool)
 
 
-__all__ = ["QuerySet", "RetrievalData", "build_data", "epoch_pairs", "known_positive_mask"]
+__all__ = ["QuerySet", "RetrievalData", "build_data", "epoch_pairs", "judged_zero_products",
+           "known_positive_mask"]

@@ -47,6 +47,7 @@ from fusion_model.training.data import (
     RetrievalData,
     build_data,
     epoch_pairs,
+    judged_zero_products,
     known_positive_mask,
 )
 from fusion_model.training.distributed import (
@@ -147,6 +148,7 @@ class Trainer:
         self.data: RetrievalData | None = None
         self.model: TwoTower | None = None
         self.positive_sets: list[set[int]] = []
+        self.judged_zero: list[np.ndarray] = []  # per train query, products judged grade 0
         self.product_text: Table = {}     # read from disk a batch at a time
         self.text_bottoms: Table | None = None  # set while product_text holds final tokens
         self.text_row: np.ndarray | None = None
@@ -181,6 +183,7 @@ class Trainer:
         self.data = build_data(self.catalog, self.config.train.min_positive_grade)
         self.model = TwoTower(self.config).to(self.runtime.device)
         self.positive_sets = [set(p.tolist()) for p in self.data.splits["train"].positives]
+        self.judged_zero = judged_zero_products(self.data.splits["train"], self.data.product_ids)
         with rank_zero_first(self.rank, self.world):  # rank 0 fills the feature cache
             self._prepare_text_features()
 
@@ -430,8 +433,7 @@ class Trainer:
         for epoch in range(state["epoch"], stage.epochs):
             rng = np.random.default_rng([self.config.train.seed, _stage_number(name), epoch])
             torch.manual_seed(self.config.train.seed * 1000 + epoch)
-            self.negatives = self._mine_negatives(stage.hard_negatives) \
-                if stage.hard_negatives else None
+            self.negatives = self._stage_negatives(stage, rng)
             batches = epoch_pairs(self.data.splits["train"].positives, stage.positives_per_query,
                                   stage.batch_size, rng)
             schedule = LearningRateSchedule(stage, epoch, len(batches))
@@ -521,6 +523,24 @@ class Trainer:
         strength, parameters, start = self._anchor
         return strength * sum(((p.float() - s.float()) ** 2).sum()
                               for p, s in zip(parameters, start))
+
+    def _stage_negatives(self, stage: StageConfig, rng: np.random.Generator
+                         ) -> list[np.ndarray] | None:
+        """This epoch's extra negatives per train query: mined and judged ones, or None."""
+        parts = []
+        if stage.hard_negatives:
+            parts.append(self._mine_negatives(stage.hard_negatives))
+        if stage.judged_negatives:
+            parts.append(self._judged_negatives(stage.judged_negatives, rng))
+        if not parts:
+            return None
+        return [np.unique(np.concatenate(rows)) for rows in zip(*parts)]
+
+    def _judged_negatives(self, count: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """Per train query, up to ``count`` of its products judged grade 0, drawn afresh
+        each epoch: what shoppers saw and passed over, in a feedback snapshot."""
+        return [rng.choice(zeros, size=min(count, len(zeros)), replace=False)
+                for zeros in self.judged_zero]
 
     @torch.no_grad()
     def _mine_negatives(self, count: int) -> list[np.ndarray]:

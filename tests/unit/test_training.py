@@ -193,6 +193,50 @@ def test_mined_hard_negatives_are_unjudged_and_join_the_batch(catalog, tmp_path,
         assert not {position[p] for p in train.qrels.get(qid, {})} & set(negatives.tolist())
 
 
+def test_judged_negatives_are_the_batch_queries_grade_0_products(catalog, tmp_path,
+                                                                  monkeypatch):
+    """Products a snapshot judged grade 0 for a train query (shown and passed over) join
+    the batches of that query as negatives; a catalog without grade 0 adds none."""
+    import pandas as pd
+
+    train_ids = catalog.queries.loc[catalog.queries["split"] == "train", "query_id"]
+    products = catalog.products["product_id"].tolist()
+    zeros = pd.DataFrame({"query_id": train_ids.repeat(2).to_numpy(),
+                          "product_id": [products[(7 * i) % len(products)]
+                                         for i in range(2 * len(train_ids))], "grade": 0})
+    judged = catalog.judgments.set_index(["query_id", "product_id"])
+    zeros = zeros[~zeros.set_index(["query_id", "product_id"]).index.isin(judged.index)]
+    with_zeros = dataclasses.replace(catalog, judgments=pd.concat(
+        [catalog.judgments, zeros.astype(catalog.judgments.dtypes.to_dict())],
+        ignore_index=True))
+    config = load_config("tiny", [f"train.cache_dir={tmp_path / 'cache'}",
+                                  "train.stage1.judged_negatives=1", "train.stage1.epochs=1",
+                                  "train.stage2.epochs=1"])
+    seen = []
+    original = Trainer._batch_negatives
+
+    def spy(self, q_idx, p_idx):
+        negatives = original(self, q_idx, p_idx)
+        if self.stage == 1:
+            own = {j for q in q_idx for j in self.judged_zero[q].tolist()}
+            assert set(negatives.tolist()) <= own
+            seen.append(len(negatives))
+        return negatives
+
+    monkeypatch.setattr(Trainer, "_batch_negatives", spy)
+    trainer = Trainer(with_zeros, config, tmp_path / "zeros", progress=False)
+    trainer.run()
+    assert seen and sum(seen) > 0
+    position = {pid: i for i, pid in enumerate(trainer.data.product_ids)}
+    expected = zeros.groupby("query_id")["product_id"].apply(lambda s: {position[p] for p in s})
+    for qid, found in zip(trainer.data.splits["train"].ids, trainer.judged_zero):
+        assert set(found.tolist()) == expected.get(qid, set())
+    plain = Trainer(catalog, config, tmp_path / "plain", progress=False)
+    plain.prepare()
+    assert not any(len(z) for z in plain.judged_zero)
+    assert all(len(n) == 0 for n in plain._judged_negatives(1, np.random.default_rng(0)))
+
+
 def test_missing_val_split_is_carved_from_train(catalog):
     from fusion_model.training.data import build_data
 
