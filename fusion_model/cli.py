@@ -187,7 +187,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
           query_cache=args.query_cache, max_batch=args.max_batch,
           encoder_streams=args.encoder_streams, allowed_hosts=tuple(args.allowed_host),
           image_roots=tuple(args.image_root), events=_event_settings(args, config),
-          interleave=_interleave_share(args, config), explore=args.explore)
+          interleave=_interleave_share(args, config), explore=args.explore,
+          explore_depth=args.explore_depth)
     return 0
 
 
@@ -610,6 +611,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="show this share of recorded searches' results in a random "
                             "order: the randomised traffic that separates a rank's "
                             "visibility from its relevance in `feedback build` (e.g. 0.05)")
+    serve.add_argument("--explore-depth", type=int, default=0, metavar="N",
+                       help="an explored search shows its page drawn at random from the top "
+                            "N (default 0: the page itself); deeper pages let the logs judge "
+                            "products ranked just below the page (e.g. 40 for 20 per page)")
     serve.add_argument("--config", default="default")
     serve.add_argument("overrides", nargs="*", metavar="key=value")
     serve.set_defaults(func=_cmd_serve)

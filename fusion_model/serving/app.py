@@ -166,7 +166,7 @@ def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
                token: str | None = None, max_batch: int = 32,
                allowed_hosts: tuple[str, ...] | None = DEFAULT_HOSTS,
                events: EventLog | None = None, interleaver: Interleaver | None = None,
-               explore: float = 0.0):
+               explore: float = 0.0, explore_depth: int = 0):
     """The FastAPI application over a loaded ``searcher`` (``max_batch``: concurrent
     searches merged into one encoder pass and one index call; 1 for none;
     ``allowed_hosts``: the ``Host`` header values answered, None for any; ``events``:
@@ -174,10 +174,14 @@ def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
     ``interleaver``: interleaves the registry's candidate with the champion on a share of
     the searches, which needs ``events``; ``explore``: the share of recorded champion
     searches whose results are shown in a random order, the randomised traffic that tells
-    how much a rank is seen apart from what it shows)."""
+    how much a rank is seen apart from what it shows; ``explore_depth``: an explored search
+    shows its k products drawn at random from the top ``explore_depth`` (0: the top k
+    itself), so that the logs also judge products the champion ranks just below the page)."""
     check_token(token)
     if not 0 <= explore <= 1:
         raise BadInputError(f"--explore {explore}: a share of searches in [0, 1]")
+    if not 0 <= explore_depth <= MAX_K:
+        raise BadInputError(f"--explore-depth {explore_depth}: 0 (the page itself) to {MAX_K}")
     shuffler = random.Random()
     if interleaver is not None and events is None:
         raise BadInputError("interleaving needs event logging: without the recorded clicks "
@@ -232,10 +236,12 @@ def create_app(searcher: ChampionSearcher, follow_interval: float = 5.0,
         check_request(q, k)  # a bad request never joins (and fails) a batch
         versus = interleaver.pick() if interleaver is not None and model == "champion" \
             and not review else None
-        result, shown, interleaving = await _searched(q, k, filter, model, versus)
-        if explore and versus is None and events is not None and not review \
-                and shuffler.random() < explore:
-            shown = shuffler.sample(shown, len(shown))  # one search's ranks randomised
+        exploring = bool(explore) and versus is None and events is not None and not review \
+            and shuffler.random() < explore
+        depth = max(k, explore_depth) if exploring else k
+        result, shown, interleaving = await _searched(q, depth, filter, model, versus)
+        if exploring:  # one search's page drawn from the top `depth`, its ranks randomised
+            shown = shuffler.sample(shown, min(k, len(shown)))
         took_ms = round((time.perf_counter() - started) * 1000, 2)
         typical = await asyncio.to_thread(searcher.typical_top_score, model)
         best = float(result.hits[0]["score"]) if result.hits else None
@@ -627,14 +633,14 @@ def serve(config, host: str = "127.0.0.1", port: int = 8080, follow_interval: fl
           max_batch: int = 32, encoder_streams: int = 1,
           allowed_hosts: tuple[str, ...] = (), image_roots: tuple[str, ...] = (),
           events: EventSettings | None = None, interleave: float = 0.0,
-          explore: float = 0.0) -> None:
+          explore: float = 0.0, explore_depth: int = 0) -> None:
     """Load the champion and serve until interrupted (``query_cache``: query vectors kept
     per encoder, 0 for none; ``max_batch``: see ``create_app``; ``encoder_streams``: see
     ``ChampionSearcher.open``; ``allowed_hosts``: Host values answered besides localhost
     and ``host``; ``image_roots``: places photos may be read from besides each version's
     recorded roots; ``events``: where searches and interactions are recorded;
     ``interleave``: the share of searches that interleave the registry's candidate with the
-    champion, 0 for none; ``explore``: see ``create_app``)."""
+    champion, 0 for none; ``explore``, ``explore_depth``: see ``create_app``)."""
     import uvicorn
 
     check_token(token)
@@ -649,7 +655,7 @@ def serve(config, host: str = "127.0.0.1", port: int = 8080, follow_interval: fl
                          hosts_for(host, allowed_hosts),
                          None if events is None else EventLog(events),
                          Interleaver(searcher, interleave) if interleave else None,
-                         explore)
+                         explore, explore_depth)
         if events is not None:
             log.info("recording searches and POST /events interactions under %s (kept %d "
                      "days)%s", events.root, events.retention_days,
