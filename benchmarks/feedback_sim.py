@@ -54,6 +54,7 @@ from fusion_model.feedback.interleaving import (  # noqa: E402
 )
 from fusion_model.feedback.judgments import (  # noqa: E402
     BuiltJudgments,
+    attractiveness,
     build_judgments,
     judged_snapshot,
     pooled_refinements,
@@ -74,11 +75,14 @@ def zipf_weights(n: int, s: float = 1.0) -> np.ndarray:
 def simulate_traffic(root: str, rankings: dict[str, list[str]], texts: dict[str, str],
                      grades: dict[str, dict[str, int]], searches: int, explore: float,
                      seed: int, popularity_seed: int, explore_depth: int = SHOWN,
-                     page_size: int = SHOWN) -> None:
+                     page_size: int = SHOWN,
+                     evidence: dict[str, dict[str, float]] | None = None) -> None:
     """``searches`` searches of the train queries through the event log; which queries
     are popular is fixed by ``popularity_seed`` (the same in every round). An explored
     search shows ``page_size`` products drawn at random from the top ``explore_depth``, in
-    a random order (``serve --explore`` shuffles the page alone: depth = page size)."""
+    a random order (``serve --explore`` shuffles the page alone: depth = page size); with
+    ``evidence`` (query key -> product -> examinations logged so far), the ``page_size``
+    products of the top ``explore_depth`` with the least evidence, in a random order."""
     rng = random.Random(seed)
     queries = sorted(rankings)
     random.Random(popularity_seed).shuffle(queries)   # popularity unrelated to id
@@ -95,6 +99,10 @@ def simulate_traffic(root: str, rankings: dict[str, list[str]], texts: dict[str,
         shown = rankings[query][:page_size]
         if rng.random() < explore:
             pool = rankings[query][:max(explore_depth, page_size)]
+            if evidence is not None:
+                seen = evidence.get(query_key(texts[query]), {})
+                pool = sorted(pool, key=lambda p: (seen.get(p, 0.0), rng.random()))
+                pool = pool[:len(shown)]
             shown = rng.sample(pool, len(shown))
         search_id = events.search(texts[query], "champion", "0", "zero-shot", shown, None)
         for position, product, kind in simulate_interactions(shown, grades.get(query, {}),
@@ -208,9 +216,11 @@ def closed_loop(args, catalog: Catalog, first_ranker: dict[str, list[str]], work
         here = work / name / f"round{round_}"
         if not (here / "simulated").exists():
             started = time.perf_counter()
+            evidence = logged_evidence(root, bias, args.page_size) \
+                if args.explore_unjudged and round_ else None
             simulate_traffic(root, ranker, texts, grades, size // rounds, args.explore,
                              args.seed + size + 7919 * round_, args.seed + size + 1,
-                             args.explore_depth, args.page_size)
+                             args.explore_depth, args.page_size, evidence)
             here.mkdir(parents=True, exist_ok=True)
             (here / "simulated").touch()
             log.info("%s round %d: %d searches simulated in %.0f s", name, round_,
@@ -232,6 +242,16 @@ def closed_loop(args, catalog: Catalog, first_ranker: dict[str, list[str]], work
              "rounds": rounds, "queries_judged": summary["queries_judged"],
              "pairs": summary["pairs"], "theta": summary["theta"][:args.page_size]},
             model_dir)
+
+
+def logged_evidence(root: str, bias: str, page_size: int) -> dict[str, dict[str, float]]:
+    """Query key -> product -> examinations in the click log under ``root`` so far."""
+    pairs, _ = attractiveness(read_click_log(root, max_rank=page_size), bias)
+    evidence: dict[str, dict[str, float]] = {}
+    for query, product, seen in pairs[["query", "product_id", "examinations"]].itertuples(
+            index=False):
+        evidence.setdefault(query, {})[product] = float(seen)
+    return evidence
 
 
 def with_true_grades(built: BuiltJudgments, catalog: Catalog) -> BuiltJudgments:
@@ -347,6 +367,10 @@ def main() -> None:
     parser.add_argument("--explore-depth", type=int, default=SHOWN,
                         help="an explored search shows a page drawn from this many top "
                              "ones, in a random order (the page size: the page shuffled)")
+    parser.add_argument("--explore-unjudged", action="store_true",
+                        help="from round 2 on, an explored page shows the products of the top "
+                             "--explore-depth with the least logged evidence (examinations) "
+                             "so far, instead of a random draw of them")
     parser.add_argument("--min-searches", type=int, default=FeedbackConfig.min_searches,
                         help="feedback.min_searches: a query's searches before it is judged")
     parser.add_argument("--min-examinations", type=float,

@@ -73,3 +73,25 @@ def test_every_simulated_search_and_click_reaches_the_log(tmp_path, monkeypatch)
     assert len(searches) == 400
     assert len(interactions) > 50 * 21  # more than the queue holds between two writes
     assert {i["search_id"] for i in interactions} <= {s["search_id"] for s in searches}
+
+
+def test_explored_pages_aimed_at_the_unjudged_show_the_least_seen_products(tmp_path):
+    """With the logged evidence, an explored page of 5 from the top 15 shows products
+    seen least so far (the 10 never shown, here); without it, a random 5 of the 15."""
+    from benchmarks.feedback_sim import logged_evidence, simulate_traffic
+
+    ranking = {"t1": [f"p{i}" for i in range(15)]}
+    first = str(tmp_path / "first")
+    simulate_traffic(first, ranking, {"t1": "red shirt"}, {"t1": {"p0": 3}}, 60,
+                     explore=0.0, seed=0, popularity_seed=1, page_size=5)
+    evidence = logged_evidence(first, "none", 5)
+    assert set(evidence["red shirt"]) == {f"p{i}" for i in range(5)}
+    aimed, plain = str(tmp_path / "aimed"), str(tmp_path / "plain")
+    for root, seen in ((aimed, evidence), (plain, None)):
+        simulate_traffic(root, ranking, {"t1": "red shirt"}, {"t1": {"p0": 3}}, 60,
+                         explore=1.0, seed=1, popularity_seed=1, explore_depth=15,
+                         page_size=5, evidence=seen)
+    never_shown = {f"p{i}" for i in range(5, 15)}
+    assert set(read_click_log(aimed, max_rank=5).cells["product_id"]) <= never_shown
+    assert set(read_click_log(plain, max_rank=5).cells["product_id"]) & \
+        {f"p{i}" for i in range(5)}
