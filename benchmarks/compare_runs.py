@@ -5,7 +5,7 @@ the val and test queries they all share (nDCG@10 by default), with a paired boot
 CI over those queries.
 
     python benchmarks/compare_runs.py base=runs/a/model/result.json new=runs/b/model/result.json
-    python benchmarks/compare_runs.py base=a0/result.json,a1/result.json new=b0/result.json,b1/result.json
+    python benchmarks/compare_runs.py base=a0/result.json,a1/result.json new=b0/r.json,b1/r.json
 """
 
 from __future__ import annotations
