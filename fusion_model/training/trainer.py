@@ -530,7 +530,7 @@ class Trainer:
         parts = []
         if stage.hard_negatives:
             parts.append(self._mine_negatives(stage.hard_negatives))
-        if stage.judged_negatives:
+        if stage.judged_negatives and any(len(zeros) for zeros in self.judged_zero):
             parts.append(self._judged_negatives(stage.judged_negatives, rng))
         if not parts:
             return None

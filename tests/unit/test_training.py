@@ -234,7 +234,9 @@ def test_judged_negatives_are_the_batch_queries_grade_0_products(catalog, tmp_pa
     plain = Trainer(catalog, config, tmp_path / "plain", progress=False)
     plain.prepare()
     assert not any(len(z) for z in plain.judged_zero)
-    assert all(len(n) == 0 for n in plain._judged_negatives(1, np.random.default_rng(0)))
+    rng = np.random.default_rng(0)
+    assert plain._stage_negatives(config.train.stage1, rng) is None
+    assert rng.random() == np.random.default_rng(0).random()  # the batches' draws unchanged
 
 
 def test_missing_val_split_is_carved_from_train(catalog):
