@@ -534,7 +534,7 @@ class Trainer:
             parts.append(self._judged_negatives(stage.judged_negatives, rng))
         if not parts:
             return None
-        return [np.unique(np.concatenate(rows)) for rows in zip(*parts)]
+        return [np.concatenate(rows) for rows in zip(*parts)]  # _batch_negatives dedupes
 
     def _judged_negatives(self, count: int, rng: np.random.Generator) -> list[np.ndarray]:
         """Per train query, up to ``count`` of its products judged grade 0, drawn afresh

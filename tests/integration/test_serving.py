@@ -762,7 +762,7 @@ def test_explored_searches_show_the_same_results_in_a_random_order(searcher, tmp
 def test_explored_searches_with_a_depth_draw_their_page_from_below_it(searcher, tmp_path):
     from fastapi.testclient import TestClient
 
-    from fusion_model.feedback.events import EventLog, EventSettings, read_events
+    from fusion_model.feedback.events import SEARCHES, EventLog, EventSettings, read_events
 
     events = EventLog(EventSettings(str(tmp_path / "events")), salt="s")
     with TestClient(create_app(searcher, follow_interval=0, events=events, explore=1.0,
@@ -774,7 +774,7 @@ def test_explored_searches_with_a_depth_draw_their_page_from_below_it(searcher, 
     assert all(len(page) == 5 == len(set(page)) and set(page) <= set(deep) for page in pages)
     assert set().union(*pages) - set(deep[:5])       # products from below the top 5 shown
     logged = [record["product_ids"] for record in read_events(str(tmp_path / "events"),
-                                                              "searches")]
+                                                              SEARCHES)]
     assert sorted(map(tuple, logged)) == sorted(map(tuple, pages))  # what was shown is logged
     with pytest.raises(BadInputError, match="explore-depth"):
         create_app(searcher, events=events, explore=0.5, explore_depth=-1)
