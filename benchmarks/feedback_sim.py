@@ -227,7 +227,8 @@ def closed_loop(args, catalog: Catalog, first_ranker: dict[str, list[str]], work
                      size // rounds, time.perf_counter() - started)
         built = build_judgments(read_click_log(root, max_rank=args.page_size), bias,
                                 args.min_searches, args.min_examinations,
-                                pool_refinements=args.pool_refinements)
+                                pool_refinements=args.pool_refinements,
+                                confidence=args.confidence)
         summary = judged_snapshot(catalog, built, str(here / "catalog"))
         val, test, model_dir, seconds = train_text_model(summary["catalog"], here / "model",
                                                          args.cache_dir, args.seed,
@@ -273,7 +274,8 @@ def ceilings(args, catalog: Catalog, work: Path, name: str) -> dict:
     log_ = read_click_log(str(work / f"events-{name}"), max_rank=args.page_size)
     bounds = {
         "same_pairs_true_grades": build_judgments(log_, args.biases[0], args.min_searches,
-                                                  args.min_examinations),
+                                                  args.min_examinations,
+                                                  confidence=args.confidence),
         "every_shown_pair_true_grades": build_judgments(log_, "none", 1, 0.0)}
     rows = {}
     for bound, built in bounds.items():
@@ -377,6 +379,9 @@ def main() -> None:
                         default=FeedbackConfig.min_examinations,
                         help="feedback.min_examinations: a pair's bias-corrected views before "
                              "it is judged")
+    parser.add_argument("--confidence", type=float, default=FeedbackConfig.confidence,
+                        help="feedback.confidence: 0 for the evidence floors, else credible "
+                             "grades at this posterior probability (em only)")
     parser.add_argument("--biases", default="em,none", type=lambda s: s.split(","),
                         help="click models to build judgments with (em, none)")
     parser.add_argument("--parts", default="a,b", type=lambda s: set(s.split(",")),

@@ -199,6 +199,10 @@ class FeedbackConfig:
     # a logged query also gets the top-grade products of its refinements (queries with
     # more words that include all of its own: "black backpacks for men" -> "black backpacks")
     pool_refinements: bool = False
+    # 0: a pair is judged once examined min_examinations times; in (0.5, 1): once its
+    # posterior (em, with a prior fitted to the whole log) gives one grade this confidence
+    # from both sides (credible grades; min_examinations is then not used)
+    confidence: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -397,6 +401,12 @@ def _feedback_rules(feedback: FeedbackConfig) -> list[tuple[bool, str]]:
         (feedback.retention_days >= 1, "feedback.retention_days must be at least 1"),
         (feedback.min_searches >= 1 and feedback.min_examinations > 0,
          "feedback.min_searches must be >= 1 and feedback.min_examinations > 0"),
+        (feedback.confidence == 0 or 0.5 < feedback.confidence < 1,
+         f"feedback.confidence={feedback.confidence}: 0 (evidence floors) or a posterior "
+         "probability in (0.5, 1)"),
+        (feedback.confidence == 0 or feedback.position_bias == "em",
+         "feedback.confidence needs feedback.position_bias=em (the posterior is the click "
+         "model's)"),
         (len(feedback.grade_floors) == 3 and list(feedback.grade_floors)
          == sorted(feedback.grade_floors) and feedback.grade_floors[0] > 0
          and feedback.grade_floors[-1] < 1,

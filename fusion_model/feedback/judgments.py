@@ -15,6 +15,14 @@ A (query, product) pair is judged only with enough evidence: its query was searc
 ``min_examinations`` times. Its grade is the first of ``GRADE_FLOORS`` (grade 1, 2, 3)
 its attractiveness reaches.
 
+Credible grades (``confidence``, empirical Bayes): instead of fixed evidence floors, each
+pair's attractiveness gets a posterior from its own impressions (the click model's exact
+likelihood at every rank it was shown) and a prior fitted to all pairs of the log (a
+histogram on a grid, by EM: Efron's g-modelling). A pair is judged grade g when the
+posterior puts at least ``confidence`` on "grade g or above" and at least ``confidence`` on
+"grade g or below": a few clicks at rank 15 are enough for a clearly liked product, many
+views are needed to tell 2 from 3, and thin evidence shrinks toward what pairs usually are.
+
 Pooling refinements (``pool_refinements``): a product that earns the top grade for a query
 ("black backpacks for men") is relevant to every logged query whose words are a part of
 its words ("black backpacks"), so it is judged top grade there too, where the broader
@@ -38,6 +46,8 @@ from fusion_model.feedback.events import INTERACTIONS, SEARCHES, read_events
 log = logging.getLogger(__name__)
 GRADE_FLOORS = (0.2, 0.45, 0.7)   # attractiveness at which grades 1, 2 and 3 start
 MAX_POOLED_WORDS = 10   # longer queries are not searched for broader ones (2^words subsets)
+PRIOR_GRID = np.linspace(0.01, 0.99, 50)   # attractiveness values of the fitted prior
+CELLS_PER_CHUNK = 200_000   # impressions turned into grid likelihoods at a time
 
 
 @dataclasses.dataclass
@@ -154,6 +164,69 @@ def grade_of(attractiveness: np.ndarray, floors: tuple[float, ...] = GRADE_FLOOR
     return np.searchsorted(np.asarray(floors), attractiveness, side="right").astype("int8")
 
 
+def pair_log_likelihoods(cells: pd.DataFrame, theta: np.ndarray, pair_index: np.ndarray,
+                         pairs: int, grid: np.ndarray = PRIOR_GRID) -> np.ndarray:
+    """(pairs, grid) log-likelihood of each pair's impressions and clicks for every
+    attractiveness of ``grid``: P(click at rank k) = theta_k * gamma."""
+    total = np.zeros((pairs, len(grid)))
+    for start in range(0, len(cells), CELLS_PER_CHUNK):
+        part = slice(start, start + CELLS_PER_CHUNK)
+        seen = theta[cells["rank"].to_numpy()[part] - 1, None] * grid[None, :]
+        shown = cells["shown"].to_numpy(float)[part, None]
+        clicked = cells["clicked"].to_numpy(float)[part, None]
+        np.add.at(total, pair_index[part],
+                  clicked * np.log(seen) + (shown - clicked) * np.log1p(-seen))
+    return total
+
+
+def fit_prior(log_likelihoods: np.ndarray, iterations: int = 300, tolerance: float = 1e-7
+              ) -> np.ndarray:
+    """The grid prior (weights summing to 1) that maximises the marginal likelihood of every
+    pair's evidence (nonparametric EM); ``log_likelihoods``: (pairs, grid)."""
+    likelihood = np.exp(log_likelihoods - log_likelihoods.max(axis=1, keepdims=True))
+    weights = np.full(likelihood.shape[1], 1.0 / likelihood.shape[1])
+    for _ in range(iterations):
+        posterior = likelihood * weights
+        posterior /= posterior.sum(axis=1, keepdims=True)
+        new = posterior.mean(axis=0)
+        if np.abs(new - weights).max() < tolerance:
+            return new
+        weights = new
+    return weights
+
+
+def credible_grades(log_likelihoods: np.ndarray, prior: np.ndarray, confidence: float,
+                    floors: tuple[float, ...] = GRADE_FLOORS, grid: np.ndarray = PRIOR_GRID
+                    ) -> np.ndarray:
+    """Per pair the grade g with P(grade >= g) and P(grade <= g) both >= ``confidence``
+    under its posterior, or -1 (not judged); ``confidence`` above 0.5 (then at most one
+    grade qualifies)."""
+    posterior = np.exp(log_likelihoods - log_likelihoods.max(axis=1, keepdims=True)) * prior
+    posterior /= posterior.sum(axis=1, keepdims=True)
+    band = grade_of(grid, floors)
+    mass = np.stack([posterior[:, band == g].sum(axis=1) for g in range(len(floors) + 1)], 1)
+    at_least = np.cumsum(mass[:, ::-1], axis=1)[:, ::-1]
+    at_most = np.cumsum(mass, axis=1)
+    credible = (at_least >= confidence) & (at_most >= confidence)
+    return np.where(credible.any(axis=1), credible.argmax(axis=1), -1).astype("int8")
+
+
+def graded_credibly(log_: ClickLog, confidence: float, floors: tuple[float, ...]
+                    ) -> tuple[pd.DataFrame, np.ndarray]:
+    """``attractiveness``'s pairs with a ``grade`` column from their posteriors (-1: not
+    credible at ``confidence``), and theta."""
+    pairs, theta = attractiveness(log_, "em")
+    if pairs.empty:
+        return pairs.assign(grade=pd.Series(dtype="int8")), theta
+    index, pair_index = _pair_index(log_.cells)
+    log_likelihoods = pair_log_likelihoods(log_.cells, theta, pair_index, len(index))
+    prior = fit_prior(log_likelihoods)
+    grades = pd.Series(credible_grades(log_likelihoods, prior, confidence, floors),
+                       index=index)
+    by_pair = pd.MultiIndex.from_frame(pairs[["query", "product_id"]])
+    return pairs.assign(grade=grades.reindex(by_pair).to_numpy()), theta
+
+
 @dataclasses.dataclass(frozen=True)
 class BuiltJudgments:
     judgments: pd.DataFrame   # query, text, product_id, grade, attractiveness, evidence
@@ -166,14 +239,23 @@ class BuiltJudgments:
 def build_judgments(log_: ClickLog, position_bias: str = "em", min_searches: int = 20,
                     min_examinations: float = 5.0,
                     floors: tuple[float, ...] = GRADE_FLOORS,
-                    pool_refinements: bool = False) -> BuiltJudgments:
-    """Graded judgments for the queries and pairs with enough evidence; with
-    ``pool_refinements``, also the top-grade products of their refinements."""
-    pairs, theta = attractiveness(log_, position_bias)
+                    pool_refinements: bool = False, confidence: float = 0.0
+                    ) -> BuiltJudgments:
+    """Graded judgments for the queries searched ``min_searches`` times and their pairs
+    with enough evidence: examined ``min_examinations`` times, or, with ``confidence``
+    above 0 (em only), a credible grade at that confidence; with ``pool_refinements``, also the
+    top-grade products of their refinements."""
     frequent = {q for q, n in log_.searches.items() if n >= min_searches}
-    kept = pairs[pairs["query"].isin(frequent)
-                 & (pairs["examinations"] >= min_examinations)].copy()
-    kept["grade"] = grade_of(kept["attractiveness"].to_numpy(float), floors)
+    if confidence > 0:
+        if position_bias != "em":
+            raise ValueError("credible grades (feedback.confidence) need the em click model")
+        pairs, theta = graded_credibly(log_, confidence, floors)
+        kept = pairs[pairs["query"].isin(frequent) & (pairs["grade"] >= 0)].copy()
+    else:
+        pairs, theta = attractiveness(log_, position_bias)
+        kept = pairs[pairs["query"].isin(frequent)
+                     & (pairs["examinations"] >= min_examinations)].copy()
+        kept["grade"] = grade_of(kept["attractiveness"].to_numpy(float), floors)
     if pool_refinements:
         kept = pooled_refinements(kept, set(log_.searches), len(floors))
     kept["text"] = kept["query"].map(log_.texts)

@@ -834,12 +834,13 @@ def build_feedback(catalog_uri: str, out: str, config_name: str = "default",
                             f"{f' since {since}' if since else ''}")
     built = build_judgments(clicks, settings.position_bias, settings.min_searches,
                             settings.min_examinations, settings.grade_floors,
-                            settings.pool_refinements)
+                            settings.pool_refinements, settings.confidence)
     if built.judgments.empty:
         raise BadInputError(
             f"{root}: {built.searches} searches of {len(clicks.searches)} queries, but no "
             f"query reached feedback.min_searches={settings.min_searches} with a product "
-            f"examined feedback.min_examinations={settings.min_examinations} times")
+            + (f"graded at feedback.confidence={settings.confidence}" if settings.confidence
+               else f"examined feedback.min_examinations={settings.min_examinations} times"))
     summary = judged_snapshot(load_catalog(catalog_uri), built, out, keep_labels)
     summary = {**summary, "catalog_uri": summary["catalog"],
                "catalog_fingerprint": load_catalog(summary["catalog"]).fingerprint}

@@ -15,8 +15,11 @@ from fusion_model.data.catalog import load_catalog, write_catalog
 from fusion_model.feedback.events import EventLog, EventSettings
 from fusion_model.feedback.interleaving import team_draft
 from fusion_model.feedback.judgments import (
+    PRIOR_GRID,
     ClickLog,
     build_judgments,
+    credible_grades,
+    fit_prior,
     grade_of,
     judged_snapshot,
     read_click_log,
@@ -77,6 +80,41 @@ def test_thin_evidence_is_not_judged():
     assert strict.queries_too_rare > 90 and strict.queries_judged < 10
     assert loose.queries_judged == 100 and len(loose.judgments) > len(strict.judgments)
     assert (strict.judgments["examinations"] >= 5).all()
+
+
+def test_credible_grades_judge_fewer_pairs_more_exactly_than_fixed_floors():
+    log, truth = simulated_log(10_000)
+    floors = build_judgments(log, "em", min_searches=20, min_examinations=5)
+    credible = build_judgments(log, "em", min_searches=20, min_examinations=5,
+                               confidence=0.8)
+    exact = {name: (built.judgments["grade"].to_numpy()
+                    == true_grades(built.judgments, truth)).mean()
+             for name, built in (("floors", floors), ("credible", credible))}
+    assert exact["credible"] > exact["floors"] + 0.05, exact
+    assert len(credible.judgments) > 0.5 * len(floors.judgments)
+    stricter = build_judgments(log, "em", min_searches=20, min_examinations=5,
+                               confidence=0.95)
+    assert len(stricter.judgments) < len(credible.judgments)
+    with pytest.raises(ValueError, match="em click model"):
+        build_judgments(log, "none", confidence=0.8)
+
+
+def test_the_fitted_prior_finds_how_attractive_pairs_usually_are():
+    rng = np.random.default_rng(0)
+    attractive = rng.random(2000) < 0.3            # 30% liked (0.85), the rest not (0.05)
+    gamma = np.where(attractive, 0.85, 0.05)
+    views = rng.integers(1, 40, 2000)
+    clicks = rng.binomial(views, gamma)
+    log_likelihoods = (clicks[:, None] * np.log(PRIOR_GRID)
+                       + (views - clicks)[:, None] * np.log1p(-PRIOR_GRID))
+    prior = fit_prior(log_likelihoods)
+    assert abs(prior[PRIOR_GRID >= 0.7].sum() - 0.3) < 0.03
+    assert prior[(PRIOR_GRID > 0.2) & (PRIOR_GRID < 0.7)].sum() < 0.05
+    grades = credible_grades(log_likelihoods, prior, 0.9)
+    assert (grades[attractive & (views >= 20)] == 3).all()
+    assert (grades[~attractive & (views >= 20)] == 0).all()
+    # no evidence: the prior alone, which here is split 70/30, grades nothing at 0.9
+    assert credible_grades(np.zeros((1, len(PRIOR_GRID))), prior, 0.9).tolist() == [-1]
 
 
 def test_grades_start_at_their_floors():
@@ -211,9 +249,11 @@ def test_the_cli_builds_a_snapshot_and_reads_an_interleaved_comparison(
     ("feedback.share=0", "feedback.share"), ("feedback.alpha=0.7", "feedback.alpha"),
     ("feedback.grade_floors=[0.5,0.2,0.7]", "grade_floors"),
     ("feedback.position_bias=cascade", "position_bias"),
-    ("feedback.min_decided=50000", "min_decided")])
+    ("feedback.min_decided=50000", "min_decided"),
+    ("feedback.confidence=0.4", "feedback.confidence=0.4"),
+    ("feedback.position_bias=none feedback.confidence=0.8", "needs feedback.position_bias")])
 def test_feedback_settings_are_checked(override, message):
     from fusion_model.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=message):
-        load_config("tiny", [override])
+        load_config("tiny", override.split())
