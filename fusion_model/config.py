@@ -191,18 +191,20 @@ class FeedbackConfig:
     min_decided: int = 100              # searches with a winner before any decision
     max_decided: int = 20000
     # judgments from logs (``fusion-model feedback build``)
-    min_searches: int = 20              # a query's searches before it is judged
-    min_examinations: float = 5.0       # a pair's bias-corrected views before it is judged
+    min_searches: int = 5               # a query's searches before it is judged
+    min_examinations: float = 5.0       # with confidence 0: a pair's views before it is judged
     position_bias: str = "em"           # "em": position-based click model; "none": raw
     # the attractiveness (P(click | seen)) at which grades 1, 2 and 3 start
     grade_floors: tuple[float, ...] = (0.2, 0.45, 0.7)
     # a logged query also gets the top-grade products of its refinements (queries with
     # more words that include all of its own: "black backpacks for men" -> "black backpacks")
     pool_refinements: bool = False
-    # 0: a pair is judged once examined min_examinations times; in (0.5, 1): once its
-    # posterior (em, with a prior fitted to the whole log) gives one grade this confidence
-    # from both sides (credible grades; min_examinations is then not used)
-    confidence: float = 0.0
+    # in (0.5, 1): a pair is judged once its posterior (position_bias em, with a prior
+    # fitted to the whole log) gives one grade this confidence from both sides (credible
+    # grades; chosen in simulation on two catalogs: benchmarks/RESULTS.md); 0: once
+    # examined min_examinations times (the evidence floors, which position_bias none always
+    # uses; min_searches was 20 with them before 2026-12-07)
+    confidence: float = 0.7
 
 
 @dataclass(frozen=True)
@@ -404,9 +406,6 @@ def _feedback_rules(feedback: FeedbackConfig) -> list[tuple[bool, str]]:
         (feedback.confidence == 0 or 0.5 < feedback.confidence < 1,
          f"feedback.confidence={feedback.confidence}: 0 (evidence floors) or a posterior "
          "probability in (0.5, 1)"),
-        (feedback.confidence == 0 or feedback.position_bias == "em",
-         "feedback.confidence needs feedback.position_bias=em (the posterior is the click "
-         "model's)"),
         (len(feedback.grade_floors) == 3 and list(feedback.grade_floors)
          == sorted(feedback.grade_floors) and feedback.grade_floors[0] > 0
          and feedback.grade_floors[-1] < 1,

@@ -246,9 +246,7 @@ def build_judgments(log_: ClickLog, position_bias: str = "em", min_searches: int
     above 0 (em only), a credible grade at that confidence; with ``pool_refinements``, also the
     top-grade products of their refinements."""
     frequent = {q for q, n in log_.searches.items() if n >= min_searches}
-    if confidence > 0:
-        if position_bias != "em":
-            raise ValueError("credible grades (feedback.confidence) need the em click model")
+    if confidence > 0 and position_bias == "em":
         pairs, theta = graded_credibly(log_, confidence, floors)
         kept = pairs[pairs["query"].isin(frequent) & (pairs["grade"] >= 0)].copy()
     else:
