@@ -243,8 +243,9 @@ def build_judgments(log_: ClickLog, position_bias: str = "em", min_searches: int
                     ) -> BuiltJudgments:
     """Graded judgments for the queries searched ``min_searches`` times and their pairs
     with enough evidence: examined ``min_examinations`` times, or, with ``confidence``
-    above 0 (em only), a credible grade at that confidence; with ``pool_refinements``, also the
-    top-grade products of their refinements."""
+    above 0 and the em click model, a credible grade at that confidence (raw click-through,
+    ``none``, has no posterior and always uses the floors); with ``pool_refinements``, also
+    the top-grade products of their refinements."""
     frequent = {q for q, n in log_.searches.items() if n >= min_searches}
     if confidence > 0 and position_bias == "em":
         pairs, theta = graded_credibly(log_, confidence, floors)

@@ -836,11 +836,13 @@ def build_feedback(catalog_uri: str, out: str, config_name: str = "default",
                             settings.min_examinations, settings.grade_floors,
                             settings.pool_refinements, settings.confidence)
     if built.judgments.empty:
+        credible = settings.confidence and settings.position_bias == "em"
+        evidence = (f"graded at feedback.confidence={settings.confidence}" if credible else
+                    f"examined feedback.min_examinations={settings.min_examinations} times")
         raise BadInputError(
             f"{root}: {built.searches} searches of {len(clicks.searches)} queries, but no "
             f"query reached feedback.min_searches={settings.min_searches} with a product "
-            + (f"graded at feedback.confidence={settings.confidence}" if settings.confidence
-               else f"examined feedback.min_examinations={settings.min_examinations} times"))
+            + evidence)
     summary = judged_snapshot(load_catalog(catalog_uri), built, out, keep_labels)
     summary = {**summary, "catalog_uri": summary["catalog"],
                "catalog_fingerprint": load_catalog(summary["catalog"]).fingerprint}

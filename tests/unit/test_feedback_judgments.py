@@ -256,3 +256,19 @@ def test_feedback_settings_are_checked(override, message):
 
     with pytest.raises(ConfigError, match=message):
         load_config("tiny", override.split())
+
+
+def test_too_little_evidence_is_a_named_error_that_says_which_rule(small_catalog, tmp_path,
+                                                                    capsys):
+    from fusion_model.cli import main
+
+    root = str(tmp_path / "events")
+    logged_searches(root, "red shirt", ["p4", "p0", "p5"], 2, 3)   # under min_searches 5
+    out = str(tmp_path / "snapshot")
+    assert main(["feedback", "build", "--catalog", small_catalog, "--out", out,
+                 "--events", root, "--config", "tiny"]) == 2
+    error = capsys.readouterr().err
+    assert "feedback.min_searches=5" in error and "feedback.confidence=0.7" in error
+    assert main(["feedback", "build", "--catalog", small_catalog, "--out", out,
+                 "--events", root, "--config", "tiny", "feedback.confidence=0"]) == 2
+    assert "feedback.min_examinations=5.0" in capsys.readouterr().err
