@@ -139,16 +139,13 @@ def train_text_model(catalog_uri: str, work: Path, cache_dir: str, seed: int,
 def saved_rankings(model_dir: str, catalog: Catalog, split: str, cache_dir: str,
                    depth: int = SHOWN) -> dict[str, list[str]]:
     """Top ``depth`` per ``split`` query of a saved model, by exact search."""
-    from fusion_model.engines import towers_for
-    from fusion_model.evaluation.evaluator import Evaluator, rank
-    from fusion_model.inference import data_for, embed_catalog
+    from fusion_model.evaluation.evaluator import rank
+    from fusion_model.inference import embed_catalog, split_queries
     from fusion_model.models.towers import load_model
 
     model = load_model(model_dir)
-    evaluator = Evaluator.for_split(catalog, model.config, data_for(catalog, model.config),
-                                    split)
     products = embed_catalog(model, catalog, cache_dir, progress=False)
-    queries = towers_for(model).embed_queries(evaluator.query_texts)
+    queries, evaluator = split_queries(model, catalog, split)
     return rank(queries, products, evaluator.query_ids, evaluator.product_ids, depth)
 
 

@@ -30,20 +30,15 @@ Vectors = tuple[torch.Tensor, torch.Tensor, Evaluator]
 
 def head_vectors(model_dir: str, catalog: Catalog, cache_dir: str) -> dict[str, Vectors]:
     """Per split: the saved model's query vectors, every product's vector, the evaluator."""
-    from fusion_model.engines import towers_for
-    from fusion_model.inference import data_for, embed_catalog
+    from fusion_model.inference import embed_catalog, split_queries
     from fusion_model.models.towers import load_model
 
     model = load_model(model_dir)
-    data = data_for(catalog, model.config)
-    products = embed_catalog(model, catalog, cache_dir, progress=False)
-    if not isinstance(products, torch.Tensor):
-        products = torch.cat(list(products))
+    products = embed_catalog(model, catalog, cache_dir, progress=False).float()
     found = {}
     for split in SPLITS:
-        evaluator = Evaluator.for_split(catalog, model.config, data, split)
-        queries = towers_for(model).embed_queries(evaluator.query_texts)
-        found[split] = (queries.float(), products.float(), evaluator)
+        queries, evaluator = split_queries(model, catalog, split)
+        found[split] = (queries.float(), products, evaluator)
     return found
 
 

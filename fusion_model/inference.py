@@ -122,13 +122,19 @@ def _embed_uncached(towers: FrozenTowers, texts: list[str], uris: list[str | Non
     return vectors
 
 
+def split_queries(model: TwoTower, catalog: Catalog, split: str = "test"
+                  ) -> tuple[torch.Tensor, Evaluator]:
+    """One split's query vectors (in the evaluator's order) and its evaluator."""
+    evaluator = Evaluator.for_split(catalog, model.config, data_for(catalog, model.config),
+                                    split)
+    return towers_for(model).embed_queries(evaluator.query_texts), evaluator
+
+
 def evaluate_model(model: TwoTower, catalog: Catalog, split: str = "test",
                    cache_dir: str | None = None, progress: bool = True) -> EvaluationResult:
     """Metrics of a saved model on one split, by exact search over the whole catalog."""
-    evaluator = Evaluator.for_split(catalog, model.config, data_for(catalog, model.config),
-                                    split)
     product_vectors = embed_catalog(model, catalog, cache_dir, progress=progress)
-    queries = towers_for(model).embed_queries(evaluator.query_texts)
+    queries, evaluator = split_queries(model, catalog, split)
     return evaluator.score_vectors(queries, product_vectors)
 
 

@@ -227,6 +227,12 @@ def graded_credibly(log_: ClickLog, confidence: float, floors: tuple[float, ...]
     return pairs.assign(grade=grades.reindex(by_pair).to_numpy()), theta
 
 
+def grades_credibly(position_bias: str, confidence: float) -> bool:
+    """Whether pairs are graded by their posteriors: a confidence is set and the click model
+    is em (raw click-through, ``none``, has no posterior and keeps the evidence floors)."""
+    return confidence > 0 and position_bias == "em"
+
+
 @dataclasses.dataclass(frozen=True)
 class BuiltJudgments:
     judgments: pd.DataFrame   # query, text, product_id, grade, attractiveness, evidence
@@ -247,7 +253,7 @@ def build_judgments(log_: ClickLog, position_bias: str = "em", min_searches: int
     ``none``, has no posterior and always uses the floors); with ``pool_refinements``, also
     the top-grade products of their refinements."""
     frequent = {q for q, n in log_.searches.items() if n >= min_searches}
-    if confidence > 0 and position_bias == "em":
+    if grades_credibly(position_bias, confidence):
         pairs, theta = graded_credibly(log_, confidence, floors)
         kept = pairs[pairs["query"].isin(frequent) & (pairs["grade"] >= 0)].copy()
     else:

@@ -820,7 +820,12 @@ def build_feedback(catalog_uri: str, out: str, config_name: str = "default",
     import datetime as dt
 
     from fusion_model.data.catalog import load_catalog
-    from fusion_model.feedback.judgments import build_judgments, judged_snapshot, read_click_log
+    from fusion_model.feedback.judgments import (
+        build_judgments,
+        grades_credibly,
+        judged_snapshot,
+        read_click_log,
+    )
 
     config = _config(config_name, overrides)
     root = events or config.feedback.events
@@ -836,8 +841,8 @@ def build_feedback(catalog_uri: str, out: str, config_name: str = "default",
                             settings.min_examinations, settings.grade_floors,
                             settings.pool_refinements, settings.confidence)
     if built.judgments.empty:
-        credible = settings.confidence and settings.position_bias == "em"
-        evidence = (f"graded at feedback.confidence={settings.confidence}" if credible else
+        evidence = (f"graded at feedback.confidence={settings.confidence}"
+                    if grades_credibly(settings.position_bias, settings.confidence) else
                     f"examined feedback.min_examinations={settings.min_examinations} times")
         raise BadInputError(
             f"{root}: {built.searches} searches of {len(clicks.searches)} queries, but no "
