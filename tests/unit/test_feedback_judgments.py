@@ -269,6 +269,8 @@ def test_too_little_evidence_is_a_named_error_that_says_which_rule(small_catalog
                  "--events", root, "--config", "tiny"]) == 2
     error = capsys.readouterr().err
     assert "feedback.min_searches=5" in error and "feedback.confidence=0.7" in error
+    assert not (tmp_path / "snapshot").exists()          # no snapshot for the DAG to publish
     assert main(["feedback", "build", "--catalog", small_catalog, "--out", out,
                  "--events", root, "--config", "tiny", "feedback.confidence=0"]) == 2
     assert "feedback.min_examinations=5.0" in capsys.readouterr().err
+    assert not (tmp_path / "snapshot").exists()
