@@ -156,6 +156,7 @@ def _run_models(catalog: Catalog, base: RunConfig, models: tuple[str, ...], work
     val: dict[str, dict[str, float]] = {}  # each trained model's val metrics (selection)
     stage1_dirs: dict[bool, str] = {}
     stage1_seconds: dict[bool, float] = {}
+    model_dirs: dict[str, str] = {}  # each stage-2 model trained so far
 
     def stage1(finetune: bool) -> str:
         if finetune not in stage1_dirs:
@@ -188,11 +189,17 @@ def _run_models(catalog: Catalog, base: RunConfig, models: tuple[str, ...], work
         config = base.replace(f"model.fusion={kind}",
                               f"train.domain_finetune={str(finetune).lower()}")
         from_dir = stage1(finetune)
+        # the fusion network's late branch is the late_fusion head of the same stage 1
+        late = name.replace("fusion", "late_fusion", 1) if kind == "fusion" else None
         started = time.perf_counter()
-        result = train(catalog, config, work / name, progress, stage1_from=from_dir)
+        result = train(catalog, config, work / name, progress, stage1_from=from_dir,
+                       late_branch_from=model_dirs.get(late))
+        model_dirs[name] = result.model_dir
         results[name] = getattr(result, split)
         val[name] = result.val.metrics
         seconds[name] = stage1_seconds[finetune] + time.perf_counter() - started
+        if late in model_dirs and config.model.late_mix:  # its branch's training time too
+            seconds[name] += seconds[late] - stage1_seconds[finetune]
     return results, seconds, val
 
 

@@ -60,6 +60,12 @@ class ModelConfig:
     modality_dropout: float = 0.05   # chance to hide one modality of a product in training
     gated_fusion: bool = False       # fusion: zero-initialised tanh gates on cross-attention
     guided_pooling: bool = True      # fusion: photo regions pooled by the product's text
+    late_mix: bool = False           # fusion: also train a late-fusion branch from the same
+                                     # stage 1 and serve the score mix (1 - w) * network +
+                                     # w * late fusion, w chosen on val (0: the network
+                                     # alone); other heads ignore it
+    late_mix_weight: float = 0.0     # the w training chose (written into the saved model's
+                                     # config; the model has the branch when it is above 0)
 
 
 @dataclass(frozen=True)
@@ -495,6 +501,12 @@ def validate(config: RunConfig) -> None:
          or config.model.gated_fusion,
          "train.stage2.mix_epochs needs model.gated_fusion=true: the network starts as the "
          "trained weighted sum only when its cross-attention is gated"),
+        (config.model.late_mix_weight == 0 or (
+            0 < config.model.late_mix_weight < 1 and config.model.late_mix
+            and config.model.fusion == "fusion"),
+         f"model.late_mix_weight={config.model.late_mix_weight}: training chooses it on val "
+         "(a share in [0, 1) of model.fusion=fusion with model.late_mix=true); leave it "
+         "at 0"),
     ]
     for ok, message in checks:
         if not ok:

@@ -33,8 +33,40 @@ class StageCheckpointError(BadInputError):
 IMAGE_CHUNK = 16
 
 
+class LateBranch(nn.Module):
+    """A late-fusion model trained from the same stage 1 as the network it joins: its own
+    top image blocks, product head and two-space query head (the text encoder and the image
+    encoder's frozen bottom are the network's, unchanged since stage 1)."""
+
+    def __init__(self, image: nn.Module, product_head: nn.Module, query_head: QueryHead):
+        super().__init__()
+        self.image, self.product_head, self.query_head = image, product_head, query_head
+
+    @classmethod
+    def of(cls, late: TwoTower) -> LateBranch:
+        """The branch of a trained ``model.fusion=late_fusion`` model."""
+        if late.config.model.fusion != "late_fusion":
+            raise ValueError(f"a late branch comes from a late_fusion model, not "
+                             f"{late.config.model.fusion!r}")
+        return cls(late.image, late.product_head, late.query_head)
+
+    def products(self, text_tokens: torch.Tensor, text_mask: torch.Tensor,
+                 image_features: torch.Tensor, image_present: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.product_head.with_photo_weight(
+            text_tokens, text_mask, self.image.top(image_features), image_present)
+
+
+def mix_vectors(network: torch.Tensor, late: torch.Tensor, weight: float) -> torch.Tensor:
+    """[sqrt(1 - w) network; sqrt(w) late]: against a query mixed the same way, one inner
+    product is (1 - w) * s_network + w * s_late."""
+    return torch.cat([network * (1 - weight) ** 0.5, late * weight ** 0.5], dim=-1)
+
+
 class TwoTower(nn.Module):
-    """Encoders, heads and the contrastive loss of one run config."""
+    """Encoders, heads and the contrastive loss of one run config. A fusion model trained
+    with ``model.late_mix`` may carry a late-fusion branch (``late_branch``): its vectors
+    are then the score mix of both (``model.late_mix_weight``)."""
 
     def __init__(self, config: RunConfig):
         super().__init__()
@@ -58,6 +90,27 @@ class TwoTower(nn.Module):
         self.query_head = QueryHead(self.text.dim, config.model.embed_dim, head.query_spaces)
         self._share_text_projection_init()
         self.loss = InfoNCELoss()
+        self.late_branch: LateBranch | None = None
+        if config.model.late_mix_weight > 0:  # a saved mix: its weights load over these
+            self.late_branch = self._new_late_branch(config)
+
+    def _new_late_branch(self, config: RunConfig) -> LateBranch:
+        """An untrained branch of the shape ``LateBranch.of`` gives (for loading)."""
+        settings = HeadSettings(config.model.embed_dim, config.model.fusion_heads,
+                                config.model.dropout)
+        image = build_image_encoder(config.image.model, config.image.trainable_blocks,
+                                    config.image.image_size, config.image.colour_tokens)
+        head = head_class("late_fusion")
+        return LateBranch(image, head(self.text.dim, image.dim, settings),
+                          QueryHead(self.text.dim, config.model.embed_dim, head.query_spaces))
+
+    def attach_late_branch(self, branch: LateBranch, weight: float) -> None:
+        """Serve the mix (1 - weight) * this network + weight * ``branch`` (chosen on val);
+        the config records the weight, so the saved model loads with its branch."""
+        if not 0 < weight < 1:
+            raise ValueError(f"a late branch's weight is in (0, 1), got {weight}")
+        self.late_branch = branch
+        self.config = self.config.replace(f"model.late_mix_weight={weight}")
 
     def _share_text_projection_init(self) -> None:
         """Start both text projections from the same orthogonal matrix (zero bias): inner
@@ -108,7 +161,12 @@ class TwoTower(nn.Module):
 
     @property
     def embedding_dim(self) -> int:
-        return self.product_head.out_dim
+        late = self.late_branch.product_head.out_dim if self.late_branch is not None else 0
+        return self.product_head.out_dim + late
+
+    @property
+    def late_weight(self) -> float:
+        return self.config.model.late_mix_weight if self.late_branch is not None else 0.0
 
     # feature-level paths (training and cached evaluation) -------------------------------
     def queries_from_hidden(self, hidden: torch.Tensor, mask: torch.Tensor,
@@ -116,7 +174,15 @@ class TwoTower(nn.Module):
         """Cached bottom states (B, T, D) -> query vectors (B, E); ``text_half`` gives the
         text-space part only (what stage 1 trains against product text)."""
         pooled = mean_pool(self.query_text.top(hidden, mask), mask)
-        return self.query_head.text_half(pooled) if text_half else self.query_head(pooled)
+        return self.query_head.text_half(pooled) if text_half else \
+            self.queries_from_pooled(pooled)
+
+    def queries_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Mean-pooled final query states (B, D) -> query vectors (B, E)."""
+        queries = self.query_head(pooled)
+        if self.late_branch is None:
+            return queries
+        return mix_vectors(queries, self.late_branch.query_head(pooled), self.late_weight)
 
     def product_text_vectors(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Stage 1 product vector from final text tokens: text projection only."""
@@ -126,6 +192,9 @@ class TwoTower(nn.Module):
                                image_features: torch.Tensor | None,
                                image_present: torch.Tensor) -> torch.Tensor:
         """Final text tokens + cached image features -> product vectors (B, E)."""
+        if self.late_branch is not None:
+            return self.products_with_photo_weight(text_tokens, text_mask, image_features,
+                                                   image_present)[0]
         image_tokens = None
         if self.image is not None:
             image_tokens = self.image.top(image_features)
@@ -140,8 +209,16 @@ class TwoTower(nn.Module):
         image_tokens = None
         if self.image is not None:
             image_tokens = self.image.top(image_features)
-        return self.product_head.with_photo_weight(text_tokens, text_mask, image_tokens,
-                                                   image_present)
+        vectors, photo = self.product_head.with_photo_weight(text_tokens, text_mask,
+                                                             image_tokens, image_present)
+        if self.late_branch is None:
+            return vectors, photo
+        late, late_photo = self.late_branch.products(text_tokens, text_mask, image_features,
+                                                     image_present)
+        w = self.late_weight
+        if photo is not None and late_photo is not None:  # the photo's share of the score
+            photo = (1 - w) * photo + w * late_photo
+        return mix_vectors(vectors, late, w), photo
 
     # raw-input paths (serving and indexing) ----------------------------------------------
     @torch.no_grad()

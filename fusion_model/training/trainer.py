@@ -40,7 +40,7 @@ from fusion_model.features import (
     text_bottom_features,
 )
 from fusion_model.models.text import mean_pool
-from fusion_model.models.towers import TwoTower
+from fusion_model.models.towers import LateBranch, TwoTower
 from fusion_model.progress import progress_bar
 from fusion_model.tensor_files import load_tensors
 from fusion_model.training.data import (
@@ -61,6 +61,7 @@ from fusion_model.training.distributed import (
 
 log = logging.getLogger(__name__)
 EMBED_BATCH = 256
+MIXED_QUERY_ROWS = 20_000  # query rows of one pass over the products when choosing a mix
 RESULT_FILE = "result.json"
 # (query indices -> vectors, (product indices, per-product noise) -> vectors)
 BatchVectors = tuple[Callable[[np.ndarray], torch.Tensor],
@@ -129,13 +130,27 @@ class Trainer:
     """Runs both stages for one config on one catalog, in ``work_dir``."""
 
     def __init__(self, catalog: Catalog, config: RunConfig, work_dir: str | Path,
-                 progress: bool = True, stage1_from: str | Path | None = None):
+                 progress: bool = True, stage1_from: str | Path | None = None,
+                 late_branch_from: str | Path | None = None,
+                 stage1_state: tuple[str, dict[str, torch.Tensor]] | None = None):
+        """``late_branch_from``: a late_fusion model trained from the same ``stage1_from``
+        with this config's other settings, taken as the ``model.late_mix`` branch instead of
+        training one (the benchmark trains it as a head anyway). ``stage1_state``: (its
+        run key, stage-1 tensors) of the run this one starts from."""
         config = config.for_catalog(catalog.max_grade)
+        if config.model.late_mix_weight:
+            log.info("model.late_mix_weight=%s: training chooses the weight afresh",
+                     config.model.late_mix_weight)
+            config = config.replace("model.late_mix_weight=0")
         check_photos_for_head(catalog, config)
         self.catalog, self.config, self.progress = catalog, config, progress
         self.work_dir = Path(work_dir)
         self.stage1_from = Path(stage1_from) if stage1_from else None
-        self.run_key = f"{config.training_hash}-{catalog.fingerprint[:16]}-{self.stage1_from}"
+        self.stage1_given = stage1_state
+        self.late_branch_from = Path(late_branch_from) if late_branch_from else None
+        source = stage1_state[0] if stage1_state else self.stage1_from
+        self.run_key = f"{config.training_hash}-{catalog.fingerprint[:16]}-{source}"
+        self.late_mix: dict = {}  # the late branch's weight and val curve (model.late_mix)
         self.cache_root = str(Path(config.train.cache_dir).expanduser())
         self.history: list[dict] = []
         self.seconds: dict[str, float] = {}
@@ -167,12 +182,23 @@ class Trainer:
     def run(self) -> TrainResult:
         """Both stages (stage 1 taken from ``stage1_from`` when given), then evaluate + save."""
         self.prepare()
-        if self.stage1_from:
+        if self.stage1_given:
+            self.model.load_stage1_state(self.stage1_given[1], "the run it branches from")
+            self.stage = 1
+        elif self.stage1_from:
             self.load_stage1(self.stage1_from)
         else:
             self.run_stage1()
+        stage1 = self._stage1_snapshot() if self.mixes_late else None
         self.run_stage2()
+        if stage1 is not None:
+            self.add_late_branch(stage1)
         return self.finish()
+
+    @property
+    def mixes_late(self) -> bool:
+        """Whether this run trains a late-fusion branch beside the network."""
+        return self.config.model.late_mix and self.config.model.fusion == "fusion"
 
     def prepare(self) -> None:
         """Seed, split the catalog, build the model and load the frozen text features."""
@@ -228,7 +254,8 @@ class Trainer:
                 "config_hash": self.config.hash,
                 "training_hash": self.config.training_hash, "test_metrics": test.metrics,
                 "val_metrics": val.metrics, "seconds": self.seconds, "processes": self.world,
-                "stages": self.stage})
+                "stages": self.stage, "stage1_from": _resolved(self.stage1_from),
+                **({"late_mix": self.late_mix} if self.late_mix else {})})
         result = TrainResult(str(model_dir), test, val, self.history, self.seconds)
         if self.rank == 0:
             result.save(self.work_dir / RESULT_FILE)
@@ -236,6 +263,95 @@ class Trainer:
         log.info("trained %s (stage %d): test %s=%.4f", self.config.model.fusion, self.stage,
                  self.config.eval.primary_metric, test.metrics[self.config.eval.primary_metric])
         return result
+
+    # the late-fusion branch (model.late_mix) ---------------------------------------------
+    def _stage1_snapshot(self) -> tuple[str, dict[str, torch.Tensor]]:
+        return self.run_key, {k: v.detach().clone() for k, v in
+                              self.model.stage1_state().items()}
+
+    def add_late_branch(self, stage1: tuple[str, dict[str, torch.Tensor]]) -> None:
+        """Train (or take) a late-fusion model from the same stage 1, choose on val the
+        weight w of the score mix (1 - w) * network + w * late fusion, and attach the branch
+        when w > 0: the network is one of the mixes (w = 0), so the mix cannot be worse on
+        val than the network alone."""
+        started = time.perf_counter()
+        late = self._late_model(stage1)
+        branch = LateBranch.of(late)
+        curve = self._late_weight_curve(branch)
+        weight = max(curve, key=lambda w: (curve[w], -w))  # ties: the most of the network
+        self.late_mix = {"weight": weight, "val": {str(w): v for w, v in curve.items()}}
+        if weight > 0:
+            self.model.attach_late_branch(branch, weight)
+        self.seconds["late_branch"] = time.perf_counter() - started
+        log.info("late mix: weight %.2f of late fusion chosen on val (%s %.4f; network alone "
+                 "%.4f)", weight, self.config.eval.primary_metric, curve[weight], curve[0.0])
+
+    def _late_model(self, stage1: tuple[str, dict[str, torch.Tensor]]) -> TwoTower:
+        config = self.config.replace("model.fusion=late_fusion")  # late_mix: ignored
+        taken = self._reusable_late_model(config)
+        if taken is not None:
+            log.info("late branch taken from %s", self.late_branch_from)
+            return taken.to(self.runtime.device)
+        trainer = Trainer(self.catalog, config, self.work_dir / "late_branch", self.progress,
+                          stage1_state=stage1)
+        trainer.run()
+        return trainer.model
+
+    def _reusable_late_model(self, config: RunConfig) -> TwoTower | None:
+        """The model in ``late_branch_from`` when it was trained with ``config`` from this
+        run's stage-1 model on this catalog, else None (then the branch is trained)."""
+        from fusion_model.models.towers import MANIFEST_FILE, load_model
+
+        if self.late_branch_from is None or self.stage1_from is None:
+            return None
+        manifest_file = self.late_branch_from / MANIFEST_FILE
+        manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+        if (manifest.get("training_hash"), manifest.get("catalog_fingerprint"),
+                manifest.get("stage1_from")) != (config.training_hash, self.catalog.fingerprint,
+                                                 _resolved(self.stage1_from)):
+            log.info("%s is not this run's late branch (another config, catalog or stage 1)",
+                     self.late_branch_from)
+            return None
+        return load_model(self.late_branch_from)
+
+    @torch.no_grad()
+    def _late_weight_curve(self, branch: LateBranch, steps: int = 20) -> dict[float, float]:
+        """Val primary metric of the mix at every weight of late fusion 0, 1/steps, .., 1,
+        each from one streamed pass over the products (both heads' vectors side by side)."""
+        if "val" not in self.evaluators:
+            self.evaluators["val"] = Evaluator.for_split(self.catalog, self.config, self.data,
+                                                         "val")
+        evaluator = self.evaluators["val"]
+        pooled = self.query_pooled["val"]
+        self.model.eval()  # a resumed run's model was never put in eval mode
+        branch.eval()
+        network, late = self.model.query_head(pooled).float(), \
+            branch.query_head(pooled).float()
+        grid = [i / steps for i in range(steps + 1)]
+        per_pass = max(1, MIXED_QUERY_ROWS // max(1, len(pooled)))
+        curve = {}
+        for start in range(0, len(grid), per_pass):
+            weights = grid[start:start + per_pass]
+            # against [network; late] product vectors: (1 - w) * s_network + w * s_late
+            queries = torch.cat([torch.cat([network * (1 - w), late * w], dim=-1)
+                                 for w in weights])
+            _, top = exact_top_k(queries, self._product_pairs(branch), max(evaluator.ks))
+            for n, w in enumerate(weights):
+                rows = top[n * len(pooled):(n + 1) * len(pooled)]
+                curve[w] = evaluator.score_top(rows).metrics[self.config.eval.primary_metric]
+        return curve
+
+    def _product_pairs(self, branch: LateBranch) -> Iterator[torch.Tensor]:
+        """Every product's [network vector; late branch vector], a batch at a time."""
+        for start in range(0, len(self.data.product_ids), EMBED_BATCH):
+            idx = torch.arange(start, min(len(self.data.product_ids), start + EMBED_BATCH))
+            tokens, mask = self._product_tokens(idx)
+            features = self._put(image_batch(self.image_features, idx))
+            present = self._put(self.image_present[idx])
+            with self.runtime.autocast():
+                network = self.model.products_from_features(tokens, mask, features, present)
+                late = branch.products(tokens, mask, features, present)[0]
+            yield torch.cat([network.float(), late.float()], dim=-1)
 
     def _prepare_text_features(self) -> None:
         started = time.perf_counter()
@@ -619,7 +735,7 @@ class Trainer:
     @torch.no_grad()
     def query_vectors(self, split: str) -> torch.Tensor:
         if self.stage == 2:
-            return self.model.query_head(self.query_pooled[split])
+            return self.model.queries_from_pooled(self.query_pooled[split])
         feats = self.query_text[split]
         return self._map_batches(len(feats["mask"]), lambda idx: self.model.queries_from_hidden(
             self._put(feats["hidden"][idx]).float(), self._put(feats["mask"][idx]),
@@ -680,15 +796,22 @@ class LearningRateSchedule:
             group["lr"] = group["base_lr"] * factor
 
 
+def _resolved(path: Path | None) -> str | None:
+    return str(path.resolve()) if path is not None else None
+
+
 def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def train(catalog: Catalog, config: RunConfig, work_dir: str | Path, progress: bool = True,
-          stage1_from: str | Path | None = None) -> TrainResult:
-    """Train both stages (or stage 2 only, from ``stage1_from``); save to ``work_dir/model``."""
+          stage1_from: str | Path | None = None,
+          late_branch_from: str | Path | None = None) -> TrainResult:
+    """Train both stages (or stage 2 only, from ``stage1_from``); save to ``work_dir/model``.
+    ``late_branch_from``: see ``Trainer``."""
     with photos_named_by_product(catalog.products):
-        return Trainer(catalog, config, work_dir, progress, stage1_from).run()
+        return Trainer(catalog, config, work_dir, progress, stage1_from,
+                       late_branch_from).run()
 
 
 def train_stage1(catalog: Catalog, config: RunConfig, work_dir: str | Path,
