@@ -270,6 +270,14 @@ class TwoTower(nn.Module):
         return directory
 
 
+def embedding_dim_of(config: RunConfig) -> int:
+    """The width of the vectors of a model with ``config``, without building it."""
+    width = head_class(config.model.fusion).output_dim(config.model.embed_dim)
+    if config.model.late_mix_weight > 0:
+        width += head_class("late_fusion").output_dim(config.model.embed_dim)
+    return width
+
+
 def load_model(directory: str | Path) -> TwoTower:
     """A model saved by ``TwoTower.save``: its config plus weights."""
     directory = Path(directory)

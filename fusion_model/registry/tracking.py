@@ -136,10 +136,11 @@ def confidence_bounds(split: str, evaluation) -> dict[str, float]:
 def _embedding_dim(model_dir: str) -> int:
     import yaml
 
-    from fusion_model.models.heads import head_class
+    from fusion_model.config import from_dict
+    from fusion_model.models.towers import CONFIG_FILE, embedding_dim_of
 
-    model = yaml.safe_load((Path(model_dir) / "config.yaml").read_text())["model"]
-    return head_class(model["fusion"]).output_dim(model["embed_dim"])
+    return embedding_dim_of(from_dict(yaml.safe_load(
+        (Path(model_dir) / CONFIG_FILE).read_text())))
 
 
 SEGMENT_METRICS = ("recall@10", "recall@100", "ndcg@10", "mrr")

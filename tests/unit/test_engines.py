@@ -88,6 +88,24 @@ def test_towers_agree_with_pytorch(tmp_path, precision, floor):
                       reference.embed_products(texts, images * 10)) >= floor
 
 
+def test_a_model_with_a_late_branch_converts_whole(tmp_path):
+    """The converted towers carry the late-fusion branch (model.late_mix): its mix of
+    vectors, twice and a half as wide, agrees with PyTorch's."""
+    from fusion_model.models.towers import LateBranch
+
+    model = tiny_model(tmp_path, "train.precision=fp32")
+    late = tiny_model(tmp_path, "train.precision=fp32", "model.fusion=late_fusion")
+    model.attach_late_branch(LateBranch.of(late), 0.4)
+    reference, converted = frozen_towers(model, "torch"), frozen_towers(model, "openvino")
+    assert converted.embedding_dim == model.embedding_dim == 16 + 32
+    queries = converted.embed_queries(QUERIES)
+    assert queries.shape[1] == 48
+    assert min_cosine(queries, reference.embed_queries(QUERIES)) >= 0.999
+    images = photos(model.image.image_size)
+    assert min_cosine(converted.embed_products(TEXTS, images),
+                      reference.embed_products(TEXTS, images)) >= 0.999
+
+
 def test_a_query_tower_compiled_for_two_streams_is_safe_from_two_threads(tmp_path):
     """The search service encodes two batches at once: each thread gets its own infer
     request, and every answer equals the PyTorch reference for its own queries."""

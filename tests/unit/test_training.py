@@ -346,7 +346,7 @@ def test_the_mix_phase_trains_a_weighted_sum_and_the_network_starts_from_its_bes
         catalog, tmp_path, monkeypatch):
     config = load_config("tiny", [f"train.cache_dir={tmp_path / 'cache'}", "train.stage1.epochs=1",
                                   "train.stage2.epochs=2", "train.stage2.mix_epochs=2",
-                                  "model.gated_fusion=true"])
+                                  "model.gated_fusion=true", "model.late_mix=false"])
     trainer = Trainer(catalog, config, tmp_path / "run", progress=False)
     starts = {}
     original_stage = Trainer._run_stage
