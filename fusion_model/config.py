@@ -502,10 +502,10 @@ def validate(config: RunConfig) -> None:
          "train.stage2.mix_epochs needs model.gated_fusion=true: the network starts as the "
          "trained weighted sum only when its cross-attention is gated"),
         (config.model.late_mix_weight == 0 or (
-            0 < config.model.late_mix_weight < 1 and config.model.late_mix
+            0 < config.model.late_mix_weight <= 1 and config.model.late_mix
             and config.model.fusion == "fusion"),
          f"model.late_mix_weight={config.model.late_mix_weight}: training chooses it on val "
-         "(a share in [0, 1) of model.fusion=fusion with model.late_mix=true); leave it "
+         "(a share in [0, 1] of model.fusion=fusion with model.late_mix=true); leave it "
          "at 0"),
     ]
     for ok, message in checks:

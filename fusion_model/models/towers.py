@@ -107,8 +107,8 @@ class TwoTower(nn.Module):
     def attach_late_branch(self, branch: LateBranch, weight: float) -> None:
         """Serve the mix (1 - weight) * this network + weight * ``branch`` (chosen on val);
         the config records the weight, so the saved model loads with its branch."""
-        if not 0 < weight < 1:
-            raise ValueError(f"a late branch's weight is in (0, 1), got {weight}")
+        if not 0 < weight <= 1:
+            raise ValueError(f"a late branch's weight is in (0, 1], got {weight}")
         self.late_branch = branch
         self.config = self.config.replace(f"model.late_mix_weight={weight}")
 

@@ -66,10 +66,15 @@ def test_a_late_branch_serves_the_score_mix_and_loads_back(tmp_path):
     with torch.no_grad():
         assert torch.allclose(loaded.products_from_features(*inputs), products, atol=1e-6)
         assert torch.allclose(loaded.queries_from_pooled(pooled), queries, atol=1e-6)
-    with pytest.raises(ValueError, match="in \\(0, 1\\)"):
+    with pytest.raises(ValueError, match="in \\(0, 1\\]"):
         network.attach_late_branch(LateBranch.of(late), 0.0)
     with pytest.raises(ValueError, match="late_fusion model"):
         LateBranch.of(network)
+    network.attach_late_branch(LateBranch.of(late), 1.0)  # late fusion alone is a mix too
+    with torch.no_grad():
+        scores = network.queries_from_pooled(pooled) @ network.products_from_features(*inputs).T
+    assert torch.allclose(scores, late_scores, atol=1e-5)
+    load_config("tiny", ["model.late_mix=true", "model.late_mix_weight=1.0"])
 
 
 def test_training_chooses_the_weight_on_val_and_the_saved_model_keeps_it(catalog, tmp_path):
@@ -132,7 +137,7 @@ def test_the_chosen_weight_is_for_fusion_with_late_mix_and_retraining_chooses_it
     with pytest.raises(ConfigError, match="late_mix_weight"):
         load_config("tiny", ["model.late_mix=false", "model.late_mix_weight=0.4"])
     with pytest.raises(ConfigError, match="late_mix_weight"):
-        load_config("tiny", ["model.late_mix=true", "model.late_mix_weight=1.0"])
+        load_config("tiny", ["model.late_mix=true", "model.late_mix_weight=1.5"])
     with pytest.raises(ConfigError, match="late_mix_weight"):
         load_config("tiny", ["model.late_mix=true", "model.late_mix_weight=0.4",
                              "model.fusion=concat"])
