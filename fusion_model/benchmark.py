@@ -172,7 +172,8 @@ def _run_models(catalog: Catalog, base: RunConfig, models: tuple[str, ...], work
             seconds[name] = stage1_seconds[finetune]
         return stage1_dirs[finetune]
 
-    for name in models:
+    # the fusion network last: its late branch is the late_fusion head, when that is listed
+    for name in sorted(models, key=lambda m: m.removesuffix("_no_ft") == "fusion"):
         if name in results:
             continue
         log.info("benchmark: %s", name)

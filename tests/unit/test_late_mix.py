@@ -116,12 +116,13 @@ def test_the_benchmark_takes_its_late_fusion_head_as_the_branch(catalog, tmp_pat
     overrides = (f"train.cache_dir={tmp_path / 'cache'}", "train.stage1.epochs=1",
                  "train.stage2.epochs=1", "model.late_mix=true")
     with caplog.at_level("INFO", logger="fusion_model.training.trainer"):
-        shared = run_benchmark(str(catalog.uri), models=("late_fusion", "fusion"),
+        shared = run_benchmark(str(catalog.uri), models=("fusion", "late_fusion"),
                                config_name="tiny", overrides=overrides,
                                work_dir=str(tmp_path / "shared"), progress=False,
                                print_table=False)
     assert "late branch taken from" in caplog.text
     assert not (tmp_path / "shared" / "fusion" / "late_branch").exists()
+    assert list(shared["models"]) == ["fusion", "late_fusion"]  # the order asked for
     alone = run_benchmark(str(catalog.uri), models=("fusion",), config_name="tiny",
                           overrides=overrides, work_dir=str(tmp_path / "alone"),
                           progress=False, print_table=False)
