@@ -25,12 +25,13 @@ from fusion_model.data.catalog import Catalog, load_catalog
 from fusion_model.data.retrieval import build_data
 from fusion_model.data.splits import SCORED_SPLITS
 from fusion_model.engines import resolve_runtime
+from fusion_model.errors import BadInputError
 from fusion_model.evaluation.bootstrap import paired_bootstrap_difference
 from fusion_model.evaluation.evaluator import EvaluationResult, Evaluator
 from fusion_model.features import text_bottom_features
 from fusion_model.models.heads import HEADS, l2
 from fusion_model.models.text import TextEncoder, mean_pool
-from fusion_model.training.trainer import train
+from fusion_model.training.trainer import RESULT_FILE, TrainResult, train
 
 log = logging.getLogger(__name__)
 
@@ -126,17 +127,7 @@ def run_benchmark(catalog_uri: str, output: str | None = None,
         log.info("benchmark seed %d (%d/%d)", seed, offset + 1, seeds)
         sample = catalog.with_train_queries(train_queries, seed)
         runs.append(_run_models(sample, config, models, work, progress, split))
-    results = {m: average_results([run[0][m] for run in runs]) for m in models}
-    seconds = {m: float(np.mean([run[1].get(m, 0.0) for run in runs])) for m in models}
-    report = build_report(catalog, base, results, seconds) | {
-        "split": split, "seeds": seeds,
-        "train_queries": len(catalog.with_train_queries(train_queries).queries_in("train"))}
-    for name in models:
-        if seeds > 1:
-            report["models"][name]["seeds"] = seed_spread([run[0][name] for run in runs])
-        if all(name in run[2] for run in runs):  # the val score a recipe is chosen on
-            report["models"][name]["val"] = {
-                m: float(np.mean([run[2][name][m] for run in runs])) for m in REPORTED}
+    report = seeds_report(catalog, base, models, runs, split, train_queries)
     if print_table:
         print(format_table(report))
     if output:
@@ -145,10 +136,46 @@ def run_benchmark(catalog_uri: str, output: str | None = None,
     return report
 
 
+SeedRun = tuple[dict[str, EvaluationResult], dict[str, float], dict[str, dict[str, float]]]
+
+
+def seeds_report(catalog: Catalog, base: RunConfig, models: tuple[str, ...],
+                 runs: list[SeedRun], split: str = "test",
+                 train_queries: int | None = None) -> dict:
+    """The report of one seed's run or several: every metric the mean over seeds, the
+    spread, and each trained model's mean val metrics. A run: (result per model, training
+    seconds per model, val metrics per trained model)."""
+    results = {m: average_results([run[0][m] for run in runs]) for m in models}
+    seconds = {m: float(np.mean([run[1].get(m, 0.0) for run in runs])) for m in models}
+    report = build_report(catalog, base, results, seconds) | {
+        "split": split, "seeds": len(runs),
+        "train_queries": len(catalog.with_train_queries(train_queries).queries_in("train"))}
+    for name in models:
+        if len(runs) > 1:
+            report["models"][name]["seeds"] = seed_spread([run[0][name] for run in runs])
+        if all(name in run[2] for run in runs):  # the val score a recipe is chosen on
+            report["models"][name]["val"] = {
+                m: float(np.mean([run[2][name][m] for run in runs])) for m in REPORTED}
+    return report
+
+
+def saved_run(work: Path, models: tuple[str, ...], split: str = "test") -> SeedRun:
+    """One seed's run read back from its work directory (``<model>/result.json`` of every
+    trained model, as ``fusion-model benchmark`` leaves them): seeds run as separate
+    processes are reported together with ``seeds_report``."""
+    results, seconds, val = {}, {}, {}
+    for name in models:
+        result_file = work / name / RESULT_FILE
+        if not result_file.is_file():
+            raise BadInputError(f"{result_file}: no finished {name} run in {work}")
+        result = TrainResult.load(result_file)
+        results[name], val[name] = getattr(result, split), result.val.metrics
+        seconds[name] = result.seconds.get("total", 0.0)
+    return results, seconds, val
+
+
 def _run_models(catalog: Catalog, base: RunConfig, models: tuple[str, ...], work: Path,
-                progress: bool, split: str = "test"
-                ) -> tuple[dict[str, EvaluationResult], dict[str, float],
-                           dict[str, dict[str, float]]]:
+                progress: bool, split: str = "test") -> SeedRun:
     """One seed: every model's result on ``split``, training seconds (stage 1 shared) and
     every trained model's val metrics."""
     results: dict[str, EvaluationResult] = {}

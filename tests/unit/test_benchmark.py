@@ -7,6 +7,7 @@ import json
 import pytest
 
 from fusion_model.benchmark import run_benchmark
+from fusion_model.errors import BadInputError
 
 
 def test_benchmark_writes_the_documented_json(synthetic_catalog, tmp_path, capsys):
@@ -49,6 +50,26 @@ def test_benchmark_over_seeds_reports_means_and_spread(synthetic_catalog, tmp_pa
         assert report["models"][name]["ndcg@10"] == pytest.approx(spread["mean"])
     assert {p.name for p in (tmp_path / "work").iterdir()} == {"seed0", "seed1"}
     assert "seed sd" in capsys.readouterr().out
+    # the seeds' work directories give the same report when merged afterwards
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from merge_seeds import merged_grid
+
+    merged = merged_grid(str(synthetic_catalog), [str(tmp_path / "work" / f"seed{s}")
+                                                  for s in (0, 1)], models, config_name="tiny")
+    again = merged["cells"][0]["report"]
+    assert merged["seeds"] == again["seeds"] == 2
+    for name in models:
+        assert again["models"][name]["ndcg@10"] == pytest.approx(
+            report["models"][name]["ndcg@10"])
+        assert again["models"][name]["seeds"]["ndcg@10"]["values"] == pytest.approx(
+            report["models"][name]["seeds"]["ndcg@10"]["values"])
+    assert again["models"]["weighted_sum"]["vs_text_only"]["ndcg@10"] == pytest.approx(
+        report["models"]["weighted_sum"]["vs_text_only"]["ndcg@10"])
+    with pytest.raises(BadInputError, match="no finished text_only run"):
+        merged_grid(str(synthetic_catalog), [str(tmp_path / "nowhere")], models)
 
 
 def test_benchmark_refuses_unknown_models_and_expands_core():
