@@ -343,14 +343,10 @@ class Trainer:
 
     def _product_pairs(self, branch: LateBranch) -> Iterator[torch.Tensor]:
         """Every product's [network vector; late branch vector], a batch at a time."""
-        for start in range(0, len(self.data.product_ids), EMBED_BATCH):
-            idx = torch.arange(start, min(len(self.data.product_ids), start + EMBED_BATCH))
-            tokens, mask = self._product_tokens(idx)
-            features = self._put(image_batch(self.image_features, idx))
-            present = self._put(self.image_present[idx])
+        for inputs in self._stage2_batches():
             with self.runtime.autocast():
-                network = self.model.products_from_features(tokens, mask, features, present)
-                late = branch.products(tokens, mask, features, present)[0]
+                network = self.model.products_from_features(*inputs)
+                late = branch.products(*inputs)[0]
             yield torch.cat([network.float(), late.float()], dim=-1)
 
     def _prepare_text_features(self) -> None:
@@ -720,17 +716,25 @@ class Trainer:
         """Every product's current embedding, ``EMBED_BATCH`` at a time in catalog order,
         from cached features (never all in memory at once)."""
         model = self.model.eval()
-        for start in range(0, len(self.data.product_ids), EMBED_BATCH):
-            idx = torch.arange(start, min(len(self.data.product_ids), start + EMBED_BATCH))
+        if self.stage == 2:
+            for inputs in self._stage2_batches():
+                with self.runtime.autocast():
+                    yield model.products_from_features(*inputs).float()
+            return
+        for idx in self._product_batches():
             with self.runtime.autocast():
-                if self.stage < 2:
-                    vectors = model.product_text_vectors(*self._product_tokens(idx))
-                else:
-                    vectors = model.products_from_features(
-                        *self._product_tokens(idx),
-                        self._put(image_batch(self.image_features, idx)),
-                        self._put(self.image_present[idx]))
-            yield vectors.float()
+                yield model.product_text_vectors(*self._product_tokens(idx)).float()
+
+    def _product_batches(self) -> Iterator[torch.Tensor]:
+        """Product indices, ``EMBED_BATCH`` at a time in catalog order."""
+        for start in range(0, len(self.data.product_ids), EMBED_BATCH):
+            yield torch.arange(start, min(len(self.data.product_ids), start + EMBED_BATCH))
+
+    def _stage2_batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Per batch of products: final text tokens, mask, cached photo features, present."""
+        for idx in self._product_batches():
+            yield (*self._product_tokens(idx), self._put(image_batch(self.image_features, idx)),
+                   self._put(self.image_present[idx]))
 
     @torch.no_grad()
     def query_vectors(self, split: str) -> torch.Tensor:
